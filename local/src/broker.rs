@@ -1,0 +1,249 @@
+//! The private RabbitMQ broker of the `process` runtime: a child process with its own node
+//! name, cookie, ports and epmd, listening only for TLS on 127.0.0.1, where the only way in is
+//! a client certificate of our CA whose common name is the AMQP user.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::child::ProcessGroup;
+use crate::port::free_port;
+use crate::secrets::{AMQP_USER, Secrets};
+
+const RABBITMQ_BIN: &str = "/usr/lib/rabbitmq/bin";
+const EPMD: &str = "/usr/bin/epmd";
+/// RabbitMQ takes 4-5 s to start on these machines; allow for a slow, loaded one.
+const START_TIMEOUT: Duration = Duration::from_secs(90);
+/// A clean stop takes about 3 s.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+/// The Erlang distribution listens on loopback only, like everything else we start.
+const LOOPBACK_ONLY: &str = "-kernel inet_dist_use_interface {127,0,0,1}";
+
+/// A running private broker. Dropping it stops the broker and everything it started.
+pub struct Broker {
+    dir: PathBuf,
+    secrets: Secrets,
+    port: u16,
+    node: String,
+    epmd_port: u16,
+    processes: ProcessGroup,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("RabbitMQ is not installed ({} is missing): install the rabbitmq-server package (`cargo xtask` commands install it for you)", .0.display())]
+    NotInstalled(PathBuf),
+    #[error("cannot {what}: {source}")]
+    Io { what: String, source: io::Error },
+    #[error("RabbitMQ exited during start-up ({status}); its log ({}) ends with:\n{tail}", log.display())]
+    Exited { status: ExitStatus, log: PathBuf, tail: String },
+    #[error("RabbitMQ did not accept a TLS connection within {} s (last attempt: {last_error}); its log ({}) ends with:\n{tail}", START_TIMEOUT.as_secs(), log.display())]
+    NotReady { last_error: String, log: PathBuf, tail: String },
+    #[error("rabbitmqctl {args} failed: {output}")]
+    Ctl { args: String, output: String },
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> BrokerError {
+    let what = what.into();
+    move |source| BrokerError::Io { what, source }
+}
+
+impl Broker {
+    /// Starts a broker keeping its state and logs in `dir` (created if needed), with the
+    /// certificates of `secrets`, and returns once a client can log in over TLS.
+    pub async fn start(dir: &Path, secrets: &Secrets) -> Result<Broker, BrokerError> {
+        for program in [Path::new(RABBITMQ_BIN).join("rabbitmq-server"), PathBuf::from(EPMD)] {
+            if !program.exists() {
+                return Err(BrokerError::NotInstalled(program));
+            }
+        }
+        std::fs::create_dir_all(dir.join("home")).map_err(io_error(format!("create {}", dir.display())))?;
+        let port = free_port().map_err(io_error("find a free port"))?;
+        let mut broker = Broker {
+            dir: dir.to_owned(),
+            secrets: secrets.clone(),
+            port,
+            node: format!("workbench-{port}@localhost"),
+            epmd_port: free_port().map_err(io_error("find a free port"))?,
+            processes: ProcessGroup::new(),
+        };
+        broker.write_config()?;
+
+        // Our own epmd, so that the node does not start (and leave behind) a shared one.
+        let mut epmd = Command::new(EPMD);
+        epmd.args(["-port", &broker.epmd_port.to_string(), "-address", "127.0.0.1"]);
+        broker.spawn(&mut epmd, "epmd.log")?;
+
+        let mut server = broker.command(&Path::new(RABBITMQ_BIN).join("rabbitmq-server"));
+        server
+            .env("RABBITMQ_DIST_PORT", free_port().map_err(io_error("find a free port"))?.to_string())
+            .env("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", LOOPBACK_ONLY);
+        let server = broker.spawn(&mut server, "stdout.log")?;
+        broker.wait_until_ready(server).await?;
+        Ok(broker)
+    }
+
+    /// Where clients connect (Cockpit's `AMQP_SERVER` form).
+    pub fn address(&self) -> amqp::Address {
+        amqp::Address::Tls { host: "127.0.0.1".into(), port: self.port }
+    }
+
+    /// A client configuration that logs in as the AMQP user of the secrets.
+    pub fn client_config(&self) -> amqp::Config {
+        amqp::Config::new(self.address(), &self.secrets.webhook_dir())
+    }
+
+    /// The broker's own log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("rabbit.log")
+    }
+
+    /// Every live process the broker started (the node, its helpers, its epmd).
+    pub fn process_ids(&self) -> Vec<u32> {
+        self.processes.process_ids()
+    }
+
+    /// Runs `rabbitmqctl` against this node and returns its standard output.
+    pub fn ctl(&self, args: &[&str]) -> Result<String, BrokerError> {
+        let mut command = self.command(&Path::new(RABBITMQ_BIN).join("rabbitmqctl"));
+        command.env("RABBITMQ_CTL_ERL_ARGS", LOOPBACK_ONLY).args(["--node", &self.node]).args(args);
+        let output = command.stdin(Stdio::null()).output().map_err(io_error("run rabbitmqctl"))?;
+        if !output.status.success() {
+            return Err(BrokerError::Ctl {
+                args: args.join(" "),
+                output: String::from_utf8_lossy(&[output.stdout, output.stderr].concat()).into_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Stops the broker (SIGTERM, then SIGKILL after a grace period) and its epmd.
+    pub fn stop(&mut self) {
+        self.processes.stop(STOP_GRACE);
+    }
+
+    fn write_config(&self) -> Result<(), BrokerError> {
+        let webhook = self.secrets.webhook_dir();
+        let path = |name: &str| webhook.join(name).display().to_string();
+        let mut conf = String::new();
+        let _ = write!(
+            conf,
+            "\
+listeners.tcp = none
+listeners.ssl.default = 127.0.0.1:{port}
+ssl_options.cacertfile = {ca}
+ssl_options.certfile = {cert}
+ssl_options.keyfile = {key}
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = true
+ssl_options.versions.1 = tlsv1.3
+ssl_options.versions.2 = tlsv1.2
+auth_mechanisms.1 = EXTERNAL
+ssl_cert_login_from = common_name
+load_definitions = {definitions}
+consumer_timeout = 9000000
+log.console = false
+log.file.level = info
+",
+            port = self.port,
+            ca = path("ca.pem"),
+            cert = path("amqp-server.pem"),
+            key = path("amqp-server.key"),
+            definitions = self.dir.join("definitions.json").display(),
+        );
+        // The certificate user, with no usable password; no guest.
+        let definitions = serde_json::json!({
+            "users": [{"name": AMQP_USER, "password_hash": "", "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ""}],
+            "vhosts": [{"name": "/"}],
+            "permissions": [{"user": AMQP_USER, "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}],
+        });
+        let files = [
+            ("rabbitmq.conf", conf),
+            ("definitions.json", definitions.to_string()),
+            ("enabled_plugins", "[rabbitmq_auth_mechanism_ssl].\n".to_owned()),
+            ("rabbitmq-env.conf", String::new()),
+        ];
+        for (name, contents) in files {
+            let path = self.dir.join(name);
+            std::fs::write(&path, contents).map_err(io_error(format!("write {}", path.display())))?;
+        }
+        Ok(())
+    }
+
+    /// A RabbitMQ command (server or ctl) isolated from the system's installation.
+    fn command(&self, program: &Path) -> Command {
+        let dir = &self.dir;
+        let mut command = Command::new(program);
+        command
+            .current_dir(dir)
+            .env("HOME", dir.join("home"))
+            .env("RABBITMQ_CONF_ENV_FILE", dir.join("rabbitmq-env.conf"))
+            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
+            .env("RABBITMQ_ADVANCED_CONFIG_FILE", dir.join("advanced.config"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
+            .env("RABBITMQ_NODENAME", &self.node)
+            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", dir)
+            .env("RABBITMQ_LOGS", self.log_path())
+            .env("RABBITMQ_PID_FILE", dir.join("rabbit.pid"))
+            .env("ERL_EPMD_PORT", self.epmd_port.to_string())
+            // Any value of this, even "false", makes the node exit at once.
+            .env_remove("RABBITMQ_ALLOW_INPUT");
+        command
+    }
+
+    fn spawn(&mut self, command: &mut Command, log: &str) -> Result<usize, BrokerError> {
+        let log = File::create(self.dir.join(log)).map_err(io_error(format!("create {log}")))?;
+        let stderr = log.try_clone().map_err(io_error("duplicate a log file handle"))?;
+        command.stdin(Stdio::null()).stdout(log).stderr(stderr);
+        self.processes
+            .spawn(command)
+            .map_err(io_error(format!("start {}", command.get_program().to_string_lossy())))
+    }
+
+    async fn wait_until_ready(&mut self, server: usize) -> Result<(), BrokerError> {
+        let config = self.client_config();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.processes.exited(server) {
+                return Err(BrokerError::Exited { status, log: self.log_path(), tail: self.log_tail() });
+            }
+            match amqp::Session::connect(&config).await {
+                Ok(session) => {
+                    session.close().await;
+                    return Ok(());
+                }
+                Err(err) if started.elapsed() > START_TIMEOUT => {
+                    return Err(BrokerError::NotReady {
+                        last_error: err.to_string(),
+                        log: self.log_path(),
+                        tail: self.log_tail(),
+                    });
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// The last lines of the broker's log and of its console output.
+    fn log_tail(&self) -> String {
+        [self.log_path(), self.dir.join("stdout.log")]
+            .iter()
+            .filter_map(|path| std::fs::read_to_string(path).ok())
+            .map(|text| {
+                let lines: Vec<&str> = text.lines().collect();
+                lines[lines.len().saturating_sub(20)..].join("\n")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

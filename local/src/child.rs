@@ -1,0 +1,99 @@
+//! Child processes owned by a guard: started in a process group of their own, stopped with
+//! the whole group when the guard is stopped or dropped, and told to die with their parent.
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal};
+
+/// A set of processes sharing one process group, the first of them its leader.
+pub(crate) struct ProcessGroup {
+    /// In start order; stopped in reverse.
+    children: Vec<Child>,
+    pgid: Option<Pid>,
+}
+
+impl ProcessGroup {
+    pub(crate) fn new() -> ProcessGroup {
+        ProcessGroup { children: Vec::new(), pgid: None }
+    }
+
+    /// Starts `command` in the group (the first one founds it). Returns its index.
+    pub(crate) fn spawn(&mut self, command: &mut Command) -> io::Result<usize> {
+        command.process_group(self.pgid.map_or(0, |pgid| pgid.as_raw_nonzero().get()));
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                // If we die without cleaning up (SIGKILL), the kernel stops the child for us.
+                rustix::process::set_parent_process_death_signal(Some(Signal::TERM))?;
+                Ok(())
+            });
+        }
+        let child = command.spawn()?;
+        if self.pgid.is_none() {
+            self.pgid = Pid::from_raw(child.id() as i32);
+        }
+        self.children.push(child);
+        Ok(self.children.len() - 1)
+    }
+
+    /// The exit status of child `index`, if it has exited.
+    pub(crate) fn exited(&mut self, index: usize) -> Option<ExitStatus> {
+        self.children[index].try_wait().ok().flatten()
+    }
+
+    /// Every live process in the group, including grandchildren that stayed in it.
+    pub(crate) fn process_ids(&self) -> Vec<u32> {
+        let Some(pgid) = self.pgid else { return Vec::new() };
+        let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+        entries
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| process_group_of(*pid) == Some(pgid.as_raw_nonzero().get() as u32))
+            .collect()
+    }
+
+    /// Stops the children in reverse start order with SIGTERM, each given `grace` to exit, then
+    /// kills whatever is left in the group and reaps every child.
+    pub(crate) fn stop(&mut self, grace: Duration) {
+        for child in self.children.iter_mut().rev() {
+            if child.try_wait().ok().flatten().is_some() {
+                continue;
+            }
+            if let Some(pid) = Pid::from_raw(child.id() as i32) {
+                let _ = rustix::process::kill_process(pid, Signal::TERM);
+            }
+            let deadline = Instant::now() + grace;
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        if let Some(pgid) = self.pgid {
+            let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
+        }
+        for child in &mut self.children {
+            let _ = child.wait();
+        }
+        self.children.clear();
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(10));
+    }
+}
+
+/// Field 5 of /proc/PID/stat, counted after the command name (which may contain spaces).
+fn process_group_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    // A zombie still has an entry but is no longer running.
+    let mut fields = after_name.split_whitespace();
+    let state = fields.next()?;
+    if state == "Z" {
+        return None;
+    }
+    fields.nth(1)?.parse().ok()
+}

@@ -1,0 +1,11 @@
+//! The local deployment: everything `cargo xtask run-local` starts around the production
+//! services. Fake secrets, the private broker, and the processes they run as.
+
+pub mod broker;
+pub mod secrets;
+
+mod child;
+mod port;
+
+pub use broker::{Broker, BrokerError};
+pub use secrets::{Ca, Issued, Secrets, SecretsError};

@@ -1,0 +1,224 @@
+//! Fake credentials in Cockpit's production secrets layout (cockpit-protocol.md 6.4), made with
+//! rcgen. The CA key stays at the top of the directory, apart from what services mount.
+//!
+//! ```text
+//! DIR/ca.pem, DIR/ca.key                    the fake CA
+//! DIR/webhook/ca.pem                        trust anchor for AMQP clients and the broker
+//! DIR/webhook/amqp-server.{pem,key}         the broker's certificate
+//! DIR/webhook/amqp-client.{pem,key}         client certificate, CN = the AMQP user
+//! DIR/webhook/.config--github-webhook-token HMAC secret of GitHub deliveries
+//! DIR/webhook/.config--github-token         GitHub API token (fake)
+//! DIR/s3-server/s3-server.{pem,key}         the S3 store's certificate
+//! DIR/s3-keys/<host>                        "ACCESS SECRET" for the S3 store at <host>
+//! ```
+
+use std::fs::{DirBuilder, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+
+/// The AMQP user: the common name of the client certificate, as in Cockpit.
+pub const AMQP_USER: &str = "cockpit-amqp";
+/// Host name of the deployment's pod; containers in it reach each other by this name.
+pub const POD_HOSTNAME: &str = "workbench";
+/// Host name S3 clients use for the local store, and so the name of its key file.
+pub const S3_HOST: &str = "localhost.localdomain";
+
+/// Names every server certificate carries, so that clients on the host and in the pod can
+/// check the host name.
+const SERVER_NAMES: [&str; 5] = ["localhost", S3_HOST, "127.0.0.1", "::1", POD_HOSTNAME];
+
+/// A generated secrets directory, with the paths of its files.
+#[derive(Debug, Clone)]
+pub struct Secrets {
+    root: PathBuf,
+}
+
+/// The fake CA, able to issue more certificates after the layout is written.
+pub struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+/// A certificate and its private key, both PEM (the key PKCS#8).
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    #[error("{} already exists and is not empty; pass --force to overwrite the secrets in it", .0.display())]
+    Exists(PathBuf),
+    #[error("cannot write {}: {source}", path.display())]
+    Write { path: PathBuf, source: io::Error },
+    #[error("certificate generation failed: {0}")]
+    Certificate(#[from] rcgen::Error),
+    #[error("the system's random number generator failed: {0}")]
+    Random(getrandom::Error),
+}
+
+impl Secrets {
+    /// An existing secrets directory.
+    pub fn at(root: impl Into<PathBuf>) -> Secrets {
+        Secrets { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn ca_cert(&self) -> PathBuf {
+        self.root.join("ca.pem")
+    }
+    /// What the webhook, the broker and the tasks containers mount at `/run/secrets/webhook`.
+    pub fn webhook_dir(&self) -> PathBuf {
+        self.root.join("webhook")
+    }
+    pub fn webhook_token(&self) -> PathBuf {
+        self.webhook_dir().join(".config--github-webhook-token")
+    }
+    pub fn github_token(&self) -> PathBuf {
+        self.webhook_dir().join(".config--github-token")
+    }
+    pub fn s3_keys_dir(&self) -> PathBuf {
+        self.root.join("s3-keys")
+    }
+    pub fn s3_server_dir(&self) -> PathBuf {
+        self.root.join("s3-server")
+    }
+}
+
+/// Writes a fresh set of fake secrets into `root`. An existing non-empty directory is refused
+/// unless `overwrite`, in which case our files in it are replaced.
+pub fn generate(root: &Path, overwrite: bool) -> Result<(Secrets, Ca), SecretsError> {
+    let secrets = Secrets::at(root);
+    let occupied = std::fs::read_dir(root).map(|mut entries| entries.next().is_some()).unwrap_or(false);
+    if occupied && !overwrite {
+        return Err(SecretsError::Exists(root.to_owned()));
+    }
+    for path in [secrets.webhook_dir(), secrets.s3_keys_dir(), secrets.s3_server_dir()] {
+        remove(&path, |p| std::fs::remove_dir_all(p))?;
+    }
+    for path in [secrets.ca_cert(), root.join("ca.key")] {
+        remove(&path, |p| std::fs::remove_file(p))?;
+    }
+    for dir in [root.to_owned(), secrets.webhook_dir(), secrets.s3_keys_dir(), secrets.s3_server_dir()] {
+        make_private_dir(&dir)?;
+    }
+
+    let ca = Ca::new()?;
+    write_file(&secrets.ca_cert(), &ca.pem(), false)?;
+    write_file(&root.join("ca.key"), &ca.issuer.key().serialize_pem(), true)?;
+
+    let webhook = secrets.webhook_dir();
+    write_file(&webhook.join("ca.pem"), &ca.pem(), false)?;
+    let server = ca.issue_server("cockpit-amqp-server", "amqp-server")?;
+    write_issued(&webhook, "amqp-server", &server)?;
+    write_issued(&webhook, "amqp-client", &ca.issue_client(AMQP_USER)?)?;
+    write_file(&secrets.webhook_token(), &random_hex(32)?, true)?;
+    write_file(&secrets.github_token(), &format!("workbench-fake-{}", random_hex(20)?), true)?;
+
+    let s3 = ca.issue_server("cockpit-tests", "Cockpit")?;
+    write_issued(&secrets.s3_server_dir(), "s3-server", &s3)?;
+    let s3_key = format!("{} {}\n", random_hex(10)?.to_uppercase(), random_hex(20)?);
+    write_file(&secrets.s3_keys_dir().join(S3_HOST), &s3_key, true)?;
+
+    Ok((secrets, ca))
+}
+
+impl Ca {
+    fn new() -> Result<Ca, SecretsError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(&[
+            (DnType::OrganizationName, "Workbench"),
+            (DnType::OrganizationalUnitName, "Workbench fake CA"),
+            (DnType::CommonName, "CA"),
+        ]);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2999, 12, 31);
+        Ok(Ca { issuer: CertifiedIssuer::self_signed(params, KeyPair::generate()?)? })
+    }
+
+    /// The CA certificate, PEM.
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A client certificate whose common name is the AMQP user it logs in as.
+    pub fn issue_client(&self, common_name: &str) -> Result<Issued, SecretsError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(&[(DnType::CommonName, common_name), (DnType::OrganizationName, "client")]);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(params)
+    }
+
+    fn issue_server(&self, common_name: &str, organization: &str) -> Result<Issued, SecretsError> {
+        let names: Vec<String> = SERVER_NAMES.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names)?;
+        params.distinguished_name =
+            name(&[(DnType::CommonName, common_name), (DnType::OrganizationName, organization)]);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(params)
+    }
+
+    fn issue(&self, mut params: CertificateParams) -> Result<Issued, SecretsError> {
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2999, 12, 31);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+}
+
+fn name(parts: &[(DnType, &str)]) -> DistinguishedName {
+    let mut name = DistinguishedName::new();
+    for (kind, value) in parts {
+        name.push(kind.clone(), *value);
+    }
+    name
+}
+
+fn write_issued(dir: &Path, stem: &str, issued: &Issued) -> Result<(), SecretsError> {
+    write_file(&dir.join(format!("{stem}.pem")), &issued.cert_pem, false)?;
+    write_file(&dir.join(format!("{stem}.key")), &issued.key_pem, true)
+}
+
+fn remove(path: &Path, remove: fn(&Path) -> io::Result<()>) -> Result<(), SecretsError> {
+    match remove(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(SecretsError::Write { path: path.to_owned(), source: e }),
+        _ => Ok(()),
+    }
+}
+
+fn make_private_dir(path: &Path) -> Result<(), SecretsError> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .and_then(|()| std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o700)))
+        .map_err(|source| SecretsError::Write { path: path.to_owned(), source })
+}
+
+/// Writes a file; private ones (keys, tokens) are created with mode 0600.
+fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), SecretsError> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if private { 0o600 } else { 0o644 })
+        .open(path)
+        .and_then(|mut file| file.write_all(contents.as_bytes()))
+        .map_err(|source| SecretsError::Write { path: path.to_owned(), source })
+}
+
+fn random_hex(bytes: usize) -> Result<String, SecretsError> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::getrandom(&mut buf).map_err(SecretsError::Random)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}

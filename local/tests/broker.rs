@@ -1,0 +1,158 @@
+//! The private broker against real RabbitMQ: certificate login, the Cockpit queues, refusals,
+//! and that stopping it leaves nothing behind.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use amqp::{ALL_QUEUES, ClientFiles, Config, Error, PUBLIC, Queue, ServerVerification, Session};
+use local::{Broker, secrets};
+use tempfile::TempDir;
+
+/// A broker with fresh secrets, in a temporary directory removed after the test.
+struct Fixture {
+    broker: Broker,
+    ca: secrets::Ca,
+    dir: TempDir,
+}
+
+async fn start() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let (secrets, ca) = secrets::generate(&dir.path().join("secrets"), false).unwrap();
+    let broker = Broker::start(&dir.path().join("broker"), &secrets).await.unwrap();
+    Fixture { broker, ca, dir }
+}
+
+#[tokio::test]
+async fn round_trips_persistent_messages_on_the_cockpit_queues() {
+    let fixture = start().await;
+    let session = Session::connect(&fixture.broker.client_config()).await.unwrap();
+    for queue in ALL_QUEUES {
+        assert_eq!(session.declare(queue).await.unwrap(), 0, "{} starts empty", queue.name);
+        // Declaring again with the same arguments is accepted.
+        session.declare(queue).await.unwrap();
+        let body = format!(r#"{{"command": "echo {}"}}"#, queue.name);
+        session.publish(queue.name, body.as_bytes(), queue.max_priority).await.unwrap();
+        let delivery = session.get(queue.name).await.unwrap().expect("the message is in the queue");
+        assert_eq!(delivery.body, body.as_bytes());
+        assert!(delivery.persistent);
+        assert_eq!(delivery.priority, queue.max_priority);
+        assert_eq!(delivery.content_type.as_deref(), Some("application/json"));
+        delivery.ack().await.unwrap();
+        assert!(session.get(queue.name).await.unwrap().is_none(), "{} is drained", queue.name);
+    }
+
+    // Read the queues back from the broker itself: durable, with exactly Cockpit's arguments.
+    let listing = fixture.broker.ctl(&["list_queues", "--quiet", "--no-table-headers", "name", "durable", "arguments"]);
+    let mut lines: Vec<String> = listing.unwrap().lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "public true [{\"x-max-priority\",9}]",
+            "rhel true [{\"x-max-priority\",9}]",
+            "statistics true [{\"x-max-priority\",9},{\"x-single-active-consumer\",true}]",
+            "webhook true []",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn refuses_a_declare_with_other_arguments() {
+    let fixture = start().await;
+    let session = Session::connect(&fixture.broker.client_config()).await.unwrap();
+    session.declare(PUBLIC).await.unwrap();
+    let other = Queue { max_priority: Some(5), ..PUBLIC };
+    let err = session.declare(other).await.unwrap_err();
+    assert!(matches!(err, Error::ArgumentsMismatch { .. }), "{err:?}");
+    assert!(err.to_string().contains("PRECONDITION_FAILED") || err.to_string().contains("406"), "{err}");
+}
+
+#[tokio::test]
+async fn only_the_certificate_user_gets_in() {
+    let fixture = start().await;
+    let webhook = fixture.dir.path().join("secrets/webhook");
+    let config = |files: ClientFiles| Config {
+        address: fixture.broker.address(),
+        files,
+        verification: ServerVerification::Full,
+    };
+
+    // No client certificate: refused in the TLS handshake.
+    let anonymous = config(ClientFiles { ca: webhook.join("ca.pem"), identity: None });
+    let err = Session::connect(&anonymous).await.err().expect("refused without a certificate");
+    assert!(err.to_string().to_lowercase().contains("certificate"), "{err}");
+
+    // A certificate from another CA: refused.
+    let other = tempfile::tempdir().unwrap();
+    let (other_secrets, _) = secrets::generate(other.path(), false).unwrap();
+    let stranger = config(ClientFiles {
+        ca: webhook.join("ca.pem"),
+        identity: Some((other_secrets.webhook_dir().join("amqp-client.pem"), other_secrets.webhook_dir().join("amqp-client.key"))),
+    });
+    assert!(Session::connect(&stranger).await.is_err(), "a certificate of another CA is refused");
+
+    // Our CA, but a common name that is no AMQP user: ACCESS_REFUSED.
+    let issued = fixture.ca.issue_client("nobody").unwrap();
+    let (cert, key) = (fixture.dir.path().join("nobody.pem"), fixture.dir.path().join("nobody.key"));
+    std::fs::write(&cert, issued.cert_pem).unwrap();
+    std::fs::write(&key, issued.key_pem).unwrap();
+    let nobody = config(ClientFiles { ca: webhook.join("ca.pem"), identity: Some((cert, key)) });
+    let err = Session::connect(&nobody).await.err().expect("an unknown user is refused");
+    assert!(err.to_string().contains("ACCESS_REFUSED") || err.to_string().contains("403"), "{err}");
+
+    // The certificate user is the only user: no guest.
+    let users = fixture.broker.ctl(&["list_users", "--quiet", "--no-table-headers"]).unwrap();
+    let names: Vec<&str> = users.lines().filter_map(|line| line.split_whitespace().next()).collect();
+    assert_eq!(names, [secrets::AMQP_USER]);
+
+    // Plain AMQP on the TLS port: no AMQP handshake ever starts.
+    let amqp::Address::Tls { port, .. } = fixture.broker.address() else { unreachable!() };
+    let mut plain = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    plain.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    plain.write_all(b"AMQP\x00\x00\x09\x01").unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(!answer.starts_with(b"\x01\x00\x00"), "the broker answered plain AMQP: {answer:?}");
+}
+
+#[tokio::test]
+async fn verifies_the_broker_certificate_against_our_ca() {
+    let fixture = start().await;
+    let amqp::Address::Tls { port, .. } = fixture.broker.address() else { unreachable!() };
+    // The same listener reached by a name its certificate does not carry (an IPv4-mapped IPv6
+    // address): refused when the host name is checked, accepted with chain-only verification.
+    let mut config = fixture.broker.client_config();
+    config.address = amqp::Address::Tls { host: "::ffff:127.0.0.1".into(), port };
+    let err = Session::connect(&config).await.err().expect("the host name is checked by default");
+    assert!(err.to_string().contains("not valid for name"), "{err}");
+    config.verification = ServerVerification::ChainOnly;
+    Session::connect(&config).await.expect("chain-only verification ignores the name").close().await;
+
+    // A broker certificate from another CA is refused, however little is checked.
+    let other = tempfile::tempdir().unwrap();
+    let (other_secrets, _) = secrets::generate(other.path(), false).unwrap();
+    config.files.ca = other_secrets.ca_cert();
+    let err = Session::connect(&config).await.err().expect("the chain is always checked");
+    assert!(err.to_string().contains("invalid peer certificate"), "{err}");
+}
+
+#[tokio::test]
+async fn two_brokers_side_by_side_and_nothing_left_after_stop() {
+    let (mut first, mut second) = tokio::join!(start(), start());
+    for fixture in [&first, &second] {
+        let session = Session::connect(&fixture.broker.client_config()).await.unwrap();
+        session.declare(PUBLIC).await.unwrap();
+        session.publish("public", b"{}", Some(5)).await.unwrap();
+        session.close().await;
+    }
+    assert_ne!(first.broker.address(), second.broker.address());
+    for fixture in [&mut first, &mut second] {
+        let pids = fixture.broker.process_ids();
+        assert!(pids.len() >= 2, "the node and its epmd run: {pids:?}");
+        fixture.broker.stop();
+        let alive: Vec<_> = pids.iter().filter(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists()).collect();
+        assert!(alive.is_empty(), "left running after stop: {alive:?}");
+        assert!(fixture.broker.process_ids().is_empty());
+    }
+}

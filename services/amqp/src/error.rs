@@ -1,0 +1,61 @@
+//! The one error type of the crate; every message says what failed and what to look at.
+
+use std::io;
+use std::path::PathBuf;
+
+/// What can go wrong between a service and the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "invalid AMQP address {0:?}: expected host:port (as in AMQP_SERVER), or `localhost` for plain AMQP on port 5672"
+    )]
+    Address(String),
+
+    #[error("cannot read {}: {source} (the secrets directory must hold ca.pem, amqp-client.pem and amqp-client.key)", path.display())]
+    ReadFile { path: PathBuf, source: io::Error },
+
+    #[error("{} holds no usable {what}", path.display())]
+    Pem { path: PathBuf, what: &'static str },
+
+    #[error("TLS client set-up failed: {0}")]
+    Tls(String),
+
+    #[error("cannot connect to the AMQP broker at {address}: {source}")]
+    Connect { address: String, source: lapin::Error },
+
+    #[error("the AMQP broker at {address} did not complete the connection within {seconds} s")]
+    ConnectTimeout { address: String, seconds: u64 },
+
+    #[error(
+        "queue {queue:?} exists with other arguments than the Cockpit ones ({source}); delete the queue, or find the client that declared it differently"
+    )]
+    ArgumentsMismatch { queue: String, source: lapin::Error },
+
+    #[error("AMQP {operation} on queue {queue:?} failed: {source}")]
+    Queue { operation: &'static str, queue: String, source: lapin::Error },
+
+    #[error("the broker refused (nacked) a message published to {queue:?}; it was not stored")]
+    Nacked { queue: String },
+
+    #[error("acknowledging a delivery failed: {0}")]
+    Ack(lapin::Error),
+}
+
+impl Error {
+    /// Whether retrying later can help: the broker was unreachable or the connection broke.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Connect { .. } | Error::ConnectTimeout { .. } | Error::Nacked { .. } => true,
+            Error::Queue { source, .. } | Error::Ack(source) => reply_code(source).is_none(),
+            _ => false,
+        }
+    }
+}
+
+/// The AMQP reply code (e.g. 403 ACCESS_REFUSED, 406 PRECONDITION_FAILED) of a broker error.
+pub(crate) fn reply_code(err: &lapin::Error) -> Option<u16> {
+    match err.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_id()),
+        _ => None,
+    }
+}

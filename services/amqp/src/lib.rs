@@ -1,0 +1,16 @@
+//! AMQP wiring shared by every service: how the broker is reached (Cockpit's `AMQP_SERVER` and
+//! secrets layout), the four Cockpit queues with their exact declare arguments, and the message
+//! bodies that travel through them. Only this crate knows lapin.
+
+mod config;
+mod error;
+mod message;
+mod queue;
+mod session;
+mod tls;
+
+pub use config::{Address, ClientFiles, Config, ServerVerification, default_secrets_dir};
+pub use error::Error;
+pub use message::{Command, CommandMessage, Job, JobMessage, Subject, WebhookMessage};
+pub use queue::{ALL_QUEUES, BASELINE_PRIORITY, MAX_PRIORITY, PUBLIC, Queue, RHEL, STATISTICS, WEBHOOK};
+pub use session::{Delivery, Session, connect_with_backoff};

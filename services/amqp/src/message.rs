@@ -1,0 +1,135 @@
+//! The JSON bodies of the Cockpit queues: `{event, request}` in `webhook`, `{job, human}` in
+//! `public`/`rhel`, `{command}` in `statistics` and for hand-published tasks.
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+/// A GitHub delivery as the webhook publishes it. `request` is the delivery body exactly as
+/// GitHub sent it (kept raw, so the queue holds GitHub's bytes, not a re-encoding).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WebhookMessage {
+    pub event: String,
+    pub request: Box<RawValue>,
+}
+
+/// A job for a tasks worker, with the one-line summary `inspect-queue --human` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobMessage {
+    pub job: Job,
+    pub human: String,
+}
+
+/// A shell command (run with `sh -c`) or an argv (run directly).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandMessage {
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Command {
+    Shell(String),
+    Argv(Vec<String>),
+}
+
+/// A job spec as Cockpit's tests-scan writes it and its job-runner reads it. The first nine
+/// fields are always written, in tests-scan's order; the rest only when set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub repo: String,
+    #[serde(default)]
+    pub sha: Option<String>,
+    #[serde(default)]
+    pub context: Option<String>,
+    #[serde(default)]
+    pub pull: Option<u64>,
+    /// Issue to open when the job fails (SHA triggers), overlaid on the default issue.
+    #[serde(default)]
+    pub report: Option<Value>,
+    /// The project whose tests run, when it is not `repo` (cross-project contexts).
+    #[serde(default)]
+    pub command_subject: Option<Subject>,
+    #[serde(default)]
+    pub slug: Option<String>,
+    #[serde(default)]
+    pub env: IndexMap<String, String>,
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forge: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Minutes; job-runner's default is 120, 0 means none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+}
+
+/// A repository on a forge, at a branch (`""` forge means the default one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subject {
+    #[serde(default)]
+    pub forge: String,
+    pub repo: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The job of Cockpit's own mock PR test, byte for byte as tests-scan publishes it.
+    const COCKPIT_JOB: &str = r#"{"job":{"repo":"cockpit-project/bots","sha":"a4d25bb9d1d2e0a0b3c4d5e6f708192a3b4c5d6e","context":"unit-tests","pull":1,"report":null,"command_subject":null,"slug":"pull-1-a4d25bb9-20240315-135902-unit-tests","env":{"TEST_OS":"unit-tests","TEST_REVISION":"a4d25bb9d1d2e0a0b3c4d5e6f708192a3b4c5d6e","COCKPIT_BOTS_REF":"main","BASE_BRANCH":"main","TEST_PULL":"1"},"secrets":["github-token","image-download"]},"human":"pull-1      unit-tests                a4d25bb      (cockpit-project/bots) [bots@main]   {main}"}"#;
+
+    #[test]
+    fn job_message_round_trips_byte_for_byte() {
+        let message: JobMessage = serde_json::from_str(COCKPIT_JOB).unwrap();
+        assert_eq!(message.job.pull, Some(1));
+        assert_eq!(message.job.env.keys().next().map(String::as_str), Some("TEST_OS"));
+        assert_eq!(serde_json::to_string(&message).unwrap(), COCKPIT_JOB);
+    }
+
+    #[test]
+    fn cross_project_subject_keeps_cockpit_shape() {
+        let subject = Subject {
+            forge: String::new(),
+            repo: "cockpit-project/cockpituous".into(),
+            branch: Some("main".into()),
+        };
+        assert_eq!(
+            serde_json::to_string(&subject).unwrap(),
+            r#"{"forge":"","repo":"cockpit-project/cockpituous","branch":"main"}"#
+        );
+    }
+
+    #[test]
+    fn webhook_message_keeps_the_request_bytes() {
+        let request = "{ \"zeta\": 1,\n  \"action\": \"opened\" }";
+        let message = WebhookMessage {
+            event: "pull_request".into(),
+            request: RawValue::from_string(request.into()).unwrap(),
+        };
+        assert_eq!(
+            serde_json::to_string(&message).unwrap(),
+            format!(r#"{{"event":"pull_request","request":{request}}}"#)
+        );
+    }
+
+    #[test]
+    fn commands_are_shell_strings_or_argv() {
+        let shell: CommandMessage = serde_json::from_str(r#"{"command": "./store-tests"}"#).unwrap();
+        assert_eq!(shell.command, Command::Shell("./store-tests".into()));
+        let argv: CommandMessage = serde_json::from_str(r#"{"command": ["ls", "-l"]}"#).unwrap();
+        assert_eq!(argv.command, Command::Argv(vec!["ls".into(), "-l".into()]));
+    }
+}

@@ -1,0 +1,191 @@
+//! A session with the broker: one connection, one channel in publisher-confirm mode. Publishing
+//! returns only once the broker has confirmed the message is stored.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, BasicRejectOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
+};
+use lapin::tcp::{AMQPUriTcpExt, RustlsConnector};
+use lapin::uri::{AMQPScheme, AMQPUri};
+use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
+use rustls::ClientConfig;
+
+use crate::error::reply_code;
+use crate::{Address, Config, Error, Queue};
+
+/// How long the TCP connect, TLS handshake and AMQP handshake together may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// AMQP delivery mode 2: the broker writes the message to disk in a durable queue.
+const PERSISTENT: u8 = 2;
+
+/// An open connection and channel, with publisher confirms enabled.
+pub struct Session {
+    connection: Connection,
+    channel: lapin::Channel,
+}
+
+/// A message taken from a queue, unacknowledged until [`Delivery::ack`].
+pub struct Delivery {
+    pub body: Vec<u8>,
+    pub redelivered: bool,
+    pub priority: Option<u8>,
+    pub persistent: bool,
+    pub content_type: Option<String>,
+    acker: lapin::Acker,
+}
+
+impl Session {
+    /// Connects, authenticates and opens a confirm-mode channel.
+    pub async fn connect(config: &Config) -> Result<Session, Error> {
+        let address = config.address.to_string();
+        let tls = match config.address {
+            Address::Tls { .. } => Some(super::tls::client_config(&config.files, config.verification)?),
+            Address::PlainLocalhost => None,
+        };
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, open_connection(&config.address, tls))
+            .await
+            .map_err(|_| Error::ConnectTimeout { address: address.clone(), seconds: CONNECT_TIMEOUT.as_secs() })?
+            .map_err(|source| Error::Connect { address: address.clone(), source })?;
+        let channel = async {
+            let channel = connection.create_channel().await?;
+            channel.confirm_select(ConfirmSelectOptions::default()).await?;
+            Ok(channel)
+        }
+        .await
+        .map_err(|source| Error::Connect { address, source })?;
+        Ok(Session { connection, channel })
+    }
+
+    /// Declares a durable queue with its Cockpit arguments; returns how many messages it holds.
+    /// A queue that exists with other arguments is refused with [`Error::ArgumentsMismatch`],
+    /// after which this session's channel is closed by the broker.
+    pub async fn declare(&self, queue: Queue) -> Result<u32, Error> {
+        let options = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+        self.channel
+            .queue_declare(queue.name.into(), options, queue.arguments())
+            .await
+            .map(|declared| declared.message_count())
+            .map_err(|source| match reply_code(&source) {
+                Some(406) => Error::ArgumentsMismatch { queue: queue.name.to_owned(), source },
+                _ => Error::Queue { operation: "declare", queue: queue.name.to_owned(), source },
+            })
+    }
+
+    /// Publishes a persistent JSON message through the default exchange and waits for the
+    /// broker's confirm.
+    pub async fn publish(&self, queue: &str, body: &[u8], priority: Option<u8>) -> Result<(), Error> {
+        let mut properties = BasicProperties::default()
+            .with_delivery_mode(PERSISTENT)
+            .with_content_type("application/json".into());
+        if let Some(priority) = priority {
+            properties = properties.with_priority(priority);
+        }
+        let failed = |source| Error::Queue { operation: "publish", queue: queue.to_owned(), source };
+        let confirm = self
+            .channel
+            .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), body, properties)
+            .await
+            .map_err(failed)?
+            .await
+            .map_err(failed)?;
+        match confirm {
+            Confirmation::Ack(_) => Ok(()),
+            Confirmation::Nack(_) | Confirmation::NotRequested => {
+                Err(Error::Nacked { queue: queue.to_owned() })
+            }
+        }
+    }
+
+    /// Takes one message without acknowledging it, or `None` when the queue is empty.
+    pub async fn get(&self, queue: &str) -> Result<Option<Delivery>, Error> {
+        let message = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+            .await
+            .map_err(|source| Error::Queue { operation: "get", queue: queue.to_owned(), source })?;
+        Ok(message.map(|message| {
+            let delivery = message.delivery;
+            let properties = &delivery.properties;
+            Delivery {
+                redelivered: delivery.redelivered,
+                priority: *properties.priority(),
+                persistent: *properties.delivery_mode() == Some(PERSISTENT),
+                content_type: properties.content_type().as_ref().map(ToString::to_string),
+                body: delivery.data,
+                acker: delivery.acker,
+            }
+        }))
+    }
+
+    /// Whether the connection is still usable.
+    pub fn is_connected(&self) -> bool {
+        self.connection.status().connected() && self.channel.status().connected()
+    }
+
+    /// Closes the connection politely; unacknowledged deliveries go back to their queues.
+    pub async fn close(self) {
+        let _ = self.connection.close(200, "bye".into()).await;
+    }
+}
+
+impl Delivery {
+    /// Tells the broker the message is handled and may be deleted.
+    pub async fn ack(self) -> Result<(), Error> {
+        self.acker.ack(BasicAckOptions::default()).await.map(drop).map_err(Error::Ack)
+    }
+
+    /// Gives the message back to the broker (`requeue`) or drops it.
+    pub async fn reject(self, requeue: bool) -> Result<(), Error> {
+        self.acker.reject(BasicRejectOptions { requeue }).await.map(drop).map_err(Error::Ack)
+    }
+}
+
+/// Connects, retrying transient failures with exponential backoff (0.1 s doubling up to 5 s),
+/// at most `attempts` times.
+pub async fn connect_with_backoff(config: &Config, attempts: u32) -> Result<Session, Error> {
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 1;
+    loop {
+        match Session::connect(config).await {
+            Err(err) if err.is_transient() && attempt < attempts => {
+                tracing::debug!(attempt, %err, "broker not reachable yet, retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+async fn open_connection(address: &Address, tls: Option<ClientConfig>) -> lapin::Result<Connection> {
+    let runtime = lapin::runtime::default_runtime()?;
+    let properties = ConnectionProperties::default();
+    let (Address::Tls { host, port }, Some(tls)) = (address, tls) else {
+        return Connection::connect_with_runtime("amqp://guest:guest@localhost:5672/%2f", properties, runtime)
+            .await;
+    };
+    let (host, port) = (host.clone(), *port);
+    let connector = Arc::new(RustlsConnector::from(tls));
+    let mut uri: AMQPUri = "amqps://localhost/%2f?auth_mechanism=external"
+        .parse()
+        .map_err(|e: String| lapin::Error::from(std::io::Error::other(e)))?;
+    uri.authority.host = host.clone();
+    uri.authority.port = port;
+    Connection::connector(
+        uri,
+        runtime,
+        async move |uri, runtime| {
+            // TCP through lapin's runtime, then the TLS handshake with our own rustls config.
+            let plain = AMQPUri { scheme: AMQPScheme::AMQP, ..uri };
+            let stream = plain.connect_async(&runtime).await?;
+            Ok(stream.into_rustls(&connector, &host).await?)
+        },
+        properties,
+    )
+    .await
+}
