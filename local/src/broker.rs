@@ -199,9 +199,7 @@ log.file.level = info
         let log = File::create(self.dir.join(log)).map_err(io_error(format!("create {log}")))?;
         let stderr = log.try_clone().map_err(io_error("duplicate a log file handle"))?;
         command.stdin(Stdio::null()).stdout(log).stderr(stderr);
-        self.processes
-            .spawn(command)
-            .map_err(io_error(format!("start {}", command.get_program().to_string_lossy())))
+        self.processes.spawn(command).map_err(io_error(format!("start {}", command.get_program().to_string_lossy())))
     }
 
     async fn wait_until_ready(&mut self, server: usize) -> Result<(), BrokerError> {

@@ -1,1 +1,72 @@
-fn main() {}
+//! `cargo xtask`: the developer entry point. This file only parses arguments and dispatches;
+//! each command lives in its own module.
+
+mod bench;
+mod ci;
+mod packages;
+mod progress;
+mod run_local;
+mod secrets;
+#[cfg(test)]
+mod tidy;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Workbench: the Cockpit CI deployment on one machine, brought up and asserted end to end.
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Bring the deployment up on this machine and assert the whole flow (the main job).
+    RunLocal(run_local::Args),
+    /// Write fresh fake secrets in Cockpit's production layout.
+    Secrets(secrets::Args),
+    /// Run everything CI checks: formatting, lints, all tests, and run-local.
+    Ci,
+    /// Measure, and print figures as recorded in docs/benchmarks.md.
+    Bench(bench::Args),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match Cli::parse().command {
+        Command::RunLocal(args) => run_local::run(args),
+        Command::Secrets(args) => secrets::run(args),
+        Command::Ci => ci::run(),
+        Command::Bench(args) => bench::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (the directory of the top Cargo.toml).
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
+}
+
+/// Where run directories go: under cargo's target directory, never the source tree.
+fn runs_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    target.join("workbench")
+}
+
+/// A multi-threaded runtime for the async commands.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}

@@ -88,11 +88,7 @@ pub struct Config {
 impl Config {
     /// A client of `address` using the certificates in a Cockpit secrets directory.
     pub fn new(address: Address, secrets_dir: &Path) -> Config {
-        Config {
-            address,
-            files: ClientFiles::in_secrets_dir(secrets_dir),
-            verification: ServerVerification::default(),
-        }
+        Config { address, files: ClientFiles::in_secrets_dir(secrets_dir), verification: ServerVerification::default() }
     }
 }
 

@@ -101,11 +101,8 @@ mod tests {
 
     #[test]
     fn cross_project_subject_keeps_cockpit_shape() {
-        let subject = Subject {
-            forge: String::new(),
-            repo: "cockpit-project/cockpituous".into(),
-            branch: Some("main".into()),
-        };
+        let subject =
+            Subject { forge: String::new(), repo: "cockpit-project/cockpituous".into(), branch: Some("main".into()) };
         assert_eq!(
             serde_json::to_string(&subject).unwrap(),
             r#"{"forge":"","repo":"cockpit-project/cockpituous","branch":"main"}"#
@@ -115,10 +112,8 @@ mod tests {
     #[test]
     fn webhook_message_keeps_the_request_bytes() {
         let request = "{ \"zeta\": 1,\n  \"action\": \"opened\" }";
-        let message = WebhookMessage {
-            event: "pull_request".into(),
-            request: RawValue::from_string(request.into()).unwrap(),
-        };
+        let message =
+            WebhookMessage { event: "pull_request".into(), request: RawValue::from_string(request.into()).unwrap() };
         assert_eq!(
             serde_json::to_string(&message).unwrap(),
             format!(r#"{{"event":"pull_request","request":{request}}}"#)

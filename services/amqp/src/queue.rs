@@ -59,10 +59,7 @@ mod tests {
         let priority = ("x-max-priority".to_owned(), AMQPValue::LongInt(9));
         assert_eq!(wire(PUBLIC), vec![priority.clone()]);
         assert_eq!(wire(RHEL), vec![priority.clone()]);
-        assert_eq!(
-            wire(STATISTICS),
-            vec![priority, ("x-single-active-consumer".to_owned(), AMQPValue::Boolean(true))]
-        );
+        assert_eq!(wire(STATISTICS), vec![priority, ("x-single-active-consumer".to_owned(), AMQPValue::Boolean(true))]);
     }
 
     #[test]

@@ -78,9 +78,8 @@ impl Session {
     /// Publishes a persistent JSON message through the default exchange and waits for the
     /// broker's confirm.
     pub async fn publish(&self, queue: &str, body: &[u8], priority: Option<u8>) -> Result<(), Error> {
-        let mut properties = BasicProperties::default()
-            .with_delivery_mode(PERSISTENT)
-            .with_content_type("application/json".into());
+        let mut properties =
+            BasicProperties::default().with_delivery_mode(PERSISTENT).with_content_type("application/json".into());
         if let Some(priority) = priority {
             properties = properties.with_priority(priority);
         }
@@ -94,9 +93,7 @@ impl Session {
             .map_err(failed)?;
         match confirm {
             Confirmation::Ack(_) => Ok(()),
-            Confirmation::Nack(_) | Confirmation::NotRequested => {
-                Err(Error::Nacked { queue: queue.to_owned() })
-            }
+            Confirmation::Nack(_) | Confirmation::NotRequested => Err(Error::Nacked { queue: queue.to_owned() }),
         }
     }
 
@@ -166,8 +163,7 @@ async fn open_connection(address: &Address, tls: Option<ClientConfig>) -> lapin:
     let runtime = lapin::runtime::default_runtime()?;
     let properties = ConnectionProperties::default();
     let (Address::Tls { host, port }, Some(tls)) = (address, tls) else {
-        return Connection::connect_with_runtime("amqp://guest:guest@localhost:5672/%2f", properties, runtime)
-            .await;
+        return Connection::connect_with_runtime("amqp://guest:guest@localhost:5672/%2f", properties, runtime).await;
     };
     let (host, port) = (host.clone(), *port);
     let connector = Arc::new(RustlsConnector::from(tls));

@@ -12,10 +12,7 @@ use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStor
 
 use crate::{ClientFiles, Error, ServerVerification};
 
-pub(crate) fn client_config(
-    files: &ClientFiles,
-    verification: ServerVerification,
-) -> Result<ClientConfig, Error> {
+pub(crate) fn client_config(files: &ClientFiles, verification: ServerVerification) -> Result<ClientConfig, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     for cert in read_certs(&files.ca)? {
@@ -38,8 +35,7 @@ pub(crate) fn client_config(
         Some((cert, key)) => {
             let chain = read_certs(cert)?;
             let key = read(key).and_then(|pem| {
-                PrivateKeyDer::from_pem_slice(&pem)
-                    .map_err(|_| Error::Pem { path: key.clone(), what: "private key" })
+                PrivateKeyDer::from_pem_slice(&pem).map_err(|_| Error::Pem { path: key.clone(), what: "private key" })
             })?;
             builder.with_client_auth_cert(chain, key).map_err(|e| Error::Tls(e.to_string()))
         }
@@ -51,9 +47,7 @@ fn read(path: &Path) -> Result<Vec<u8>, Error> {
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let certs = CertificateDer::pem_slice_iter(&read(path)?)
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap_or_default();
+    let certs = CertificateDer::pem_slice_iter(&read(path)?).collect::<Result<Vec<_>, _>>().unwrap_or_default();
     if certs.is_empty() {
         return Err(Error::Pem { path: path.to_owned(), what: "certificate" });
     }

@@ -1,0 +1,79 @@
+//! System packages the commands need, installed through the distribution's package manager:
+//! asking first on a terminal, without asking when CI=true, and otherwise saying exactly what
+//! is missing and how to install it.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+/// A Debian package and a file that shows it is installed.
+pub struct Package {
+    pub name: &'static str,
+    pub provides: &'static str,
+}
+
+pub const RABBITMQ: Package = Package { name: "rabbitmq-server", provides: "/usr/lib/rabbitmq/bin/rabbitmq-server" };
+pub const OPENSSL: Package = Package { name: "openssl", provides: "/usr/bin/openssl" };
+
+/// Makes sure every package is installed, installing the missing ones.
+pub fn ensure(packages: &[Package]) -> anyhow::Result<()> {
+    let missing: Vec<&str> =
+        packages.iter().filter(|package| !Path::new(package.provides).exists()).map(|package| package.name).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let names = missing.join(" ");
+    if !Path::new("/usr/bin/apt-get").exists() {
+        bail!(
+            "missing system packages: {names}. This machine has no apt-get: install them with your distribution's package manager and run again"
+        );
+    }
+    let sudo: &[&str] = if rustix::process::geteuid().is_root() {
+        &[]
+    } else if Path::new("/usr/bin/sudo").exists() {
+        &["sudo"]
+    } else {
+        bail!("missing system packages: {names}. Install them as root: apt-get install -y {names}");
+    };
+    let in_ci = std::env::var("CI").is_ok_and(|value| value == "true");
+    if !in_ci && !confirm(&format!("Workbench needs {names}. Install with apt-get now? [Y/n] "))? {
+        bail!("missing system packages: {names}. Install them with: sudo apt-get install -y {names}");
+    }
+    println!("installing {names} with apt-get");
+    apt(sudo, &["update", "-q"])?;
+    apt(sudo, &[&["install", "-y", "-q", "--no-install-recommends"][..], &missing].concat())?;
+    if let Some(package) = packages.iter().find(|package| !Path::new(package.provides).exists()) {
+        bail!("apt-get installed {} but {} is still missing", package.name, package.provides);
+    }
+    Ok(())
+}
+
+/// Asks a yes/no question on the terminal; without a terminal the answer is no.
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        return Ok(false);
+    }
+    print!("{question}");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "" | "y" | "Y" | "yes"))
+}
+
+fn apt(sudo: &[&str], args: &[&str]) -> anyhow::Result<()> {
+    let (program, rest) = match sudo {
+        [sudo, ..] => (*sudo, [&["apt-get"][..], args].concat()),
+        [] => ("apt-get", args.to_vec()),
+    };
+    let status = Command::new(program)
+        .args(&rest)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .with_context(|| format!("running {program} {}", rest.join(" ")))?;
+    if !status.success() {
+        bail!("`{program} {}` failed ({status}); see its output above", rest.join(" "));
+    }
+    Ok(())
+}
