@@ -34,7 +34,7 @@ pub enum Error {
     #[error("AMQP {operation} on queue {queue:?} failed: {source}")]
     Queue { operation: &'static str, queue: String, source: lapin::Error },
 
-    #[error("the broker refused (nacked) a message published to {queue:?}; it was not stored")]
+    #[error("the broker did not store a message published to {queue:?} (nacked, or no such queue)")]
     Nacked { queue: String },
 
     #[error("acknowledging a delivery failed: {0}")]

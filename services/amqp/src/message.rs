@@ -14,6 +14,15 @@ pub struct WebhookMessage {
     pub request: Box<RawValue>,
 }
 
+impl WebhookMessage {
+    /// Encodes `{"event": event, "request": request}` without re-parsing `request`, which the
+    /// caller has checked is JSON.
+    pub fn encode(event: &str, request: &[u8]) -> Vec<u8> {
+        let event = serde_json::to_string(event).expect("a string encodes");
+        [br#"{"event":"#, event.as_bytes(), br#","request":"#, request, b"}"].concat()
+    }
+}
+
 /// A job for a tasks worker, with the one-line summary `inspect-queue --human` shows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobMessage {
@@ -118,6 +127,17 @@ mod tests {
             serde_json::to_string(&message).unwrap(),
             format!(r#"{{"event":"pull_request","request":{request}}}"#)
         );
+    }
+
+    #[test]
+    fn encodes_webhook_messages_around_the_raw_request() {
+        let request = b"{\"action\": \"opened\",\n \"number\": 1}";
+        let encoded = WebhookMessage::encode("pull_request", request);
+        assert_eq!(encoded, [&br#"{"event":"pull_request","request":"#[..], request, b"}"].concat());
+        let decoded: WebhookMessage = serde_json::from_slice(&encoded).unwrap();
+        assert_eq!(decoded.event, "pull_request");
+        assert_eq!(decoded.request.get().as_bytes(), request);
+        assert_eq!(WebhookMessage::encode("a\"b", b"{}"), br#"{"event":"a\"b","request":{}}"#);
     }
 
     #[test]

@@ -86,7 +86,14 @@ impl Session {
         let failed = |source| Error::Queue { operation: "publish", queue: queue.to_owned(), source };
         let confirm = self
             .channel
-            .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), body, properties)
+            // Mandatory: a message no queue takes comes back instead of vanishing.
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions { mandatory: true, ..Default::default() },
+                body,
+                properties,
+            )
             .await
             .map_err(failed)?
             .await
@@ -116,6 +123,21 @@ impl Session {
                 acker: delivery.acker,
             }
         }))
+    }
+
+    /// How many messages `queue` holds, or `None` when it does not exist. Uses a channel of its
+    /// own, since the broker closes the channel of a failed passive declare.
+    pub async fn depth(&self, queue: &str) -> Result<Option<u32>, Error> {
+        let failed = |source| Error::Queue { operation: "inspect", queue: queue.to_owned(), source };
+        let channel = self.connection.create_channel().await.map_err(failed)?;
+        let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+        let result = channel.queue_declare(queue.into(), options, Default::default()).await;
+        let _ = channel.close(200, "inspected".into()).await;
+        match result {
+            Ok(declared) => Ok(Some(declared.message_count())),
+            Err(source) if reply_code(&source) == Some(404) => Ok(None),
+            Err(source) => Err(failed(source)),
+        }
     }
 
     /// Whether the connection is still usable.

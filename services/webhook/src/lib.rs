@@ -1,0 +1,43 @@
+//! The GitHub webhook receiver: verifies each delivery's signature, filters it like Cockpit's
+//! webhook, and publishes `{event, request}` to the durable `webhook` queue, answering 200 only
+//! once the broker confirmed it stored the message.
+
+mod event;
+mod metrics;
+mod publisher;
+mod routes;
+mod signature;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use routes::MAX_BODY;
+pub use signature::{SignatureError, sign_sha256, verify};
+
+/// What the webhook needs to run.
+pub struct Config {
+    pub amqp: amqp::Config,
+    /// The HMAC secret GitHub signs deliveries with.
+    pub secret: Vec<u8>,
+}
+
+/// Reads a webhook secret file as Cockpit does: its content, surrounding whitespace stripped.
+pub fn read_secret(path: &Path) -> std::io::Result<Vec<u8>> {
+    Ok(std::fs::read_to_string(path)?.trim().as_bytes().to_vec())
+}
+
+/// Serves deliveries on `listener` until `shutdown` resolves, then finishes the requests in
+/// flight. The broker connection is made in the background: until it is up, deliveries get 503.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let state = routes::AppState {
+        publisher: Arc::new(publisher::Publisher::start(config.amqp)),
+        secret: config.secret.into(),
+        metrics: Arc::default(),
+    };
+    axum::serve(listener, routes::router(state)).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,72 @@
+//! `webhook`: the GitHub webhook receiver, configured like Cockpit's.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Receives GitHub webhook deliveries, verifies their signature, and publishes the ones CI acts
+/// on (pull requests opened, synchronized, edited or merged; direct-trigger statuses) to the
+/// durable AMQP queue `webhook`. Answers 200 only once the broker confirmed storing the message,
+/// 503 with Retry-After while it cannot.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Broker address: host:port (TLS with a client certificate), or `localhost` for plain AMQP
+    /// on port 5672 with the guest user.
+    #[arg(long, env = "AMQP_SERVER", default_value = "localhost:5671")]
+    amqp: String,
+    /// Directory with ca.pem, amqp-client.pem and amqp-client.key
+    /// [default: /run/secrets/webhook, or $XDG_RUNTIME_DIR/secrets/webhook if only that exists]
+    #[arg(long)]
+    secrets_dir: Option<PathBuf>,
+    /// File holding the HMAC secret GitHub signs deliveries with
+    /// [default: ~/.config/github-webhook-token]
+    #[arg(long, env = "COCKPIT_GITHUB_WEBHOOK_TOKEN_FILE")]
+    secret_file: Option<PathBuf>,
+    /// Address to listen on (0.0.0.0:8080 inside a pod).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let args = Args::parse();
+    let address = args.amqp.parse().context("AMQP_SERVER / --amqp")?;
+    let secrets_dir = args.secrets_dir.unwrap_or_else(amqp::default_secrets_dir);
+    let secret_file = match args.secret_file {
+        Some(path) => path,
+        None => {
+            std::env::home_dir().context("no home directory: pass --secret-file")?.join(".config/github-webhook-token")
+        }
+    };
+    let secret = webhook::read_secret(&secret_file).with_context(|| {
+        format!(
+            "cannot read the webhook secret {}: set COCKPIT_GITHUB_WEBHOOK_TOKEN_FILE or pass --secret-file",
+            secret_file.display()
+        )
+    })?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}: is another webhook running? pass --listen", args.listen))?;
+    tracing::info!(listen = %args.listen, amqp = %address, "webhook ready");
+    let config = webhook::Config { amqp: amqp::Config::new(address, &secrets_dir), secret };
+    webhook::serve(listener, config, shutdown_signal()).await.context("serving HTTP")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGTERM (podman stop, systemd) or SIGINT (Ctrl-C): stop accepting, drain, exit.
+async fn shutdown_signal() {
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

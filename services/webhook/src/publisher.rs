@@ -1,0 +1,109 @@
+//! The webhook's one long-lived broker session, kept connected in the background. Requests never
+//! open connections: they publish on the current session, or are told the broker is away.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use amqp::{Session, WEBHOOK};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+/// How long a publish may wait for the broker's confirm before the delivery is refused.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Slot = Arc<RwLock<Option<Arc<Session>>>>;
+
+/// Publishes to the `webhook` queue over a session that reconnects by itself.
+pub struct Publisher {
+    session: Slot,
+    broken: Arc<Notify>,
+    keeper: JoinHandle<()>,
+}
+
+/// Why a delivery could not be stored.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("not connected to the broker")]
+    Disconnected,
+    #[error("the broker did not confirm within {} s", CONFIRM_TIMEOUT.as_secs())]
+    Timeout,
+    #[error(transparent)]
+    Amqp(#[from] amqp::Error),
+}
+
+impl Publisher {
+    /// Starts connecting in the background; until connected, publishing fails fast.
+    pub fn start(config: amqp::Config) -> Publisher {
+        let session = Slot::default();
+        let broken = Arc::new(Notify::new());
+        let keeper = tokio::spawn(keep_connected(config, session.clone(), broken.clone()));
+        Publisher { session, broken, keeper }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.current().is_some_and(|session| session.is_connected())
+    }
+
+    /// Publishes a persistent message and returns once the broker confirmed storing it.
+    pub async fn publish(&self, body: &[u8]) -> Result<(), PublishError> {
+        let session = self.current().ok_or(PublishError::Disconnected)?;
+        let result = match tokio::time::timeout(CONFIRM_TIMEOUT, session.publish(WEBHOOK.name, body, None)).await {
+            Ok(result) => result.map_err(PublishError::from),
+            Err(_) => Err(PublishError::Timeout),
+        };
+        if result.is_err() && !session.is_connected() {
+            self.broken.notify_one();
+        }
+        result
+    }
+
+    /// Depths of the Cockpit queues (`None` for one that does not exist), in run-queue's order.
+    pub async fn queue_depths(&self) -> Result<Vec<(&'static str, Option<u32>)>, PublishError> {
+        let session = self.current().ok_or(PublishError::Disconnected)?;
+        let mut depths = Vec::new();
+        for queue in amqp::ALL_QUEUES {
+            depths.push((queue.name, session.depth(queue.name).await?));
+        }
+        Ok(depths)
+    }
+
+    fn current(&self) -> Option<Arc<Session>> {
+        self.session.read().expect("session lock").clone()
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.keeper.abort();
+    }
+}
+
+/// Connects, declares the `webhook` queue, and watches the connection; reconnects when it
+/// breaks, with backoff while the broker is away.
+async fn keep_connected(config: amqp::Config, slot: Slot, broken: Arc<Notify>) {
+    loop {
+        let connected = async {
+            let session = amqp::connect_with_backoff(&config, u32::MAX).await?;
+            session.declare(WEBHOOK).await?;
+            Ok::<_, amqp::Error>(session)
+        };
+        let session = match connected.await {
+            Ok(session) => Arc::new(session),
+            Err(err) => {
+                tracing::error!(%err, "cannot connect to the broker; retrying in 5 s");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                continue;
+            }
+        };
+        tracing::info!(address = %config.address, "connected to the broker");
+        *slot.write().expect("session lock") = Some(session.clone());
+        while session.is_connected() {
+            tokio::select! {
+                () = broken.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
+        *slot.write().expect("session lock") = None;
+        tracing::warn!("lost the broker connection; reconnecting");
+    }
+}

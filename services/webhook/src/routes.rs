@@ -1,0 +1,186 @@
+//! The HTTP interface: one router, small handlers, and the mapping from refusal to HTTP status
+//! in one place (`Refusal::status`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::event::{Decision, Payload, decide};
+use crate::metrics::Metrics;
+use crate::publisher::{PublishError, Publisher};
+use crate::signature::{self, SignatureError};
+
+/// GitHub caps deliveries at 25 MiB; a larger body is refused before it is read.
+pub const MAX_BODY: usize = 25 * 1024 * 1024;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub publisher: Arc<Publisher>,
+    pub secret: Arc<[u8]>,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", post(deliver))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/inspect-queue", get(inspect_queue))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// A delivery that was handled.
+enum Accepted {
+    Published,
+    Ping,
+    Ignored(String),
+}
+
+/// A delivery that was refused, and why.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("missing X-Hub-Signature-256 header")]
+    Unsigned,
+    #[error("signature does not match the body")]
+    BadSignature,
+    #[error("missing X-GitHub-Event header")]
+    NoEvent,
+    #[error("body is not JSON: {0}")]
+    NotJson(serde_json::Error),
+    #[error("body has no repository")]
+    NoRepository,
+    #[error("delivery not stored, try again later: {0}")]
+    Unavailable(PublishError),
+}
+
+impl Refusal {
+    fn status(&self) -> StatusCode {
+        match self {
+            Refusal::Unsigned => StatusCode::UNAUTHORIZED,
+            Refusal::BadSignature => StatusCode::FORBIDDEN,
+            Refusal::NoEvent | Refusal::NotJson(_) | Refusal::NoRepository => StatusCode::BAD_REQUEST,
+            Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The `outcome` label of the deliveries metric.
+    fn outcome(&self) -> &'static str {
+        match self {
+            Refusal::Unsigned | Refusal::BadSignature => "unauthorized",
+            Refusal::NoEvent | Refusal::NotJson(_) | Refusal::NoRepository => "bad_request",
+            Refusal::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let body = format!("{self}\n");
+        match self.status() {
+            StatusCode::SERVICE_UNAVAILABLE => {
+                (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "5")], body).into_response()
+            }
+            status => (status, body).into_response(),
+        }
+    }
+}
+
+impl IntoResponse for Accepted {
+    fn into_response(self) -> Response {
+        match self {
+            Accepted::Published | Accepted::Ping => (StatusCode::OK, "OK\n").into_response(),
+            Accepted::Ignored(reason) => (StatusCode::ACCEPTED, format!("ignored: {reason}\n")).into_response(),
+        }
+    }
+}
+
+impl Accepted {
+    fn outcome(&self) -> &'static str {
+        match self {
+            Accepted::Published => "published",
+            Accepted::Ping => "ping",
+            Accepted::Ignored(_) => "ignored",
+        }
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+async fn deliver(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Accepted, Refusal> {
+    let event = header(&headers, "x-github-event");
+    let id = header(&headers, "x-github-delivery").unwrap_or("-");
+    let result = accept(&state, &headers, event, &body).await;
+    let outcome = result.as_ref().map_or_else(Refusal::outcome, Accepted::outcome);
+    state.metrics.delivery(event.unwrap_or(""), outcome);
+    match &result {
+        Ok(_) => tracing::info!(delivery = id, event, outcome, "delivery handled"),
+        Err(Refusal::Unavailable(err)) => tracing::warn!(delivery = id, event, %err, "delivery not stored"),
+        Err(refusal) => tracing::info!(delivery = id, event, reason = %refusal, "delivery refused"),
+    }
+    result
+}
+
+async fn accept(state: &AppState, headers: &HeaderMap, event: Option<&str>, body: &[u8]) -> Result<Accepted, Refusal> {
+    let sha256 = headers.get("x-hub-signature-256").map(|value| value.as_bytes());
+    let sha1 = headers.get("x-hub-signature").map(|value| value.as_bytes());
+    signature::verify(&state.secret, sha256, sha1, body).map_err(|err| match err {
+        SignatureError::Missing => Refusal::Unsigned,
+        SignatureError::Mismatch => Refusal::BadSignature,
+    })?;
+    let event = event.ok_or(Refusal::NoEvent)?;
+    let payload: Payload = serde_json::from_slice(body).map_err(Refusal::NotJson)?;
+    let decision = decide(event, &payload);
+    if decision != Decision::Ping && !payload.has_repository() {
+        return Err(Refusal::NoRepository);
+    }
+    match decision {
+        Decision::Ping => Ok(Accepted::Ping),
+        Decision::Ignore(reason) => Ok(Accepted::Ignored(reason)),
+        Decision::Publish => {
+            let started = Instant::now();
+            let message = amqp::WebhookMessage::encode(event, body);
+            state.publisher.publish(&message).await.map_err(Refusal::Unavailable)?;
+            state.metrics.publish_latency(started.elapsed());
+            Ok(Accepted::Published)
+        }
+    }
+}
+
+async fn healthz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    if state.publisher.is_connected() {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not connected to the broker\n")
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let text = state.metrics.render(state.publisher.is_connected());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+}
+
+/// Cockpit's `inspect-queue` summary: each queue and how many messages it holds.
+async fn inspect_queue(State(state): State<AppState>) -> Response {
+    match state.publisher.queue_depths().await {
+        Ok(depths) => depths
+            .iter()
+            .map(|(queue, depth)| match depth {
+                Some(depth) => format!("{queue} queue: {depth} messages\n"),
+                None => format!("queue {queue} does not exist\n"),
+            })
+            .collect::<String>()
+            .into_response(),
+        Err(err) => Refusal::Unavailable(err).into_response(),
+    }
+}
