@@ -29,6 +29,7 @@ pub struct Broker {
     port: u16,
     node: String,
     epmd_port: u16,
+    dist_port: u16,
     processes: ProcessGroup,
 }
 
@@ -68,22 +69,34 @@ impl Broker {
             port,
             node: format!("workbench-{port}@localhost"),
             epmd_port: free_port().map_err(io_error("find a free port"))?,
+            dist_port: free_port().map_err(io_error("find a free port"))?,
             processes: ProcessGroup::new(),
         };
         broker.write_config()?;
+        broker.launch().await?;
+        Ok(broker)
+    }
 
+    /// Stops the broker and starts it again on the same port with the same data: durable
+    /// queues and persistent messages survive, as in a production restart.
+    pub async fn restart(&mut self) -> Result<(), BrokerError> {
+        self.stop();
+        self.processes = ProcessGroup::new();
+        self.launch().await
+    }
+
+    async fn launch(&mut self) -> Result<(), BrokerError> {
         // Our own epmd, so that the node does not start (and leave behind) a shared one.
         let mut epmd = Command::new(EPMD);
-        epmd.args(["-port", &broker.epmd_port.to_string(), "-address", "127.0.0.1"]);
-        broker.spawn(&mut epmd, "epmd.log")?;
+        epmd.args(["-port", &self.epmd_port.to_string(), "-address", "127.0.0.1"]);
+        self.spawn(&mut epmd, "epmd.log")?;
 
-        let mut server = broker.command(&Path::new(RABBITMQ_BIN).join("rabbitmq-server"));
+        let mut server = self.command(&Path::new(RABBITMQ_BIN).join("rabbitmq-server"));
         server
-            .env("RABBITMQ_DIST_PORT", free_port().map_err(io_error("find a free port"))?.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
             .env("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", LOOPBACK_ONLY);
-        let server = broker.spawn(&mut server, "stdout.log")?;
-        broker.wait_until_ready(server).await?;
-        Ok(broker)
+        let server = self.spawn(&mut server, "stdout.log")?;
+        self.wait_until_ready(server).await
     }
 
     /// Where clients connect (Cockpit's `AMQP_SERVER` form).
@@ -196,7 +209,11 @@ log.file.level = info
     }
 
     fn spawn(&mut self, command: &mut Command, log: &str) -> Result<usize, BrokerError> {
-        let log = File::create(self.dir.join(log)).map_err(io_error(format!("create {log}")))?;
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(log))
+            .map_err(io_error(format!("open {log}")))?;
         let stderr = log.try_clone().map_err(io_error("duplicate a log file handle"))?;
         command.stdin(Stdio::null()).stdout(log).stderr(stderr);
         self.processes.spawn(command).map_err(io_error(format!("start {}", command.get_program().to_string_lossy())))

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicPublishOptions, BasicRejectOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
+    QueueDeclareOptions, QueuePurgeOptions,
 };
 use lapin::tcp::{AMQPUriTcpExt, RustlsConnector};
 use lapin::uri::{AMQPScheme, AMQPUri};
@@ -138,6 +138,15 @@ impl Session {
             Err(source) if reply_code(&source) == Some(404) => Ok(None),
             Err(source) => Err(failed(source)),
         }
+    }
+
+    /// Deletes every message in `queue`; returns how many there were.
+    pub async fn purge(&self, queue: &str) -> Result<u32, Error> {
+        self.channel.queue_purge(queue.into(), QueuePurgeOptions::default()).await.map_err(|source| Error::Queue {
+            operation: "purge",
+            queue: queue.to_owned(),
+            source,
+        })
     }
 
     /// Whether the connection is still usable.

@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -34,7 +33,6 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/inspect-queue", get(inspect_queue))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
-        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
 
@@ -52,6 +50,8 @@ enum Refusal {
     Unsigned,
     #[error("signature does not match the body")]
     BadSignature,
+    #[error("body larger than GitHub's 25 MiB limit, or cut short")]
+    TooLarge,
     #[error("missing X-GitHub-Event header")]
     NoEvent,
     #[error("body is not JSON: {0}")]
@@ -68,6 +68,7 @@ impl Refusal {
             Refusal::Unsigned => StatusCode::UNAUTHORIZED,
             Refusal::BadSignature => StatusCode::FORBIDDEN,
             Refusal::NoEvent | Refusal::NotJson(_) | Refusal::NoRepository => StatusCode::BAD_REQUEST,
+            Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -76,7 +77,7 @@ impl Refusal {
     fn outcome(&self) -> &'static str {
         match self {
             Refusal::Unsigned | Refusal::BadSignature => "unauthorized",
-            Refusal::NoEvent | Refusal::NotJson(_) | Refusal::NoRepository => "bad_request",
+            Refusal::NoEvent | Refusal::NotJson(_) | Refusal::NoRepository | Refusal::TooLarge => "bad_request",
             Refusal::Unavailable(_) => "unavailable",
         }
     }
@@ -117,10 +118,15 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|value| value.to_str().ok())
 }
 
-async fn deliver(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Accepted, Refusal> {
-    let event = header(&headers, "x-github-event");
-    let id = header(&headers, "x-github-delivery").unwrap_or("-");
-    let result = accept(&state, &headers, event, &body).await;
+async fn deliver(State(state): State<AppState>, request: Request) -> Result<Accepted, Refusal> {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let event = header(headers, "x-github-event");
+    let id = header(headers, "x-github-delivery").unwrap_or("-");
+    let result = match read_body(headers, body).await {
+        Ok(body) => accept(&state, headers, event, &body).await,
+        Err(refusal) => Err(refusal),
+    };
     let outcome = result.as_ref().map_or_else(Refusal::outcome, Accepted::outcome);
     state.metrics.delivery(event.unwrap_or(""), outcome);
     match &result {
@@ -129,6 +135,15 @@ async fn deliver(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
         Err(refusal) => tracing::info!(delivery = id, event, reason = %refusal, "delivery refused"),
     }
     result
+}
+
+/// The whole body, refusing one announced or found to exceed GitHub's limit without reading it.
+async fn read_body(headers: &HeaderMap, body: axum::body::Body) -> Result<axum::body::Bytes, Refusal> {
+    let announced = header(headers, "content-length").and_then(|length| length.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > MAX_BODY as u64) {
+        return Err(Refusal::TooLarge);
+    }
+    axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| Refusal::TooLarge)
 }
 
 async fn accept(state: &AppState, headers: &HeaderMap, event: Option<&str>, body: &[u8]) -> Result<Accepted, Refusal> {

@@ -1,0 +1,206 @@
+//! The webhook service against the real private broker: what it publishes, byte for byte, what
+//! it refuses and with which status, and how it rides out a broker restart.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use amqp::{Session, WEBHOOK};
+use local::{Broker, secrets};
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+struct Fixture {
+    broker: Broker,
+    secret: Vec<u8>,
+    webhook: SocketAddr,
+    _stop: oneshot::Sender<()>,
+    _dir: TempDir,
+}
+
+async fn start() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let (secrets, _) = secrets::generate(&dir.path().join("secrets"), false).unwrap();
+    let broker = Broker::start(&dir.path().join("broker"), &secrets).await.unwrap();
+    let secret = webhook::read_secret(&secrets.webhook_token()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let webhook = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel();
+    let config = webhook::Config { amqp: broker.client_config(), secret: secret.clone() };
+    tokio::spawn(webhook::serve(listener, config, async {
+        let _ = stopped.await;
+    }));
+    let fixture = Fixture { broker, secret, webhook, _stop: stop, _dir: dir };
+    fixture.wait_healthy().await;
+    fixture
+}
+
+/// An HTTP/1.1 exchange on a fresh connection: status and body.
+async fn request(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(format!("{head}Host: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    // The server may answer (and close) before reading a body it refuses.
+    let _ = stream.write_all(body).await;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (headers, body) = response.split_once("\r\n\r\n").expect("a complete HTTP response");
+    let status = headers[9..12].parse().unwrap();
+    (status, headers.to_owned(), body.to_owned())
+}
+
+fn fixture_payload(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/payloads").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+impl Fixture {
+    /// POSTs a delivery of `event` signed with our secret.
+    async fn deliver(&self, event: &str, body: &[u8]) -> (u16, String, String) {
+        let signature = webhook::sign_sha256(&self.secret, body);
+        let head = format!(
+            "POST / HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-GitHub-Event: {event}\r\nX-GitHub-Delivery: 72d3162e-cc78-11e3-81ab-4c9367dc0958\r\nX-Hub-Signature-256: {signature}\r\n",
+            body.len()
+        );
+        request(self.webhook, &head, body).await
+    }
+
+    async fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while request(self.webhook, "GET /healthz HTTP/1.1\r\n", b"").await.0 != 200 {
+            assert!(Instant::now() < deadline, "the webhook did not connect to the broker");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every message in the `webhook` queue, taken out.
+    async fn drain(&self) -> Vec<Vec<u8>> {
+        let session = Session::connect(&self.broker.client_config()).await.unwrap();
+        let mut messages = Vec::new();
+        while let Some(delivery) = session.get(WEBHOOK.name).await.unwrap() {
+            assert!(delivery.persistent, "webhook messages are persistent");
+            messages.push(delivery.body.clone());
+            delivery.ack().await.unwrap();
+        }
+        session.close().await;
+        messages
+    }
+}
+
+fn queued(event: &str, request: &[u8]) -> Vec<u8> {
+    [format!(r#"{{"event":"{event}","request":"#).as_bytes(), request, b"}"].concat()
+}
+
+#[tokio::test]
+async fn publishes_signed_deliveries_byte_for_byte() {
+    let fixture = start().await;
+    let cases = [
+        ("pull_request", "pull_request-opened.json"),
+        ("pull_request", "pull_request-synchronize.json"),
+        ("pull_request", "pull_request-closed-merged.json"),
+        ("status", "status-direct-trigger.json"),
+    ];
+    let mut expected = Vec::new();
+    for (event, file) in cases {
+        let body = fixture_payload(file);
+        let (status, _, text) = fixture.deliver(event, &body).await;
+        assert_eq!((status, text.as_str()), (200, "OK\n"), "{file}");
+        expected.push(queued(event, &body));
+    }
+    assert_eq!(fixture.drain().await, expected);
+}
+
+#[tokio::test]
+async fn filtered_deliveries_publish_nothing() {
+    let fixture = start().await;
+    let cases = [
+        ("ping", "ping.json", 200),
+        ("pull_request", "pull_request-labeled.json", 202),
+        ("pull_request", "pull_request-closed-unmerged.json", 202),
+        ("status", "status-not-direct.json", 202),
+        ("issues", "issues-opened.json", 202),
+    ];
+    for (event, file, expected) in cases {
+        let (status, _, text) = fixture.deliver(event, &fixture_payload(file)).await;
+        assert_eq!(status, expected, "{file}: {text}");
+        if expected == 202 {
+            assert!(text.starts_with("ignored: "), "{file}: {text}");
+        }
+    }
+    assert!(fixture.drain().await.is_empty());
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_publishes_nothing() {
+    let fixture = start().await;
+    let body = fixture_payload("pull_request-opened.json");
+    let good = webhook::sign_sha256(&fixture.secret, &body);
+    let wrong = webhook::sign_sha256(b"not our secret", &body);
+    let no_repo = br#"{"action": "opened", "pull_request": {}}"#;
+    let post = |headers: String, length: usize| {
+        format!("POST / HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n{headers}")
+    };
+    let signed = |event: &str, body: &[u8]| {
+        format!("X-GitHub-Event: {event}\r\nX-Hub-Signature-256: {}\r\n", webhook::sign_sha256(&fixture.secret, body))
+    };
+    let cases: Vec<(&str, String, Vec<u8>, u16)> = vec![
+        ("no signature", post("X-GitHub-Event: pull_request\r\n".into(), body.len()), body.clone(), 401),
+        (
+            "wrong secret",
+            post(format!("X-GitHub-Event: pull_request\r\nX-Hub-Signature-256: {wrong}\r\n"), body.len()),
+            body.clone(),
+            403,
+        ),
+        ("no event header", post(format!("X-Hub-Signature-256: {good}\r\n"), body.len()), body.clone(), 400),
+        ("not JSON", post(signed("pull_request", b"{not json"), 9), b"{not json".to_vec(), 400),
+        ("no repository", post(signed("pull_request", no_repo), no_repo.len()), no_repo.to_vec(), 400),
+        ("over 25 MiB", post(signed("pull_request", b""), webhook::MAX_BODY + 1), Vec::new(), 413),
+        ("GET /", "GET / HTTP/1.1\r\n".into(), Vec::new(), 405),
+        (
+            "POST elsewhere",
+            format!("POST /hook HTTP/1.1\r\nContent-Length: {}\r\n{}", body.len(), signed("pull_request", &body)),
+            body.clone(),
+            404,
+        ),
+    ];
+    for (case, head, body, expected) in cases {
+        let (status, _, text) = request(fixture.webhook, &head, &body).await;
+        assert_eq!(status, expected, "{case}: {text}");
+    }
+    assert!(fixture.drain().await.is_empty());
+    let (status, _, metrics) = request(fixture.webhook, "GET /metrics HTTP/1.1\r\n", b"").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("webhook_deliveries_total{event=\"pull_request\",outcome=\"unauthorized\"} 2"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(std::str::from_utf8(&fixture.secret).unwrap()), "the secret never leaves");
+}
+
+#[tokio::test]
+async fn answers_503_while_the_broker_is_away_and_recovers_without_restart() {
+    let mut fixture = start().await;
+    let body = fixture_payload("pull_request-opened.json");
+    assert_eq!(fixture.deliver("pull_request", &body).await.0, 200);
+
+    fixture.broker.stop();
+    let asked = Instant::now();
+    let (status, headers, text) = fixture.deliver("pull_request", &body).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(headers.to_lowercase().contains("retry-after: 5"), "{headers}");
+    assert!(asked.elapsed() < Duration::from_secs(10), "answered in {:?}", asked.elapsed());
+    assert_eq!(request(fixture.webhook, "GET /healthz HTTP/1.1\r\n", b"").await.0, 503);
+
+    fixture.broker.restart().await.unwrap();
+    fixture.wait_healthy().await;
+    assert_eq!(fixture.deliver("pull_request", &body).await.0, 200);
+    let (status, _, inspect) = request(fixture.webhook, "GET /inspect-queue HTTP/1.1\r\n", b"").await;
+    assert_eq!((status, inspect.lines().next()), (200, Some("webhook queue: 2 messages")), "{inspect}");
+    // The delivery accepted before the outage survived the restart, and the new one follows it.
+    assert_eq!(fixture.drain().await, vec![queued("pull_request", &body); 2]);
+}
