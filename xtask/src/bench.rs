@@ -1,11 +1,20 @@
 //! `cargo xtask bench <what>`: measurements, printed as recorded in docs/benchmarks.md.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
 use local::Broker;
 
 use crate::packages::{self, RABBITMQ};
+use crate::progress::step;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -21,16 +30,32 @@ enum What {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// Webhook throughput and latency with publisher confirms, against the raw broker rate.
+    Webhook {
+        /// Concurrent HTTP clients (each on one keep-alive connection).
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// Deliveries sent in the throughput run, and messages in the raw broker run.
+        #[arg(long, default_value_t = 10_000)]
+        deliveries: usize,
+        /// Deliveries per second of the latency run (which lasts 5 s).
+        #[arg(long, default_value_t = 1_000)]
+        rate: usize,
+    },
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    packages::ensure(&[RABBITMQ])?;
     match args.what {
         What::BrokerStart { runs } => broker_start(runs),
+        What::Webhook { clients, deliveries, rate } => {
+            let binary = build_release("webhook")?;
+            crate::runtime()?.block_on(webhook(&binary, clients, deliveries, rate))
+        }
     }
 }
 
 fn broker_start(runs: usize) -> anyhow::Result<()> {
-    packages::ensure(&[RABBITMQ])?;
     let runtime = crate::runtime()?;
     let mut times = Vec::new();
     for run in 1..=runs {
@@ -43,21 +68,222 @@ fn broker_start(runs: usize) -> anyhow::Result<()> {
         println!("run {run}: {:.2} s", elapsed.as_secs_f64());
         times.push(elapsed);
     }
+    times.sort();
     println!(
         "broker-start: median {:.2} s over {runs} runs (min {:.2} s, max {:.2} s)",
-        secs(median(&mut times)),
-        secs(times[0]),
-        secs(times[runs - 1])
+        percentile(&times, 50).as_secs_f64(),
+        times[0].as_secs_f64(),
+        times[runs - 1].as_secs_f64()
     );
     Ok(())
 }
 
-/// Sorts `times` and returns the middle one.
-fn median(times: &mut [Duration]) -> Duration {
-    times.sort();
-    times[times.len() / 2]
+async fn webhook(binary: &Path, clients: usize, deliveries: usize, rate: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir().context("creating a scratch directory")?;
+    let (secrets, _) = local::secrets::generate(&dir.path().join("secrets"), false)?;
+    let broker = step("starting RabbitMQ", Broker::start(&dir.path().join("broker"), &secrets)).await?;
+    let listen = SocketAddr::from(([127, 0, 0, 1], std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()));
+    let mut child = tokio::process::Command::new(binary)
+        .args(["--amqp", &broker.address().to_string(), "--listen", &listen.to_string()])
+        .arg("--secrets-dir")
+        .arg(secrets.webhook_dir())
+        .arg("--secret-file")
+        .arg(secrets.webhook_token())
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let pid = child.id().context("the webhook exited at once")?;
+    step("starting the webhook", wait_healthy(listen)).await?;
+
+    let payload = std::fs::read(crate::workspace_root().join("fixtures/payloads/pull_request-opened.json"))?;
+    let secret = webhook::read_secret(&secrets.webhook_token())?;
+    let signature = webhook::sign_sha256(&secret, &payload);
+    let payload = Bytes::from(payload);
+    let session = amqp::Session::connect(&broker.client_config()).await?;
+    println!("payload: {} bytes, {clients} clients", payload.len());
+
+    let (elapsed, _) = load(listen, &payload, &signature, clients, deliveries, None).await?;
+    let webhook_rate = deliveries as f64 / elapsed.as_secs_f64();
+    println!("webhook: {deliveries} deliveries in {:.2} s: {webhook_rate:.0} deliveries/s", elapsed.as_secs_f64());
+    session.purge(amqp::WEBHOOK.name).await?;
+
+    let message = amqp::WebhookMessage::encode("pull_request", &payload);
+    let (elapsed, _) = raw_publish(&broker.client_config(), &message, clients, deliveries, None).await?;
+    let raw_rate = deliveries as f64 / elapsed.as_secs_f64();
+    println!(
+        "raw broker: {deliveries} confirmed publishes in {:.2} s: {raw_rate:.0} messages/s",
+        elapsed.as_secs_f64()
+    );
+    session.purge(amqp::WEBHOOK.name).await?;
+
+    let (_, mut latencies) = load(listen, &payload, &signature, clients, rate * 5, Some(rate)).await?;
+    latencies.sort();
+    let (p50, p99) = (percentile(&latencies, 50), percentile(&latencies, 99));
+    println!("webhook latency at {rate} deliveries/s: p50 {:.2} ms, p99 {:.2} ms", ms(p50), ms(p99));
+    session.purge(amqp::WEBHOOK.name).await?;
+    let (_, mut raw) = raw_publish(&broker.client_config(), &message, clients, rate * 5, Some(rate)).await?;
+    raw.sort();
+    let (raw_p50, raw_p99) = (percentile(&raw, 50), percentile(&raw, 99));
+    println!("raw broker confirm latency at {rate} messages/s: p50 {:.2} ms, p99 {:.2} ms", ms(raw_p50), ms(raw_p99));
+    session.purge(amqp::WEBHOOK.name).await?;
+    session.close().await;
+
+    let rss = peak_rss_mb(pid)?;
+    child.kill().await?;
+    println!(
+        "webhook: {webhook_rate:.0} deliveries/s, {:.2} of raw broker, p99 {:.2} ms, rss {rss:.1} MB",
+        webhook_rate / raw_rate,
+        ms(p99)
+    );
+    Ok(())
 }
 
-fn secs(duration: Duration) -> f64 {
-    duration.as_secs_f64()
+/// Sends `count` signed deliveries from `clients` keep-alive connections, optionally paced at
+/// `rate` per second; returns the wall time and each delivery's latency.
+async fn load(
+    addr: SocketAddr,
+    payload: &Bytes,
+    signature: &str,
+    clients: usize,
+    count: usize,
+    rate: Option<usize>,
+) -> anyhow::Result<(Duration, Vec<Duration>)> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let (next, payload, signature) = (next.clone(), payload.clone(), signature.to_owned());
+        tasks.spawn(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
+            let mut latencies = Vec::new();
+            loop {
+                let ticket = next.fetch_add(1, Ordering::Relaxed);
+                if ticket >= count {
+                    return Ok::<_, anyhow::Error>(latencies);
+                }
+                if let Some(rate) = rate {
+                    tokio::time::sleep_until((started + Duration::from_secs_f64(ticket as f64 / rate as f64)).into())
+                        .await;
+                }
+                let request = hyper::Request::post("/")
+                    .header("content-type", "application/json")
+                    .header("x-github-event", "pull_request")
+                    .header("x-github-delivery", ticket.to_string())
+                    .header("x-hub-signature-256", &signature)
+                    .body(Full::new(payload.clone()))?;
+                let sent = Instant::now();
+                let response = sender.send_request(request).await?;
+                let status = response.status();
+                response.into_body().collect().await?;
+                latencies.push(sent.elapsed());
+                if status != 200 {
+                    bail!("delivery {ticket} answered {status}");
+                }
+            }
+        });
+    }
+    let mut latencies = Vec::with_capacity(count);
+    while let Some(result) = tasks.join_next().await {
+        latencies.extend(result??);
+    }
+    Ok((started.elapsed(), latencies))
+}
+
+/// Publishes `count` copies of `message` to the `webhook` queue from `publishers` concurrent
+/// tasks on one session, each waiting for its confirm as the webhook does, optionally paced at
+/// `rate` per second; returns the wall time and each publish's latency.
+async fn raw_publish(
+    config: &amqp::Config,
+    message: &[u8],
+    publishers: usize,
+    count: usize,
+    rate: Option<usize>,
+) -> anyhow::Result<(Duration, Vec<Duration>)> {
+    let session = Arc::new(amqp::Session::connect(config).await?);
+    let next = Arc::new(AtomicUsize::new(0));
+    let message: Arc<[u8]> = message.into();
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..publishers {
+        let (session, next, message) = (session.clone(), next.clone(), message.clone());
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let ticket = next.fetch_add(1, Ordering::Relaxed);
+                if ticket >= count {
+                    return Ok::<_, amqp::Error>(latencies);
+                }
+                if let Some(rate) = rate {
+                    tokio::time::sleep_until((started + Duration::from_secs_f64(ticket as f64 / rate as f64)).into())
+                        .await;
+                }
+                let sent = Instant::now();
+                session.publish(amqp::WEBHOOK.name, &message, None).await?;
+                latencies.push(sent.elapsed());
+            }
+        });
+    }
+    let mut latencies = Vec::with_capacity(count);
+    while let Some(result) = tasks.join_next().await {
+        latencies.extend(result??);
+    }
+    Ok((started.elapsed(), latencies))
+}
+
+async fn wait_healthy(addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let healthy = async {
+            let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
+            tokio::spawn(connection);
+            let request = hyper::Request::get("/healthz").body(Full::new(Bytes::new())).ok()?;
+            Some(sender.send_request(request).await.ok()?.status() == 200)
+        };
+        if healthy.await == Some(true) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the webhook did not become healthy within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Builds a service binary with the release profile and returns its path.
+fn build_release(package: &str) -> anyhow::Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--quiet", "-p", package, "--bin", package])
+        .current_dir(crate::workspace_root())
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("building {package} failed; see the output above");
+    }
+    Ok(crate::runs_dir().parent().expect("runs live in the target directory").join("release").join(package))
+}
+
+/// Peak resident memory of a process, from /proc (VmHWM).
+fn peak_rss_mb(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc status")?;
+    Ok(kb / 1024.0)
+}
+
+/// The `pct`-th percentile of sorted values.
+fn percentile(sorted: &[Duration], pct: usize) -> Duration {
+    sorted[(sorted.len() * pct / 100).min(sorted.len() - 1)]
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
 }

@@ -12,6 +12,8 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
+
 pub use routes::MAX_BODY;
 pub use signature::{SignatureError, sign_sha256, verify};
 
@@ -39,5 +41,9 @@ pub async fn serve(
         secret: config.secret.into(),
         metrics: Arc::default(),
     };
+    // Answers are small and latency matters: do not let Nagle hold them back.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, routes::router(state)).with_graceful_shutdown(shutdown).await
 }
