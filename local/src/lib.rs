@@ -2,6 +2,7 @@
 //! services. Fake secrets, the private broker, and the processes they run as.
 
 pub mod broker;
+pub mod github;
 pub mod scenario;
 pub mod secrets;
 
@@ -9,4 +10,5 @@ mod child;
 mod port;
 
 pub use broker::{Broker, BrokerError};
+pub use github::{Delivery, MockGitHub};
 pub use secrets::{Ca, Issued, Secrets, SecretsError};

@@ -25,8 +25,13 @@ pub enum Error {
     NoToken,
     #[error("cannot read the GitHub token {}: {source}", path.display())]
     Token { path: PathBuf, source: std::io::Error },
-    #[error("GitHub {what} failed: {source}")]
-    Request { what: String, source: octocrab::Error },
+    #[error("GitHub {what} failed: {detail}")]
+    Request {
+        what: String,
+        /// The HTTP status GitHub answered with, when it answered.
+        status: Option<u16>,
+        detail: String,
+    },
     #[error("GitHub {what}: unexpected answer: {detail}")]
     Answer { what: String, detail: String },
 }
@@ -149,6 +154,26 @@ fn is_not_found(err: &octocrab::Error) -> bool {
     matches!(err, octocrab::Error::GitHub { source, .. } if source.status_code == 404)
 }
 
+/// Names the request and says what GitHub (or the connection) answered.
+fn request_error(what: String, err: octocrab::Error) -> Error {
+    match &err {
+        octocrab::Error::GitHub { source, .. } => Error::Request {
+            what,
+            status: Some(source.status_code.as_u16()),
+            detail: format!("{} {}", source.status_code, source.message),
+        },
+        _ => {
+            let mut detail = err.to_string();
+            let mut cause = std::error::Error::source(&err);
+            while let Some(inner) = cause {
+                detail = format!("{detail}: {inner}");
+                cause = inner.source();
+            }
+            Error::Request { what, status: None, detail }
+        }
+    }
+}
+
 impl GitHub {
     /// A client of the API at `api` (`GITHUB_API`, e.g. a mock's URL) with `token`.
     pub fn new(api: &str, token: &str) -> Result<GitHub, Error> {
@@ -169,7 +194,7 @@ impl GitHub {
             .post::<_, serde_json::Value>(&route, Some(status))
             .await
             .map(drop)
-            .map_err(|source| Error::Request { what: format!("POST {route}"), source })
+            .map_err(|err| request_error(format!("POST {route}"), err))
     }
 
     /// Every status of a commit (the combined status, all pages), latest per context.
@@ -181,7 +206,7 @@ impl GitHub {
                 .client
                 .get(&route, Some(&Page { page, per_page: PER_PAGE }))
                 .await
-                .map_err(|source| Error::Request { what: format!("GET {route}"), source })?;
+                .map_err(|err| request_error(format!("GET {route}"), err))?;
             let full = combined.statuses.len() == PER_PAGE as usize;
             statuses.extend(combined.statuses);
             if !full {
@@ -197,7 +222,7 @@ impl GitHub {
         match self.client.get(&route, None::<&()>).await {
             Ok(pull) => Ok(Some(pull)),
             Err(err) if is_not_found(&err) => Ok(None),
-            Err(source) => Err(Error::Request { what: format!("GET {route}"), source }),
+            Err(err) => Err(request_error(format!("GET {route}"), err)),
         }
     }
 
@@ -207,7 +232,7 @@ impl GitHub {
         let contents: Contents = match self.client.get(&route, Some(&[("ref", git_ref)])).await {
             Ok(contents) => contents,
             Err(err) if is_not_found(&err) => return Ok(None),
-            Err(source) => return Err(Error::Request { what: format!("GET {route}"), source }),
+            Err(err) => return Err(request_error(format!("GET {route}"), err)),
         };
         let base64: String = contents.content.split_whitespace().collect();
         let bytes = base64::engine::general_purpose::STANDARD
@@ -219,22 +244,16 @@ impl GitHub {
     /// The commit a branch points at.
     pub async fn branch_sha(&self, repo: &str, branch: &str) -> Result<String, Error> {
         let route = format!("/repos/{repo}/git/refs/heads/{branch}");
-        let git_ref: GitRef = self
-            .client
-            .get(&route, None::<&()>)
-            .await
-            .map_err(|source| Error::Request { what: format!("GET {route}"), source })?;
+        let git_ref: GitRef =
+            self.client.get(&route, None::<&()>).await.map_err(|err| request_error(format!("GET {route}"), err))?;
         Ok(git_ref.object.sha)
     }
 
     /// The repository's default branch.
     pub async fn default_branch(&self, repo: &str) -> Result<String, Error> {
         let route = format!("/repos/{repo}");
-        let repository: Repository = self
-            .client
-            .get(&route, None::<&()>)
-            .await
-            .map_err(|source| Error::Request { what: format!("GET {route}"), source })?;
+        let repository: Repository =
+            self.client.get(&route, None::<&()>).await.map_err(|err| request_error(format!("GET {route}"), err))?;
         Ok(repository.default_branch)
     }
 }

@@ -1,0 +1,274 @@
+//! The mock's HTTP routes: the GitHub REST endpoints the CI flow touches, in GitHub's shapes,
+//! and the git history of each repository over the dumb HTTP protocol.
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use github::StatusUpdate;
+use serde_json::{Value, json};
+
+use super::{Pull, Recorded, Repo, Shared, State as MockState};
+
+pub(crate) fn router(state: Shared) -> Router {
+    let api = Router::new()
+        .route("/repos/{owner}/{repo}", get(repository))
+        .route("/repos/{owner}/{repo}/pulls", get(list_pulls))
+        .route("/repos/{owner}/{repo}/pulls/{number}", get(pull))
+        .route("/repos/{owner}/{repo}/statuses/{sha}", post(create_status))
+        .route("/repos/{owner}/{repo}/commits/{sha}/status", get(combined_status))
+        .route("/repos/{owner}/{repo}/contents/{*path}", get(contents))
+        .route("/repos/{owner}/{repo}/git/refs/heads/{*branch}", get(branch_ref))
+        .route("/repos/{owner}/{repo}/git/ref/heads/{*branch}", get(branch_ref))
+        .route("/repos/{owner}/{repo}/issues", post(create_issue))
+        .route("/user", get(user))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .merge(api)
+        .route("/git/{owner}/{repo}/{*path}", get(git_file))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "Not Found") })
+        .layer(middleware::from_fn_with_state(state.clone(), record))
+        .with_state(state)
+}
+
+/// GitHub's error body.
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(json!({"message": message, "documentation_url": "https://docs.github.com/rest"})))
+        .into_response()
+}
+
+fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "Not Found")
+}
+
+fn lock(state: &Shared) -> std::sync::MutexGuard<'_, MockState> {
+    state.lock().expect("mock GitHub state")
+}
+
+/// Records every request, body included, before it is handled.
+async fn record(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 16 * 1024 * 1024).await else {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
+    };
+    lock(&state).requests.push(Recorded {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    });
+    next.run(Request::from_parts(parts, Body::from(bytes))).await
+}
+
+/// Like GitHub: `Authorization: token <t>` or `Bearer <t>`, else 401.
+async fn authenticate(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let token = lock(&state).token.clone();
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("token ").or_else(|| value.strip_prefix("Bearer ")));
+    if presented != Some(token.as_str()) {
+        return error(StatusCode::UNAUTHORIZED, "Requires authentication");
+    }
+    next.run(request).await
+}
+
+pub(crate) fn repository_json(state: &MockState, name: &str) -> Value {
+    let (owner, short) = name.split_once('/').unwrap_or((name, name));
+    json!({
+        "id": 1000 + state.repos.keys().position(|key| key == name).unwrap_or(0),
+        "name": short,
+        "full_name": name,
+        "owner": {"login": owner},
+        "private": false,
+        "default_branch": "main",
+        "clone_url": format!("{}{name}", state.clone_url),
+        "html_url": format!("https://github.com/{name}"),
+    })
+}
+
+pub(crate) fn pull_json(state: &MockState, name: &str, repo: &Repo, pull: &Pull) -> Value {
+    json!({
+        "number": pull.number,
+        "title": pull.title,
+        "state": pull.state,
+        "merged": pull.merged,
+        "body": "Opened by the Workbench mock GitHub",
+        "user": {"login": pull.author},
+        "labels": [],
+        "head": {
+            "ref": format!("pull-{}", pull.number),
+            "sha": pull.head_sha,
+            "user": {"login": pull.author},
+            "repo": repository_json(state, name),
+        },
+        "base": {"ref": "main", "sha": repo.main_sha, "repo": repository_json(state, name)},
+        "updated_at": "2026-01-01T00:00:00Z",
+    })
+}
+
+async fn repository(State(state): State<Shared>, Path((owner, repo)): Path<(String, String)>) -> Response {
+    let name = format!("{owner}/{repo}");
+    let state = lock(&state);
+    if !state.repos.contains_key(&name) {
+        return not_found();
+    }
+    axum::Json(repository_json(&state, &name)).into_response()
+}
+
+async fn list_pulls(State(state): State<Shared>, Path((owner, repo)): Path<(String, String)>) -> Response {
+    let name = format!("{owner}/{repo}");
+    let state = lock(&state);
+    let Some(entry) = state.repos.get(&name) else { return not_found() };
+    let pulls: Vec<Value> = entry
+        .pulls
+        .values()
+        .rev()
+        .filter(|pull| pull.state == "open")
+        .map(|pull| pull_json(&state, &name, entry, pull))
+        .collect();
+    axum::Json(pulls).into_response()
+}
+
+async fn pull(State(state): State<Shared>, Path((owner, repo, number)): Path<(String, String, u64)>) -> Response {
+    let name = format!("{owner}/{repo}");
+    let state = lock(&state);
+    let Some(entry) = state.repos.get(&name) else { return not_found() };
+    match entry.pulls.get(&number) {
+        Some(pull) => axum::Json(pull_json(&state, &name, entry, pull)).into_response(),
+        None => not_found(),
+    }
+}
+
+async fn create_status(
+    State(state): State<Shared>,
+    Path((owner, repo, sha)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Response {
+    let Ok(status) = serde_json::from_slice::<StatusUpdate>(&body) else {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "Validation Failed");
+    };
+    if !["pending", "success", "failure", "error"].contains(&status.state.as_str()) {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "Validation Failed");
+    }
+    let mut state = lock(&state);
+    let id = state.next_id;
+    state.next_id += 1;
+    let Some(entry) = state.repos.get_mut(&format!("{owner}/{repo}")) else { return not_found() };
+    entry.statuses.push((sha, status.clone()));
+    let created = json!({
+        "id": id,
+        "state": status.state,
+        "description": status.description,
+        "target_url": status.target_url,
+        "context": status.context,
+        "created_at": "2026-01-01T00:00:00Z",
+        "updated_at": "2026-01-01T00:00:00Z",
+        "creator": {"login": "workbench-bot"},
+    });
+    (StatusCode::CREATED, axum::Json(created)).into_response()
+}
+
+/// GitHub's combined status: the latest status of each context, paginated.
+async fn combined_status(
+    State(state): State<Shared>,
+    Path((owner, repo, sha)): Path<(String, String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let state = lock(&state);
+    let Some(entry) = state.repos.get(&format!("{owner}/{repo}")) else { return not_found() };
+    let mut latest: Vec<&StatusUpdate> = Vec::new();
+    for (_, status) in entry.statuses.iter().rev().filter(|(on, _)| *on == sha) {
+        if !latest.iter().any(|seen| seen.context == status.context) {
+            latest.push(status);
+        }
+    }
+    let overall = if latest.iter().any(|s| s.state == "failure" || s.state == "error") {
+        "failure"
+    } else if latest.is_empty() || latest.iter().any(|s| s.state == "pending") {
+        "pending"
+    } else {
+        "success"
+    };
+    let page: usize = query.get("page").and_then(|p| p.parse().ok()).unwrap_or(1).max(1);
+    let per_page: usize = query.get("per_page").and_then(|p| p.parse().ok()).unwrap_or(30).clamp(1, 100);
+    let statuses: Vec<&StatusUpdate> = latest.iter().skip((page - 1) * per_page).take(per_page).copied().collect();
+    axum::Json(json!({"state": overall, "sha": sha, "total_count": latest.len(), "statuses": statuses})).into_response()
+}
+
+async fn contents(
+    State(state): State<Shared>,
+    Path((owner, repo, path)): Path<(String, String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let state = lock(&state);
+    let Some(entry) = state.repos.get(&format!("{owner}/{repo}")) else { return not_found() };
+    let git_ref = query.get("ref").map_or("main", String::as_str);
+    let Some(bytes) = entry.hosted.file(git_ref, &path) else { return not_found() };
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&bytes);
+    // GitHub wraps the base64 content at 60 characters.
+    let wrapped: Vec<&str> = encoded.as_bytes().chunks(60).map(|c| std::str::from_utf8(c).expect("base64")).collect();
+    let name = path.rsplit('/').next().unwrap_or(&path);
+    axum::Json(json!({
+        "type": "file", "encoding": "base64", "size": bytes.len(), "name": name, "path": path,
+        "content": wrapped.join("\n") + "\n",
+    }))
+    .into_response()
+}
+
+async fn branch_ref(
+    State(state): State<Shared>,
+    Path((owner, repo, branch)): Path<(String, String, String)>,
+) -> Response {
+    let state = lock(&state);
+    let Some(entry) = state.repos.get(&format!("{owner}/{repo}")) else { return not_found() };
+    if branch != "main" {
+        return not_found();
+    }
+    axum::Json(json!({"ref": "refs/heads/main", "object": {"sha": entry.main_sha, "type": "commit"}})).into_response()
+}
+
+async fn create_issue(
+    State(state): State<Shared>,
+    Path((owner, repo)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let mut state = lock(&state);
+    if !state.repos.contains_key(&format!("{owner}/{repo}")) {
+        return not_found();
+    }
+    let Ok(issue) = serde_json::from_slice::<Value>(&body) else {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "Validation Failed");
+    };
+    let number = state.next_id;
+    state.next_id += 1;
+    let created = json!({"number": number, "title": issue["title"], "body": issue["body"], "labels": issue["labels"]});
+    (StatusCode::CREATED, axum::Json(created)).into_response()
+}
+
+async fn user() -> Response {
+    axum::Json(json!({"login": "workbench-bot", "id": 1, "type": "Bot"})).into_response()
+}
+
+/// The dumb HTTP protocol: files of the bare repository, as written by `git update-server-info`.
+async fn git_file(State(state): State<Shared>, Path((owner, repo, path)): Path<(String, String, String)>) -> Response {
+    if path.split('/').any(|part| part == ".." || part.is_empty()) {
+        return not_found();
+    }
+    let file = {
+        let state = lock(&state);
+        let Some(entry) = state.repos.get(&format!("{owner}/{repo}")) else { return not_found() };
+        entry.hosted.bare.join(&path)
+    };
+    match tokio::fs::read(&file).await {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+        Err(_) => (StatusCode::NOT_FOUND, "not found\n").into_response(),
+    }
+}

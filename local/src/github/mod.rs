@@ -1,0 +1,183 @@
+//! The mock GitHub of the local deployment: a real HTTP server (axum, on 127.0.0.1) that the
+//! real GitHub client talks to, with a model of repositories, pull requests and statuses that
+//! scenarios set up and read back, every request recorded. It also hosts each repository's git
+//! history, so jobs clone the very commit a pull request points at.
+
+mod api;
+mod delivery;
+mod repo;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use github::StatusUpdate;
+use tokio::sync::oneshot;
+
+pub use delivery::Delivery;
+use repo::HostedRepo;
+
+/// A running mock GitHub. Dropping it stops the server.
+pub struct MockGitHub {
+    address: SocketAddr,
+    state: Shared,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MockError {
+    #[error("mock GitHub: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("mock GitHub: {0}")]
+    Git(String),
+    #[error("mock GitHub has no repository {0:?}; add it first")]
+    UnknownRepo(String),
+    #[error("mock GitHub: {repo} has no pull request #{number}")]
+    UnknownPull { repo: String, number: u64 },
+}
+
+/// One request the mock received, as it arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub body: String,
+}
+
+type Shared = Arc<Mutex<State>>;
+
+pub(crate) struct State {
+    token: String,
+    root: PathBuf,
+    clone_url: String,
+    repos: BTreeMap<String, Repo>,
+    requests: Vec<Recorded>,
+    next_id: u64,
+}
+
+pub(crate) struct Repo {
+    hosted: HostedRepo,
+    main_sha: String,
+    pulls: BTreeMap<u64, Pull>,
+    /// Every status posted, in order, with the commit it was posted to.
+    statuses: Vec<(String, StatusUpdate)>,
+}
+
+#[derive(Clone)]
+pub(crate) struct Pull {
+    number: u64,
+    title: String,
+    head_sha: String,
+    author: String,
+    state: String,
+    merged: bool,
+}
+
+impl MockGitHub {
+    /// Starts the mock on a free port of 127.0.0.1, keeping its repositories under `root`.
+    /// Requests must carry `Authorization: token <token>` (or `Bearer`).
+    pub async fn start(root: &Path, token: &str) -> Result<MockGitHub, MockError> {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let address = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(State {
+            token: token.to_owned(),
+            root: root.to_owned(),
+            clone_url: format!("http://{address}/git/"),
+            repos: BTreeMap::new(),
+            requests: Vec::new(),
+            next_id: 1,
+        }));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let router = api::router(state.clone());
+        tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            if let Err(err) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
+                tracing::error!(%err, "mock GitHub stopped");
+            }
+        });
+        Ok(MockGitHub { address, state, stop: Some(stop) })
+    }
+
+    /// The API base URL (Cockpit's `GITHUB_API`).
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// What job-runner's `clone-url` is set to: a repository clones from this plus `owner/name`.
+    pub fn clone_url(&self) -> String {
+        self.lock().clone_url.clone()
+    }
+
+    /// Hosts `name` (`owner/repo`) with one commit on `main` holding the files of `fixture`;
+    /// returns that commit's sha.
+    pub fn add_repo(&self, name: &str, fixture: &Path) -> Result<String, MockError> {
+        let mut state = self.lock();
+        let (hosted, main_sha) = HostedRepo::create(&state.root, name, fixture)?;
+        state.repos.insert(
+            name.to_owned(),
+            Repo { hosted, main_sha: main_sha.clone(), pulls: BTreeMap::new(), statuses: Vec::new() },
+        );
+        Ok(main_sha)
+    }
+
+    /// Opens pull request `number` against `main` of `repo`, with a new commit by `author`;
+    /// returns the head sha.
+    pub fn open_pull(&self, repo: &str, number: u64, title: &str, author: &str) -> Result<String, MockError> {
+        let mut state = self.lock();
+        let entry = state.repos.get_mut(repo).ok_or_else(|| MockError::UnknownRepo(repo.to_owned()))?;
+        let head_sha = entry.hosted.open_pull(number, &entry.main_sha, &format!("{title}\n"))?;
+        let pull = Pull {
+            number,
+            title: title.to_owned(),
+            head_sha: head_sha.clone(),
+            author: author.to_owned(),
+            state: "open".into(),
+            merged: false,
+        };
+        entry.pulls.insert(number, pull);
+        Ok(head_sha)
+    }
+
+    /// Every status posted to `sha` of `repo`, in the order they arrived.
+    pub fn statuses(&self, repo: &str, sha: &str) -> Vec<StatusUpdate> {
+        let state = self.lock();
+        let Some(entry) = state.repos.get(repo) else { return Vec::new() };
+        entry.statuses.iter().filter(|(on, _)| on == sha).map(|(_, status)| status.clone()).collect()
+    }
+
+    /// Every request received so far, in order.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.lock().requests.clone()
+    }
+
+    /// The webhook delivery GitHub sends when `action` happens to a pull request.
+    pub fn pull_request_event(&self, repo: &str, number: u64, action: &str) -> Result<Delivery, MockError> {
+        let state = self.lock();
+        let entry = state.repos.get(repo).ok_or_else(|| MockError::UnknownRepo(repo.to_owned()))?;
+        let pull = entry.pulls.get(&number).ok_or(MockError::UnknownPull { repo: repo.to_owned(), number })?;
+        let body = serde_json::json!({
+            "action": action,
+            "number": number,
+            "pull_request": api::pull_json(&state, repo, entry, pull),
+            "repository": api::repository_json(&state, repo),
+            "sender": {"login": pull.author},
+        });
+        Ok(Delivery::new("pull_request", &body))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("mock GitHub state")
+    }
+}
+
+impl Drop for MockGitHub {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! The mock GitHub through the real client (octocrab), git, and the webhook's signature check.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use github::{GitHub, StatusUpdate};
+use local::MockGitHub;
+
+const TOKEN: &str = "workbench-test-token";
+const REPO: &str = "workbench-ci/demo";
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/repos").join(name)
+}
+
+async fn mock(dir: &Path) -> (MockGitHub, String) {
+    let mock = MockGitHub::start(dir, TOKEN).await.unwrap();
+    mock.add_repo(REPO, &fixture("passing")).unwrap();
+    let head = mock.open_pull(REPO, 1, "Make the frobnicator faster", "contributor").unwrap();
+    (mock, head)
+}
+
+fn status(context: &str, state: &str, description: &str) -> StatusUpdate {
+    StatusUpdate { context: context.into(), state: state.into(), description: description.into(), target_url: None }
+}
+
+#[tokio::test]
+async fn posts_statuses_and_reads_the_combined_status_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mock, head) = mock(dir.path()).await;
+    let client = GitHub::new(&mock.api_url(), TOKEN).unwrap();
+
+    let pending = status("unit-tests", "pending", "Not yet tested");
+    let mut success = status("unit-tests", "success", "Success [host]");
+    success.target_url = Some("http://127.0.0.1:1/logs/x/log.html".into());
+    let other = status("lint", "failure", "Lint failed");
+    for posted in [&pending, &other, &success] {
+        client.post_status(REPO, &head, posted).await.unwrap();
+    }
+    assert_eq!(mock.statuses(REPO, &head), [pending.clone(), other.clone(), success.clone()]);
+    // GitHub's combined status holds the latest status of each context.
+    let combined = client.statuses(REPO, &head).await.unwrap();
+    let contexts: Vec<(&str, &str)> = combined.iter().map(|s| (s.context.as_str(), s.state.as_str())).collect();
+    assert_eq!(contexts, [("unit-tests", "success"), ("lint", "failure")]);
+
+    // The POST went out as compact one-line JSON, which Cockpit's mock log relies on.
+    let posted = mock.requests().into_iter().find(|r| r.method == "POST").unwrap();
+    assert_eq!(posted.path, format!("/repos/{REPO}/statuses/{head}"));
+    assert_eq!(posted.body, r#"{"context":"unit-tests","state":"pending","description":"Not yet tested"}"#);
+}
+
+#[tokio::test]
+async fn answers_like_github() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mock, head) = mock(dir.path()).await;
+    let client = GitHub::new(&mock.api_url(), TOKEN).unwrap();
+
+    let pull = client.pull(REPO, 1).await.unwrap().expect("pull request 1 exists");
+    assert_eq!(
+        (pull.head.sha.as_str(), pull.base.branch.as_str(), pull.state.as_str()),
+        (head.as_str(), "main", "open")
+    );
+    assert_eq!(pull.head.user.login, "contributor");
+    assert!(client.pull(REPO, 2).await.unwrap().is_none());
+    assert_eq!(client.default_branch(REPO).await.unwrap(), "main");
+    let main = client.branch_sha(REPO, "main").await.unwrap();
+    assert_ne!(main, head);
+
+    let run = client.file(REPO, ".cockpit-ci/run", &head).await.unwrap().expect("the run script exists");
+    assert!(run.starts_with("#!/bin/sh\n"), "{run}");
+    assert_eq!(client.file(REPO, ".cockpit-ci/container", &head).await.unwrap(), None);
+
+    let stranger = GitHub::new(&mock.api_url(), "wrong-token").unwrap();
+    let err = stranger.pull(REPO, 1).await.unwrap_err();
+    assert!(err.to_string().contains("Requires authentication"), "{err}");
+}
+
+// git runs blocking on the test thread while the mock serves it from another.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_clones_the_pull_request_commit_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mock, head) = mock(dir.path()).await;
+    let checkout = dir.path().join("checkout");
+    let git = |args: &[&str], cwd: &Path| {
+        let output = Command::new("git").args(args).current_dir(cwd).output().unwrap();
+        assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    };
+    // As Cockpit's checkout-and-run does: clone, fetch the revision, check it out.
+    let url = format!("{}{REPO}", mock.clone_url());
+    git(&["clone", "--quiet", &url, checkout.to_str().unwrap()], dir.path());
+    git(&["fetch", "--quiet", "origin", &head], &checkout);
+    git(&["checkout", "--quiet", "--detach", "FETCH_HEAD"], &checkout);
+    assert_eq!(git(&["rev-parse", "HEAD"], &checkout), head);
+    assert!(checkout.join("pull-1.txt").exists() && checkout.join(".cockpit-ci/run").exists());
+    let mode = std::fs::metadata(checkout.join(".cockpit-ci/run")).unwrap();
+    assert!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o100 != 0, "run stays executable");
+}
+
+#[tokio::test]
+async fn fixture_commits_are_stable() {
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (first, head_one) = mock(one.path()).await;
+    let (second, head_two) = mock(two.path()).await;
+    assert_eq!(head_one, head_two);
+    assert_ne!(first.clone_url(), second.clone_url(), "two mocks, two ports");
+}
+
+#[tokio::test]
+async fn deliveries_verify_with_the_webhooks_own_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mock, head) = mock(dir.path()).await;
+    let delivery = mock.pull_request_event(REPO, 1, "opened").unwrap();
+    let headers = delivery.headers(b"secret");
+    let signature = headers.iter().find(|(name, _)| *name == "X-Hub-Signature-256").unwrap();
+    assert_eq!(webhook::verify(b"secret", Some(signature.1.as_bytes()), None, &delivery.body), Ok(()));
+    assert!(webhook::verify(b"other", Some(signature.1.as_bytes()), None, &delivery.body).is_err());
+
+    let body: serde_json::Value = serde_json::from_slice(&delivery.body).unwrap();
+    assert_eq!(body["action"], "opened");
+    assert_eq!(body["pull_request"]["head"]["sha"], head.as_str());
+    assert_eq!(body["pull_request"]["base"]["repo"]["full_name"], REPO);
+    assert_eq!(body["repository"]["full_name"], REPO);
+    let message: amqp::WebhookMessage = serde_json::from_slice(&delivery.queue_message()).unwrap();
+    assert_eq!((message.event.as_str(), message.request.get().as_bytes()), ("pull_request", &delivery.body[..]));
+}
