@@ -4,6 +4,7 @@
 mod bench;
 mod ci;
 mod packages;
+mod payload;
 mod progress;
 mod run_local;
 mod secrets;
@@ -33,6 +34,8 @@ enum Command {
     Ci,
     /// Measure, and print figures as recorded in docs/benchmarks.md.
     Bench(bench::Args),
+    /// Print a mocked GitHub event as the webhook queues it (for `tasks publish-queue`).
+    Payload(payload::Args),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         Command::Secrets(args) => secrets::run(args),
         Command::Ci => ci::run(),
         Command::Bench(args) => bench::run(args),
+        Command::Payload(args) => payload::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,7 +14,7 @@ use base64::Engine;
 use github::StatusUpdate;
 use serde_json::{Value, json};
 
-use super::{Pull, Recorded, Repo, Shared, State as MockState};
+use super::{Pull, Recorded, Repo, Shared, State as MockState, delivery};
 
 pub(crate) fn router(state: Shared) -> Router {
     let api = Router::new()
@@ -80,37 +80,21 @@ async fn authenticate(State(state): State<Shared>, request: Request, next: Next)
     next.run(request).await
 }
 
-pub(crate) fn repository_json(state: &MockState, name: &str) -> Value {
-    let (owner, short) = name.split_once('/').unwrap_or((name, name));
-    json!({
-        "id": 1000 + state.repos.keys().position(|key| key == name).unwrap_or(0),
-        "name": short,
-        "full_name": name,
-        "owner": {"login": owner},
-        "private": false,
-        "default_branch": "main",
-        "clone_url": format!("{}{name}", state.clone_url),
-        "html_url": format!("https://github.com/{name}"),
-    })
+fn repository_json(state: &MockState, name: &str) -> Value {
+    delivery::repository_json(name, &state.clone_url)
 }
 
 pub(crate) fn pull_json(state: &MockState, name: &str, repo: &Repo, pull: &Pull) -> Value {
-    json!({
-        "number": pull.number,
-        "title": pull.title,
-        "state": pull.state,
-        "merged": pull.merged,
-        "body": "Opened by the Workbench mock GitHub",
-        "user": {"login": pull.author},
-        "labels": [],
-        "head": {
-            "ref": format!("pull-{}", pull.number),
-            "sha": pull.head_sha,
-            "user": {"login": pull.author},
-            "repo": repository_json(state, name),
-        },
-        "base": {"ref": "main", "sha": repo.main_sha, "repo": repository_json(state, name)},
-        "updated_at": "2026-01-01T00:00:00Z",
+    delivery::pull_json(&delivery::PullView {
+        repo: name,
+        clone_url: &state.clone_url,
+        number: pull.number,
+        title: &pull.title,
+        head_sha: &pull.head_sha,
+        base_sha: &repo.main_sha,
+        author: &pull.author,
+        state: &pull.state,
+        merged: pull.merged,
     })
 }
 

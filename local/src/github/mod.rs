@@ -4,7 +4,7 @@
 //! history, so jobs clone the very commit a pull request points at.
 
 mod api;
-mod delivery;
+pub mod delivery;
 mod repo;
 
 use std::collections::BTreeMap;
@@ -159,14 +159,7 @@ impl MockGitHub {
         let state = self.lock();
         let entry = state.repos.get(repo).ok_or_else(|| MockError::UnknownRepo(repo.to_owned()))?;
         let pull = entry.pulls.get(&number).ok_or(MockError::UnknownPull { repo: repo.to_owned(), number })?;
-        let body = serde_json::json!({
-            "action": action,
-            "number": number,
-            "pull_request": api::pull_json(&state, repo, entry, pull),
-            "repository": api::repository_json(&state, repo),
-            "sender": {"login": pull.author},
-        });
-        Ok(Delivery::new("pull_request", &body))
+        Ok(delivery::pull_request(action, &api::pull_json(&state, repo, entry, pull), repo, &state.clone_url))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
