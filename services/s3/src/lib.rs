@@ -1,0 +1,294 @@
+//! A small S3 client, enough for CI logs and images: PUT, GET, DELETE and listing against one
+//! store URL (`https://host[:port]/bucket[/prefix]/`, path style), signed with AWS Signature V4
+//! as Cockpit's tools sign, or anonymous. Keys come from Cockpit's `s3-keys` directory layout.
+
+mod sigv4;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Uri};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+/// Credentials for a store.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Key {
+    pub access: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Key({}, <secret>)", self.access)
+    }
+}
+
+impl Key {
+    /// Cockpit's key file content: `ACCESS SECRET [TOKEN]`, whitespace separated.
+    pub fn parse(text: &str) -> Option<Key> {
+        let mut fields = text.split_whitespace();
+        let (access, secret) = (fields.next()?, fields.next()?);
+        Some(Key { access: access.to_owned(), secret: secret.to_owned() })
+    }
+
+    /// Cockpit's lookup in an `s3-keys` directory: a file named after the host, else after the
+    /// host without its first label, and so on while a dot remains.
+    pub fn for_host(dir: &Path, host: &str) -> Option<Key> {
+        let mut name = host;
+        loop {
+            if let Some(key) = std::fs::read_to_string(dir.join(name)).ok().and_then(|text| Key::parse(&text)) {
+                return Some(key);
+            }
+            name = name.split_once('.').filter(|(_, rest)| rest.contains('.'))?.1;
+        }
+    }
+}
+
+/// An object in a listing, its name relative to the store URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object {
+    pub name: String,
+    pub size: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid S3 store URL {0:?}: expected https://host[:port]/bucket[/prefix]/")]
+    Url(String),
+    #[error("S3 client TLS set-up failed: {0}")]
+    Tls(String),
+    #[error("S3 {method} {url}: {status} {body}")]
+    Status { method: Method, url: String, status: u16, body: String },
+    #[error("S3 {method} {url} failed: {detail}")]
+    Transport { method: Method, url: String, detail: String },
+}
+
+impl Error {
+    /// Whether retrying can help: the store was unreachable or answered 5xx.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Status { status, .. } => *status >= 500,
+            Error::Transport { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// One S3 store: a bucket and an optional prefix.
+#[derive(Clone)]
+pub struct Store {
+    scheme: String,
+    host: String,
+    bucket: String,
+    prefix: String,
+    key: Option<Key>,
+    acl: Option<String>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl Store {
+    /// A client of the store at `url`, signing with `key` (anonymous without), trusting
+    /// `ca_pem` for HTTPS when given and the system's roots otherwise.
+    pub fn new(url: &str, key: Option<Key>, ca_pem: Option<&[u8]>) -> Result<Store, Error> {
+        let uri: Uri = url.parse().map_err(|_| Error::Url(url.to_owned()))?;
+        let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+            return Err(Error::Url(url.to_owned()));
+        };
+        let path = uri.path().trim_start_matches('/');
+        let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
+        if bucket.is_empty() || !(scheme == "http" || scheme == "https") {
+            return Err(Error::Url(url.to_owned()));
+        }
+        let prefix = if prefix.is_empty() || prefix.ends_with('/') { prefix.to_owned() } else { format!("{prefix}/") };
+        Ok(Store {
+            scheme: scheme.to_owned(),
+            host: authority.to_string(),
+            bucket: bucket.to_owned(),
+            prefix,
+            key,
+            acl: None,
+            client: Client::builder(TokioExecutor::new()).build(connector(ca_pem)?),
+        })
+    }
+
+    /// Sends `x-amz-acl: <acl>` with every PUT.
+    pub fn with_acl(mut self, acl: &str) -> Store {
+        self.acl = Some(acl.to_owned());
+        self
+    }
+
+    /// The URL of an object.
+    pub fn url(&self, name: &str) -> String {
+        format!("{}://{}/{}/{}{name}", self.scheme, self.host, self.bucket, self.prefix)
+    }
+
+    pub async fn put(&self, name: &str, body: Vec<u8>, content_type: &str) -> Result<(), Error> {
+        let mut headers = vec![("content-type", content_type)];
+        if let Some(acl) = &self.acl {
+            headers.push(("x-amz-acl", acl));
+        }
+        self.send(Method::PUT, name, &[], &headers, body).await.map(drop)
+    }
+
+    /// The object's content, or `None` if it does not exist.
+    pub async fn get(&self, name: &str) -> Result<Option<Vec<u8>>, Error> {
+        match self.send(Method::GET, name, &[], &[], Vec::new()).await {
+            Ok(body) => Ok(Some(body)),
+            Err(Error::Status { status: 404, .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<(), Error> {
+        match self.send(Method::DELETE, name, &[], &[], Vec::new()).await {
+            Ok(_) | Err(Error::Status { status: 404, .. }) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Every object under the store URL, all pages.
+    pub async fn list(&self) -> Result<Vec<Object>, Error> {
+        let mut objects = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut query = vec![("list-type", "2"), ("prefix", self.prefix.as_str())];
+            if let Some(token) = &token {
+                query.push(("continuation-token", token));
+            }
+            let body = self.send_to(Method::GET, &format!("/{}/", self.bucket), &query, &[], Vec::new()).await?;
+            let xml = String::from_utf8_lossy(&body);
+            for contents in xml.split("<Contents>").skip(1) {
+                let key = unescape(element(contents, "Key").unwrap_or_default());
+                let size = element(contents, "Size").and_then(|size| size.parse().ok()).unwrap_or(0);
+                objects.push(Object { name: key.strip_prefix(&self.prefix).unwrap_or(&key).to_owned(), size });
+            }
+            token = element(&xml, "NextContinuationToken").map(unescape);
+            if element(&xml, "IsTruncated") != Some("true") || token.is_none() {
+                return Ok(objects);
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        name: &str,
+        query: &[(&str, &str)],
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, Error> {
+        let path = format!("/{}/{}{name}", self.bucket, self.prefix);
+        self.send_to(method, &path, query, headers, body).await
+    }
+
+    async fn send_to(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, Error> {
+        let path = sigv4::encode_path(path);
+        let query = sigv4::encode_query(query);
+        let target = if query.is_empty() { path.clone() } else { format!("{path}?{query}") };
+        let url = format!("{}://{}{target}", self.scheme, self.host);
+        let mut request = hyper::Request::builder().method(method.clone()).uri(&url).header("host", &self.host);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(key) = &self.key {
+            let payload = if body.is_empty() { sigv4::EMPTY_SHA256.to_owned() } else { sigv4::sha256_hex(&body) };
+            let signed = sigv4::Request {
+                method: method.as_str(),
+                path: &path,
+                query: &query,
+                host: &self.host,
+                headers,
+                payload_sha256: &payload,
+            };
+            let region = sigv4::region(self.host.split(':').next().unwrap_or(&self.host));
+            for (name, value) in
+                sigv4::sign(&signed, &key.access, &key.secret, &region, time::OffsetDateTime::now_utc())
+            {
+                request = request.header(name, value);
+            }
+        }
+        let transport = |detail: String| Error::Transport { method: method.clone(), url: url.clone(), detail };
+        let request = request.body(Full::new(Bytes::from(body))).map_err(|e| transport(e.to_string()))?;
+        let response = self.client.request(request).await.map_err(|e| transport(format!("{e:?}")))?;
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await.map_err(|e| transport(e.to_string()))?.to_bytes();
+        if !(200..300).contains(&status) {
+            let body = String::from_utf8_lossy(&bytes).chars().take(500).collect();
+            return Err(Error::Status { method, url, status, body });
+        }
+        Ok(bytes.to_vec())
+    }
+}
+
+fn connector(ca_pem: Option<&[u8]>) -> Result<HttpsConnector<HttpConnector>, Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_pem {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                roots.add(cert.map_err(|e| Error::Tls(e.to_string()))?).map_err(|e| Error::Tls(e.to_string()))?;
+            }
+        }
+        None => {
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_or_http().enable_http1().build())
+}
+
+/// The text of the first `<name>…</name>` element in `xml`.
+fn element<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
+    let start = xml.find(&format!("<{name}>"))? + name.len() + 2;
+    let end = xml[start..].find(&format!("</{name}>"))? + start;
+    Some(&xml[start..end])
+}
+
+fn unescape(text: &str) -> String {
+    text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&apos;", "'").replace("&amp;", "&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_key_files_and_finds_them_like_cockpit() {
+        let dir = std::env::temp_dir().join(format!("s3-keys-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("s3.us-east-1.amazonaws.com"), "AKID SECRET token\n").unwrap();
+        let key = Key::for_host(&dir, "cockpit-ci-logs.s3.us-east-1.amazonaws.com").unwrap();
+        assert_eq!((key.access.as_str(), key.secret.as_str()), ("AKID", "SECRET"));
+        assert!(Key::for_host(&dir, "localhost").is_none());
+        assert!(Key::parse("only-one-field").is_none());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn splits_store_urls() {
+        let store = Store::new("https://localhost:9000/logs/", None, None).unwrap();
+        assert_eq!(store.url("pull-1/log"), "https://localhost:9000/logs/pull-1/log");
+        let prefixed = Store::new("http://127.0.0.1:9000/logs/ci", None, None).unwrap();
+        assert_eq!(prefixed.url("log"), "http://127.0.0.1:9000/logs/ci/log");
+        for bad in ["localhost:9000/logs", "https://localhost:9000/", "ftp://host/bucket/"] {
+            assert!(Store::new(bad, None, None).is_err(), "{bad}");
+        }
+    }
+}
