@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod github;
+pub mod s3_server;
 pub mod scenario;
 pub mod secrets;
 
@@ -11,4 +12,5 @@ mod port;
 
 pub use broker::{Broker, BrokerError};
 pub use github::{Delivery, MockGitHub};
+pub use s3_server::S3Server;
 pub use secrets::{Ca, Issued, Secrets, SecretsError};

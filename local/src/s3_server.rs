@@ -1,0 +1,178 @@
+//! The in-process S3 store of the local deployment: s3s over the run directory, on 127.0.0.1,
+//! HTTPS with the generated S3 certificate (or plain HTTP for tests). Writes and listings need
+//! a valid Signature V4 of the key in the secrets; anonymous GET and HEAD are allowed on the
+//! public `logs` bucket, and on any object uploaded `public-read`, as on Cockpit's stores.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use hyper_util::rt::TokioIo;
+use s3s::access::{S3Access, S3AccessContext};
+use s3s::auth::SimpleAuth;
+use s3s::path::S3Path;
+use s3s::service::S3ServiceBuilder;
+use s3s::{S3Result, s3_error};
+use tokio::sync::oneshot;
+
+use crate::secrets::{S3_HOST, Secrets};
+
+/// The buckets Cockpit's deployment has: job logs (public) and VM images (private).
+pub const BUCKETS: [&str; 2] = ["logs", "images"];
+const PUBLIC_BUCKETS: [&str; 1] = ["logs"];
+
+/// A running store. Dropping it stops the server.
+pub struct S3Server {
+    address: SocketAddr,
+    tls: bool,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum S3ServerError {
+    #[error("S3 store: {what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("S3 store: no usable key in {}: expected `ACCESS SECRET`", .0.display())]
+    Key(std::path::PathBuf),
+    #[error("S3 store: TLS set-up failed: {0}")]
+    Tls(String),
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> S3ServerError {
+    let what = what.into();
+    move |source| S3ServerError::Io { what, source }
+}
+
+impl S3Server {
+    /// Starts the store with its data in `root` (the buckets are created there).
+    pub async fn start(root: &Path, secrets: &Secrets, tls: bool) -> Result<S3Server, S3ServerError> {
+        for bucket in BUCKETS {
+            std::fs::create_dir_all(root.join(bucket)).map_err(io_error(format!("create {}", root.display())))?;
+        }
+        let key_file = secrets.s3_keys_dir().join(S3_HOST);
+        let key = std::fs::read_to_string(&key_file)
+            .ok()
+            .and_then(|text| s3::Key::parse(&text))
+            .ok_or_else(|| S3ServerError::Key(key_file.clone()))?;
+        let filesystem = s3s_fs::FileSystem::new(root).map_err(|e| S3ServerError::Io {
+            what: format!("open {}", root.display()),
+            source: std::io::Error::other(format!("{e:?}")),
+        })?;
+        let mut builder = S3ServiceBuilder::new(filesystem);
+        builder.set_auth(SimpleAuth::from_single(key.access, key.secret));
+        builder.set_access(Policy::default());
+        let service = builder.build();
+
+        let acceptor = if tls { Some(tls_acceptor(secrets)?) } else { None };
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.map_err(io_error("listen"))?;
+        let address = listener.local_addr().map_err(io_error("listen"))?;
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(_) => continue,
+                    },
+                    _ = &mut stopped => return,
+                };
+                let (service, acceptor) = (service.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match acceptor {
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(stream) => http.serve_connection(TokioIo::new(stream), service).await,
+                            Err(_) => return,
+                        },
+                        None => http.serve_connection(TokioIo::new(stream), service).await,
+                    };
+                });
+            }
+        });
+        Ok(S3Server { address, tls, stop: Some(stop) })
+    }
+
+    /// The store's base URL; a bucket's store URL is this plus `<bucket>/`.
+    pub fn url(&self) -> String {
+        match self.tls {
+            true => format!("https://localhost:{}/", self.address.port()),
+            false => format!("http://{}/", self.address),
+        }
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn tls_acceptor(secrets: &Secrets) -> Result<tokio_rustls::TlsAcceptor, S3ServerError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = secrets.s3_server_dir();
+    let tls = |e: &dyn std::fmt::Display| S3ServerError::Tls(e.to_string());
+    let chain = CertificateDer::pem_file_iter(dir.join("s3-server.pem"))
+        .map_err(|e| tls(&e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls(&e))?;
+    let key = PrivateKeyDer::from_pem_file(dir.join("s3-server.key")).map_err(|e| tls(&e))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(&e))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| tls(&e))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Who may do what: signed requests anything; anonymous ones only read objects that are public
+/// by their bucket (unless uploaded with a restrictive ACL) or by their own `public-read` ACL.
+#[derive(Default)]
+struct Policy {
+    /// `x-amz-acl` of each object as uploaded.
+    acls: Mutex<HashMap<(String, String), String>>,
+}
+
+impl Policy {
+    fn anonymous_read(&self, bucket: &str, key: &str) -> bool {
+        let acls = self.acls.lock().expect("ACL lock");
+        match acls.get(&(bucket.to_owned(), key.to_owned())).map(String::as_str) {
+            Some("public-read") | Some("public-read-write") => true,
+            Some(_) => false,
+            None => PUBLIC_BUCKETS.contains(&bucket),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl S3Access for Policy {
+    async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
+        let operation = cx.s3_op().name();
+        let S3Path::Object { bucket, key } = cx.s3_path() else {
+            return match cx.credentials() {
+                Some(_) => Ok(()),
+                None => Err(s3_error!(AccessDenied, "anonymous access is limited to reading public objects")),
+            };
+        };
+        let object = (bucket.to_string(), key.to_string());
+        if cx.credentials().is_some() {
+            if operation == "PutObject" {
+                let acl = cx.headers().get("x-amz-acl").and_then(|value| value.to_str().ok()).map(str::to_owned);
+                let mut acls = self.acls.lock().expect("ACL lock");
+                match acl {
+                    Some(acl) => acls.insert(object, acl),
+                    None => acls.remove(&object),
+                };
+            }
+            return Ok(());
+        }
+        match operation {
+            "GetObject" | "HeadObject" if self.anonymous_read(&object.0, &object.1) => Ok(()),
+            _ => Err(s3_error!(AccessDenied, "anonymous access is limited to reading public objects")),
+        }
+    }
+}
