@@ -124,3 +124,22 @@ async fn deliveries_verify_with_the_webhooks_own_check() {
     let message: amqp::WebhookMessage = serde_json::from_slice(&delivery.queue_message()).unwrap();
     assert_eq!((message.event.as_str(), message.request.get().as_bytes()), ("pull_request", &delivery.body[..]));
 }
+
+#[tokio::test]
+async fn events_pass_the_webhooks_filter_like_githubs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mock, head) = mock(dir.path()).await;
+    let direct = status("unit-tests", "pending", "Not yet tested (direct trigger)");
+    let event = mock.status_event(REPO, &head, &direct).unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&event.body).unwrap();
+    assert_eq!((body["sha"].as_str(), body["context"].as_str()), (Some(head.as_str()), Some("unit-tests")));
+    assert_eq!(body["repository"]["full_name"], REPO);
+
+    mock.close_pull(REPO, 1, true).unwrap();
+    let closed = mock.pull_request_event(REPO, 1, "closed").unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&closed.body).unwrap();
+    assert_eq!(
+        (body["pull_request"]["state"].as_str(), body["pull_request"]["merged"].as_bool()),
+        (Some("closed"), Some(true))
+    );
+}

@@ -142,6 +142,16 @@ impl MockGitHub {
         Ok(head_sha)
     }
 
+    /// Closes pull request `number`, merged or not (a later `closed` event reports it).
+    pub fn close_pull(&self, repo: &str, number: u64, merged: bool) -> Result<(), MockError> {
+        let mut state = self.lock();
+        let entry = state.repos.get_mut(repo).ok_or_else(|| MockError::UnknownRepo(repo.to_owned()))?;
+        let pull = entry.pulls.get_mut(&number).ok_or(MockError::UnknownPull { repo: repo.to_owned(), number })?;
+        pull.state = "closed".into();
+        pull.merged = merged;
+        Ok(())
+    }
+
     /// Every status posted to `sha` of `repo`, in the order they arrived.
     pub fn statuses(&self, repo: &str, sha: &str) -> Vec<StatusUpdate> {
         let state = self.lock();
@@ -160,6 +170,27 @@ impl MockGitHub {
         let entry = state.repos.get(repo).ok_or_else(|| MockError::UnknownRepo(repo.to_owned()))?;
         let pull = entry.pulls.get(&number).ok_or(MockError::UnknownPull { repo: repo.to_owned(), number })?;
         Ok(delivery::pull_request(action, &api::pull_json(&state, repo, entry, pull), repo, &state.clone_url))
+    }
+
+    /// The `status` delivery GitHub sends when a status is set on `sha` (e.g. by
+    /// tests-trigger: pending, "Not yet tested (direct trigger)").
+    pub fn status_event(&self, repo: &str, sha: &str, status: &StatusUpdate) -> Result<Delivery, MockError> {
+        let state = self.lock();
+        if !state.repos.contains_key(repo) {
+            return Err(MockError::UnknownRepo(repo.to_owned()));
+        }
+        let body = serde_json::json!({
+            "sha": sha,
+            "name": repo,
+            "context": status.context,
+            "state": status.state,
+            "description": status.description,
+            "target_url": status.target_url,
+            "branches": [],
+            "repository": delivery::repository_json(repo, &state.clone_url),
+            "sender": {"login": "workbench-bot"},
+        });
+        Ok(Delivery::new("status", &body))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
