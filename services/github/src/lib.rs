@@ -226,6 +226,32 @@ impl GitHub {
         }
     }
 
+    /// The open pull requests, newest first (all pages).
+    pub async fn open_pulls(&self, repo: &str) -> Result<Vec<Pull>, Error> {
+        let route = format!("/repos/{repo}/pulls");
+        let mut pulls = Vec::new();
+        for page in 1.. {
+            let query = [
+                ("state", "open".to_owned()),
+                ("sort", "created".to_owned()),
+                ("direction", "desc".to_owned()),
+                ("per_page", PER_PAGE.to_string()),
+                ("page", page.to_string()),
+            ];
+            let batch: Vec<Pull> = self
+                .client
+                .get(&route, Some(&query))
+                .await
+                .map_err(|err| request_error(format!("GET {route}"), err))?;
+            let full = batch.len() == PER_PAGE as usize;
+            pulls.extend(batch);
+            if !full {
+                break;
+            }
+        }
+        Ok(pulls)
+    }
+
     /// A file of the repository at `git_ref`, or `None` if it does not exist there.
     pub async fn file(&self, repo: &str, path: &str, git_ref: &str) -> Result<Option<String>, Error> {
         let route = format!("/repos/{repo}/contents/{path}");

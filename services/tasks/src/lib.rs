@@ -3,3 +3,4 @@
 
 pub mod scan;
 pub mod testmap;
+pub mod tests_scan;

@@ -1,0 +1,73 @@
+//! The tasks worker's tests-scan against the real broker and the mock GitHub: a queued
+//! pull_request event becomes Cockpit's "Not yet tested" status and a job in `public`.
+
+use std::path::PathBuf;
+
+use amqp::{JobMessage, PUBLIC, Session};
+use local::{Broker, MockGitHub, secrets};
+use tasks::tests_scan::{self, Args};
+
+const REPO: &str = "workbench-ci/demo";
+
+fn workspace(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_request_event_becomes_a_pending_status_and_a_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let (secrets, _) = secrets::generate(&dir.path().join("secrets"), false).unwrap();
+    let token = std::fs::read_to_string(secrets.github_token()).unwrap();
+    let (broker_dir, github_dir) = (dir.path().join("broker"), dir.path().join("github"));
+    let (broker, mock) = tokio::join!(Broker::start(&broker_dir, &secrets), MockGitHub::start(&github_dir, &token));
+    let (broker, mock) = (broker.unwrap(), mock.unwrap());
+    mock.add_repo(REPO, &workspace("fixtures/repos/passing")).unwrap();
+    let head = mock.open_pull(REPO, 1, "Make the frobnicator faster", "workbench-ci").unwrap();
+    let event = mock.pull_request_event(REPO, 1, "opened").unwrap();
+
+    let args = Args {
+        repo: REPO.into(),
+        pull_data: Some(String::from_utf8(event.body).unwrap()),
+        publish: true,
+        test_map: workspace("fixtures/testmap.toml"),
+        github_api: mock.api_url(),
+        github_token_file: Some(secrets.github_token()),
+        ..Args::default()
+    };
+    tests_scan::run(&broker.client_config(), &args).await.unwrap();
+
+    let posted = mock.statuses(REPO, &head);
+    let bodies: Vec<String> = posted.iter().map(|s| serde_json::to_string(s).unwrap()).collect();
+    assert_eq!(bodies, [r#"{"context":"unit-tests","state":"pending","description":"Not yet tested"}"#]);
+
+    let session = Session::connect(&broker.client_config()).await.unwrap();
+    let delivery = session.get(PUBLIC.name).await.unwrap().expect("a job in public");
+    assert_eq!(delivery.priority, Some(5));
+    let message: JobMessage = serde_json::from_slice(&delivery.body).unwrap();
+    let job = &message.job;
+    assert_eq!(
+        (job.repo.as_str(), job.sha.as_deref(), job.context.as_deref(), job.pull),
+        (REPO, Some(head.as_str()), Some("unit-tests"), Some(1))
+    );
+    let slug = job.slug.as_deref().unwrap();
+    assert!(slug.starts_with(&format!("pull-1-{}-", &head[..8])) && slug.ends_with("-unit-tests"), "{slug}");
+    assert_eq!(slug.len(), "pull-1-12345678-20240315-135902-unit-tests".len(), "{slug}");
+    let env: Vec<(&str, &str)> = job.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(
+        env,
+        [
+            ("TEST_OS", "unit-tests"),
+            ("TEST_REVISION", head.as_str()),
+            ("COCKPIT_BOTS_REF", "main"),
+            ("BASE_BRANCH", "main"),
+            ("TEST_PULL", "1")
+        ]
+    );
+    assert!(message.human.starts_with("pull-1      unit-tests"), "{}", message.human);
+    delivery.ack().await.unwrap();
+    assert!(session.get(PUBLIC.name).await.unwrap().is_none(), "exactly one job");
+
+    // A second scan sees the pending status: no second "Not yet tested".
+    tests_scan::run(&broker.client_config(), &args).await.unwrap();
+    assert_eq!(mock.statuses(REPO, &head).len(), 1);
+}

@@ -1,0 +1,67 @@
+//! `tasks`: the worker's command line, named like Cockpit's tools. Each subcommand lives in its
+//! own module; this file parses and dispatches.
+
+mod queue_tools;
+
+use tasks::tests_scan;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Cockpit CI tasks: scan pull requests into jobs, and inspect or feed the AMQP queues.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Broker address: host:port (TLS with a client certificate), or `localhost` for plain AMQP.
+    #[arg(long, global = true, env = "AMQP_SERVER", default_value = "localhost:5671")]
+    amqp: String,
+    /// Directory with ca.pem, amqp-client.pem and amqp-client.key
+    /// [default: /run/secrets/webhook, or $XDG_RUNTIME_DIR/secrets/webhook if only that exists]
+    #[arg(long, global = true)]
+    secrets_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Decide which contexts of pull requests to test; post "Not yet tested" and queue jobs.
+    TestsScan(tests_scan::Args),
+    /// Publish standard input (a JSON message) to a queue, with priority 9.
+    PublishQueue(queue_tools::PublishArgs),
+    /// Show each queue's messages without taking them.
+    InspectQueue(queue_tools::InspectArgs),
+}
+
+impl Cli {
+    fn amqp_config(&self) -> anyhow::Result<amqp::Config> {
+        let address = self.amqp.parse()?;
+        let secrets = self.secrets_dir.clone().unwrap_or_else(amqp::default_secrets_dir);
+        Ok(amqp::Config::new(address, &secrets))
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(&Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: &Cli) -> anyhow::Result<()> {
+    let config = cli.amqp_config()?;
+    match &cli.command {
+        Command::TestsScan(args) => tests_scan::run(&config, args).await,
+        Command::PublishQueue(args) => queue_tools::publish(&config, args).await,
+        Command::InspectQueue(args) => queue_tools::inspect(&config, args).await,
+    }
+}
