@@ -1,0 +1,316 @@
+//! job-runner's configuration, compatible with Cockpit's (cockpit-protocol.md 4.1, 4.2):
+//! built-in defaults, then one TOML (or JSON) file merged over them as an RFC 7396 merge patch,
+//! where `[{file = "PATH"}]` anywhere stands for the text of that file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// Cockpit's built-in `job-runner.toml`, the base every configuration is merged over.
+const DEFAULTS: &str = r#"
+[logs]
+driver = "local"
+
+[logs.s3]
+url = "http://127.0.0.1:9000/tmp/"
+key = { access = "minioadmin", secret = "minioadmin" }
+acl = "public-read"
+user-agent = "job-runner (cockpit-project/bots)"
+
+[logs.local]
+dir = "~/.cache/cockpit-dev/job-runner-logs"
+link = "http://127.0.0.1:8000/"
+
+[container]
+command = ["podman"]
+run-args = []
+default-image = "ghcr.io/cockpit-project/tasks:latest"
+
+[forge]
+default = "github"
+
+[forge.github]
+driver = "github"
+clone-url = "https://github.com/"
+api-url = "https://api.github.com/"
+post = false
+user-agent = "job-runner (cockpit-project/bots)"
+
+[forge.codeberg]
+driver = "github"
+clone-url = "https://codeberg.org/"
+api-url = "https://codeberg.org/api/v1/"
+post = false
+user-agent = "job-runner (cockpit-project/bots)"
+"#;
+
+/// The merged configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RunnerConfig {
+    pub logs: Logs,
+    pub container: Container,
+    #[serde(default)]
+    pub secrets: Secrets,
+    #[serde(deserialize_with = "forges")]
+    pub forge: Forges,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Logs {
+    pub driver: String,
+    pub s3: LogsS3,
+    pub local: LogsLocal,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LogsS3 {
+    pub url: String,
+    pub proxy_url: Option<String>,
+    pub key: S3Key,
+    /// `""` sends no `x-amz-acl` header.
+    pub acl: String,
+    /// PEM of the CA to trust for HTTPS to the store.
+    pub ca: Option<String>,
+    pub user_agent: String,
+}
+
+/// `"ACCESS SECRET [TOKEN]"`, or a table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum S3Key {
+    Text(String),
+    Table { access: String, secret: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct LogsLocal {
+    pub dir: String,
+    pub link: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Container {
+    pub command: Vec<String>,
+    pub run_args: Vec<String>,
+    pub default_image: String,
+    /// Extra `run` arguments per secret a job may ask for, in configuration order.
+    #[serde(default)]
+    pub secrets: IndexMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct Secrets {
+    #[serde(default)]
+    pub external: BTreeMap<String, String>,
+    #[serde(default)]
+    pub inline: BTreeMap<String, Value>,
+}
+
+/// The forges by name, and which one jobs use unless they say.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forges {
+    pub default: String,
+    pub forges: BTreeMap<String, Forge>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Forge {
+    pub driver: String,
+    pub clone_url: String,
+    pub api_url: String,
+    pub post: bool,
+    pub token: Option<String>,
+    pub user_agent: String,
+    pub ca: Option<String>,
+}
+
+/// Keys `default` and `driver` directly under `[forge]` are not forges.
+fn forges<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Forges, D::Error> {
+    let table = Map::<String, Value>::deserialize(deserializer)?;
+    let default = table.get("default").and_then(Value::as_str).unwrap_or("github").to_owned();
+    let mut forges = BTreeMap::new();
+    for (name, value) in table {
+        if name != "default" && name != "driver" {
+            forges.insert(name, Forge::deserialize(value).map_err(serde::de::Error::custom)?);
+        }
+    }
+    Ok(Forges { default, forges })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("Configuration error: cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("Configuration error: {} is not valid {format}: {detail}", path.display())]
+    Syntax { path: PathBuf, format: &'static str, detail: String },
+    #[error("Configuration error: {0}")]
+    Invalid(String),
+}
+
+impl RunnerConfig {
+    /// The defaults with `file` (TOML, or JSON if it ends in `.json`) merged over them.
+    pub fn load(file: Option<&Path>) -> Result<RunnerConfig, ConfigError> {
+        let mut merged = toml::from_str::<Value>(DEFAULTS).expect("the built-in defaults are valid");
+        if let Some(path) = file {
+            let text =
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+            let mut patch: Value = if path.extension().is_some_and(|ext| ext == "json") {
+                serde_json::from_str(&text).map_err(|e| ConfigError::Syntax {
+                    path: path.to_owned(),
+                    format: "JSON",
+                    detail: e.to_string(),
+                })?
+            } else {
+                toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+                    path: path.to_owned(),
+                    format: "TOML",
+                    detail: e.to_string(),
+                })?
+            };
+            resolve_files(&mut patch, path.parent().unwrap_or(Path::new(".")))?;
+            merge_patch(&mut merged, patch);
+        }
+        let config: RunnerConfig = serde_json::from_value(merged).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        for (name, forge) in &config.forge.forges {
+            if forge.post && forge.token.is_none() {
+                return Err(ConfigError::Invalid(format!("[forge.{name}] post = true needs a token")));
+            }
+        }
+        Ok(config)
+    }
+}
+
+/// Replaces every `[{file = "PATH"}]` by the text of PATH (relative to `base`).
+fn resolve_files(value: &mut Value, base: &Path) -> Result<(), ConfigError> {
+    if let Value::Array(items) = value
+        && let [Value::Object(table)] = items.as_slice()
+        && table.len() == 1
+        && let Some(Value::String(file)) = table.get("file")
+    {
+        let path = base.join(file);
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path, source })?;
+        *value = Value::String(text);
+        return Ok(());
+    }
+    match value {
+        Value::Object(table) => table.values_mut().try_for_each(|v| resolve_files(v, base)),
+        Value::Array(items) => items.iter_mut().try_for_each(|v| resolve_files(v, base)),
+        _ => Ok(()),
+    }
+}
+
+/// RFC 7396: tables merge recursively, anything else replaces, `null` deletes.
+fn merge_patch(target: &mut Value, patch: Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch;
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    let table = target.as_object_mut().expect("made an object above");
+    for (key, value) in patch {
+        if value.is_null() {
+            table.remove(&key);
+        } else {
+            merge_patch(table.entry(key).or_insert(Value::Null), value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_cockpits() {
+        let config = RunnerConfig::load(None).unwrap();
+        assert_eq!(config.logs.driver, "local");
+        assert_eq!(config.logs.s3.acl, "public-read");
+        assert_eq!(config.container.command, ["podman"]);
+        assert_eq!(config.container.default_image, "ghcr.io/cockpit-project/tasks:latest");
+        assert_eq!(config.forge.default, "github");
+        assert_eq!(config.forge.forges.keys().collect::<Vec<_>>(), ["codeberg", "github"]);
+        assert!(!config.forge.forges["github"].post);
+    }
+
+    /// The configuration of Cockpit's own integration test, files and all.
+    #[test]
+    fn cockpits_integration_test_configuration() {
+        let dir = std::env::temp_dir().join(format!("runner-config-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("s3-keys")).unwrap();
+        std::fs::write(dir.join("token"), "0123abc\n").unwrap();
+        std::fs::write(dir.join("s3-keys/localhost"), "cockpituous foobarfoo\n").unwrap();
+        std::fs::write(dir.join("ca.pem"), "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let file = dir.join("job-runner.toml");
+        std::fs::write(
+            &file,
+            r#"
+[logs]
+driver = 's3'
+[forge.github]
+token = [{file="token"}]
+post = true
+api-url = "http://127.0.0.7:8443"
+[logs.s3]
+url = 'https://localhost:9000/logs'
+ca = [{file='ca.pem'}]
+key = [{file="s3-keys/localhost"}]
+[container]
+command = ['podman-remote', '--url=unix:///podman.sock']
+run-args = ['--security-opt=label=disable', '--pod=cockpituous']
+[container.secrets]
+image-upload = ['--volume=/run/secrets/s3-keys:/run/secrets/s3-keys:ro', '--env=COCKPIT_S3_KEY_DIR=/run/secrets/s3-keys']
+github-token = ['--volume=/run/secrets/webhook/.config--github-token:/run/secrets/github-token:ro']
+"#,
+        )
+        .unwrap();
+        let config = RunnerConfig::load(Some(&file)).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        assert_eq!(config.logs.driver, "s3");
+        assert_eq!(config.logs.s3.url, "https://localhost:9000/logs");
+        assert_eq!(config.logs.s3.key, S3Key::Text("cockpituous foobarfoo\n".into()));
+        assert_eq!(config.logs.s3.ca.as_deref(), Some("-----BEGIN CERTIFICATE-----\n"));
+        assert_eq!(config.logs.s3.acl, "public-read", "untouched defaults stay");
+        let github = &config.forge.forges["github"];
+        assert_eq!(
+            (github.token.as_deref(), github.post, github.api_url.as_str()),
+            (Some("0123abc\n"), true, "http://127.0.0.7:8443")
+        );
+        assert_eq!(github.clone_url, "https://github.com/", "merged, not replaced");
+        assert_eq!(config.container.command, ["podman-remote", "--url=unix:///podman.sock"]);
+        assert_eq!(
+            config.container.secrets.keys().collect::<Vec<_>>(),
+            ["image-upload", "github-token"],
+            "config order"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let dir = std::env::temp_dir().join(format!("runner-config-errors-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let post_without_token = dir.join("a.toml");
+        std::fs::write(&post_without_token, "[forge.github]\npost = true\n").unwrap();
+        let err = RunnerConfig::load(Some(&post_without_token)).unwrap_err().to_string();
+        assert_eq!(err, "Configuration error: [forge.github] post = true needs a token");
+        let missing_file = dir.join("b.toml");
+        std::fs::write(&missing_file, "[logs.s3]\nkey = [{file='nope'}]\n").unwrap();
+        let err = RunnerConfig::load(Some(&missing_file)).unwrap_err().to_string();
+        assert!(err.starts_with("Configuration error: cannot read ") && err.contains("nope"), "{err}");
+        let json = dir.join("c.json");
+        std::fs::write(&json, r#"{"logs": {"driver": "s3", "s3": {"acl": ""}}, "forge": {"codeberg": null}}"#).unwrap();
+        let config = RunnerConfig::load(Some(&json)).unwrap();
+        assert_eq!((config.logs.driver.as_str(), config.logs.s3.acl.as_str()), ("s3", ""));
+        assert!(!config.forge.forges.contains_key("codeberg"), "null deletes");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
