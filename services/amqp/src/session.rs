@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, BasicRejectOptions, ConfirmSelectOptions,
-    QueueDeclareOptions, QueuePurgeOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueuePurgeOptions,
 };
 use lapin::tcp::{AMQPUriTcpExt, RustlsConnector};
 use lapin::uri::{AMQPScheme, AMQPUri};
@@ -111,18 +111,19 @@ impl Session {
             .basic_get(queue.into(), BasicGetOptions { no_ack: false })
             .await
             .map_err(|source| Error::Queue { operation: "get", queue: queue.to_owned(), source })?;
-        Ok(message.map(|message| {
-            let delivery = message.delivery;
-            let properties = &delivery.properties;
-            Delivery {
-                redelivered: delivery.redelivered,
-                priority: *properties.priority(),
-                persistent: *properties.delivery_mode() == Some(PERSISTENT),
-                content_type: properties.content_type().as_ref().map(ToString::to_string),
-                body: delivery.data,
-                acker: delivery.acker,
-            }
-        }))
+        Ok(message.map(|message| Delivery::from(message.delivery)))
+    }
+
+    /// Starts consuming `queue`, with at most `prefetch` unacknowledged deliveries at a time.
+    pub async fn consume(&self, queue: &str, prefetch: u16) -> Result<Consumer, Error> {
+        let failed = |source| Error::Queue { operation: "consume", queue: queue.to_owned(), source };
+        self.channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(failed)?;
+        let inner = self
+            .channel
+            .basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), Default::default())
+            .await
+            .map_err(failed)?;
+        Ok(Consumer { queue: queue.to_owned(), inner })
     }
 
     /// How many messages `queue` holds, or `None` when it does not exist. Uses a channel of its
@@ -157,6 +158,39 @@ impl Session {
     /// Closes the connection politely; unacknowledged deliveries go back to their queues.
     pub async fn close(self) {
         let _ = self.connection.close(200, "bye".into()).await;
+    }
+}
+
+/// Deliveries of one queue, as the broker pushes them.
+pub struct Consumer {
+    queue: String,
+    inner: lapin::Consumer,
+}
+
+impl Consumer {
+    /// The next delivery; `None` once the consumer is cancelled or the connection closed.
+    pub async fn next(&mut self) -> Option<Result<Delivery, Error>> {
+        use futures_core::Stream;
+        let item = std::future::poll_fn(|cx| std::pin::Pin::new(&mut self.inner).poll_next(cx)).await?;
+        Some(item.map(Delivery::from).map_err(|source| Error::Queue {
+            operation: "consume",
+            queue: self.queue.clone(),
+            source,
+        }))
+    }
+}
+
+impl From<lapin::message::Delivery> for Delivery {
+    fn from(delivery: lapin::message::Delivery) -> Delivery {
+        let properties = &delivery.properties;
+        Delivery {
+            redelivered: delivery.redelivered,
+            priority: *properties.priority(),
+            persistent: *properties.delivery_mode() == Some(PERSISTENT),
+            content_type: properties.content_type().as_ref().map(ToString::to_string),
+            body: delivery.data,
+            acker: delivery.acker,
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod job;
 pub mod log_stream;
+pub mod run_queue;
 pub mod runner_config;
 pub mod scan;
 pub mod testmap;

@@ -3,7 +3,7 @@
 
 mod queue_tools;
 
-use tasks::tests_scan;
+use tasks::{run_queue, tests_scan};
 
 use std::path::PathBuf;
 
@@ -26,6 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the queues: webhook events become tests-scans, jobs are run to their final status.
+    RunQueue(run_queue::Args),
     /// Decide which contexts of pull requests to test; post "Not yet tested" and queue jobs.
     TestsScan(tests_scan::Args),
     /// Publish standard input (a JSON message) to a queue, with priority 9.
@@ -60,8 +62,20 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: &Cli) -> anyhow::Result<()> {
     let config = cli.amqp_config()?;
     match &cli.command {
+        Command::RunQueue(args) => run_queue::run(&config, args, shutdown_signal()).await,
         Command::TestsScan(args) => tests_scan::run(&config, args).await,
         Command::PublishQueue(args) => queue_tools::publish(&config, args).await,
         Command::InspectQueue(args) => queue_tools::inspect(&config, args).await,
+    }
+}
+
+/// SIGTERM or SIGINT: take no more work, finish what is in hand, exit.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
     }
 }

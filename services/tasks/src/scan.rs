@@ -51,7 +51,7 @@ pub struct Scan<'a> {
     /// Publishing to AMQP (`--amqp`) rather than printing.
     pub amqp: bool,
     /// `COCKPIT_BOTS_REF` for `@bots#N` contexts: the head of that bots pull request.
-    pub bots_pr_head: &'a dyn Fn(u64) -> Option<String>,
+    pub bots_pr_head: &'a (dyn Fn(u64) -> Option<String> + Sync),
     /// `YYYYmmdd-HHMMSS` for the slug.
     pub timestamp: &'a str,
 }
