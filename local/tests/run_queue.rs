@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use amqp::{PUBLIC, Session, WEBHOOK};
 use local::{Broker, MockGitHub, S3Server, secrets};
-use tasks::run_queue::{self, Args, ScanArgs};
+use tasks::run_queue::{self, Args};
+use tasks::tests_scan::ScanArgs;
 use tokio::sync::oneshot;
 
 const REPO: &str = "workbench-ci/demo";

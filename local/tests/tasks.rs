@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use amqp::{JobMessage, PUBLIC, Session};
 use local::{Broker, MockGitHub, secrets};
-use tasks::tests_scan::{self, Args};
+use tasks::tests_scan::{self, Args, ScanArgs};
 
 const REPO: &str = "workbench-ci/demo";
 
@@ -29,9 +29,12 @@ async fn a_pull_request_event_becomes_a_pending_status_and_a_job() {
         repo: REPO.into(),
         pull_data: Some(String::from_utf8(event.body).unwrap()),
         publish: true,
-        test_map: workspace("fixtures/testmap.toml"),
-        github_api: mock.api_url(),
-        github_token_file: Some(secrets.github_token()),
+        scan: ScanArgs {
+            test_map: workspace("fixtures/testmap.toml"),
+            github_api: mock.api_url(),
+            github_token_file: Some(secrets.github_token()),
+            testmap_inject: None,
+        },
         ..Args::default()
     };
     tests_scan::run(&broker.client_config(), &args).await.unwrap();

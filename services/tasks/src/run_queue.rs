@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::job;
 use crate::runner_config::RunnerConfig;
-use crate::tests_scan;
+use crate::tests_scan::{self, ScanArgs};
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct Args {
@@ -27,22 +27,6 @@ pub struct Args {
     /// Where jobs get their scratch directories [default: the temporary directory].
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
-}
-
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct ScanArgs {
-    /// The test map (TOML).
-    #[arg(long, env = "WORKBENCH_TESTMAP")]
-    pub test_map: PathBuf,
-    /// The GitHub API.
-    #[arg(long, env = "GITHUB_API", default_value = github::DEFAULT_API)]
-    pub github_api: String,
-    /// File holding the GitHub token [default: Cockpit's token files]
-    #[arg(long, env = "COCKPIT_GITHUB_TOKEN_FILE")]
-    pub github_token_file: Option<PathBuf>,
-    /// BRANCH/CONTEXT: test this context too, for every repository (Cockpit's test hook).
-    #[arg(long, env = "COCKPIT_TESTMAP_INJECT")]
-    pub testmap_inject: Option<String>,
 }
 
 /// The fields of a queued GitHub event that decide what to do with it.
@@ -122,14 +106,7 @@ async fn handle_event(config: &amqp::Config, scan: &ScanArgs, delivery: &Deliver
         Ok(parsed) => parsed,
         Err(err) => return tracing::error!(%err, "dropping a webhook message that is not a GitHub event"),
     };
-    let mut args = tests_scan::Args {
-        publish: true,
-        test_map: scan.test_map.clone(),
-        github_api: scan.github_api.clone(),
-        github_token_file: scan.github_token_file.clone(),
-        testmap_inject: scan.testmap_inject.clone(),
-        ..tests_scan::Args::default()
-    };
+    let mut args = tests_scan::Args { publish: true, scan: scan.clone(), ..tests_scan::Args::default() };
     match (event.as_str(), request.action.as_deref(), &request.pull_request) {
         ("pull_request", Some("opened" | "synchronize"), Some(pull)) => {
             args.repo = pull.base.repo.full_name.clone();

@@ -38,6 +38,13 @@ pub struct Args {
     /// Print one line per job instead of the job JSON.
     #[arg(short = 'v', long)]
     pub human_readable: bool,
+    #[command(flatten)]
+    pub scan: ScanArgs,
+}
+
+/// Where the test map and GitHub are: shared by tests-scan and run-queue.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ScanArgs {
     /// The test map (TOML).
     #[arg(long, env = "WORKBENCH_TESTMAP")]
     pub test_map: PathBuf,
@@ -54,15 +61,15 @@ pub struct Args {
 
 /// Scans as `args` say; prints jobs (or their summaries) unless publishing them.
 pub async fn run(config: &amqp::Config, args: &Args) -> anyhow::Result<()> {
-    let mut map = TestMap::load(&args.test_map)?;
-    if let Some(inject) = &args.testmap_inject {
+    let mut map = TestMap::load(&args.scan.test_map)?;
+    if let Some(inject) = &args.scan.testmap_inject {
         map = map.inject(inject)?;
     }
-    let token = match &args.github_token_file {
+    let token = match &args.scan.github_token_file {
         Some(path) => github::read_token(path)?,
         None => github::cockpit_token()?,
     };
-    let github = GitHub::new(&args.github_api, &token)?;
+    let github = GitHub::new(&args.scan.github_api, &token)?;
     let pulls = pulls(&github, args).await?;
     let format = time::macros::format_description!("[year][month][day]-[hour][minute][second]");
     let timestamp = time::OffsetDateTime::now_utc().format(&format)?;
