@@ -5,9 +5,11 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use amqp::{Delivery, JobMessage, PUBLIC, Session, WEBHOOK, WebhookMessage};
 use serde::Deserialize;
+use tokio::task::JoinSet;
 
 use crate::job;
 use crate::runner_config::RunnerConfig;
@@ -27,6 +29,9 @@ pub struct Args {
     /// Where jobs get their scratch directories [default: the temporary directory].
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
+    /// How many jobs to run at once.
+    #[arg(long, default_value_t = 1)]
+    pub jobs: u16,
 }
 
 /// The fields of a queued GitHub event that decide what to do with it.
@@ -57,8 +62,8 @@ struct Repository {
 /// Serves the queues until `shutdown` resolves, then finishes the work in hand and returns.
 pub async fn run(config: &amqp::Config, args: &Args, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let runner = match &args.job_runner_config {
-        Some(path) => Some(RunnerConfig::load(Some(path))?),
-        None if std::path::Path::new("/dev/kvm").exists() => Some(RunnerConfig::load(None)?),
+        Some(path) => Some(Arc::new(RunnerConfig::load(Some(path))?)),
+        None if std::path::Path::new("/dev/kvm").exists() => Some(Arc::new(RunnerConfig::load(None)?)),
         None => None,
     };
     let hostname = match &args.hostname {
@@ -70,11 +75,13 @@ pub async fn run(config: &amqp::Config, args: &Args, shutdown: impl Future<Outpu
         session.declare(queue).await?;
     }
     let mut events = session.consume(WEBHOOK.name, 1).await?;
+    // The broker hands out at most `jobs` unacknowledged jobs: one per job slot.
     let mut jobs = match &runner {
-        Some(_) => Some(session.consume(PUBLIC.name, 1).await?),
+        Some(_) => Some(session.consume(PUBLIC.name, args.jobs.max(1)).await?),
         None => None,
     };
-    tracing::info!(hostname, runs_jobs = jobs.is_some(), "run-queue started");
+    tracing::info!(hostname, runs_jobs = jobs.is_some(), slots = args.jobs, "run-queue started");
+    let mut running = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -85,15 +92,31 @@ pub async fn run(config: &amqp::Config, args: &Args, shutdown: impl Future<Outpu
                 handle_event(config, &args.scan, &delivery).await;
                 delivery.ack().await?;
             }
+            Some(done) = running.join_next(), if !running.is_empty() => finish(done).await?,
             job = async { jobs.as_mut().expect("guarded").next().await }, if jobs.is_some() => {
                 let delivery = job.ok_or_else(|| anyhow::anyhow!("the broker closed the job consumer"))??;
-                let runner = runner.as_ref().expect("jobs are consumed only with a runner configuration");
-                handle_job(runner, &hostname, args.work_dir.clone(), &delivery).await?;
-                delivery.ack().await?;
+                let runner = runner.clone().expect("jobs are consumed only with a runner configuration");
+                let (hostname, work_dir) = (hostname.clone(), args.work_dir.clone());
+                running.spawn(async move {
+                    let result = handle_job(&runner, &hostname, work_dir, &delivery).await;
+                    (delivery, result)
+                });
             }
         }
     }
+    // Take no more work; finish what is in hand.
+    while let Some(done) = running.join_next().await {
+        finish(done).await?;
+    }
     session.close().await;
+    Ok(())
+}
+
+/// Acknowledges a job once it has run to its final status.
+async fn finish(done: Result<(Delivery, anyhow::Result<()>), tokio::task::JoinError>) -> anyhow::Result<()> {
+    let (delivery, result) = done?;
+    result?;
+    delivery.ack().await?;
     Ok(())
 }
 
