@@ -139,8 +139,56 @@ async fn webhook(binary: &Path, clients: usize, deliveries: usize, rate: usize) 
     Ok(())
 }
 
-/// Sends `count` signed deliveries from `clients` keep-alive connections, optionally paced at
-/// `rate` per second; returns the wall time and each delivery's latency.
+/// Hands out numbered operations to concurrent workers, each at its due time when paced.
+#[derive(Clone)]
+struct Tickets {
+    next: Arc<AtomicUsize>,
+    count: usize,
+    rate: Option<usize>,
+    started: Instant,
+}
+
+impl Tickets {
+    /// The next operation's number, once it is due; `None` when all are handed out.
+    async fn next(&self) -> Option<usize> {
+        let ticket = self.next.fetch_add(1, Ordering::Relaxed);
+        if ticket >= self.count {
+            return None;
+        }
+        if let Some(rate) = self.rate {
+            let due = self.started + Duration::from_secs_f64(ticket as f64 / rate as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        Some(ticket)
+    }
+}
+
+/// Runs `count` operations from `workers` concurrent tasks, optionally paced at `rate` per
+/// second; each task runs `worker` with the shared tickets and returns its latencies. Returns
+/// the wall time and every operation's latency.
+async fn drive<F, Fut>(
+    workers: usize,
+    count: usize,
+    rate: Option<usize>,
+    worker: F,
+) -> anyhow::Result<(Duration, Vec<Duration>)>
+where
+    F: Fn(Tickets) -> Fut,
+    Fut: Future<Output = anyhow::Result<Vec<Duration>>> + Send + 'static,
+{
+    let tickets = Tickets { next: Arc::new(AtomicUsize::new(0)), count, rate, started: Instant::now() };
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        tasks.spawn(worker(tickets.clone()));
+    }
+    let mut latencies = Vec::with_capacity(count);
+    while let Some(result) = tasks.join_next().await {
+        latencies.extend(result??);
+    }
+    Ok((tickets.started.elapsed(), latencies))
+}
+
+/// Sends `count` signed deliveries from `clients` keep-alive connections.
 async fn load(
     addr: SocketAddr,
     payload: &Bytes,
@@ -149,26 +197,15 @@ async fn load(
     count: usize,
     rate: Option<usize>,
 ) -> anyhow::Result<(Duration, Vec<Duration>)> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..clients {
-        let (next, payload, signature) = (next.clone(), payload.clone(), signature.to_owned());
-        tasks.spawn(async move {
+    drive(clients, count, rate, |tickets| {
+        let (payload, signature) = (payload.clone(), signature.to_owned());
+        async move {
             let stream = tokio::net::TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
             let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
             tokio::spawn(connection);
             let mut latencies = Vec::new();
-            loop {
-                let ticket = next.fetch_add(1, Ordering::Relaxed);
-                if ticket >= count {
-                    return Ok::<_, anyhow::Error>(latencies);
-                }
-                if let Some(rate) = rate {
-                    tokio::time::sleep_until((started + Duration::from_secs_f64(ticket as f64 / rate as f64)).into())
-                        .await;
-                }
+            while let Some(ticket) = tickets.next().await {
                 let request = hyper::Request::post("/")
                     .header("content-type", "application/json")
                     .header("x-github-event", "pull_request")
@@ -184,18 +221,14 @@ async fn load(
                     bail!("delivery {ticket} answered {status}");
                 }
             }
-        });
-    }
-    let mut latencies = Vec::with_capacity(count);
-    while let Some(result) = tasks.join_next().await {
-        latencies.extend(result??);
-    }
-    Ok((started.elapsed(), latencies))
+            Ok(latencies)
+        }
+    })
+    .await
 }
 
 /// Publishes `count` copies of `message` to the `webhook` queue from `publishers` concurrent
-/// tasks on one session, each waiting for its confirm as the webhook does, optionally paced at
-/// `rate` per second; returns the wall time and each publish's latency.
+/// tasks on one session, each waiting for its confirm, as the webhook does.
 async fn raw_publish(
     config: &amqp::Config,
     message: &[u8],
@@ -204,34 +237,20 @@ async fn raw_publish(
     rate: Option<usize>,
 ) -> anyhow::Result<(Duration, Vec<Duration>)> {
     let session = Arc::new(amqp::Session::connect(config).await?);
-    let next = Arc::new(AtomicUsize::new(0));
     let message: Arc<[u8]> = message.into();
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..publishers {
-        let (session, next, message) = (session.clone(), next.clone(), message.clone());
-        tasks.spawn(async move {
+    drive(publishers, count, rate, |tickets| {
+        let (session, message) = (session.clone(), message.clone());
+        async move {
             let mut latencies = Vec::new();
-            loop {
-                let ticket = next.fetch_add(1, Ordering::Relaxed);
-                if ticket >= count {
-                    return Ok::<_, amqp::Error>(latencies);
-                }
-                if let Some(rate) = rate {
-                    tokio::time::sleep_until((started + Duration::from_secs_f64(ticket as f64 / rate as f64)).into())
-                        .await;
-                }
+            while tickets.next().await.is_some() {
                 let sent = Instant::now();
                 session.publish(amqp::WEBHOOK.name, &message, None).await?;
                 latencies.push(sent.elapsed());
             }
-        });
-    }
-    let mut latencies = Vec::with_capacity(count);
-    while let Some(result) = tasks.join_next().await {
-        latencies.extend(result??);
-    }
-    Ok((started.elapsed(), latencies))
+            Ok(latencies)
+        }
+    })
+    .await
 }
 
 async fn wait_healthy(addr: SocketAddr) -> anyhow::Result<()> {
