@@ -244,7 +244,7 @@ log.file.level = info
     }
 
     /// The last lines of the broker's log and of its console output.
-    fn log_tail(&self) -> String {
+    pub fn log_tail(&self) -> String {
         [self.log_path(), self.dir.join("stdout.log")]
             .iter()
             .filter_map(|path| std::fs::read_to_string(path).ok())

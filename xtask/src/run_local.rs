@@ -66,12 +66,6 @@ async fn deploy_and_check(run_dir: &Path) -> anyhow::Result<()> {
     for (name, err) in &failed {
         eprintln!("\nscenario {name} failed: {err}");
     }
-    eprintln!("\nbroker log ({}), last lines:\n{}", broker.log_path().display(), tail(&broker.log_path(), 15));
+    eprintln!("\nbroker log ({}), last lines:\n{}", broker.log_path().display(), broker.log_tail());
     bail!("{} of {} scenarios failed", failed.len(), outcomes.len())
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }

@@ -56,12 +56,9 @@ pub async fn run(config: &RunnerConfig, job: &Job, hostname: &str, scratch: &Pat
     let subject = resolve(&github, job).await?;
 
     let context = job.context.clone();
-    let title = job.title.clone().unwrap_or_else(|| {
-        format!("{}@{}#{}", context.as_deref().unwrap_or("-"), job.repo, &subject.sha[..12.min(subject.sha.len())])
-    });
-    let slug = job.slug.clone().unwrap_or_else(|| {
-        format!("{}/{}/{}", job.repo, context.as_deref().unwrap_or("-"), &subject.sha[..12.min(subject.sha.len())])
-    });
+    let (shown_context, short_sha) = (context.as_deref().unwrap_or("-"), &subject.sha[..12.min(subject.sha.len())]);
+    let title = job.title.clone().unwrap_or_else(|| format!("{shown_context}@{}#{short_sha}", job.repo));
+    let slug = job.slug.clone().unwrap_or_else(|| format!("{}/{shown_context}/{short_sha}", job.repo));
     let prefix = slug.replace("//", "--").replace(':', "-");
     let s3 = &config.logs.s3;
     let link = format!("{}/{prefix}/", s3.proxy_url.as_deref().unwrap_or(&s3.url).trim_end_matches('/'));
@@ -162,46 +159,22 @@ async fn execute(
         Some(other) => (other.repo.clone(), other.branch.clone().unwrap_or_else(|| "main".into()), None),
         None => (subject.repo.clone(), subject.sha.clone(), subject.rebase.clone()),
     };
+    let git = |args: &[&str]| -> Vec<String> { ["git"].iter().chain(args).map(|arg| arg.to_string()).collect() };
     let url = format!("{clone_url}{repo}");
-    let mut steps: Vec<Vec<String>> = vec![
-        vec!["git".into(), "clone".into(), "--quiet".into(), "--".into(), url, checkout.display().to_string()],
-        vec![
-            "git".into(),
-            "-C".into(),
-            checkout.display().to_string(),
-            "fetch".into(),
-            "--quiet".into(),
-            "--".into(),
-            "origin".into(),
-            revision,
-        ],
-        vec![
-            "git".into(),
-            "-C".into(),
-            checkout.display().to_string(),
-            "checkout".into(),
-            "--quiet".into(),
-            "--detach".into(),
-            "FETCH_HEAD".into(),
-        ],
+    let target = checkout.display().to_string();
+    // Each step runs in a directory: the clone in the scratch directory, the rest in the checkout.
+    let mut steps = vec![
+        (scratch, git(&["clone", "--quiet", "--", &url, &target])),
+        (&checkout, git(&["fetch", "--quiet", "--", "origin", &revision])),
+        (&checkout, git(&["checkout", "--quiet", "--detach", "FETCH_HEAD"])),
     ];
-    if let Some(target) = rebase {
-        let dir = checkout.display().to_string();
-        steps.push(vec![
-            "git".into(),
-            "-C".into(),
-            dir.clone(),
-            "fetch".into(),
-            "--quiet".into(),
-            "--".into(),
-            "origin".into(),
-            target,
-        ]);
-        steps.push(vec!["git".into(), "-C".into(), dir, "rebase".into(), "--quiet".into(), "FETCH_HEAD".into()]);
+    if let Some(base) = rebase {
+        steps.push((&checkout, git(&["fetch", "--quiet", "--", "origin", &base])));
+        steps.push((&checkout, git(&["rebase", "--quiet", "FETCH_HEAD"])));
     }
-    for step in steps {
+    for (dir, step) in steps {
         log.write(format!("\n+ {}\n", step.join(" ")).as_bytes()).await.map_err(|e| e.to_string())?;
-        let status = stream(&step, scratch, &[], log, None).await?;
+        let status = stream(&step, dir, &[], log, None).await?;
         if status != Some(0) {
             return Err(format!("{} failed", step[..2].join(" ")));
         }

@@ -122,19 +122,19 @@ async fn finish(done: Result<(Delivery, anyhow::Result<()>), tokio::task::JoinEr
 
 /// A webhook event becomes a tests-scan, as in Cockpit's run-queue; anything else is logged.
 async fn handle_event(config: &amqp::Config, scan: &ScanArgs, delivery: &Delivery) {
-    let parsed = serde_json::from_slice::<WebhookMessage>(&delivery.body).map_err(|e| e.to_string()).and_then(|m| {
-        serde_json::from_str::<Request>(m.request.get()).map(|r| (m.event, r)).map_err(|e| e.to_string())
-    });
-    let (event, request) = match parsed {
+    let parsed = serde_json::from_slice::<WebhookMessage>(&delivery.body)
+        .map_err(|e| e.to_string())
+        .and_then(|m| serde_json::from_str::<Request>(m.request.get()).map(|r| (m, r)).map_err(|e| e.to_string()));
+    let (message, request) = match parsed {
         Ok(parsed) => parsed,
         Err(err) => return tracing::error!(%err, "dropping a webhook message that is not a GitHub event"),
     };
+    let event = message.event.as_str();
     let mut args = tests_scan::Args { publish: true, scan: scan.clone(), ..tests_scan::Args::default() };
-    match (event.as_str(), request.action.as_deref(), &request.pull_request) {
+    match (event, request.action.as_deref(), &request.pull_request) {
         ("pull_request", Some("opened" | "synchronize"), Some(pull)) => {
             args.repo = pull.base.repo.full_name.clone();
-            args.pull_data =
-                serde_json::from_slice::<WebhookMessage>(&delivery.body).ok().map(|m| m.request.get().to_owned());
+            args.pull_data = Some(message.request.get().to_owned());
         }
         ("status", _, _) => {
             let (Some(repository), Some(sha), Some(context)) = (&request.repository, &request.sha, &request.context)
