@@ -29,6 +29,8 @@ async fn a_pull_request_event_becomes_a_pending_status_and_a_job() {
         repo: REPO.into(),
         pull_data: Some(String::from_utf8(event.body).unwrap()),
         publish: true,
+        // The summary lines are printed, and the jobs still published.
+        human_readable: true,
         scan: ScanArgs {
             test_map: workspace("fixtures/testmap.toml"),
             github_api: mock.api_url(),

@@ -38,7 +38,7 @@ pub enum Action {
     /// Post `pending` with this description, then nothing else.
     Refuse { context: String, description: &'static str },
     /// Post `pending` with `description` unless it is `None` (already pending), then queue.
-    Queue { description: Option<&'static str>, queue: &'static str, priority: u8, message: Box<JobMessage> },
+    Queue { description: Option<&'static str>, queue: amqp::Queue, priority: u8, message: Box<JobMessage> },
 }
 
 /// Everything tests-scan needs besides the pull request.
@@ -108,7 +108,7 @@ pub fn plan(scan: &Scan, pull: &Pull, existing: &[Existing], requested: &[String
             _ if scan.amqp => Some(NOT_TESTED),
             _ => Some(NOT_TESTED_DIRECT),
         };
-        let queue = if context.contains("rhel") { amqp::RHEL.name } else { amqp::PUBLIC.name };
+        let queue = if context.contains("rhel") { amqp::RHEL } else { amqp::PUBLIC };
         let priority = if context.contains("/devel") { MAX_PRIORITY } else { BASELINE_PRIORITY };
         actions.push(Action::Queue {
             description: post,
@@ -212,7 +212,7 @@ mod tests {
         let [Action::Queue { description, queue, priority, message }] = actions.as_slice() else {
             panic!("{actions:?}")
         };
-        assert_eq!((*description, *queue, *priority), (Some("Not yet tested"), "public", 5));
+        assert_eq!((*description, queue.name, *priority), (Some("Not yet tested"), "public", 5));
         assert_eq!(
             serde_json::to_string(message).unwrap(),
             r#"{"job":{"repo":"cockpit-project/bots","sha":"a4d25bb9d1d2e0a0b3c4d5e6f708192a3b4c5d6e","context":"unit-tests","pull":1,"report":null,"command_subject":null,"slug":"pull-1-a4d25bb9-20240315-135902-unit-tests","env":{"TEST_OS":"unit-tests","TEST_REVISION":"a4d25bb9d1d2e0a0b3c4d5e6f708192a3b4c5d6e","COCKPIT_BOTS_REF":"main","BASE_BRANCH":"main","TEST_PULL":"1"},"secrets":["github-token","image-download"]},"human":"pull-1      unit-tests                a4d25bb      (cockpit-project/bots) [bots@main]   {main}"}"#
@@ -275,7 +275,7 @@ mod tests {
             .iter()
             .map(|a| match a {
                 Action::Queue { queue, priority, message, .. } => {
-                    (message.job.context.clone().unwrap(), *queue, *priority)
+                    (message.job.context.clone().unwrap(), queue.name, *priority)
                 }
                 other => panic!("{other:?}"),
             })

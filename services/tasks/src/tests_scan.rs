@@ -83,7 +83,14 @@ pub async fn run(config: &amqp::Config, args: &Args) -> anyhow::Result<()> {
         timestamp: &timestamp,
     };
     let session = match args.publish && !args.dry {
-        true => Some(amqp::Session::connect(config).await?),
+        true => {
+            let session = amqp::Session::connect(config).await?;
+            // The queues jobs go to, declared once, as Cockpit's tests-scan does.
+            for queue in [amqp::RHEL, amqp::PUBLIC] {
+                session.declare(queue).await?;
+            }
+            Some(session)
+        }
         false => None,
     };
     let mut human = Vec::new();
@@ -111,13 +118,12 @@ pub async fn run(config: &amqp::Config, args: &Args) -> anyhow::Result<()> {
                 github.post_status(&args.repo, &pull.sha, &status).await?;
             }
             let Action::Queue { queue, priority, message, .. } = action else { continue };
+            if let Some(session) = &session {
+                session.publish(queue.name, &serde_json::to_vec(&*message)?, Some(priority)).await?;
+            }
             if args.human_readable {
                 human.push(message.human.clone());
-            } else if let Some(session) = &session {
-                let queue = amqp::ALL_QUEUES.into_iter().find(|q| q.name == queue).context("a Cockpit queue")?;
-                session.declare(queue).await?;
-                session.publish(queue.name, &serde_json::to_vec(&*message)?, Some(priority)).await?;
-            } else {
+            } else if session.is_none() {
                 println!("{}", serde_json::to_string_pretty(&message.job)?);
             }
         }
