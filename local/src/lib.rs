@@ -12,5 +12,6 @@ mod port;
 
 pub use broker::{Broker, BrokerError};
 pub use github::{Delivery, MockGitHub};
+pub use port::free_port;
 pub use s3_server::S3Server;
 pub use secrets::{Ca, Issued, Secrets, SecretsError};

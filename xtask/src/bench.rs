@@ -82,7 +82,7 @@ async fn webhook(binary: &Path, clients: usize, deliveries: usize, rate: usize) 
     let dir = tempfile::tempdir().context("creating a scratch directory")?;
     let (secrets, _) = local::secrets::generate(&dir.path().join("secrets"), false)?;
     let broker = step("starting RabbitMQ", Broker::start(&dir.path().join("broker"), &secrets)).await?;
-    let listen = SocketAddr::from(([127, 0, 0, 1], std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()));
+    let listen = SocketAddr::from(([127, 0, 0, 1], local::free_port()?));
     let mut child = tokio::process::Command::new(binary)
         .args(["--amqp", &broker.address().to_string(), "--listen", &listen.to_string()])
         .arg("--secrets-dir")
@@ -275,8 +275,7 @@ async fn wait_healthy(addr: SocketAddr) -> anyhow::Result<()> {
 
 /// Builds a service binary with the release profile and returns its path.
 fn build_release(package: &str) -> anyhow::Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let status = Command::new(cargo)
+    let status = Command::new(crate::ci::cargo_program())
         .args(["build", "--release", "--quiet", "-p", package, "--bin", package])
         .current_dir(crate::workspace_root())
         .status()

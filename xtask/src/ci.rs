@@ -23,7 +23,8 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cargo_program() -> String {
+/// The cargo that runs xtask, so that every step uses the same toolchain.
+pub(crate) fn cargo_program() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
 }
 
