@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod github;
+pub mod podman;
 pub mod s3_server;
 pub mod scenario;
 pub mod secrets;
@@ -12,6 +13,7 @@ mod port;
 
 pub use broker::{Broker, BrokerError};
 pub use github::{Delivery, MockGitHub};
+pub use podman::{PodmanError, PodmanService};
 pub use port::free_port;
 pub use s3_server::S3Server;
 pub use secrets::{Ca, Issued, Secrets, SecretsError};

@@ -1,30 +1,56 @@
-//! job-runner's process sandbox against the mock GitHub (statuses, git) and the in-process S3
-//! (log, attachments): Cockpit's status sequence and log layout for passing, failing and broken
-//! jobs.
+//! job-runner against the mock GitHub (statuses, git) and the in-process S3 (log,
+//! attachments), in both sandboxes: Cockpit's status sequence and log layout for passing,
+//! failing, broken and cancelled jobs, and what a job may see of its worker. The container
+//! tests run where podman is installed and say why they are skipped elsewhere.
 
 use std::path::PathBuf;
 
 use amqp::Job;
 use github::StatusUpdate;
+use local::podman::{BASE_IMAGE, PodmanService};
 use local::{MockGitHub, S3Server, secrets};
 use tasks::job::{self, Outcome};
 use tasks::runner_config::RunnerConfig;
 
 const HOST: &str = "worker-1";
+const SECRET: &str = "s3cret-value-for-the-job";
 
 fn workspace(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Sandbox {
+    Process,
+    Container,
 }
 
 struct World {
     mock: MockGitHub,
     s3: S3Server,
     config: RunnerConfig,
+    token_file: PathBuf,
     dir: tempfile::TempDir,
+    _podman: Option<PodmanService>,
 }
 
-async fn world(clone_url: Option<&str>) -> World {
+/// The world for `sandbox`, or `None` (and a line saying why) when it cannot exist here.
+async fn world(sandbox: Sandbox, clone_url: Option<&str>) -> Option<World> {
     let dir = tempfile::tempdir().unwrap();
+    let podman = match sandbox {
+        Sandbox::Process => None,
+        Sandbox::Container => match PodmanService::start(&dir.path().join("podman")).await {
+            Ok(podman) => Some(podman),
+            Err(local::PodmanError::NotInstalled) => {
+                eprintln!("skipped: podman is not installed here (cargo xtask ci installs it)");
+                return None;
+            }
+            Err(err) => panic!("{err}"),
+        },
+    };
+    if let Some(podman) = &podman {
+        podman.ensure_base_image().unwrap();
+    }
     let (secrets, _) = secrets::generate(&dir.path().join("secrets"), false).unwrap();
     let token = std::fs::read_to_string(secrets.github_token()).unwrap();
     let mock = MockGitHub::start(&dir.path().join("github"), &token).await.unwrap();
@@ -42,56 +68,99 @@ api-url = "{api}"
 clone-url = "{clone}"
 post = true
 token = [{{file = "{token}"}}]
+[container]
+sandbox = "{sandbox}"
+command = ["podman-remote", "--url=unix://{socket}"]
+default-image = "{BASE_IMAGE}"
+[container.secrets]
+image-upload = ["--volume=%{{image-upload}}:%{{image-upload}}:ro", "--env=SECRET_FILE=%{{image-upload}}"]
+[secrets.inline]
+image-upload = "{SECRET}"
 "#,
         s3 = s3.url(),
         keys = secrets.s3_keys_dir().display(),
         api = mock.api_url(),
         clone = clone_url.map_or_else(|| mock.clone_url(), str::to_owned),
         token = secrets.github_token().display(),
+        sandbox = if sandbox == Sandbox::Process { "process" } else { "container" },
+        socket = podman.as_ref().map_or_else(PathBuf::new, |p| p.socket().to_owned()).display(),
     );
     std::fs::write(&file, toml).unwrap();
     let config = RunnerConfig::load(Some(&file)).unwrap();
-    World { mock, s3, config, dir }
+    Some(World { mock, s3, config, token_file: secrets.github_token(), dir, _podman: podman })
 }
 
-fn job(repo: &str, sha: &str) -> Job {
-    serde_json::from_value(serde_json::json!({
+fn job(repo: &str, sha: &str, extra: serde_json::Value) -> Job {
+    let mut job = serde_json::json!({
         "repo": repo, "sha": sha, "context": "unit-tests", "pull": 1, "report": null, "command_subject": null,
         "slug": format!("pull-1-{}-20261123-000000-unit-tests", &sha[..8]),
         "env": {"TEST_OS": "unit-tests", "TEST_REVISION": sha, "COCKPIT_BOTS_REF": "main", "BASE_BRANCH": "main", "TEST_PULL": "1"},
         "secrets": ["github-token", "image-download"],
-    }))
-    .unwrap()
+    });
+    job.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    serde_json::from_value(job).unwrap()
+}
+
+struct Ran {
+    outcome: Outcome,
+    statuses: Vec<StatusUpdate>,
+    log: String,
+    log_dir: String,
 }
 
 impl World {
-    async fn run(&self, fixture: &str) -> (Outcome, Vec<StatusUpdate>, String, String) {
-        let repo = format!("workbench-ci/{fixture}");
+    /// Runs the job for `fixture`'s pull request #1 (`extra` overrides job fields), cancelling
+    /// it once it is in progress if `cancel` says so.
+    async fn run(&self, fixture: &str, extra: serde_json::Value, cancel: bool) -> Ran {
+        // A repository of its own for every run, so that runs do not see each other's statuses.
+        let repo = format!("workbench-ci/{fixture}-{}", unique());
         self.mock.add_repo(&repo, &workspace(&format!("fixtures/repos/{fixture}"))).unwrap();
         let head = self.mock.open_pull(&repo, 1, "A change", "workbench-ci").unwrap();
-        let job = job(&repo, &head);
-        let scratch = self.dir.path().join(format!("scratch-{fixture}"));
+        let job = job(&repo, &head, extra);
+        let scratch = self.dir.path().join(format!("scratch-{}", unique()));
         std::fs::create_dir_all(&scratch).unwrap();
-        let outcome = job::run(&self.config, &job, HOST, &scratch).await.unwrap();
+        let (cancel_job, cancelled) = tokio::sync::watch::channel(false);
+        let run = job::run(&self.config, &job, HOST, &scratch, cancelled);
+        let canceller = async {
+            if cancel {
+                while !self.mock.statuses(&repo, &head).iter().any(|s| s.description.starts_with("In progress")) {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                cancel_job.send_replace(true);
+            }
+            std::future::pending::<()>().await
+        };
+        let outcome = tokio::select! {
+            outcome = run => outcome.unwrap(),
+            () = canceller => unreachable!(),
+        };
         let log_dir = format!("{}logs/{}/", self.s3.url(), job.slug.unwrap());
         let reader = s3::Store::new(&log_dir, None, None).unwrap();
         let log = String::from_utf8(reader.get("log").await.unwrap().expect("the final log")).unwrap();
-        (outcome, self.mock.statuses(&repo, &head), log, log_dir)
+        Ran { outcome, statuses: self.mock.statuses(&repo, &head), log, log_dir }
     }
 }
 
-fn statuses(posted: &[StatusUpdate]) -> Vec<(String, String, Option<String>)> {
-    posted.iter().map(|s| (s.state.clone(), s.description.clone(), s.target_url.clone())).collect()
+fn unique() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_passing_job_posts_cockpits_statuses_and_leaves_its_log_and_attachments() {
-    let world = world(None).await;
-    let (outcome, posted, log, log_dir) = world.run("passing").await;
-    assert_eq!(outcome, Outcome::Success, "{log}");
-    let target = Some(format!("{log_dir}log.html"));
+fn last_status(ran: &Ran) -> Option<(&str, &str)> {
+    ran.statuses.last().map(|s| (s.state.as_str(), s.description.as_str()))
+}
+
+async fn passing(sandbox: Sandbox) {
+    let Some(world) = world(sandbox, None).await else { return };
+    let ran = world.run("passing", serde_json::json!({}), false).await;
+    let log = &ran.log;
+    assert_eq!(ran.outcome, Outcome::Success, "{log}");
+    let target = Some(format!("{}log.html", ran.log_dir));
+    let posted: Vec<_> =
+        ran.statuses.iter().map(|s| (s.state.clone(), s.description.clone(), s.target_url.clone())).collect();
     assert_eq!(
-        statuses(&posted),
+        posted,
         [
             ("pending".into(), format!("In progress [{HOST}]"), target.clone()),
             ("success".into(), format!("Success [{HOST}]"), target),
@@ -100,7 +169,7 @@ async fn a_passing_job_posts_cockpits_statuses_and_leaves_its_log_and_attachment
     assert!(log.contains(&format!("\n\nRunning on: {HOST}\n\n")), "{log}");
     assert!(log.contains("ok 2 checkout has README.md"), "{log}");
     assert!(log.ends_with("\n\nJob ran successfully.  :)\n"), "{log}");
-    let reader = s3::Store::new(&log_dir, None, None).unwrap();
+    let reader = s3::Store::new(&ran.log_dir, None, None).unwrap();
     assert_eq!(
         reader.get("bogus.log").await.unwrap().as_deref(),
         Some(&b"heisenberg compensator at 99.8% efficiency\n"[..])
@@ -111,28 +180,119 @@ async fn a_passing_job_posts_cockpits_statuses_and_leaves_its_log_and_attachment
     assert_eq!(reader.get("log.chunks").await.unwrap(), None, "streaming is over");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_failing_job_ends_in_failure_with_its_reason() {
-    let world = world(None).await;
-    let (outcome, posted, log, _) = world.run("failing").await;
+async fn failing(sandbox: Sandbox) {
+    let Some(world) = world(sandbox, None).await else { return };
+    let ran = world.run("failing", serde_json::json!({}), false).await;
     let reason = "Container exited with code 1".to_owned();
-    assert_eq!(outcome, Outcome::Failure(reason.clone()));
-    assert_eq!(
-        posted.last().map(|s| (s.state.as_str(), s.description.as_str())),
-        Some(("failure", &*format!("{reason} [{HOST}]")))
-    );
-    assert!(log.contains("not ok 1 the frobnicator is broken"), "{log}");
-    assert!(log.ends_with(&format!("\n*** Failure: {reason}\n")), "{log}");
+    assert_eq!(ran.outcome, Outcome::Failure(reason.clone()));
+    assert_eq!(last_status(&ran), Some(("failure", &*format!("{reason} [{HOST}]"))));
+    assert!(ran.log.contains("not ok 1 the frobnicator is broken"), "{}", ran.log);
+    assert!(ran.log.ends_with(&format!("\n*** Failure: {reason}\n")), "{}", ran.log);
+}
+
+/// A job gets a secret only when it asks for it, and never the worker's environment.
+async fn secrets(sandbox: Sandbox) {
+    let Some(world) = world(sandbox, None).await else { return };
+    let token = std::fs::read_to_string(&world.token_file).unwrap();
+    let probe = world.token_file.display().to_string();
+    let asked = world
+        .run(
+            "probe",
+            serde_json::json!({"secrets": ["image-upload"], "env": {"TEST_OS": "unit-tests", "PROBE": probe}}),
+            false,
+        )
+        .await;
+    assert_eq!(asked.outcome, Outcome::Success, "{}", asked.log);
+    assert!(asked.log.contains(&format!("secret: {SECRET}")), "{}", asked.log);
+    let not_asked = world
+        .run("probe", serde_json::json!({"secrets": [], "env": {"TEST_OS": "unit-tests", "PROBE": probe}}), false)
+        .await;
+    assert!(not_asked.log.contains("secret file: none"), "{}", not_asked.log);
+    assert!(!not_asked.log.contains(SECRET), "{}", not_asked.log);
+    let environment = |log: &str| -> Vec<String> {
+        let start = log.find("--- environment\n").unwrap() + "--- environment\n".len();
+        let end = log.find("--- end of environment").unwrap();
+        log[start..end].lines().map(|line| line.split('=').next().unwrap().to_owned()).collect()
+    };
+    let names = environment(&not_asked.log);
+    for name in ["COCKPIT_CI_LOG_URL", "TEST_ATTACHMENTS", "TEST_OS", "PROBE"] {
+        assert!(names.iter().any(|n| n == name), "{name} is set for the job: {names:?}");
+    }
+    for name in ["CARGO", "RUST_LOG", "GITHUB_API", "AMQP_SERVER", "COCKPIT_GITHUB_TOKEN_FILE", "CARGO_MANIFEST_DIR"] {
+        assert!(!names.iter().any(|n| n == name), "the worker's {name} leaked into the job: {names:?}");
+    }
+    assert!(!not_asked.log.contains(token.trim()), "the worker's GitHub token leaked");
+    if sandbox == Sandbox::Container {
+        assert!(not_asked.log.contains("probe: unreadable"), "a container sees no worker file: {}", not_asked.log);
+    }
+}
+
+async fn cancelled(sandbox: Sandbox) {
+    let Some(world) = world(sandbox, None).await else { return };
+    let ran = world.run("passing", serde_json::json!({"command": ["sh", "-c", "echo started; sleep 600"]}), true).await;
+    assert_eq!(ran.outcome, Outcome::Cancelled, "{}", ran.log);
+    assert_eq!(last_status(&ran), Some(("error", &*format!("Cancelled [{HOST}]"))));
+    assert!(ran.log.ends_with("*** Job cancelled\n"), "{}", ran.log);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn process_a_passing_job_posts_cockpits_statuses_and_leaves_its_log_and_attachments() {
+    passing(Sandbox::Process).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn container_a_passing_job_posts_cockpits_statuses_and_leaves_its_log_and_attachments() {
+    passing(Sandbox::Container).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn process_a_failing_job_ends_in_failure_with_its_reason() {
+    failing(Sandbox::Process).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn container_a_failing_job_ends_in_failure_with_its_reason() {
+    failing(Sandbox::Container).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn process_a_job_sees_only_the_secrets_it_asks_for() {
+    secrets(Sandbox::Process).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn container_a_job_sees_only_the_secrets_it_asks_for() {
+    secrets(Sandbox::Container).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn process_a_cancelled_job_says_so() {
+    cancelled(Sandbox::Process).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn container_a_cancelled_job_says_so() {
+    cancelled(Sandbox::Container).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_repository_is_an_internal_error() {
-    let world = world(Some("http://127.0.0.1:9/")).await;
-    let (outcome, posted, log, _) = world.run("passing").await;
-    assert!(matches!(outcome, Outcome::Error(_)), "{outcome:?}");
-    assert_eq!(
-        posted.last().map(|s| (s.state.as_str(), s.description.as_str())),
-        Some(("error", &*format!("Internal error [{HOST}]")))
-    );
-    assert!(log.contains("git clone failed"), "the log says why: {log}");
+    let world = world(Sandbox::Process, Some("http://127.0.0.1:9/")).await.unwrap();
+    let ran = world.run("passing", serde_json::json!({}), false).await;
+    assert!(matches!(ran.outcome, Outcome::Error(_)), "{:?}", ran.outcome);
+    assert_eq!(last_status(&ran), Some(("error", &*format!("Internal error [{HOST}]"))));
+    assert!(ran.log.contains("git clone failed"), "the log says why: {}", ran.log);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn container_the_project_names_its_image_and_a_missing_image_is_an_internal_error() {
+    let Some(world) = world(Sandbox::Container, None).await else { return };
+    let ran = world.run("container", serde_json::json!({}), false).await;
+    assert_eq!(ran.outcome, Outcome::Success, "{}", ran.log);
+    assert!(ran.log.contains(&format!("Using container image: {BASE_IMAGE}\n")), "{}", ran.log);
+
+    let ran = world.run("passing", serde_json::json!({"container": "localhost/workbench/no-such-image"}), false).await;
+    assert!(matches!(ran.outcome, Outcome::Error(_)), "{:?}", ran.outcome);
+    assert_eq!(last_status(&ran), Some(("error", &*format!("Internal error [{HOST}]"))));
+    assert!(ran.log.contains("Failed to create container from localhost/workbench/no-such-image"), "{}", ran.log);
 }

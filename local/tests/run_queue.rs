@@ -1,12 +1,14 @@
 //! The worker loop against the real broker, mock GitHub and S3: a pull_request event queued in
-//! `webhook` ends, through tests-scan and job-runner, in Cockpit's three statuses; two workers
-//! share a queue of jobs and run each exactly once.
+//! `webhook` ends, through tests-scan and job-runner, in Cockpit's three statuses, and rescans
+//! meanwhile queue nothing twice; two workers share a queue of jobs and run each exactly once;
+//! a worker killed with SIGKILL leaves its job to another; a stopping worker cancels what
+//! outlives its grace period; a merged pull request becomes a statistics command.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use amqp::{JobMessage, PUBLIC, Session, WEBHOOK};
-use local::{Broker, MockGitHub, S3Server, secrets};
+use amqp::{JobMessage, PUBLIC, STATISTICS, Session, WEBHOOK};
+use local::{Broker, MockGitHub, S3Server, Secrets, secrets};
 use tasks::run_queue::{self, Args};
 use tasks::tests_scan::ScanArgs;
 use tempfile::TempDir;
@@ -25,6 +27,7 @@ struct World {
     s3: S3Server,
     head: String,
     args: Args,
+    secrets: Secrets,
     _dir: TempDir,
 }
 
@@ -39,7 +42,7 @@ async fn world() -> World {
     let head = mock.open_pull(REPO, 1, "Make the frobnicator faster", "workbench-ci").unwrap();
     let runner_config = dir.path().join("job-runner.toml");
     let toml = format!(
-        "[logs]\ndriver = \"s3\"\n[logs.s3]\nurl = \"{}logs\"\nkey = [{{file = \"{}/localhost\"}}]\n[forge.github]\napi-url = \"{}\"\nclone-url = \"{}\"\npost = true\ntoken = [{{file = \"{}\"}}]\n",
+        "[logs]\ndriver = \"s3\"\n[logs.s3]\nurl = \"{}logs\"\nkey = [{{file = \"{}/localhost\"}}]\n[forge.github]\napi-url = \"{}\"\nclone-url = \"{}\"\npost = true\ntoken = [{{file = \"{}\"}}]\n[container]\nsandbox = \"process\"\n",
         s3.url(),
         secrets.s3_keys_dir().display(),
         mock.api_url(),
@@ -55,17 +58,21 @@ async fn world() -> World {
             testmap_inject: None,
         },
         job_runner_config: Some(runner_config),
-        hostname: None,
         work_dir: Some(dir.path().to_owned()),
         jobs: 1,
+        grace: 600,
+        ..Args::default()
     };
-    World { broker, mock, s3, head, args, _dir: dir }
+    World { broker, mock, s3, head, args, secrets, _dir: dir }
 }
 
 impl World {
     /// Starts a worker called `hostname` running `jobs` jobs at once; send to stop it.
     fn worker(&self, hostname: &str, jobs: u16) -> (oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>) {
-        let args = Args { hostname: Some(hostname.into()), jobs, ..self.args.clone() };
+        self.worker_with(Args { hostname: Some(hostname.into()), jobs, ..self.args.clone() })
+    }
+
+    fn worker_with(&self, args: Args) -> (oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>) {
         let config = self.broker.client_config();
         let (stop, stopped) = oneshot::channel::<()>();
         let worker = tokio::spawn(async move {
@@ -78,11 +85,26 @@ impl World {
     }
 
     async fn wait_for_statuses(&self, count: usize) {
+        self.wait_until(|statuses| statuses.len() >= count).await;
+    }
+
+    async fn wait_until(&self, done: impl Fn(&[github::StatusUpdate]) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(120);
-        while self.mock.statuses(REPO, &self.head).len() < count {
+        while !done(&self.mock.statuses(REPO, &self.head)) {
             assert!(Instant::now() < deadline, "statuses so far: {:?}", self.mock.statuses(REPO, &self.head));
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Publishes a job for `context` whose command is `command`.
+    async fn publish_job(&self, session: &Session, context: &str, command: Option<&[&str]>) {
+        let job = serde_json::json!({"job": {
+            "repo": REPO, "sha": self.head, "context": context, "pull": 1, "report": null,
+            "command_subject": null, "slug": format!("pull-1-{}-20261123-000000-{}", &self.head[..8], context.replace('/', "-")),
+            "env": {"TEST_OS": "unit-tests"}, "secrets": [], "command": command,
+        }, "human": format!("job {context}")});
+        let message: JobMessage = serde_json::from_value(job).unwrap();
+        session.publish(PUBLIC.name, &serde_json::to_vec(&message).unwrap(), Some(5)).await.unwrap();
     }
 }
 
@@ -94,10 +116,22 @@ async fn a_queued_pull_request_event_is_tested_to_a_final_status() {
     let event = world.mock.pull_request_event(REPO, 1, "opened").unwrap();
     session.publish(WEBHOOK.name, &event.queue_message(), None).await.unwrap();
 
-    let (stop, worker) = world.worker("worker-1", 1);
+    let metrics = local::free_port().unwrap();
+    let (stop, worker) = world.worker_with(Args {
+        hostname: Some("worker-1".into()),
+        // Rescans while the job is queued and running must not queue it again.
+        rescan_interval: Some(1),
+        metrics_listen: Some(format!("127.0.0.1:{metrics}").parse().unwrap()),
+        ..world.args.clone()
+    });
     world.wait_for_statuses(3).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let scraped = metrics_text(metrics).await;
     let _ = stop.send(());
     worker.await.unwrap().unwrap();
+    for line in ["tasks_jobs_total{outcome=\"success\"} 1", "tasks_job_seconds_count 1"] {
+        assert!(scraped.lines().any(|l| l == line), "{line:?} in\n{scraped}");
+    }
 
     let posted: Vec<String> =
         world.mock.statuses(REPO, &world.head).iter().map(|s| serde_json::to_string(s).unwrap()).collect();
@@ -120,13 +154,7 @@ async fn two_workers_with_two_slots_run_every_job_exactly_once() {
     let session = Session::connect(&world.broker.client_config()).await.unwrap();
     session.declare(PUBLIC).await.unwrap();
     for n in 0..20 {
-        let job = serde_json::json!({"job": {
-            "repo": REPO, "sha": world.head, "context": format!("unit-tests/{n}"), "pull": 1, "report": null,
-            "command_subject": null, "slug": format!("pull-1-{}-20261123-000000-unit-tests-{n}", &world.head[..8]),
-            "env": {"TEST_OS": "unit-tests"}, "secrets": [],
-        }, "human": format!("job {n}")});
-        let message: JobMessage = serde_json::from_value(job).unwrap();
-        session.publish(PUBLIC.name, &serde_json::to_vec(&message).unwrap(), Some(5)).await.unwrap();
+        world.publish_job(&session, &format!("unit-tests/{n}"), None).await;
     }
     let workers = [world.worker("worker-a", 2), world.worker("worker-b", 2)];
     world.wait_for_statuses(40).await;
@@ -151,4 +179,122 @@ async fn two_workers_with_two_slots_run_every_job_exactly_once() {
     }
     assert_eq!(session.declare(PUBLIC).await.unwrap(), 0, "every job acknowledged");
     assert_eq!(hosts.len(), 2, "both workers took jobs: {hosts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_of_a_worker_killed_hard_is_redelivered_to_another() {
+    let world = world().await;
+    let session = Session::connect(&world.broker.client_config()).await.unwrap();
+    session.declare(PUBLIC).await.unwrap();
+    world.publish_job(&session, "unit-tests", Some(&["sh", "-c", "sleep 5"])).await;
+
+    let mut killed = std::process::Command::new(tasks_binary())
+        .args(["--amqp", &world.broker.address().to_string(), "--secrets-dir"])
+        .arg(world.secrets.webhook_dir())
+        .args(["run-queue", "--hostname", "worker-killed", "--test-map"])
+        .arg(&world.args.scan.test_map)
+        .args(["--github-api", &world.args.scan.github_api, "--github-token-file"])
+        .arg(world.args.scan.github_token_file.as_ref().unwrap())
+        .arg("--job-runner-config")
+        .arg(world.args.job_runner_config.as_ref().unwrap())
+        .arg("--work-dir")
+        .arg(world.args.work_dir.as_ref().unwrap())
+        .spawn()
+        .unwrap();
+    world.wait_until(|statuses| statuses.iter().any(|s| s.description == "In progress [worker-killed]")).await;
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+
+    let (stop, worker) = world.worker("worker-2", 1);
+    world.wait_until(|statuses| statuses.last().is_some_and(|s| s.state == "success")).await;
+    let _ = stop.send(());
+    worker.await.unwrap().unwrap();
+    let posted: Vec<(String, String)> =
+        world.mock.statuses(REPO, &world.head).into_iter().map(|s| (s.state, s.description)).collect();
+    assert_eq!(
+        posted,
+        [
+            ("pending".into(), "In progress [worker-killed]".into()),
+            ("pending".into(), "In progress [worker-2]".into()),
+            ("success".into(), "Success [worker-2]".into()),
+        ]
+    );
+    assert_eq!(session.declare(PUBLIC).await.unwrap(), 0, "acknowledged by the second worker");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopping_worker_cancels_jobs_past_its_grace_period_and_acknowledges_them() {
+    let world = world().await;
+    let session = Session::connect(&world.broker.client_config()).await.unwrap();
+    session.declare(PUBLIC).await.unwrap();
+    world.publish_job(&session, "unit-tests", Some(&["sh", "-c", "sleep 600"])).await;
+    let (stop, worker) = world.worker_with(Args { hostname: Some("worker-1".into()), grace: 1, ..world.args.clone() });
+    world.wait_until(|statuses| !statuses.is_empty()).await;
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(60), worker).await.expect("the worker stops").unwrap().unwrap();
+    let last = world.mock.statuses(REPO, &world.head).pop().unwrap();
+    assert_eq!((last.state.as_str(), last.description.as_str()), ("error", "Cancelled [worker-1]"));
+    assert_eq!(session.declare(PUBLIC).await.unwrap(), 0, "a cancelled job is acknowledged: a rescan queues it again");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_merged_pull_request_becomes_cockpits_statistics_command() {
+    let world = world().await;
+    let session = Session::connect(&world.broker.client_config()).await.unwrap();
+    session.declare(WEBHOOK).await.unwrap();
+    session.declare(STATISTICS).await.unwrap();
+    world.mock.close_pull(REPO, 1, true).unwrap();
+    let event = world.mock.pull_request_event(REPO, 1, "closed").unwrap();
+    session.publish(WEBHOOK.name, &event.queue_message(), None).await.unwrap();
+
+    // A worker without --statistics leaves the command for one that has it.
+    let (stop, worker) = world.worker("worker-1", 1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while session.declare(STATISTICS).await.unwrap() == 0 {
+        assert!(Instant::now() < deadline, "no statistics command queued");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    worker.await.unwrap().unwrap();
+    let delivery = session.get(STATISTICS.name).await.unwrap().unwrap();
+    assert_eq!(delivery.priority, Some(9));
+    let db = format!(
+        "{}/test-results.db",
+        std::env::var("COCKPIT_IMAGES_DATA_DIR")
+            .unwrap_or_else(|_| format!("{}/.cache/cockpit-images", std::env::var("HOME").unwrap()))
+    );
+    let expected = amqp::CommandMessage::statistics(&db, REPO, &world.head);
+    assert_eq!(delivery.body, serde_json::to_vec(&expected).unwrap());
+    delivery.reject(true).await.unwrap();
+    assert!(world.mock.statuses(REPO, &world.head).is_empty(), "a merged pull request is not tested");
+
+    // A statistics worker runs it (here it fails: Cockpit's scripts are not in the work
+    // directory) and acknowledges it all the same, as Cockpit's run-queue does.
+    let (stop, worker) = world.worker_with(Args { statistics: true, ..world.args.clone() });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while session.declare(STATISTICS).await.unwrap() != 0 {
+        assert!(Instant::now() < deadline, "the statistics command was not taken");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    worker.await.unwrap().unwrap();
+    assert_eq!(session.declare(STATISTICS).await.unwrap(), 0);
+}
+
+/// The `tasks` binary of this build: tests run from target/<profile>/deps/.
+fn tasks_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let binary = exe.parent().and_then(|deps| deps.parent()).unwrap().join("tasks");
+    assert!(binary.is_file(), "{} is missing: build it with `cargo build -p tasks`", binary.display());
+    binary
+}
+
+async fn metrics_text(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"), "{answer}");
+    answer
 }

@@ -1,5 +1,6 @@
 //! The tasks worker's tests-scan against the real broker and the mock GitHub: a queued
-//! pull_request event becomes Cockpit's "Not yet tested" status and a job in `public`.
+//! pull_request event becomes Cockpit's "Not yet tested" status and a job in `public`; rescans
+//! of all open pull requests never queue a context twice.
 
 use std::path::PathBuf;
 
@@ -72,7 +73,22 @@ async fn a_pull_request_event_becomes_a_pending_status_and_a_job() {
     delivery.ack().await.unwrap();
     assert!(session.get(PUBLIC.name).await.unwrap().is_none(), "exactly one job");
 
-    // A second scan sees the pending status: no second "Not yet tested".
+    // A second scan of the event sees the pending status: no second "Not yet tested", but, as
+    // in Cockpit, the job again.
     tests_scan::run(&broker.client_config(), &args).await.unwrap();
     assert_eq!(mock.statuses(REPO, &head).len(), 1);
+    session.get(PUBLIC.name).await.unwrap().expect("the event's context queued again").ack().await.unwrap();
+
+    // Rescans of every open pull request (for missed webhooks) queue what has no status yet,
+    // once, however often they run.
+    mock.open_pull(REPO, 2, "Another change", "workbench-ci").unwrap();
+    let rescan = Args { repo: REPO.into(), publish: true, scan: args.scan.clone(), ..Args::default() };
+    for _ in 0..3 {
+        tests_scan::run(&broker.client_config(), &rescan).await.unwrap();
+    }
+    let delivery = session.get(PUBLIC.name).await.unwrap().expect("a job for the new pull request");
+    let message: JobMessage = serde_json::from_slice(&delivery.body).unwrap();
+    assert_eq!(message.job.pull, Some(2));
+    delivery.ack().await.unwrap();
+    assert!(session.get(PUBLIC.name).await.unwrap().is_none(), "no context queued twice");
 }

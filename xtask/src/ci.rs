@@ -5,10 +5,10 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
-use crate::packages::{self, OPENSSL, RABBITMQ};
+use crate::packages::{self, OPENSSL, PODMAN, RABBITMQ};
 
 pub fn run() -> anyhow::Result<()> {
-    packages::ensure(&[RABBITMQ, OPENSSL])?;
+    packages::ensure(&[&[RABBITMQ, OPENSSL], PODMAN.as_slice()].concat())?;
     let root = crate::workspace_root();
     cargo(&root, "formatting", &["fmt", "--all", "--check"])?;
     cargo(&root, "lints", &["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"])?;

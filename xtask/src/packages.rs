@@ -9,6 +9,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 
 /// A Debian package and a file that shows it is installed.
+#[derive(Clone, Copy)]
 pub struct Package {
     pub name: &'static str,
     pub provides: &'static str,
@@ -16,6 +17,18 @@ pub struct Package {
 
 pub const RABBITMQ: Package = Package { name: "rabbitmq-server", provides: "/usr/lib/rabbitmq/bin/rabbitmq-server" };
 pub const OPENSSL: Package = Package { name: "openssl", provides: "/usr/bin/openssl" };
+/// Containers: podman with runc (crun fails here), catatonit for pods and `--init`, netavark
+/// and iptables for container networks (only recommended by podman, and we install without
+/// recommends), and mmdebstrap to build images from Debian packages without a registry
+/// (platform-notes.md).
+pub const PODMAN: [Package; 6] = [
+    Package { name: "podman", provides: "/usr/bin/podman" },
+    Package { name: "runc", provides: "/usr/sbin/runc" },
+    Package { name: "catatonit", provides: "/usr/bin/catatonit" },
+    Package { name: "netavark", provides: "/usr/lib/podman/netavark" },
+    Package { name: "iptables", provides: "/usr/sbin/iptables" },
+    Package { name: "mmdebstrap", provides: "/usr/bin/mmdebstrap" },
+];
 
 /// Makes sure every package is installed, installing the missing ones.
 pub fn ensure(packages: &[Package]) -> anyhow::Result<()> {

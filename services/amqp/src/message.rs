@@ -43,6 +43,21 @@ pub enum Command {
     Argv(Vec<String>),
 }
 
+impl CommandMessage {
+    /// What Cockpit's run-queue queues on `statistics` for a merged pull request (cockpit-protocol.md
+    /// 1.5): store the head's test results in the database `db`, prune it past 25 MB, publish the
+    /// Prometheus statistics. The missing space before the last `./` is Cockpit's.
+    pub fn statistics(db: &str, repo: &str, head_sha: &str) -> CommandMessage {
+        CommandMessage {
+            command: Command::Shell(format!(
+                "./store-tests --db {db} --repo {repo} {head_sha} && \
+                 if [ $(stat -c %s {db}) -gt 25000000 ]; then ./prometheus-stats --db {db} --prune 14; fi &&\
+                 ./prometheus-stats --db {db} --s3 https://cockpit-ci-logs.s3.us-east-1.amazonaws.com/prometheus"
+            )),
+        }
+    }
+}
+
 /// A job spec as Cockpit's tests-scan writes it and its job-runner reads it. The first nine
 /// fields are always written, in tests-scan's order; the rest only when set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -146,5 +161,14 @@ mod tests {
         assert_eq!(shell.command, Command::Shell("./store-tests".into()));
         let argv: CommandMessage = serde_json::from_str(r#"{"command": ["ls", "-l"]}"#).unwrap();
         assert_eq!(argv.command, Command::Argv(vec!["ls".into(), "-l".into()]));
+    }
+
+    #[test]
+    fn statistics_command_is_cockpits_byte_for_byte() {
+        let message = CommandMessage::statistics("/cache/images/test-results.db", "cockpit-project/cockpit", "abc123");
+        assert_eq!(
+            serde_json::to_string(&message).unwrap(),
+            r#"{"command":"./store-tests --db /cache/images/test-results.db --repo cockpit-project/cockpit abc123 && if [ $(stat -c %s /cache/images/test-results.db) -gt 25000000 ]; then ./prometheus-stats --db /cache/images/test-results.db --prune 14; fi &&./prometheus-stats --db /cache/images/test-results.db --s3 https://cockpit-ci-logs.s3.us-east-1.amazonaws.com/prometheus"}"#
+        );
     }
 }

@@ -35,6 +35,8 @@ pub struct Delivery {
     pub priority: Option<u8>,
     pub persistent: bool,
     pub content_type: Option<String>,
+    /// When it was published (Unix seconds), if the publisher said.
+    pub timestamp: Option<u64>,
     acker: lapin::Acker,
 }
 
@@ -78,8 +80,12 @@ impl Session {
     /// Publishes a persistent JSON message through the default exchange and waits for the
     /// broker's confirm.
     pub async fn publish(&self, queue: &str, body: &[u8], priority: Option<u8>) -> Result<(), Error> {
-        let mut properties =
-            BasicProperties::default().with_delivery_mode(PERSISTENT).with_content_type("application/json".into());
+        // The timestamp lets consumers tell how long a message waited in the queue.
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let mut properties = BasicProperties::default()
+            .with_delivery_mode(PERSISTENT)
+            .with_content_type("application/json".into())
+            .with_timestamp(now);
         if let Some(priority) = priority {
             properties = properties.with_priority(priority);
         }
@@ -170,13 +176,21 @@ pub struct Consumer {
 impl Consumer {
     /// The next delivery; `None` once the consumer is cancelled or the connection closed.
     pub async fn next(&mut self) -> Option<Result<Delivery, Error>> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// [`Consumer::next`] for code that polls several consumers at once.
+    pub fn poll_next(&mut self, cx: &mut std::task::Context) -> std::task::Poll<Option<Result<Delivery, Error>>> {
         use futures_core::Stream;
-        let item = std::future::poll_fn(|cx| std::pin::Pin::new(&mut self.inner).poll_next(cx)).await?;
-        Some(item.map(Delivery::from).map_err(|source| Error::Queue {
-            operation: "consume",
-            queue: self.queue.clone(),
-            source,
-        }))
+        std::pin::Pin::new(&mut self.inner).poll_next(cx).map(|item| {
+            item.map(|item| {
+                item.map(Delivery::from).map_err(|source| Error::Queue {
+                    operation: "consume",
+                    queue: self.queue.clone(),
+                    source,
+                })
+            })
+        })
     }
 }
 
@@ -188,6 +202,7 @@ impl From<lapin::message::Delivery> for Delivery {
             priority: *properties.priority(),
             persistent: *properties.delivery_mode() == Some(PERSISTENT),
             content_type: properties.content_type().as_ref().map(ToString::to_string),
+            timestamp: *properties.timestamp(),
             body: delivery.data,
             acker: delivery.acker,
         }

@@ -36,6 +36,13 @@ pub enum Error {
     Answer { what: String, detail: String },
 }
 
+impl Error {
+    /// Whether retrying can help: GitHub was unreachable or answered 5xx.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Request { status: None | Some(500..), .. })
+    }
+}
+
 /// A commit status to post.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusUpdate {

@@ -2,19 +2,20 @@
 //! to test, post "In progress [host]", stream the log to S3, run the project's tests on a fresh
 //! checkout, upload attachments, post the outcome.
 //!
-//! This is the `process` sandbox: a child process in a scratch checkout, for machines without
-//! podman.
+//! The test command runs in the configured sandbox (`sandbox.rs`).
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use amqp::Job;
 use github::{GitHub, StatusUpdate};
-use tokio::io::AsyncReadExt;
+use tokio::time::Instant;
 
+use crate::container;
 use crate::log_stream::LogStream;
-use crate::runner_config::{RunnerConfig, S3Key};
+use crate::retry;
+use crate::runner_config::{RunnerConfig, S3Key, SandboxKind};
+use crate::sandbox::{self, Cancel, Ended, RunArgs};
 
 /// Cockpit's default job timeout, in minutes.
 const DEFAULT_TIMEOUT_MINUTES: u64 = 120;
@@ -27,6 +28,8 @@ pub enum Outcome {
     Failure(String),
     /// The infrastructure failed, not the test.
     Error(String),
+    /// The worker was told to stop before the job finished.
+    Cancelled,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,8 +49,15 @@ struct Subject {
     rebase: Option<String>,
 }
 
-/// Runs `job` on this host, called `hostname` in statuses and the log.
-pub async fn run(config: &RunnerConfig, job: &Job, hostname: &str, scratch: &Path) -> Result<Outcome, JobError> {
+/// Runs `job` on this host, called `hostname` in statuses and the log, until it ends or
+/// `cancel` says so.
+pub async fn run(
+    config: &RunnerConfig,
+    job: &Job,
+    hostname: &str,
+    scratch: &Path,
+    mut cancel: Cancel,
+) -> Result<Outcome, JobError> {
     let forge_name = job.forge.clone().unwrap_or_else(|| config.forge.default.clone());
     let forge =
         config.forge.forges.get(&forge_name).ok_or_else(|| JobError::Config(format!("no forge {forge_name:?}")))?;
@@ -90,18 +100,28 @@ pub async fn run(config: &RunnerConfig, job: &Job, hostname: &str, scratch: &Pat
         let (github, repo, sha) = (github.clone(), subject.repo.clone(), subject.sha.clone());
         async move {
             match (status, forge.post) {
-                (Some(status), true) => github.post_status(&repo, &sha, &status).await,
+                (Some(status), true) => {
+                    retry::transient("status", github::Error::is_transient, || github.post_status(&repo, &sha, &status))
+                        .await
+                }
                 _ => Ok(()),
             }
         }
     };
     post("pending", "In progress".into()).await?;
 
-    let attachments = scratch.join("attachments");
-    let outcome = match execute(job, &subject, &forge.clone_url, scratch, &attachments, &log_url, &mut log).await {
-        Ok(outcome) => outcome,
-        Err(err) => Outcome::Error(err),
+    let run_context = Run {
+        config,
+        github: &github,
+        job,
+        subject: &subject,
+        clone_url: &forge.clone_url,
+        log_url: &log_url,
+        hostname,
     };
+    let executed = execute(&run_context, scratch, &mut log, &mut cancel).await;
+    let outcome = executed.unwrap_or_else(Outcome::Error);
+    let attachments = scratch.join("attachments");
     upload_attachments(&attachments, &attachments, &mut log).await?;
     match &outcome {
         Outcome::Success => {
@@ -115,6 +135,10 @@ pub async fn run(config: &RunnerConfig, job: &Job, hostname: &str, scratch: &Pat
         Outcome::Error(message) => {
             log.write(format!("\n*** Internal error: {message}\n").as_bytes()).await?;
             post("error", "Internal error".into()).await?;
+        }
+        Outcome::Cancelled => {
+            post("error", "Cancelled".into()).await?;
+            log.write(b"*** Job cancelled\n").await?;
         }
     }
     log.close().await?;
@@ -141,19 +165,29 @@ async fn resolve(github: &GitHub, job: &Job) -> Result<Subject, JobError> {
     Ok(Subject { repo: job.repo.clone(), sha: github.branch_sha(&job.repo, &branch).await?, rebase: None })
 }
 
-/// Checks out the code under test and runs its tests, streaming their output into the log.
-/// `Err` is an infrastructure failure.
+/// The job being run, and where it is reported.
+#[derive(Clone, Copy)]
+struct Run<'a> {
+    config: &'a RunnerConfig,
+    github: &'a GitHub,
+    job: &'a Job,
+    subject: &'a Subject,
+    clone_url: &'a str,
+    log_url: &'a str,
+    hostname: &'a str,
+}
+
+/// Checks out the code under test and runs its tests in the configured sandbox, streaming
+/// their output into the log. `Err` is an infrastructure failure.
 async fn execute(
-    job: &Job,
-    subject: &Subject,
-    clone_url: &str,
+    run: &Run<'_>,
     scratch: &Path,
-    attachments: &Path,
-    log_url: &str,
     log: &mut LogStream<s3::Store>,
+    cancel: &mut Cancel,
 ) -> Result<Outcome, String> {
-    let checkout = scratch.join("checkout");
-    std::fs::create_dir_all(attachments).map_err(|e| format!("cannot create {}: {e}", attachments.display()))?;
+    let Run { config, job, subject, clone_url, log_url, hostname, .. } = *run;
+    let (checkout, attachments) = (scratch.join("checkout"), scratch.join("attachments"));
+    std::fs::create_dir_all(&attachments).map_err(|e| format!("cannot create {}: {e}", attachments.display()))?;
     // A cross-project context runs the other project's tests, at its branch, unrebased.
     let (repo, revision, rebase) = match &job.command_subject {
         Some(other) => (other.repo.clone(), other.branch.clone().unwrap_or_else(|| "main".into()), None),
@@ -174,9 +208,10 @@ async fn execute(
     }
     for (dir, step) in steps {
         log.write(format!("\n+ {}\n", step.join(" ")).as_bytes()).await.map_err(|e| e.to_string())?;
-        let status = stream(&step, dir, &[], log, None).await?;
-        if status != Some(0) {
-            return Err(format!("{} failed", step[..2].join(" ")));
+        match sandbox::process(&step, dir, &[], log, None, cancel).await? {
+            Ended::Exited(0) => {}
+            Ended::Cancelled => return Ok(Outcome::Cancelled),
+            _ => return Err(format!("{} failed", step[..2].join(" "))),
         }
     }
     let command = match &job.command {
@@ -186,71 +221,70 @@ async fn execute(
             vec![format!("./{}", entry.ok_or("*** Failed to execute entry point.")?)]
         }
     };
-    let mut env: Vec<(String, String)> = job.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    env.push(("TEST_ATTACHMENTS".into(), attachments.display().to_string()));
-    env.push(("COCKPIT_CI_LOG_URL".into(), log_url.to_owned()));
-    log.write(format!("\n+ {}\n", command.join(" ")).as_bytes()).await.map_err(|e| e.to_string())?;
-    let minutes = job.timeout.unwrap_or(DEFAULT_TIMEOUT_MINUTES);
-    let timeout = (minutes > 0).then(|| Duration::from_secs(minutes * 60));
-    match stream(&command, &checkout, &env, log, timeout).await? {
-        Some(0) => Ok(Outcome::Success),
-        Some(code) => Ok(Outcome::Failure(format!("Container exited with code {code}"))),
-        None => Ok(Outcome::Failure(format!("Timeout after {minutes} minutes"))),
-    }
-}
-
-/// Runs `argv` in `dir` with only `env` added to a minimal environment (none of the worker's
-/// credentials), output merged into the log. `None` when it ran out of time.
-async fn stream(
-    argv: &[String],
-    dir: &Path,
-    env: &[(String, String)],
-    log: &mut LogStream<s3::Store>,
-    timeout: Option<Duration>,
-) -> Result<Option<i32>, String> {
-    let mut child = tokio::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("HOME", dir)
-        .env("LANG", "C.UTF-8")
-        .envs(env.iter().cloned())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", argv[0]))?;
-    let (mut stdout, mut stderr) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
-    let deadline = timeout.map(|timeout| tokio::time::Instant::now() + timeout);
-    let (mut out, mut err) = (vec![0u8; 65536], vec![0u8; 65536]);
-    let (mut out_open, mut err_open) = (true, true);
-    while out_open || err_open {
-        let sleep = async {
-            match deadline {
-                Some(deadline) => tokio::time::sleep_until(deadline).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            read = stdout.read(&mut out), if out_open => match read {
-                Ok(0) | Err(_) => out_open = false,
-                Ok(n) => log.write(&out[..n]).await.map_err(|e| e.to_string())?,
-            },
-            read = stderr.read(&mut err), if err_open => match read {
-                Ok(0) | Err(_) => err_open = false,
-                Ok(n) => log.write(&err[..n]).await.map_err(|e| e.to_string())?,
-            },
-            () = tokio::time::sleep(Duration::from_secs(1)) => log.flush_if_due().await.map_err(|e| e.to_string())?,
-            () = sleep => {
-                let _ = child.kill().await;
-                return Ok(None);
-            }
+    // The secrets the job asks for, as far as the configuration provides them.
+    let secrets_dir = scratch.join("secrets");
+    std::fs::create_dir_all(&secrets_dir).map_err(|e| format!("cannot create {}: {e}", secrets_dir.display()))?;
+    let secrets = config.secrets.paths(&secrets_dir).map_err(|e| e.to_string())?;
+    let mut args = RunArgs::default();
+    args.add(&config.container.run_args)?;
+    for (name, extra) in &config.container.secrets {
+        if job.secrets.contains(name) {
+            args.add(&extra.iter().map(|arg| sandbox::expand(arg, &secrets)).collect::<Vec<_>>())?;
         }
     }
-    let status = child.wait().await.map_err(|e| e.to_string())?;
-    Ok(Some(status.code().unwrap_or(128)))
+    let mut env: Vec<(String, String)> = job.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    env.push(("COCKPIT_CI_LOG_URL".into(), log_url.to_owned()));
+    let minutes = job.timeout.unwrap_or(DEFAULT_TIMEOUT_MINUTES);
+    let deadline = (minutes > 0).then(|| Instant::now() + Duration::from_secs(minutes * 60));
+    let ended = match config.container.sandbox {
+        SandboxKind::Process => {
+            env.push(("TEST_ATTACHMENTS".into(), attachments.display().to_string()));
+            env.extend(args.env.iter().cloned());
+            log.write(format!("\n+ {}\n", command.join(" ")).as_bytes()).await.map_err(|e| e.to_string())?;
+            sandbox::process(&command, &checkout, &env, log, deadline, cancel).await?
+        }
+        SandboxKind::Container => {
+            let image = image(run).await?;
+            env.push(("TEST_ATTACHMENTS".into(), container::ATTACHMENTS.to_owned()));
+            log.write(format!("Using container image: {image}\n\n+ {}\n", command.join(" ")).as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            let slug = job.slug.as_deref().unwrap_or_default();
+            let spec = container::Spec {
+                worker: hostname,
+                image: &image,
+                argv: &command,
+                checkout: &checkout,
+                attachments: &attachments,
+                env: &env,
+                args: &args,
+                slug,
+            };
+            container::run(&config.container.socket(), &spec, log, deadline, cancel).await?
+        }
+    };
+    Ok(match ended {
+        Ended::Exited(0) => Outcome::Success,
+        Ended::Exited(code) => Outcome::Failure(format!("Container exited with code {code}")),
+        Ended::TimedOut => Outcome::Failure(format!("Timeout after {minutes} minutes")),
+        Ended::Cancelled => Outcome::Cancelled,
+    })
+}
+
+/// The job's image, else the one `.cockpit-ci/container` names in the tested project at the
+/// tested revision, else the configured default (cockpit-protocol.md 4.5).
+async fn image(run: &Run<'_>) -> Result<String, String> {
+    let Run { config, github, job, subject, .. } = *run;
+    if let Some(image) = &job.container {
+        return Ok(image.trim().to_owned());
+    }
+    let (repo, revision) = match &job.command_subject {
+        Some(other) => (other.repo.as_str(), other.branch.as_deref().unwrap_or("main")),
+        None => (subject.repo.as_str(), subject.sha.as_str()),
+    };
+    let named = github.file(repo, ".cockpit-ci/container", revision).await.map_err(|e| e.to_string())?;
+    let named = named.map(|text| text.trim().to_owned()).filter(|image| !image.is_empty());
+    Ok(named.unwrap_or_else(|| config.container.default_image.trim().to_owned()))
 }
 
 /// Uploads every regular file under `dir`, by its path relative to `root`.

@@ -1,10 +1,15 @@
-//! The tasks worker, speaking Cockpit's protocol: tests-scan's decisions, the test map, and the
-//! queue tools. The `tasks` binary wires them to the broker and GitHub.
+//! The tasks worker, speaking Cockpit's protocol: tests-scan's decisions, the test map, the
+//! job runner and its sandboxes, and the worker loop. The `tasks` binary wires them to the
+//! broker and GitHub.
 
+pub mod container;
 pub mod job;
 pub mod log_stream;
+pub mod metrics;
+pub mod retry;
 pub mod run_queue;
 pub mod runner_config;
+pub mod sandbox;
 pub mod scan;
 pub mod testmap;
 pub mod tests_scan;

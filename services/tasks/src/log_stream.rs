@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::retry;
+
 /// Flush when this much is buffered...
 const FLUSH_BYTES: usize = 1_000_000;
 /// ...or this long after the first unflushed write.
@@ -19,13 +21,13 @@ pub trait Sink {
     fn delete(&self, name: &str) -> impl Future<Output = Result<(), s3::Error>> + Send;
 }
 
-/// A store URL that already ends in the job's `<slug>/`.
+/// A store URL that already ends in the job's `<slug>/`. Transient failures are retried.
 impl Sink for s3::Store {
     async fn put(&self, name: &str, body: Vec<u8>, content_type: &str) -> Result<(), s3::Error> {
-        s3::Store::put(self, name, body, content_type).await
+        retry::transient(name, s3::Error::is_transient, || s3::Store::put(self, name, body.clone(), content_type)).await
     }
     async fn delete(&self, name: &str) -> Result<(), s3::Error> {
-        s3::Store::delete(self, name).await
+        retry::transient(name, s3::Error::is_transient, || s3::Store::delete(self, name)).await
     }
 }
 

@@ -1,19 +1,27 @@
 //! run-queue: the worker loop. Unlike Cockpit's one-message-per-process polling, it holds
-//! consumers on `webhook` and on the job queue, gives webhook events precedence, and
-//! acknowledges a message only once its work is done (for a job: once its final status is
-//! posted), so a worker killed in the middle leaves the message to be redelivered.
+//! consumers on `webhook`, `statistics` (when asked) and the job queues it may take, gives
+//! webhook events precedence, and acknowledges a message only once its work is done (for a
+//! job: once its final status is posted), so a worker killed in the middle leaves the message
+//! to be redelivered.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use amqp::{Delivery, JobMessage, PUBLIC, Session, WEBHOOK, WebhookMessage};
+use amqp::{CommandMessage, Delivery, JobMessage, Session, WebhookMessage};
+use anyhow::Context;
 use serde::Deserialize;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::job;
-use crate::runner_config::RunnerConfig;
-use crate::tests_scan::{self, ScanArgs};
+use crate::container;
+use crate::job::{self, Outcome};
+use crate::metrics::Metrics;
+use crate::runner_config::{RunnerConfig, SandboxKind};
+use crate::sandbox::Cancel;
+use crate::tests_scan::{self, ScanArgs, Scanner};
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct Args {
@@ -32,6 +40,22 @@ pub struct Args {
     /// How many jobs to run at once.
     #[arg(long, default_value_t = 1)]
     pub jobs: u16,
+    /// Also take jobs from the `rhel` queue (workers inside the internal network).
+    #[arg(long)]
+    pub internal: bool,
+    /// Also run the `statistics` queue's commands (Cockpit's RUN_STATISTICS_QUEUE).
+    #[arg(long, env = "RUN_STATISTICS_QUEUE", value_parser = clap::builder::FalseyValueParser::new())]
+    pub statistics: bool,
+    /// On SIGTERM, how long running jobs may take to finish before they are cancelled.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    pub grace: u64,
+    /// Scan every open pull request of the test map's repositories at start and then this
+    /// often, so that events missed while nothing listened are made up for.
+    #[arg(long, value_name = "SECONDS")]
+    pub rescan_interval: Option<u64>,
+    /// Serve Prometheus metrics at http://ADDRESS/metrics (e.g. 127.0.0.1:9101).
+    #[arg(long, value_name = "ADDRESS")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The fields of a queued GitHub event that decide what to do with it.
@@ -46,12 +70,20 @@ struct Request {
 
 #[derive(Deserialize)]
 struct PullRequest {
-    base: Base,
+    base: Branch,
+    head: Head,
+    #[serde(default)]
+    merged: bool,
 }
 
 #[derive(Deserialize)]
-struct Base {
+struct Branch {
     repo: Repository,
+}
+
+#[derive(Deserialize)]
+struct Head {
+    sha: String,
 }
 
 #[derive(Deserialize)]
@@ -59,28 +91,77 @@ struct Repository {
     full_name: String,
 }
 
-/// Serves the queues until `shutdown` resolves, then finishes the work in hand and returns.
+/// What the worker holds while it runs.
+struct Worker {
+    runner: Option<Arc<RunnerConfig>>,
+    hostname: String,
+    work_dir: PathBuf,
+    metrics: Arc<Metrics>,
+    cancel: Cancel,
+}
+
+/// A queue this worker takes work from, besides `webhook`.
+struct Work {
+    queue: &'static str,
+    consumer: amqp::Consumer,
+}
+
+/// Serves the queues until `shutdown` resolves, then finishes (or, past the grace period,
+/// cancels) the work in hand and returns.
 pub async fn run(config: &amqp::Config, args: &Args, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let runner = match &args.job_runner_config {
         Some(path) => Some(Arc::new(RunnerConfig::load(Some(path))?)),
         None if std::path::Path::new("/dev/kvm").exists() => Some(Arc::new(RunnerConfig::load(None)?)),
         None => None,
     };
-    let hostname = match &args.hostname {
-        Some(name) => name.clone(),
-        None => rustix::system::uname().nodename().to_string_lossy().into_owned(),
-    };
+    let scanner = Scanner::load(&args.scan)?;
+    let metrics = Arc::new(Metrics::default());
+    if let Some(address) = args.metrics_listen {
+        serve_metrics(address, metrics.clone()).await?;
+    }
+    let (cancel_all, cancel) = watch::channel(false);
+    let worker = Arc::new(Worker {
+        runner,
+        hostname: match &args.hostname {
+            Some(name) => name.clone(),
+            None => rustix::system::uname().nodename().to_string_lossy().into_owned(),
+        },
+        work_dir: args.work_dir.clone().unwrap_or_else(std::env::temp_dir),
+        metrics,
+        cancel,
+    });
+    if let Some(runner) = worker.runner.as_ref().filter(|r| r.container.sandbox == SandboxKind::Container) {
+        match container::remove_leftovers(&runner.container.socket(), &worker.hostname).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::warn!(removed, "removed job containers left by an earlier run of this worker"),
+            Err(err) => tracing::warn!(%err, "cannot look for job containers left by an earlier run"),
+        }
+    }
     let session = Session::connect(config).await?;
     for queue in amqp::ALL_QUEUES {
         session.declare(queue).await?;
     }
-    let mut events = session.consume(WEBHOOK.name, 1).await?;
-    // The broker hands out at most `jobs` unacknowledged jobs: one per job slot.
-    let mut jobs = match &runner {
-        Some(_) => Some(session.consume(PUBLIC.name, args.jobs.max(1)).await?),
-        None => None,
-    };
-    tracing::info!(hostname, runs_jobs = jobs.is_some(), slots = args.jobs, "run-queue started");
+    let mut events = session.consume(amqp::WEBHOOK.name, 1).await?;
+    let slots = args.jobs.max(1);
+    // In order of precedence after `webhook`. The broker hands each consumer at most `slots`
+    // unacknowledged messages; the loop runs at most `slots` at once.
+    let mut queues = Vec::new();
+    if args.statistics {
+        queues.push(amqp::STATISTICS.name);
+    }
+    if worker.runner.is_some() {
+        queues.push(amqp::PUBLIC.name);
+        if args.internal {
+            queues.push(amqp::RHEL.name);
+        }
+    }
+    let mut work = Vec::new();
+    for queue in queues {
+        work.push(Work { queue, consumer: session.consume(queue, slots).await? });
+    }
+    tracing::info!(hostname = worker.hostname, queues = ?work.iter().map(|w| w.queue).collect::<Vec<_>>(), slots, "run-queue started");
+
+    let mut rescan = args.rescan_interval.map(|seconds| tokio::time::interval(Duration::from_secs(seconds.max(1))));
     let mut running = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -88,31 +169,60 @@ pub async fn run(config: &amqp::Config, args: &Args, shutdown: impl Future<Outpu
             biased;
             () = &mut shutdown => break,
             event = events.next() => {
-                let delivery = event.ok_or_else(|| anyhow::anyhow!("the broker closed the webhook consumer"))??;
-                handle_event(config, &args.scan, &delivery).await;
+                let delivery = event.context("the broker closed the webhook consumer")??;
+                worker.metrics.taken(amqp::WEBHOOK.name, delivery.timestamp, delivery.redelivered);
+                handle_event(&session, &scanner, &delivery).await;
                 delivery.ack().await?;
             }
             Some(done) = running.join_next(), if !running.is_empty() => finish(done).await?,
-            job = async { jobs.as_mut().expect("guarded").next().await }, if jobs.is_some() => {
-                let delivery = job.ok_or_else(|| anyhow::anyhow!("the broker closed the job consumer"))??;
-                let runner = runner.clone().expect("jobs are consumed only with a runner configuration");
-                let (hostname, work_dir) = (hostname.clone(), args.work_dir.clone());
+            _ = async { rescan.as_mut().expect("guarded").tick().await }, if rescan.is_some() => {
+                rescan_all(&session, &scanner).await;
+            }
+            (queue, taken) = next_work(&mut work), if running.len() < usize::from(slots) && !work.is_empty() => {
+                let delivery = taken.with_context(|| format!("the broker closed the {queue} consumer"))??;
+                worker.metrics.taken(queue, delivery.timestamp, delivery.redelivered);
+                let worker = worker.clone();
                 running.spawn(async move {
-                    let result = handle_job(&runner, &hostname, work_dir, &delivery).await;
+                    let result = handle_work(&worker, &delivery).await;
                     (delivery, result)
                 });
             }
         }
     }
-    // Take no more work; finish what is in hand.
-    while let Some(done) = running.join_next().await {
-        finish(done).await?;
+    // Take no more work; let what is in hand finish, or cancel it past the grace period.
+    drop(work);
+    let grace = tokio::time::sleep(Duration::from_secs(args.grace));
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            done = running.join_next() => match done {
+                Some(done) => finish(done).await?,
+                None => break,
+            },
+            () = &mut grace, if !*cancel_all.borrow() => {
+                tracing::warn!(jobs = running.len(), "grace period over: cancelling the running jobs");
+                cancel_all.send_replace(true);
+            }
+        }
     }
     session.close().await;
     Ok(())
 }
 
-/// Acknowledges a job once it has run to its final status.
+/// The next message of the first work queue that has one.
+async fn next_work(work: &mut [Work]) -> (&'static str, Option<Result<Delivery, amqp::Error>>) {
+    std::future::poll_fn(|cx| {
+        work.iter_mut()
+            .find_map(|w| match w.consumer.poll_next(cx) {
+                std::task::Poll::Ready(taken) => Some((w.queue, taken)),
+                std::task::Poll::Pending => None,
+            })
+            .map_or(std::task::Poll::Pending, std::task::Poll::Ready)
+    })
+    .await
+}
+
+/// Acknowledges a message once its work has run to the end (a job: its final status).
 async fn finish(done: Result<(Delivery, anyhow::Result<()>), tokio::task::JoinError>) -> anyhow::Result<()> {
     let (delivery, result) = done?;
     result?;
@@ -120,8 +230,9 @@ async fn finish(done: Result<(Delivery, anyhow::Result<()>), tokio::task::JoinEr
     Ok(())
 }
 
-/// A webhook event becomes a tests-scan, as in Cockpit's run-queue; anything else is logged.
-async fn handle_event(config: &amqp::Config, scan: &ScanArgs, delivery: &Delivery) {
+/// A webhook event becomes a tests-scan or a statistics command, as in Cockpit's run-queue;
+/// anything else is logged.
+async fn handle_event(session: &Session, scanner: &Scanner, delivery: &Delivery) {
     let parsed = serde_json::from_slice::<WebhookMessage>(&delivery.body)
         .map_err(|e| e.to_string())
         .and_then(|m| serde_json::from_str::<Request>(m.request.get()).map(|r| (m, r)).map_err(|e| e.to_string()));
@@ -130,11 +241,19 @@ async fn handle_event(config: &amqp::Config, scan: &ScanArgs, delivery: &Deliver
         Err(err) => return tracing::error!(%err, "dropping a webhook message that is not a GitHub event"),
     };
     let event = message.event.as_str();
-    let mut args = tests_scan::Args { publish: true, scan: scan.clone(), ..tests_scan::Args::default() };
+    let mut args = tests_scan::Args { publish: true, ..tests_scan::Args::default() };
     match (event, request.action.as_deref(), &request.pull_request) {
         ("pull_request", Some("opened" | "synchronize"), Some(pull)) => {
             args.repo = pull.base.repo.full_name.clone();
             args.pull_data = Some(message.request.get().to_owned());
+        }
+        ("pull_request", Some("closed"), Some(pull)) if pull.merged => {
+            let command = CommandMessage::statistics(&statistics_db(), &pull.base.repo.full_name, &pull.head.sha);
+            let body = serde_json::to_vec(&command).expect("a command encodes");
+            if let Err(err) = session.publish(amqp::STATISTICS.name, &body, Some(amqp::MAX_PRIORITY)).await {
+                tracing::error!(%err, "cannot queue the statistics of a merged pull request");
+            }
+            return;
         }
         ("status", _, _) => {
             let (Some(repository), Some(sha), Some(context)) = (&request.repository, &request.sha, &request.context)
@@ -153,27 +272,96 @@ async fn handle_event(config: &amqp::Config, scan: &ScanArgs, delivery: &Deliver
             );
         }
     }
-    if let Err(err) = tests_scan::run(config, &args).await {
+    if let Err(err) = scanner.scan(&args, Some(session)).await {
         tracing::error!(err = format!("{err:#}"), repo = args.repo, "tests-scan failed");
     }
 }
 
-/// Runs a job to its final status. A message that is not a job is logged and dropped.
-async fn handle_job(
-    runner: &RunnerConfig,
-    hostname: &str,
-    work_dir: Option<PathBuf>,
-    delivery: &Delivery,
-) -> anyhow::Result<()> {
-    let message: JobMessage = match serde_json::from_slice(&delivery.body) {
-        Ok(message) => message,
-        Err(err) => {
-            tracing::error!(%err, "dropping a message of the job queue that is not a job");
-            return Ok(());
+/// Cockpit's test results database: `$COCKPIT_IMAGES_DATA_DIR/test-results.db`.
+fn statistics_db() -> String {
+    let dir = std::env::var("COCKPIT_IMAGES_DATA_DIR").unwrap_or_else(|_| {
+        format!("{}/.cache/cockpit-images", std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()))
+    });
+    format!("{dir}/test-results.db")
+}
+
+/// Scans every open pull request of every repository of the test map.
+async fn rescan_all(session: &Session, scanner: &Scanner) {
+    for repo in scanner.projects() {
+        let args = tests_scan::Args { repo, publish: true, ..tests_scan::Args::default() };
+        if let Err(err) = scanner.scan(&args, Some(session)).await {
+            tracing::error!(err = format!("{err:#}"), repo = args.repo, "rescan failed");
         }
+    }
+}
+
+/// Runs a job to its final status, or a command to its end. A message that is neither is
+/// logged and dropped.
+async fn handle_work(worker: &Worker, delivery: &Delivery) -> anyhow::Result<()> {
+    if let Ok(message) = serde_json::from_slice::<JobMessage>(&delivery.body) {
+        let runner = worker.runner.as_ref().context("a job arrived at a worker that runs no jobs")?;
+        let scratch = tempfile::Builder::new().prefix("job-").tempdir_in(&worker.work_dir)?;
+        let started = Instant::now();
+        let outcome = job::run(runner, &message.job, &worker.hostname, scratch.path(), worker.cancel.clone()).await?;
+        worker.metrics.job(&outcome, started.elapsed());
+        tracing::info!(job = message.human, ?outcome, "job finished");
+        if outcome == Outcome::Cancelled {
+            tracing::warn!(job = message.human, "cancelled; a rescan queues it again");
+        }
+        return Ok(());
+    }
+    match serde_json::from_slice::<CommandMessage>(&delivery.body) {
+        Ok(message) => run_command(worker, &message.command).await,
+        Err(err) => {
+            tracing::error!(%err, "dropping a message that is neither a job nor a command");
+            Ok(())
+        }
+    }
+}
+
+/// Runs a queued command (Cockpit: a string through `sh -c`, a list directly) in the work
+/// directory; its exit status is logged, as Cockpit's run-queue does.
+async fn run_command(worker: &Worker, command: &amqp::Command) -> anyhow::Result<()> {
+    let argv: Vec<String> = match command {
+        amqp::Command::Shell(line) => vec!["sh".into(), "-c".into(), line.clone()],
+        amqp::Command::Argv(argv) => argv.clone(),
     };
-    let scratch = tempfile::Builder::new().prefix("job-").tempdir_in(work_dir.unwrap_or_else(std::env::temp_dir))?;
-    let outcome = job::run(runner, &message.job, hostname, scratch.path()).await?;
-    tracing::info!(job = message.human, ?outcome, "job finished");
+    let Some((program, rest)) = argv.split_first() else { return Ok(()) };
+    let mut child = tokio::process::Command::new(program)
+        .args(rest)
+        .current_dir(&worker.work_dir)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {program}"))?;
+    let mut cancel = worker.cancel.clone();
+    tokio::select! {
+        status = child.wait() => {
+            let status = status?;
+            if !status.success() {
+                tracing::error!(?argv, %status, "queued command failed");
+            }
+        }
+        () = crate::sandbox::cancelled(&mut cancel) => tracing::warn!(?argv, "queued command cancelled"),
+    }
+    Ok(())
+}
+
+/// Serves `GET /metrics` on `address` for as long as the process lives.
+async fn serve_metrics(address: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address} for metrics"))?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move { ([("content-type", "text/plain; version=0.0.4")], metrics.render()) }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app).await {
+            tracing::error!(%err, "the metrics server stopped");
+        }
+    });
     Ok(())
 }

@@ -102,6 +102,30 @@ pub struct Container {
     /// Extra `run` arguments per secret a job may ask for, in configuration order.
     #[serde(default)]
     pub secrets: IndexMap<String, Vec<String>>,
+    /// Where jobs run (this project's key; Cockpit always uses containers).
+    #[serde(default)]
+    pub sandbox: SandboxKind,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxKind {
+    /// A podman container per job, through the podman API.
+    #[default]
+    Container,
+    /// A child process on the host, for machines without podman.
+    Process,
+}
+
+impl Container {
+    /// The podman API socket: podman-remote's `--url=unix://PATH` in `command`, else rootful
+    /// podman's default.
+    pub fn socket(&self) -> PathBuf {
+        self.command
+            .iter()
+            .find_map(|arg| arg.strip_prefix("--url=unix://"))
+            .map_or_else(|| PathBuf::from("/run/podman/podman.sock"), PathBuf::from)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -131,6 +155,47 @@ pub struct Forge {
     pub ca: Option<String>,
 }
 
+impl Secrets {
+    /// The path of every secret: external ones as configured (`~` expanded), inline ones
+    /// written under `dir` (a string as a file, a table as a directory of files).
+    pub fn paths(&self, dir: &Path) -> Result<BTreeMap<String, PathBuf>, ConfigError> {
+        let mut paths = BTreeMap::new();
+        for (name, path) in &self.external {
+            let path = match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+                (Some(rest), Some(home)) => Path::new(&home).join(rest),
+                _ => PathBuf::from(path),
+            };
+            paths.insert(name.clone(), path);
+        }
+        for (name, value) in &self.inline {
+            if paths.contains_key(name) {
+                return Err(ConfigError::Invalid(format!("secret {name:?} is both external and inline")));
+            }
+            let path = dir.join(name);
+            let write = |path: &Path, text: &str| {
+                std::fs::write(path, text).map_err(|source| ConfigError::Write { path: path.to_owned(), source })
+            };
+            match value {
+                Value::String(text) => write(&path, text)?,
+                Value::Object(files) => {
+                    std::fs::create_dir_all(&path)
+                        .map_err(|source| ConfigError::Write { path: path.clone(), source })?;
+                    for (file, text) in files {
+                        write(&path.join(file), text.as_str().unwrap_or_default())?;
+                    }
+                }
+                _ => {
+                    return Err(ConfigError::Invalid(format!(
+                        "inline secret {name:?} is neither a string nor a table"
+                    )));
+                }
+            }
+            paths.insert(name.clone(), path);
+        }
+        Ok(paths)
+    }
+}
+
 /// Keys `default` and `driver` directly under `[forge]` are not forges.
 fn forges<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Forges, D::Error> {
     let table = Map::<String, Value>::deserialize(deserializer)?;
@@ -150,6 +215,8 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("Configuration error: {} is not valid {format}: {detail}", path.display())]
     Syntax { path: PathBuf, format: &'static str, detail: String },
+    #[error("Configuration error: cannot write the secret {}: {source}", path.display())]
+    Write { path: PathBuf, source: std::io::Error },
     #[error("Configuration error: {0}")]
     Invalid(String),
 }

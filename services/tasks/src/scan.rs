@@ -54,6 +54,10 @@ pub struct Scan<'a> {
     pub bots_pr_head: &'a (dyn Fn(u64) -> Option<String> + Sync),
     /// `YYYYmmdd-HHMMSS` for the slug.
     pub timestamp: &'a str,
+    /// Queue contexts that are already pending again, as Cockpit does for every scan. A rescan
+    /// of all open pull requests sets this to `false`: a pending context is queued or running
+    /// (queues are persistent), so only direct triggers are queued again.
+    pub requeue_pending: bool,
 }
 
 /// Decides, for one pull request, every context's action, in order. `requested` are the `-c`
@@ -95,6 +99,9 @@ pub fn plan(scan: &Scan, pull: &Pull, existing: &[Existing], requested: &[String
             continue;
         }
         if description.is_some_and(|d| d.starts_with(TESTING)) {
+            continue;
+        }
+        if state == Some("pending") && !scan.requeue_pending && description != Some(NOT_TESTED_DIRECT) {
             continue;
         }
         if !scan.allowlist.contains(&pull.login) && matches!(description, None | Some(NO_TESTING)) {
@@ -184,7 +191,15 @@ mod tests {
     const SHA: &str = "a4d25bb9d1d2e0a0b3c4d5e6f708192a3b4c5d6e";
 
     fn scan_with<'a>(map: &'a TestMap, repo: &'a str, allowlist: &'a [String], amqp: bool) -> Scan<'a> {
-        Scan { map, repo, allowlist, amqp, bots_pr_head: &|_| Some("b0b5".into()), timestamp: "20240315-135902" }
+        Scan {
+            map,
+            repo,
+            allowlist,
+            amqp,
+            bots_pr_head: &|_| Some("b0b5".into()),
+            timestamp: "20240315-135902",
+            requeue_pending: true,
+        }
     }
 
     fn pull(login: &str) -> Pull {
@@ -288,6 +303,35 @@ mod tests {
                 ("rhel-9-8".into(), "rhel", 5)
             ]
         );
+    }
+
+    /// Cockpit queues a pending context again on every scan; a rescan of all open pull
+    /// requests only queues what has no status yet, or was triggered directly.
+    #[test]
+    fn a_rescan_never_queues_a_pending_context_twice() {
+        let map = TestMap::parse("[\"o/r\"]\nmain = [\"a\", \"b\", \"c\", \"d\"]\n").unwrap();
+        let allowlist = allowlist();
+        let pending = |context: &str, description: &str| Existing {
+            context: context.into(),
+            state: "pending".into(),
+            description: Some(description.into()),
+        };
+        let existing =
+            [pending("a", NOT_TESTED), pending("b", "In progress [worker]"), pending("c", NOT_TESTED_DIRECT)];
+        let requested: Vec<String> = ["a", "b", "c", "d"].map(String::from).to_vec();
+        let queued = |scan: &Scan| -> Vec<String> {
+            plan(scan, &pull("cockpit-project"), &existing, &requested)
+                .into_iter()
+                .map(|action| match action {
+                    Action::Queue { message, .. } => message.job.context.unwrap(),
+                    other => panic!("{other:?}"),
+                })
+                .collect()
+        };
+        let mut scan = scan_with(&map, "o/r", &allowlist, true);
+        assert_eq!(queued(&scan), ["a", "b", "c", "d"], "Cockpit's rule for event-driven scans");
+        scan.requeue_pending = false;
+        assert_eq!(queued(&scan), ["c", "d"]);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use crate::retry;
 use crate::scan::{self, Action, Existing, Pull, Scan};
 use crate::testmap::TestMap;
 use anyhow::{Context, bail};
@@ -61,27 +62,7 @@ pub struct ScanArgs {
 
 /// Scans as `args` say; prints jobs (or their summaries) unless publishing them.
 pub async fn run(config: &amqp::Config, args: &Args) -> anyhow::Result<()> {
-    let mut map = TestMap::load(&args.scan.test_map)?;
-    if let Some(inject) = &args.scan.testmap_inject {
-        map = map.inject(inject)?;
-    }
-    let token = match &args.scan.github_token_file {
-        Some(path) => github::read_token(path)?,
-        None => github::cockpit_token()?,
-    };
-    let github = GitHub::new(&args.scan.github_api, &token)?;
-    let pulls = pulls(&github, args).await?;
-    let format = time::macros::format_description!("[year][month][day]-[hour][minute][second]");
-    let timestamp = time::OffsetDateTime::now_utc().format(&format)?;
-    let allowlist: Vec<String> = ALLOWLIST.map(String::from).to_vec();
-    let scan = Scan {
-        map: &map,
-        repo: &args.repo,
-        allowlist: &allowlist,
-        amqp: args.publish,
-        bots_pr_head: &|_| None,
-        timestamp: &timestamp,
-    };
+    let scanner = Scanner::load(&args.scan)?;
     let session = match args.publish && !args.dry {
         true => {
             let session = amqp::Session::connect(config).await?;
@@ -93,49 +74,98 @@ pub async fn run(config: &amqp::Config, args: &Args) -> anyhow::Result<()> {
         }
         false => None,
     };
-    let mut human = Vec::new();
-    for pull in &pulls {
-        let existing: Vec<Existing> = github
-            .statuses(&args.repo, &pull.sha)
-            .await?
-            .into_iter()
-            .map(|s| Existing { context: s.context, state: s.state, description: s.description })
-            .collect();
-        for action in scan::plan(&scan, pull, &existing, &args.contexts) {
-            let (context, description) = match &action {
-                Action::Refuse { context, description } => (context.clone(), Some(*description)),
-                Action::Queue { description, message, .. } => {
-                    (message.job.context.clone().unwrap_or_default(), *description)
-                }
-            };
-            if let (Some(description), false) = (description, args.dry) {
-                let status = StatusUpdate {
-                    context,
-                    state: "pending".into(),
-                    description: description.into(),
-                    target_url: None,
-                };
-                github.post_status(&args.repo, &pull.sha, &status).await?;
-            }
-            let Action::Queue { queue, priority, message, .. } = action else { continue };
-            if let Some(session) = &session {
-                session.publish(queue.name, &serde_json::to_vec(&*message)?, Some(priority)).await?;
-            }
-            if args.human_readable {
-                human.push(message.human.clone());
-            } else if session.is_none() {
-                println!("{}", serde_json::to_string_pretty(&message.job)?);
-            }
-        }
-    }
-    human.sort();
-    for line in human {
-        println!("{line}");
-    }
+    let printed = scanner.scan(args, session.as_ref()).await;
     if let Some(session) = session {
         session.close().await;
     }
+    for line in printed? {
+        println!("{line}");
+    }
     Ok(())
+}
+
+/// The test map and a GitHub client, loaded once for any number of scans.
+pub struct Scanner {
+    map: TestMap,
+    github: GitHub,
+}
+
+impl Scanner {
+    pub fn load(args: &ScanArgs) -> anyhow::Result<Scanner> {
+        let mut map = TestMap::load(&args.test_map)?;
+        if let Some(inject) = &args.testmap_inject {
+            map = map.inject(inject)?;
+        }
+        let token = match &args.github_token_file {
+            Some(path) => github::read_token(path)?,
+            None => github::cockpit_token()?,
+        };
+        Ok(Scanner { map, github: GitHub::new(&args.github_api, &token)? })
+    }
+
+    /// The repositories of the test map.
+    pub fn projects(&self) -> Vec<String> {
+        self.map.projects().into_iter().map(str::to_owned).collect()
+    }
+
+    /// Posts statuses and publishes jobs to `session` (if any) as `args` say; returns what
+    /// tests-scan prints: the sorted summaries, or the jobs when not publishing.
+    pub async fn scan(&self, args: &Args, session: Option<&amqp::Session>) -> anyhow::Result<Vec<String>> {
+        let github = &self.github;
+        let pulls = pulls(github, args).await?;
+        let format = time::macros::format_description!("[year][month][day]-[hour][minute][second]");
+        let timestamp = time::OffsetDateTime::now_utc().format(&format)?;
+        let allowlist: Vec<String> = ALLOWLIST.map(String::from).to_vec();
+        let scan = Scan {
+            map: &self.map,
+            repo: &args.repo,
+            allowlist: &allowlist,
+            amqp: args.publish,
+            bots_pr_head: &|_| None,
+            timestamp: &timestamp,
+            requeue_pending: args.pull.is_some() || args.pull_data.is_some() || args.sha.is_some(),
+        };
+        let (mut human, mut jobs) = (Vec::new(), Vec::new());
+        for pull in &pulls {
+            let existing: Vec<Existing> = github
+                .statuses(&args.repo, &pull.sha)
+                .await?
+                .into_iter()
+                .map(|s| Existing { context: s.context, state: s.state, description: s.description })
+                .collect();
+            for action in scan::plan(&scan, pull, &existing, &args.contexts) {
+                let (context, description) = match &action {
+                    Action::Refuse { context, description } => (context.clone(), Some(*description)),
+                    Action::Queue { description, message, .. } => {
+                        (message.job.context.clone().unwrap_or_default(), *description)
+                    }
+                };
+                if let (Some(description), false) = (description, args.dry) {
+                    let status = StatusUpdate {
+                        context,
+                        state: "pending".into(),
+                        description: description.into(),
+                        target_url: None,
+                    };
+                    retry::transient("status", github::Error::is_transient, || {
+                        github.post_status(&args.repo, &pull.sha, &status)
+                    })
+                    .await?;
+                }
+                let Action::Queue { queue, priority, message, .. } = action else { continue };
+                if let Some(session) = session {
+                    session.publish(queue.name, &serde_json::to_vec(&*message)?, Some(priority)).await?;
+                }
+                if args.human_readable {
+                    human.push(message.human.clone());
+                } else if session.is_none() {
+                    jobs.push(serde_json::to_string_pretty(&message.job)?);
+                }
+            }
+        }
+        human.sort();
+        Ok(if args.human_readable { human } else { jobs })
+    }
 }
 
 async fn pulls(github: &GitHub, args: &Args) -> anyhow::Result<Vec<Pull>> {

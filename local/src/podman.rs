@@ -1,0 +1,148 @@
+//! A private podman API service and the images built without a registry.
+//!
+//! The service is `podman system service` with the project's own containers.conf, passed by
+//! `CONTAINERS_CONF`, so nothing in /etc changes (platform-notes.md: runc, not crun; ulimits
+//! under the host's hard limit; logs in files, since there may be no journald). Images live in
+//! podman's usual storage, shared with the `podman` command.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::child::ProcessGroup;
+
+/// The project's containers.conf.
+const CONTAINERS_CONF: &str = r#"[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+log_driver = "k8s-file"
+
+[engine]
+runtime = "runc"
+events_logger = "file"
+cgroup_manager = "cgroupfs"
+"#;
+
+/// A Debian image from the distribution's packages: the base of the project's images, and an
+/// image jobs can run in.
+pub const BASE_IMAGE: &str = "localhost/workbench/base";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodmanError {
+    #[error("podman is not installed (cargo xtask ci installs podman, runc, catatonit and mmdebstrap)")]
+    NotInstalled,
+    #[error("cannot {what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("the podman service did not answer on {} within {seconds} s; its log: {}", socket.display(), log.display())]
+    NotReady { socket: PathBuf, seconds: u64, log: PathBuf },
+    #[error("building {image} failed: {detail}")]
+    Build { image: String, detail: String },
+}
+
+/// Whether the podman command is installed; `Err` says what is missing.
+pub fn installed() -> Result<(), PodmanError> {
+    let found = |name: &str| {
+        std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
+    };
+    match found("podman") && found("runc") {
+        true => Ok(()),
+        false => Err(PodmanError::NotInstalled),
+    }
+}
+
+/// A running `podman system service` on a socket in its own directory; stopped on drop.
+pub struct PodmanService {
+    socket: PathBuf,
+    conf: PathBuf,
+    _process: ProcessGroup,
+}
+
+impl PodmanService {
+    /// Starts the service in `dir` and waits until it answers.
+    pub async fn start(dir: &Path) -> Result<PodmanService, PodmanError> {
+        installed()?;
+        let io = |what: String| move |source| PodmanError::Io { what, source };
+        std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+        let conf = dir.join("containers.conf");
+        std::fs::write(&conf, CONTAINERS_CONF).map_err(io(format!("write {}", conf.display())))?;
+        let socket = dir.join("podman.sock");
+        let log_path = dir.join("podman-service.log");
+        let log = std::fs::File::create(&log_path).map_err(io(format!("create {}", log_path.display())))?;
+        let mut process = ProcessGroup::new();
+        let mut command = Command::new("podman");
+        command
+            .args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", socket.display()))
+            .env("CONTAINERS_CONF", &conf)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(io("duplicate the log file".into()))?)
+            .stderr(log);
+        process.spawn(&mut command).map_err(io("start podman system service".into()))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while podman_api::Podman::unix(&socket).ping().await.is_err() {
+            if Instant::now() > deadline {
+                return Err(PodmanError::NotReady { socket, seconds: 30, log: log_path });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(PodmanService { socket, conf, _process: process })
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The `podman` command, configured as the service is.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new("podman");
+        command.env("CONTAINERS_CONF", &self.conf);
+        command
+    }
+
+    /// Builds [`BASE_IMAGE`] with mmdebstrap unless it exists. Concurrent callers (tests in
+    /// other processes) wait for one build.
+    pub fn ensure_base_image(&self) -> Result<(), PodmanError> {
+        let lock_path = std::env::temp_dir().join("workbench-base-image.lock");
+        let lock = std::fs::File::create(&lock_path)
+            .map_err(|source| PodmanError::Io { what: format!("create {}", lock_path.display()), source })?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| PodmanError::Io { what: "lock the image build".into(), source: e.into() })?;
+        let exists = self.command().args(["image", "exists", BASE_IMAGE]).status();
+        if exists.is_ok_and(|status| status.success()) {
+            return Ok(());
+        }
+        let failed = |detail: String| PodmanError::Build { image: BASE_IMAGE.into(), detail };
+        // A Debian root file system with documentation stripped, streamed into an image.
+        let mut debootstrap = Command::new("mmdebstrap")
+            .args([
+                "--quiet",
+                "--variant=apt",
+                "--include=ca-certificates",
+                "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
+                "--dpkgopt=path-exclude=/usr/share/man/*",
+                "--dpkgopt=path-exclude=/usr/share/doc/*",
+                "--dpkgopt=path-exclude=/usr/share/locale/*",
+                "bookworm",
+                "-",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| failed(format!("cannot run mmdebstrap: {e} (install the mmdebstrap package)")))?;
+        let tarball = debootstrap.stdout.take().expect("piped");
+        let imported = self
+            .command()
+            .args(["import", "--quiet", "-", BASE_IMAGE])
+            .stdin(tarball)
+            .stdout(Stdio::null())
+            .output()
+            .map_err(|e| failed(format!("cannot run podman import: {e}")))?;
+        let built = debootstrap.wait_with_output().map_err(|e| failed(e.to_string()))?;
+        if !built.status.success() {
+            return Err(failed(format!("mmdebstrap: {}", String::from_utf8_lossy(&built.stderr).trim())));
+        }
+        if !imported.status.success() {
+            return Err(failed(format!("podman import: {}", String::from_utf8_lossy(&imported.stderr).trim())));
+        }
+        Ok(())
+    }
+}

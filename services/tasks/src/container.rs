@@ -1,0 +1,157 @@
+//! The container sandbox: a job's test command in a podman container, created through the
+//! podman REST API as Cockpit's `podman run --init` (cockpit-protocol.md 4.5): the job's
+//! environment, `TEST_ATTACHMENTS=/var/tmp/attachments`, `/dev/kvm` when the host has it, the
+//! configured limits and the secrets the job asked for; nothing else of the worker.
+//!
+//! Unlike Cockpit, the checkout is made on the worker and mounted at the image's work
+//! directory, and attachments are a mounted directory rather than a `podman cp`, so the image
+//! needs no git and the git steps are the same in both sandboxes.
+
+use std::path::Path;
+
+use futures_util::StreamExt;
+use podman_api::Podman;
+use podman_api::conn::TtyChunk;
+use podman_api::models::{ContainerMount, ContainerStatus, LinuxDevice, LinuxResources};
+use podman_api::opts::{
+    ContainerCreateOpts, ContainerDeleteOpts, ContainerListFilter, ContainerListOpts, ContainerLogsOpts,
+    ContainerWaitOpts,
+};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::log_stream::LogStream;
+use crate::sandbox::{Cancel, Ended, RunArgs, pump};
+
+/// Where the checkout is, inside the container (Cockpit's checkout-and-run directory).
+pub const CHECKOUT: &str = "/work/make-checkout-workdir";
+/// `TEST_ATTACHMENTS` inside the container, as in Cockpit.
+pub const ATTACHMENTS: &str = "/var/tmp/attachments";
+/// The labels of job containers: the job's slug, and the worker that runs it, so that teardown
+/// and a restarted worker can find them.
+pub const JOB_LABEL: &str = "workbench.job";
+pub const WORKER_LABEL: &str = "workbench.worker";
+
+/// One job's container.
+pub struct Spec<'a> {
+    pub image: &'a str,
+    pub argv: &'a [String],
+    /// Host directories mounted at [`CHECKOUT`] and [`ATTACHMENTS`].
+    pub checkout: &'a Path,
+    pub attachments: &'a Path,
+    pub env: &'a [(String, String)],
+    pub args: &'a RunArgs,
+    /// The job's slug and the worker's host name, as the values of the labels.
+    pub slug: &'a str,
+    pub worker: &'a str,
+}
+
+/// Runs the container to its end, the deadline, or cancellation; it is removed in every case.
+/// `Err` is an infrastructure failure (no podman, no such image).
+pub async fn run(
+    socket: &Path,
+    spec: &Spec<'_>,
+    log: &mut LogStream<s3::Store>,
+    deadline: Option<Instant>,
+    cancel: &mut Cancel,
+) -> Result<Ended, String> {
+    let podman = Podman::unix(socket);
+    let created = podman.containers().create(&options(spec)).await.map_err(|e| {
+        format!("Failed to create container from {}: {e} (podman API at {})", spec.image, socket.display())
+    })?;
+    let container = podman.containers().get(&created.id);
+    let ended = async {
+        container.start(None).await.map_err(|e| format!("Failed to start container: {e}"))?;
+        let (sender, output) = mpsc::channel(16);
+        let follower = podman.containers().get(&created.id);
+        tokio::spawn(async move {
+            let mut logs = follower.logs(&ContainerLogsOpts::builder().follow(true).stdout(true).stderr(true).build());
+            while let Some(Ok(TtyChunk::StdOut(bytes) | TtyChunk::StdErr(bytes))) = logs.next().await {
+                if sender.send(bytes).await.is_err() {
+                    break;
+                }
+            }
+        });
+        if let Some(ended) = pump(output, log, deadline, cancel).await? {
+            let _ = container.kill().await;
+            return Ok(ended);
+        }
+        let wait = ContainerWaitOpts::builder().conditions([ContainerStatus::Exited]).build();
+        container.wait(&wait).await.map_err(|e| format!("Failed to wait for the container: {e}"))?;
+        let state = container.inspect().await.map_err(|e| format!("Failed to inspect the container: {e}"))?.state;
+        Ok(Ended::Exited(state.and_then(|s| s.exit_code).unwrap_or(128) as i32))
+    }
+    .await;
+    let _ = container.delete(&ContainerDeleteOpts::builder().force(true).build()).await;
+    ended
+}
+
+/// Removes the job containers a previous run of the worker `worker` left behind when it was
+/// killed (their messages went back to the queue). Returns how many.
+pub async fn remove_leftovers(socket: &Path, worker: &str) -> Result<usize, String> {
+    let podman = Podman::unix(socket);
+    let filter = ContainerListFilter::LabelKeyVal(WORKER_LABEL.into(), worker.into());
+    let listed = podman
+        .containers()
+        .list(&ContainerListOpts::builder().all(true).filter([filter]).build())
+        .await
+        .map_err(|e| format!("cannot list containers at {}: {e}", socket.display()))?;
+    let mut removed = 0;
+    for id in listed.into_iter().filter_map(|container| container.id) {
+        let deleted = podman.containers().get(&id).delete(&ContainerDeleteOpts::builder().force(true).build()).await;
+        removed += usize::from(deleted.is_ok());
+    }
+    Ok(removed)
+}
+
+fn options(spec: &Spec) -> ContainerCreateOpts {
+    let args = spec.args;
+    let bind = |source: &Path, destination: &str, read_only: bool| ContainerMount {
+        destination: Some(destination.to_owned()),
+        options: Some(vec!["rbind".into(), if read_only { "ro" } else { "rw" }.into()]),
+        source: Some(source.to_string_lossy().into_owned()),
+        _type: Some("bind".into()),
+        uid_mappings: None,
+        gid_mappings: None,
+    };
+    let mut mounts = vec![bind(spec.checkout, CHECKOUT, false), bind(spec.attachments, ATTACHMENTS, false)];
+    mounts.extend(args.volumes.iter().map(|v| bind(Path::new(&v.source), &v.destination, v.read_only)));
+    mounts.extend(args.tmpfs.iter().map(|(destination, options)| ContainerMount {
+        destination: Some(destination.clone()),
+        options: Some(options.split(',').filter(|o| !o.is_empty()).map(str::to_owned).collect()),
+        source: Some("tmpfs".into()),
+        _type: Some("tmpfs".into()),
+        uid_mappings: None,
+        gid_mappings: None,
+    }));
+    let mut devices: Vec<String> = args.devices.clone();
+    if Path::new("/dev/kvm").exists() && !devices.iter().any(|d| d == "/dev/kvm") {
+        devices.push("/dev/kvm".into());
+    }
+    let env = spec.env.iter().cloned().chain(args.env.iter().cloned());
+    let mut builder = ContainerCreateOpts::builder()
+        .image(spec.image)
+        .command(spec.argv)
+        .work_dir(CHECKOUT)
+        .init(true)
+        .env(env)
+        .labels([(JOB_LABEL, spec.slug), (WORKER_LABEL, spec.worker)])
+        .mounts(mounts)
+        .devices(devices.into_iter().map(|path| model::<LinuxDevice>(serde_json::json!({ "path": path }))))
+        .resource_limits(model::<LinuxResources>(serde_json::json!({
+            "memory": args.memory.map(|limit| serde_json::json!({ "limit": limit })),
+            "pids": args.pids_limit.map(|limit| serde_json::json!({ "limit": limit })),
+        })));
+    if let Some(size) = args.shm_size {
+        builder = builder.shm_size(size);
+    }
+    if let Some(pod) = &args.pod {
+        builder = builder.pod(pod);
+    }
+    builder.build()
+}
+
+/// A podman API model with only the given fields set (the models have no `Default`).
+fn model<T: serde::de::DeserializeOwned>(fields: serde_json::Value) -> T {
+    serde_json::from_value(fields).expect("the fields match the podman API model")
+}

@@ -1,0 +1,110 @@
+//! The worker's Prometheus metrics: jobs by outcome, how long they ran, how long their
+//! messages waited in the queue, and how many messages came back redelivered.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::job::Outcome;
+
+#[derive(Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    jobs: BTreeMap<&'static str, u64>,
+    job_seconds: Summary,
+    queue_wait_seconds: Summary,
+    redelivered: BTreeMap<String, u64>,
+}
+
+/// A Prometheus summary without quantiles: a sum and a count.
+#[derive(Default)]
+struct Summary {
+    sum: f64,
+    count: u64,
+}
+
+impl Metrics {
+    pub fn job(&self, outcome: &Outcome, ran: Duration) {
+        let label = match outcome {
+            Outcome::Success => "success",
+            Outcome::Failure(_) => "failure",
+            Outcome::Error(_) => "error",
+            Outcome::Cancelled => "cancelled",
+        };
+        let mut inner = self.inner.lock().expect("metrics lock");
+        *inner.jobs.entry(label).or_default() += 1;
+        inner.job_seconds.sum += ran.as_secs_f64();
+        inner.job_seconds.count += 1;
+    }
+
+    /// A message taken from `queue`; `published` is its timestamp (Unix seconds), if any.
+    pub fn taken(&self, queue: &str, published: Option<u64>, redelivered: bool) {
+        let mut inner = self.inner.lock().expect("metrics lock");
+        if redelivered {
+            *inner.redelivered.entry(queue.to_owned()).or_default() += 1;
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        if let Some(published) = published {
+            inner.queue_wait_seconds.sum += now.as_secs().saturating_sub(published) as f64;
+            inner.queue_wait_seconds.count += 1;
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let inner = self.inner.lock().expect("metrics lock");
+        let mut out = String::new();
+        out.push_str("# HELP tasks_jobs_total Jobs run to their end, by outcome.\n# TYPE tasks_jobs_total counter\n");
+        for (outcome, count) in &inner.jobs {
+            let _ = writeln!(out, "tasks_jobs_total{{outcome=\"{outcome}\"}} {count}");
+        }
+        for (name, help, summary) in [
+            ("tasks_job_seconds", "How long jobs ran.", &inner.job_seconds),
+            (
+                "tasks_queue_wait_seconds",
+                "How long messages waited in their queue (1 s resolution).",
+                &inner.queue_wait_seconds,
+            ),
+        ] {
+            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} summary\n");
+            let _ = write!(out, "{name}_sum {}\n{name}_count {}\n", summary.sum, summary.count);
+        }
+        out.push_str("# HELP tasks_messages_redelivered_total Messages the broker delivered again, by queue.\n");
+        out.push_str("# TYPE tasks_messages_redelivered_total counter\n");
+        for (queue, count) in &inner.redelivered {
+            let _ = writeln!(out, "tasks_messages_redelivered_total{{queue=\"{queue}\"}} {count}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let metrics = Metrics::default();
+        metrics.job(&Outcome::Success, Duration::from_millis(1500));
+        metrics.job(&Outcome::Failure("x".into()), Duration::from_millis(500));
+        metrics.job(&Outcome::Success, Duration::from_secs(1));
+        metrics.taken("public", None, true);
+        metrics.taken("webhook", None, false);
+        let text = metrics.render();
+        for line in [
+            "tasks_jobs_total{outcome=\"success\"} 2",
+            "tasks_jobs_total{outcome=\"failure\"} 1",
+            "tasks_job_seconds_sum 3",
+            "tasks_job_seconds_count 3",
+            "tasks_queue_wait_seconds_count 0",
+            "tasks_messages_redelivered_total{queue=\"public\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(!text.contains("queue=\"webhook\""), "only redelivered messages count");
+    }
+}

@@ -1,0 +1,75 @@
+//! Riding out short outages of GitHub and S3: Cockpit's job-runner tries a GitHub write up to
+//! 5 times, sleeping 1, 2, 4 and 8 s between, on 5xx answers and transport errors, and fails at
+//! once on anything else (cockpit-protocol.md 4.7). S3 uploads get the same treatment here.
+
+use std::time::Duration;
+
+const ATTEMPTS: u32 = 5;
+
+/// Runs `op` until it succeeds, fails for good, or has been tried [`ATTEMPTS`] times.
+pub async fn transient<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    what: &str,
+    is_transient: impl Fn(&E) -> bool,
+    mut op: impl FnMut() -> F,
+) -> Result<T, E> {
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Err(err) if attempt < ATTEMPTS && is_transient(&err) => {
+                let pause = Duration::from_secs(1 << (attempt - 1));
+                tracing::warn!(what, attempt, %err, ?pause, "retrying");
+                tokio::time::sleep(pause).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_transient_errors_with_cockpits_pauses_then_gives_up() {
+        let start = tokio::time::Instant::now();
+        let mut calls = 0;
+        let result: Result<(), &str> = transient(
+            "test",
+            |_| true,
+            || {
+                calls += 1;
+                std::future::ready(Err("503"))
+            },
+        )
+        .await;
+        assert_eq!((result, calls), (Err("503"), 5));
+        assert_eq!(start.elapsed(), Duration::from_secs(1 + 2 + 4 + 8));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permanent_errors_fail_at_once_and_success_stops_retrying() {
+        let mut calls = 0;
+        let result: Result<(), &str> = transient(
+            "test",
+            |_| false,
+            || {
+                calls += 1;
+                std::future::ready(Err("404"))
+            },
+        )
+        .await;
+        assert_eq!((result, calls), (Err("404"), 1));
+        let mut calls = 0;
+        let result: Result<u32, &str> = transient(
+            "test",
+            |_| true,
+            || {
+                calls += 1;
+                std::future::ready(if calls < 3 { Err("502") } else { Ok(calls) })
+            },
+        )
+        .await;
+        assert_eq!(result, Ok(3));
+    }
+}
