@@ -7,6 +7,7 @@ pub mod podman;
 pub mod s3_server;
 pub mod scenario;
 pub mod secrets;
+pub mod worker;
 
 mod child;
 mod port;

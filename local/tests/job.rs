@@ -3,6 +3,7 @@
 //! failing, broken and cancelled jobs, and what a job may see of its worker. The container
 //! tests run where podman is installed and say why they are skipped elsewhere.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use amqp::Job;
@@ -55,37 +56,23 @@ async fn world(sandbox: Sandbox, clone_url: Option<&str>) -> Option<World> {
     let token = std::fs::read_to_string(secrets.github_token()).unwrap();
     let mock = MockGitHub::start(&dir.path().join("github"), &token).await.unwrap();
     let s3 = S3Server::start(&dir.path().join("s3"), &secrets, false).await.unwrap();
-    let file = dir.path().join("job-runner.toml");
-    let toml = format!(
-        r#"
-[logs]
-driver = "s3"
-[logs.s3]
-url = "{s3}logs"
-key = [{{file = "{keys}/localhost"}}]
-[forge.github]
-api-url = "{api}"
-clone-url = "{clone}"
-post = true
-token = [{{file = "{token}"}}]
-[container]
-sandbox = "{sandbox}"
-command = ["podman-remote", "--url=unix://{socket}"]
-default-image = "{BASE_IMAGE}"
+    let sandbox = if sandbox == Sandbox::Process { "process" } else { "container" };
+    let socket = podman.as_ref().map(|p| p.socket());
+    let file = local::worker::write_runner_config(dir.path(), &mock, &s3, &secrets, sandbox, socket).unwrap();
+    // Still in [container]: the image, then a secret jobs may ask for.
+    let extra = format!(
+        r#"default-image = "{BASE_IMAGE}"
 [container.secrets]
 image-upload = ["--volume=%{{image-upload}}:%{{image-upload}}:ro", "--env=SECRET_FILE=%{{image-upload}}"]
 [secrets.inline]
 image-upload = "{SECRET}"
-"#,
-        s3 = s3.url(),
-        keys = secrets.s3_keys_dir().display(),
-        api = mock.api_url(),
-        clone = clone_url.map_or_else(|| mock.clone_url(), str::to_owned),
-        token = secrets.github_token().display(),
-        sandbox = if sandbox == Sandbox::Process { "process" } else { "container" },
-        socket = podman.as_ref().map_or_else(PathBuf::new, |p| p.socket().to_owned()).display(),
+"#
     );
-    std::fs::write(&file, toml).unwrap();
+    std::fs::OpenOptions::new().append(true).open(&file).unwrap().write_all(extra.as_bytes()).unwrap();
+    if let Some(url) = clone_url {
+        let text = std::fs::read_to_string(&file).unwrap();
+        std::fs::write(&file, text.replace(&mock.clone_url(), url)).unwrap();
+    }
     let config = RunnerConfig::load(Some(&file)).unwrap();
     Some(World { mock, s3, config, token_file: secrets.github_token(), dir, _podman: podman })
 }

@@ -40,16 +40,7 @@ async fn world() -> World {
     let s3 = S3Server::start(&dir.path().join("s3"), &secrets, false).await.unwrap();
     mock.add_repo(REPO, &workspace("fixtures/repos/passing")).unwrap();
     let head = mock.open_pull(REPO, 1, "Make the frobnicator faster", "workbench-ci").unwrap();
-    let runner_config = dir.path().join("job-runner.toml");
-    let toml = format!(
-        "[logs]\ndriver = \"s3\"\n[logs.s3]\nurl = \"{}logs\"\nkey = [{{file = \"{}/localhost\"}}]\n[forge.github]\napi-url = \"{}\"\nclone-url = \"{}\"\npost = true\ntoken = [{{file = \"{}\"}}]\n[container]\nsandbox = \"process\"\n",
-        s3.url(),
-        secrets.s3_keys_dir().display(),
-        mock.api_url(),
-        mock.clone_url(),
-        secrets.github_token().display()
-    );
-    std::fs::write(&runner_config, toml).unwrap();
+    let runner_config = local::worker::write_runner_config(dir.path(), &mock, &s3, &secrets, "process", None).unwrap();
     let args = Args {
         scan: ScanArgs {
             test_map: workspace("fixtures/testmap.toml"),

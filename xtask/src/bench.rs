@@ -42,6 +42,17 @@ enum What {
         #[arg(long, default_value_t = 1_000)]
         rate: usize,
     },
+    /// The tasks worker (release build, process sandbox): latency from a pull_request event in
+    /// `webhook` to "Not yet tested" and from a job in `public` to "In progress", one at a time;
+    /// then no-op jobs per second with 1 and with 2 workers.
+    Worker {
+        /// Events, and jobs, of the latency runs.
+        #[arg(long, default_value_t = 100)]
+        events: usize,
+        /// Jobs of each throughput run.
+        #[arg(long, default_value_t = 100)]
+        jobs: usize,
+    },
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -51,6 +62,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         What::Webhook { clients, deliveries, rate } => {
             let binary = build_release("webhook")?;
             crate::runtime()?.block_on(webhook(&binary, clients, deliveries, rate))
+        }
+        What::Worker { events, jobs } => {
+            let binary = build_release("tasks")?;
+            crate::runtime()?.block_on(worker(&binary, events, jobs))
         }
     }
 }
@@ -137,6 +152,131 @@ async fn webhook(binary: &Path, clients: usize, deliveries: usize, rate: usize) 
         ms(p99)
     );
     Ok(())
+}
+
+const REPO: &str = "workbench-ci/demo";
+
+async fn worker(binary: &Path, events: usize, jobs: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir().context("creating a scratch directory")?;
+    let (secrets, _) = local::secrets::generate(&dir.path().join("secrets"), false)?;
+    let broker = step("starting RabbitMQ", Broker::start(&dir.path().join("broker"), &secrets)).await?;
+    let token = std::fs::read_to_string(secrets.github_token())?;
+    let github = local::MockGitHub::start(&dir.path().join("github"), &token).await?;
+    let s3 = local::S3Server::start(&dir.path().join("s3"), &secrets, false).await?;
+    github.add_repo(REPO, &crate::workspace_root().join("fixtures/repos/passing"))?;
+    let runner_config = local::worker::write_runner_config(dir.path(), &github, &s3, &secrets, "process", None)?;
+    let session = amqp::Session::connect(&broker.client_config()).await?;
+    for queue in amqp::ALL_QUEUES {
+        session.declare(queue).await?;
+    }
+    let start_worker = |name: String| {
+        let mut command = tokio::process::Command::new(binary);
+        command
+            .args(["--amqp", &broker.address().to_string(), "--secrets-dir"])
+            .arg(secrets.webhook_dir())
+            .args(["run-queue", "--hostname", &name, "--test-map"])
+            .arg(crate::workspace_root().join("fixtures/testmap.toml"))
+            .args(["--github-api", &github.api_url(), "--github-token-file"])
+            .arg(secrets.github_token())
+            .arg("--job-runner-config")
+            .arg(&runner_config)
+            .arg("--work-dir")
+            .arg(dir.path())
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true);
+        command.spawn().with_context(|| format!("starting {}", binary.display()))
+    };
+    // Each status the mock received, by commit and description prefix, and when.
+    let posted = |sha: &str, prefix: &str| -> Vec<Instant> {
+        github
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.path.ends_with(&format!("/statuses/{sha}")))
+            .filter(|r| r.body.contains(&format!("\"description\":\"{prefix}")))
+            .map(|r| r.at)
+            .collect()
+    };
+    let wait_for = |sha: String, prefix: &'static str, count: usize| {
+        let posted = &posted;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let times = posted(&sha, prefix);
+                if times.len() >= count {
+                    return Ok::<_, anyhow::Error>(times);
+                }
+                if Instant::now() > deadline {
+                    bail!("no {count} \"{prefix}\" statuses on {sha} within 120 s");
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+
+    let mut first = start_worker("bench-1".into())?;
+    let (mut to_scan, mut to_start) = (Vec::new(), Vec::new());
+    for number in 1..=events as u64 {
+        let head = github.open_pull(REPO, number, "A change", "workbench-ci")?;
+        let event = github.pull_request_event(REPO, number, "opened")?;
+        let published = Instant::now();
+        session.publish(amqp::WEBHOOK.name, &event.queue_message(), None).await?;
+        let scanned = wait_for(head.clone(), "Not yet tested", 1).await?[0];
+        to_scan.push(scanned.saturating_duration_since(published));
+        wait_for(head, "Success", 1).await?;
+    }
+    for n in 0..events {
+        let head = github.open_pull(REPO, 1000 + n as u64, "A job", "workbench-ci")?;
+        let published = Instant::now();
+        session.publish(amqp::PUBLIC.name, &noop_job(&head, n), Some(5)).await?;
+        let started = wait_for(head.clone(), "In progress", 1).await?[0];
+        to_start.push(started.saturating_duration_since(published));
+        wait_for(head, "Success", 1).await?;
+    }
+    first.kill().await?;
+    for (what, mut latencies) in
+        [("webhook event to \"Not yet tested\"", to_scan), ("public job to \"In progress\"", to_start)]
+    {
+        latencies.sort();
+        println!(
+            "worker latency, {what}: median {:.1} ms, p99 {:.1} ms over {events}",
+            ms(percentile(&latencies, 50)),
+            ms(percentile(&latencies, 99))
+        );
+    }
+
+    for workers in [1, 2] {
+        let head = github.open_pull(REPO, 10_000 + workers, "Many jobs", "workbench-ci")?;
+        for n in 0..jobs {
+            session.publish(amqp::PUBLIC.name, &noop_job(&head, n), Some(5)).await?;
+        }
+        let started = Instant::now();
+        let mut running = Vec::new();
+        for n in 0..workers {
+            running.push(start_worker(format!("bench-{workers}-{n}"))?);
+        }
+        wait_for(head, "Success", jobs).await?;
+        let elapsed = started.elapsed();
+        for mut worker in running {
+            worker.kill().await?;
+        }
+        println!(
+            "worker throughput, {workers} worker(s): {jobs} no-op jobs in {:.1} s: {:.1} jobs/s",
+            elapsed.as_secs_f64(),
+            jobs as f64 / elapsed.as_secs_f64()
+        );
+    }
+    session.close().await;
+    Ok(())
+}
+
+/// A job whose test is `true`: clone, checkout, log and two statuses, nothing else.
+fn noop_job(sha: &str, n: usize) -> Vec<u8> {
+    let context = format!("noop/{n}");
+    let message = serde_json::json!({"job": {
+        "repo": REPO, "sha": sha, "context": context, "pull": null, "report": null, "command_subject": null,
+        "slug": format!("bench-{}-{n}", &sha[..8]), "env": {}, "secrets": [], "command": ["true"],
+    }, "human": context});
+    serde_json::to_vec(&message).expect("a job encodes")
 }
 
 /// Hands out numbered operations to concurrent workers, each at its due time when paced.

@@ -62,6 +62,7 @@ async fn record(State(state): State<Shared>, request: Request, next: Next) -> Re
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),
         body: String::from_utf8_lossy(&bytes).into_owned(),
+        at: std::time::Instant::now(),
     });
     next.run(Request::from_parts(parts, Body::from(bytes))).await
 }

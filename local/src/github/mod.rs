@@ -44,6 +44,8 @@ pub struct Recorded {
     pub path: String,
     pub query: Option<String>,
     pub body: String,
+    /// When it arrived, for latency measurements.
+    pub at: std::time::Instant,
 }
 
 type Shared = Arc<Mutex<State>>;
