@@ -2,17 +2,20 @@
 //! services. Fake secrets, the private broker, and the processes they run as.
 
 pub mod broker;
+pub mod deployment;
 pub mod github;
 pub mod podman;
 pub mod s3_server;
 pub mod scenario;
 pub mod secrets;
+pub mod service;
 pub mod worker;
 
 mod child;
 mod port;
 
 pub use broker::{Broker, BrokerError};
+pub use deployment::{Binaries, Deployment, Endpoints};
 pub use github::{Delivery, MockGitHub};
 pub use podman::{PodmanError, PodmanService};
 pub use port::free_port;

@@ -1,37 +1,87 @@
-//! The end-to-end scenarios run-local asserts, each against the running deployment.
+//! The end-to-end scenarios run-local asserts, each against the running deployment, each
+//! through the real entry points: deliveries POSTed to the webhook, statuses read back from the
+//! mock GitHub, logs read anonymously from S3 as a browser would.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use amqp::{ALL_QUEUES, Session};
+use github::StatusUpdate;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
+
+use crate::deployment::Deployment;
+use crate::github::Delivery;
+
+/// Every scenario, in the order run-local runs them.
+pub const ALL: [&str; 8] =
+    ["queue", "s3", "pr-success", "pr-failure", "cross-project", "direct-trigger", "bad-signature", "kvm"];
+
+/// How long a job may take from delivery to final status.
+const JOB_WITHIN: Duration = Duration::from_secs(120);
 
 /// A scenario that did not hold: what was expected and what happened.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
     #[error(transparent)]
     Amqp(#[from] amqp::Error),
+    #[error(transparent)]
+    S3(#[from] s3::Error),
+    #[error(transparent)]
+    GitHub(#[from] github::Error),
+    #[error(transparent)]
+    Mock(#[from] crate::github::MockError),
     #[error("{0}")]
     Assertion(String),
+}
+
+/// How a scenario that did not fail ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ran {
+    Passed,
+    /// It cannot run here, for this reason.
+    Skipped(String),
 }
 
 fn check(holds: bool, what: impl FnOnce() -> String) -> Result<(), ScenarioError> {
     if holds { Ok(()) } else { Err(ScenarioError::Assertion(what())) }
 }
 
+/// Runs scenario `name` (one of [`ALL`]).
+pub async fn run(name: &str, deployment: &Deployment) -> Result<Ran, ScenarioError> {
+    match name {
+        "queue" => queue(&deployment.broker.client_config()).await,
+        "s3" => s3(deployment).await,
+        "pr-success" => pr_success(deployment).await,
+        "pr-failure" => pr_failure(deployment).await,
+        "cross-project" => cross_project(deployment).await,
+        "direct-trigger" => direct_trigger(deployment).await,
+        "bad-signature" => bad_signature(deployment).await,
+        "kvm" => kvm(deployment).await,
+        other => Err(ScenarioError::Assertion(format!("no scenario {other:?}; the scenarios are {}", ALL.join(", ")))),
+    }
+    .map(|skipped| skipped.map_or(Ran::Passed, Ran::Skipped))
+}
+
 /// `queue`: a persistent message round-trips through each of the four Cockpit queues, declared
 /// with Cockpit's arguments, confirmed by the broker, and acknowledged.
-pub async fn queue(config: &amqp::Config) -> Result<(), ScenarioError> {
+pub async fn queue(config: &amqp::Config) -> Result<Option<String>, ScenarioError> {
     let session = Session::connect(config).await?;
     for queue in ALL_QUEUES {
         session.declare(queue).await?;
         let body = format!(r#"{{"command":"echo round trip through {}"}}"#, queue.name);
-        session.publish(queue.name, body.as_bytes(), queue.max_priority).await?;
-        // The queue may hold messages of others; ours is the last one published.
-        let mut last = None;
-        while let Some(delivery) = session.get(queue.name).await? {
-            last = Some((delivery.body.clone(), delivery.persistent, delivery.priority));
-            delivery.ack().await?;
-        }
-        let (got, persistent, priority) = last.ok_or_else(|| {
+        // A queue no worker consumes, with the same arguments, so no worker takes the message.
+        let probe = amqp::Queue { name: "workbench-scenario-queue", ..queue };
+        session.declare(probe).await?;
+        session.publish(probe.name, body.as_bytes(), queue.max_priority).await?;
+        let delivery = session.get(probe.name).await?.ok_or_else(|| {
             ScenarioError::Assertion(format!("queue {}: the published message is missing", queue.name))
         })?;
+        let (got, persistent, priority) = (delivery.body.clone(), delivery.persistent, delivery.priority);
+        delivery.ack().await?;
+        session.delete(probe.name).await?;
         check(got == body.as_bytes(), || {
             format!("queue {}: expected {body}, got {}", queue.name, String::from_utf8_lossy(&got))
         })?;
@@ -41,5 +91,257 @@ pub async fn queue(config: &amqp::Config) -> Result<(), ScenarioError> {
         })?;
     }
     session.close().await;
-    Ok(())
+    Ok(None)
+}
+
+/// `s3`: a public log is listed and downloadable without credentials; an image named as
+/// Cockpit names them (`name-<sha256>.qcow2`, cockpit-protocol.md 7.5) is private, downloads
+/// intact with the key, and is pruned.
+async fn s3(deployment: &Deployment) -> Result<Option<String>, ScenarioError> {
+    let url = deployment.s3.url();
+    let ca = std::fs::read(deployment.secrets.ca_cert()).map_err(|e| ScenarioError::Assertion(e.to_string()))?;
+    let key = s3::Key::for_host(&deployment.secrets.s3_keys_dir(), "localhost")
+        .ok_or_else(|| ScenarioError::Assertion("no S3 key for localhost in the secrets".into()))?;
+    let logs = s3::Store::new(&format!("{url}logs/scenario/"), Some(key.clone()), Some(&ca))?.with_acl("public-read");
+    logs.put("log", b"scenario log\n".to_vec(), "text/plain; charset=utf-8").await?;
+    let listed = logs.list().await?;
+    check(listed.iter().any(|o| o.name == "log"), || format!("logs/scenario/log is not listed: {listed:?}"))?;
+    let anonymous = s3::Store::new(&format!("{url}logs/scenario/"), None, Some(&ca))?;
+    let got = anonymous.get("log").await?;
+    check(got.as_deref() == Some(b"scenario log\n"), || format!("anonymous download of the log gave {got:?}"))?;
+
+    let image: Vec<u8> = (0..1_000_000u32).map(|n| (n % 251) as u8).collect();
+    let name = format!("scenario-{}.qcow2", hex(&Sha256::digest(&image)));
+    let images = s3::Store::new(&format!("{url}images/"), Some(key), Some(&ca))?;
+    images.put(&name, image.clone(), "application/octet-stream").await?;
+    let refused = s3::Store::new(&format!("{url}images/"), None, Some(&ca))?.get(&name).await;
+    check(matches!(refused, Err(s3::Error::Status { status: 403, .. })), || {
+        format!("an anonymous image download was not refused: {refused:?}")
+    })?;
+    let downloaded = images.get(&name).await?.unwrap_or_default();
+    let expected = name.trim_start_matches("scenario-").trim_end_matches(".qcow2");
+    check(hex(&Sha256::digest(&downloaded)) == expected, || format!("{name} downloaded with another checksum"))?;
+    images.delete(&name).await?;
+    let left = images.list().await?;
+    check(!left.iter().any(|o| o.name == name), || format!("{name} is still there after pruning"))?;
+    logs.delete("log").await?;
+    Ok(None)
+}
+
+/// `pr-success`: a signed pull_request delivery ends in exactly Cockpit's three statuses, and
+/// the log and attachment are in S3, the log URL answering with the log page.
+async fn pr_success(deployment: &Deployment) -> Result<Option<String>, ScenarioError> {
+    let repo = "workbench-ci/demo";
+    let (head, statuses) = open_and_deliver(deployment, repo, 1, "unit-tests").await?;
+    let bodies: Vec<String> = statuses.iter().map(|s| serde_json::to_string(s).unwrap_or_default()).collect();
+    check(bodies.len() == 3, || format!("expected 3 statuses on {repo}@{head}, got {bodies:#?}"))?;
+    check(bodies[0] == r#"{"context":"unit-tests","state":"pending","description":"Not yet tested"}"#, || {
+        format!("first status: {}", bodies[0])
+    })?;
+    let target = statuses[1].target_url.clone().unwrap_or_default();
+    let host = statuses[1].description.trim_start_matches("In progress ");
+    check(statuses[1].state == "pending" && statuses[1].description.starts_with("In progress [worker-"), || {
+        format!("second status: {}", bodies[1])
+    })?;
+    check(
+        statuses[2].state == "success"
+            && statuses[2].description == format!("Success {host}")
+            && statuses[2].target_url.as_deref() == Some(target.as_str()),
+        || format!("third status: {}", bodies[2]),
+    )?;
+    let log = read_log(deployment, &target).await?;
+    check(log.contains("\n\nRunning on: worker-") && log.ends_with("\n\nJob ran successfully.  :)\n"), || {
+        format!("the log at {target} is not a successful job's:\n{log}")
+    })?;
+    let attachment = log_object(deployment, &target, "bogus.log").await?;
+    check(attachment.as_deref() == Some(&b"heisenberg compensator at 99.8% efficiency\n"[..]), || {
+        format!("the attachment bogus.log next to {target} is {attachment:?}")
+    })?;
+    let page = log_object(deployment, &target, "log.html").await?.unwrap_or_default();
+    check(String::from_utf8_lossy(&page).contains("<html>"), || format!("{target} is not the log page"))?;
+    Ok(None)
+}
+
+/// `pr-failure`: the failing project's pull request ends in state failure, with its log.
+async fn pr_failure(deployment: &Deployment) -> Result<Option<String>, ScenarioError> {
+    let (_, statuses) = open_and_deliver(deployment, "workbench-ci/failing", 1, "unit-tests").await?;
+    let last = statuses.last().cloned().unwrap_or_else(|| status("", "", ""));
+    check(last.state == "failure" && last.description.starts_with("Container exited with code 1 [worker-"), || {
+        format!("final status: {last:?}")
+    })?;
+    let log = read_log(deployment, last.target_url.as_deref().unwrap_or_default()).await?;
+    check(
+        log.contains("not ok 1 the frobnicator is broken")
+            && log.ends_with("*** Failure: Container exited with code 1\n"),
+        || format!("the log does not show the failure:\n{log}"),
+    )?;
+    Ok(None)
+}
+
+/// `cross-project`: the library's context `unit-tests@workbench-ci/demo` runs demo's (passing)
+/// tests against the library's pull request, whose own tests fail; statuses go to the library.
+async fn cross_project(deployment: &Deployment) -> Result<Option<String>, ScenarioError> {
+    let context = "unit-tests@workbench-ci/demo";
+    let (_, statuses) = open_and_deliver(deployment, "workbench-ci/library", 1, context).await?;
+    let last = statuses.last().cloned().unwrap_or_else(|| status("", "", ""));
+    check(last.state == "success", || format!("final status of {context} on the library: {last:?}"))?;
+    let log = read_log(deployment, last.target_url.as_deref().unwrap_or_default()).await?;
+    check(log.contains("workbench-ci/demo") && log.contains("ok 2 checkout has README.md"), || {
+        format!("the log does not show demo's tests:\n{log}")
+    })?;
+    Ok(None)
+}
+
+/// `direct-trigger`: a status event "Not yet tested (direct trigger)", as Cockpit's
+/// tests-trigger causes, runs that (manual) context.
+async fn direct_trigger(deployment: &Deployment) -> Result<Option<String>, ScenarioError> {
+    let (repo, context) = ("workbench-ci/demo", "unit-tests/devel");
+    let head = deployment.github.open_pull(repo, 2, "Trigger by hand", "workbench-ci")?;
+    let trigger = status(context, "pending", "Not yet tested (direct trigger)");
+    let token = std::fs::read_to_string(deployment.secrets.github_token()).unwrap_or_default();
+    github::GitHub::new(&deployment.github.api_url(), token.trim())?.post_status(repo, &head, &trigger).await?;
+    let event = deployment.github.status_event(repo, &head, &trigger)?;
+    let answer = deliver(deployment, &event, &webhook_secret(deployment)?).await?;
+    check(answer == 200, || format!("the webhook answered the status event with {answer}"))?;
+    let statuses = final_statuses(deployment, repo, &head, context).await?;
+    let states: Vec<(&str, &str)> = statuses.iter().map(|s| (s.state.as_str(), s.description.as_str())).collect();
+    check(
+        states.len() == 3
+            && states[0] == ("pending", "Not yet tested (direct trigger)")
+            && states[1].1.starts_with("In progress")
+            && states[2].0 == "success",
+        || format!("statuses of {context}: {states:?}"),
+    )?;
+    Ok(None)
+}
+
+/// `bad-signature`: a delivery signed with another secret is refused and nothing is
+/// published (the webhook's own count of published deliveries does not move).
+async fn bad_signature(deployment: &Deployment) -> Result<Option<String>, ScenarioError> {
+    let repo = "workbench-ci/demo";
+    deployment.github.open_pull(repo, 3, "Forged", "workbench-ci")?;
+    let event = deployment.github.pull_request_event(repo, 3, "opened")?;
+    let published = r#"webhook_deliveries_total{event="pull_request",outcome="published"}"#;
+    let before = webhook_metric(deployment, published).await?;
+    let answer = deliver(deployment, &event, b"not the webhook's secret").await?;
+    let after = webhook_metric(deployment, published).await?;
+    check(answer == 403, || format!("a mis-signed delivery was answered {answer}, not 403"))?;
+    check(before == after, || format!("published deliveries went from {before} to {after}"))?;
+    Ok(None)
+}
+
+/// The value of the webhook's metric line starting with `name` (0 when absent).
+async fn webhook_metric(deployment: &Deployment, name: &str) -> Result<u64, ScenarioError> {
+    let request = hyper::Request::get("/metrics").body(Full::new(Bytes::new())).map_err(|e| failed("GET", &e))?;
+    let (_, body) = http(deployment, request).await?;
+    let text = String::from_utf8_lossy(&body);
+    Ok(text.lines().find_map(|line| line.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0))
+}
+
+/// `kvm`: inside a job, /dev/kvm opens and answers the KVM API version.
+async fn kvm(deployment: &Deployment) -> Result<Option<String>, ScenarioError> {
+    if !Path::new("/dev/kvm").exists() {
+        return Ok(Some("this host has no /dev/kvm".into()));
+    }
+    let (_, statuses) = open_and_deliver(deployment, "workbench-ci/kvm", 1, "kvm").await?;
+    let last = statuses.last().cloned().unwrap_or_else(|| status("", "", ""));
+    let log = read_log(deployment, last.target_url.as_deref().unwrap_or_default()).await?;
+    check(last.state == "success" && log.contains("KVM API version 12"), || {
+        format!("final status {last:?}; log:\n{log}")
+    })?;
+    Ok(None)
+}
+
+fn status(context: &str, state: &str, description: &str) -> StatusUpdate {
+    StatusUpdate { context: context.into(), state: state.into(), description: description.into(), target_url: None }
+}
+
+fn webhook_secret(deployment: &Deployment) -> Result<Vec<u8>, ScenarioError> {
+    webhook::read_secret(&deployment.secrets.webhook_token()).map_err(|e| ScenarioError::Assertion(e.to_string()))
+}
+
+/// Opens pull request `number` on `repo`, delivers its `opened` event to the webhook, and
+/// returns its head and the statuses of `context` once final.
+async fn open_and_deliver(
+    deployment: &Deployment,
+    repo: &str,
+    number: u64,
+    context: &str,
+) -> Result<(String, Vec<StatusUpdate>), ScenarioError> {
+    let head = deployment.github.open_pull(repo, number, "A change", "workbench-ci")?;
+    let event = deployment.github.pull_request_event(repo, number, "opened")?;
+    let answer = deliver(deployment, &event, &webhook_secret(deployment)?).await?;
+    check(answer == 200, || format!("the webhook answered the pull_request delivery with {answer}"))?;
+    let statuses = final_statuses(deployment, repo, &head, context).await?;
+    Ok((head, statuses))
+}
+
+/// POSTs `delivery` to the webhook, signed with `secret`; returns the HTTP status.
+async fn deliver(deployment: &Deployment, delivery: &Delivery, secret: &[u8]) -> Result<u16, ScenarioError> {
+    let mut request = hyper::Request::post("/");
+    for (name, value) in delivery.headers(secret) {
+        request = request.header(name, value);
+    }
+    let request = request.body(Full::new(Bytes::from(delivery.body.clone()))).map_err(|e| failed("POST", &e))?;
+    Ok(http(deployment, request).await?.0)
+}
+
+/// Sends `request` to the webhook; returns the status and the body.
+async fn http(deployment: &Deployment, request: hyper::Request<Full<Bytes>>) -> Result<(u16, Vec<u8>), ScenarioError> {
+    let method = request.method().to_string();
+    let stream = tokio::net::TcpStream::connect(deployment.webhook.address).await.map_err(|e| failed(&method, &e))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| failed(&method, &e))?;
+    tokio::spawn(connection);
+    let response = sender.send_request(request).await.map_err(|e| failed(&method, &e))?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.map_err(|e| failed(&method, &e))?.to_bytes();
+    Ok((status, body.to_vec()))
+}
+
+fn failed(method: &str, err: &dyn std::fmt::Display) -> ScenarioError {
+    ScenarioError::Assertion(format!("{method} to the webhook: {err}"))
+}
+
+/// The statuses of `context` on `repo@sha`, once the last one is no longer pending.
+async fn final_statuses(
+    deployment: &Deployment,
+    repo: &str,
+    sha: &str,
+    context: &str,
+) -> Result<Vec<StatusUpdate>, ScenarioError> {
+    let deadline = Instant::now() + JOB_WITHIN;
+    loop {
+        let statuses: Vec<StatusUpdate> =
+            deployment.github.statuses(repo, sha).into_iter().filter(|s| s.context == context).collect();
+        if statuses.last().is_some_and(|s| s.state != "pending") {
+            return Ok(statuses);
+        }
+        if Instant::now() > deadline {
+            return Err(ScenarioError::Assertion(format!(
+                "no final status of {context} on {repo}@{sha} within {} s; statuses so far: {statuses:?}",
+                JOB_WITHIN.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An object next to the log page `target` (a status' target_url), read without credentials.
+async fn log_object(deployment: &Deployment, target: &str, name: &str) -> Result<Option<Vec<u8>>, ScenarioError> {
+    let dir = target
+        .strip_suffix("log.html")
+        .ok_or_else(|| ScenarioError::Assertion(format!("the status' target_url {target:?} is not a log page")))?;
+    let ca = std::fs::read(deployment.secrets.ca_cert()).map_err(|e| ScenarioError::Assertion(e.to_string()))?;
+    Ok(s3::Store::new(dir, None, Some(&ca))?.get(name).await?)
+}
+
+async fn read_log(deployment: &Deployment, target: &str) -> Result<String, ScenarioError> {
+    let log = log_object(deployment, target, "log").await?;
+    let log = log.ok_or_else(|| ScenarioError::Assertion(format!("no log next to {target}")))?;
+    Ok(String::from_utf8_lossy(&log).into_owned())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -28,6 +28,8 @@ struct Cli {
 enum Command {
     /// Bring the deployment up on this machine and assert the whole flow (the main job).
     RunLocal(run_local::Args),
+    /// Stop the deployment `run-local --keep` left running.
+    Down,
     /// Write fresh fake secrets in Cockpit's production layout.
     Secrets(secrets::Args),
     /// Run everything CI checks: formatting, lints, all tests, and run-local.
@@ -39,12 +41,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // s3s logs every refused request as an error, and the s3 scenario's refusals are expected.
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,s3s::ops=off".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().command {
         Command::RunLocal(args) => run_local::run(args),
+        Command::Down => run_local::down(),
         Command::Secrets(args) => secrets::run(args),
         Command::Ci => ci::run(),
         Command::Bench(args) => bench::run(args),

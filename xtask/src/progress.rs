@@ -5,15 +5,33 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// Runs `work`, showing `message` with a spinner, then a ✔/✘ line with the time it took.
+/// A step in progress, shown as a spinner until it is finished.
+pub struct Spinner {
+    bar: ProgressBar,
+    message: String,
+    started: Instant,
+}
+
+impl Spinner {
+    pub fn start(message: &str) -> Spinner {
+        let bar = ProgressBar::new_spinner().with_message(message.to_owned());
+        bar.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"));
+        bar.enable_steady_tick(Duration::from_millis(100));
+        Spinner { bar, message: message.to_owned(), started: Instant::now() }
+    }
+
+    /// Replaces the spinner by a ✔/✘ line with the time the step took.
+    pub fn finish(self, ok: bool) {
+        self.bar.finish_and_clear();
+        let mark = if ok { "✔" } else { "✘" };
+        println!("{mark} {} ({:.1} s)", self.message, self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// Runs `work` as a step shown with a spinner.
 pub async fn step<T, E>(message: &str, work: impl Future<Output = Result<T, E>>) -> Result<T, E> {
-    let spinner = ProgressBar::new_spinner().with_message(message.to_owned());
-    spinner.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"));
-    spinner.enable_steady_tick(Duration::from_millis(100));
-    let started = Instant::now();
+    let spinner = Spinner::start(message);
     let result = work.await;
-    spinner.finish_and_clear();
-    let mark = if result.is_ok() { "✔" } else { "✘" };
-    println!("{mark} {message} ({:.1} s)", started.elapsed().as_secs_f64());
+    spinner.finish(result.is_ok());
     result
 }

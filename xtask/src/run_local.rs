@@ -1,40 +1,82 @@
-//! `cargo xtask run-local`: bring the deployment up on this machine, assert the flow through
-//! it, and tear everything down on every exit path (success, failure, Ctrl-C).
-//!
-//! Today the deployment is the private broker and the scenario is `queue`; the webhook, tasks
-//! workers, S3 and mock GitHub join it as they are built (docs/ARCHITECTURE.md).
+//! `cargo xtask run-local`: bring the deployment up on this machine (`local::Deployment`),
+//! assert the flow through it (`local::scenario`), report, and tear everything down on every
+//! exit path: success, failure, Ctrl-C, SIGTERM, a panicking scenario. `--keep` leaves it up
+//! until `cargo xtask down`; `-i` opens a shell in it instead of running the scenarios.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use local::Broker;
-use local::scenario::ScenarioError;
+use local::Deployment;
+use local::deployment::{Binaries, Options, Progress};
+use local::scenario::{self, Ran};
+use serde_json::json;
 
 use crate::packages::{self, RABBITMQ};
-use crate::progress::step;
+use crate::progress::Spinner;
 
 #[derive(clap::Args, Default)]
-pub struct Args {}
-
-struct Outcome {
-    name: &'static str,
-    seconds: f64,
-    result: Result<(), ScenarioError>,
+pub struct Args {
+    /// How many tasks workers to start.
+    #[arg(long, default_value_t = 1)]
+    pub workers: u16,
+    /// Use these secrets (as written by `cargo xtask secrets`) instead of fresh ones.
+    #[arg(long, value_name = "DIR")]
+    pub secrets: Option<PathBuf>,
+    /// Run only these scenarios (repeatable) [default: all of queue, s3, pr-success,
+    /// pr-failure, cross-project, direct-trigger, bad-signature, kvm].
+    #[arg(long = "scenario", value_name = "NAME")]
+    pub scenarios: Vec<String>,
+    /// Write the results as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Leave the deployment running after the scenarios, until `cargo xtask down` (or Ctrl-C).
+    #[arg(long)]
+    pub keep: bool,
+    /// Bring the deployment up and open a shell in it instead of running the scenarios;
+    /// leaving the shell tears it down.
+    #[arg(short, long, conflicts_with_all = ["keep", "scenarios"])]
+    pub interactive: bool,
 }
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
+/// One scenario's result.
+struct Outcome {
+    name: String,
+    seconds: f64,
+    ran: Result<Ran, String>,
+}
+
+/// The file that names the kept deployment's process, for `cargo xtask down`.
+fn kept_file() -> PathBuf {
+    crate::runs_dir().join("kept.pid")
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    for name in &args.scenarios {
+        if !scenario::ALL.contains(&name.as_str()) {
+            bail!("no scenario {name:?}; the scenarios are {}", scenario::ALL.join(", "));
+        }
+    }
     packages::ensure(&[RABBITMQ])?;
+    let binaries = build_binaries()?;
     let runs = crate::runs_dir();
     std::fs::create_dir_all(&runs).with_context(|| format!("creating {}", runs.display()))?;
     let run_dir = tempfile::Builder::new().prefix("run-").tempdir_in(&runs).context("creating the run directory")?;
+    let options = Options {
+        binaries,
+        secrets: args.secrets.clone(),
+        workers: args.workers,
+        fixtures: crate::workspace_root().join("fixtures"),
+    };
     let result = crate::runtime()?.block_on(async {
         tokio::select! {
-            result = deploy_and_check(run_dir.path()) => result,
-            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+            result = deploy_and_check(run_dir.path(), &options, &args) => result,
+            () = interrupted() => Err(anyhow::anyhow!("interrupted")),
         }
     });
-    // Every service has been stopped by now (their guards dropped with the future above).
+    // Every service has been stopped by now: their guards dropped with the future above.
+    let _ = std::fs::remove_file(kept_file());
     if result.is_err() {
         let kept = run_dir.keep();
         eprintln!("the deployment was torn down; its logs are kept in {}", kept.display());
@@ -42,30 +84,182 @@ pub fn run(_args: Args) -> anyhow::Result<()> {
     result
 }
 
-async fn deploy_and_check(run_dir: &Path) -> anyhow::Result<()> {
-    let secrets_dir = run_dir.join("secrets");
-    let (secrets, _) = step("generating fake secrets", async { local::secrets::generate(&secrets_dir, false) }).await?;
-    let broker =
-        step("starting RabbitMQ (TLS only, certificate login)", Broker::start(&run_dir.join("broker"), &secrets))
-            .await?;
-
-    let mut outcomes = Vec::new();
-    let started = Instant::now();
-    let result = local::scenario::queue(&broker.client_config()).await;
-    outcomes.push(Outcome { name: "queue", seconds: started.elapsed().as_secs_f64(), result });
-
-    println!("\n{:<16} {:<6} {:>8}", "scenario", "result", "time");
-    for outcome in &outcomes {
-        let status = if outcome.result.is_ok() { "pass" } else { "FAIL" };
-        println!("{:<16} {:<6} {:>6.2} s", outcome.name, status, outcome.seconds);
+/// Ctrl-C or SIGTERM (`cargo xtask down`).
+async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
-    let failed: Vec<_> = outcomes.iter().filter_map(|o| o.result.as_ref().err().map(|e| (o.name, e))).collect();
-    if failed.is_empty() {
+}
+
+/// Builds the service binaries with the release profile, as they ship.
+fn build_binaries() -> anyhow::Result<Binaries> {
+    let spinner = Spinner::start("building the service binaries (release)");
+    let output = std::process::Command::new(crate::ci::cargo_program())
+        .args(["build", "--release", "--quiet", "-p", "webhook", "-p", "tasks"])
+        .current_dir(crate::workspace_root())
+        .output()
+        .context("running cargo build")?;
+    spinner.finish(output.status.success());
+    if !output.status.success() {
+        bail!("building the service binaries failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(Binaries::in_dir(&crate::runs_dir().parent().expect("runs live in the target directory").join("release")))
+}
+
+/// Shows each deployment step as a spinner, then a line with its time.
+#[derive(Default)]
+struct Steps(Option<Spinner>);
+
+impl Progress for Steps {
+    fn start(&mut self, step: &str) {
+        self.0 = Some(Spinner::start(step));
+    }
+    fn done(&mut self, ok: bool) {
+        if let Some(spinner) = self.0.take() {
+            spinner.finish(ok);
+        }
+    }
+}
+
+async fn deploy_and_check(run_dir: &Path, options: &Options, args: &Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let deployment = Deployment::start(run_dir, options, &mut Steps::default()).await?;
+    if args.interactive {
+        return shell(&deployment).await;
+    }
+    let deployment = Arc::new(deployment);
+    let names: Vec<String> = match args.scenarios.is_empty() {
+        true => scenario::ALL.iter().map(|name| name.to_string()).collect(),
+        false => args.scenarios.clone(),
+    };
+    let mut outcomes = Vec::new();
+    for name in names {
+        let spinner = Spinner::start(&format!("scenario {name}"));
+        let began = Instant::now();
+        // Each scenario in a task of its own: one that panics fails alone, and teardown still runs.
+        let task = tokio::spawn({
+            let (deployment, name) = (deployment.clone(), name.clone());
+            async move { scenario::run(&name, &deployment).await.map_err(|err| err.to_string()) }
+        });
+        let ran = task.await.unwrap_or_else(|panic| Err(format!("the scenario panicked: {panic}")));
+        spinner.finish(ran.is_ok());
+        outcomes.push(Outcome { name, seconds: began.elapsed().as_secs_f64(), ran });
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    print_table(&outcomes);
+    let endpoints = deployment.endpoints();
+    let mut report = json!({
+        "runtime": "process",
+        "seconds": seconds,
+        "scenarios": outcomes.iter().map(|o| {
+            let (status, detail) = match &o.ran {
+                Ok(Ran::Passed) => ("pass", String::new()),
+                Ok(Ran::Skipped(reason)) => ("skip", reason.clone()),
+                Err(err) => ("fail", err.clone()),
+            };
+            json!({"name": o.name, "status": status, "seconds": o.seconds, "detail": detail})
+        }).collect::<Vec<_>>(),
+    });
+    let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.ran.is_err()).collect();
+    if args.keep && failed.is_empty() {
+        report["endpoints"] = json!({
+            "amqp": endpoints.amqp,
+            "secrets": endpoints.secrets,
+            "webhook": endpoints.webhook,
+            "github_api": endpoints.github_api,
+            "s3": endpoints.s3,
+        });
+        report["stop"] = json!("cargo xtask down");
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if !failed.is_empty() {
+        for outcome in &failed {
+            eprintln!("\nscenario {} failed: {}", outcome.name, outcome.ran.as_ref().err().map_or("", String::as_str));
+        }
+        for (name, path, tail) in deployment.log_tails(15) {
+            eprintln!("\n{name} ({}), last lines:\n{tail}", path.display());
+        }
+        bail!("{} of {} scenarios failed", failed.len(), outcomes.len());
+    }
+    if args.keep {
+        std::fs::write(kept_file(), format!("{}\n{}\n", std::process::id(), run_dir.display()))
+            .with_context(|| format!("writing {}", kept_file().display()))?;
+        println!("\nThe deployment stays up until `cargo xtask down` (or Ctrl-C here):");
+        print_endpoints(&deployment);
+        interrupted().await;
+    }
+    Ok(())
+}
+
+fn print_table(outcomes: &[Outcome]) {
+    println!("\n{:<16} {:<6} {:>9}", "scenario", "result", "time");
+    for outcome in outcomes {
+        let status = match &outcome.ran {
+            Ok(Ran::Passed) => "pass".to_owned(),
+            Ok(Ran::Skipped(reason)) => format!("skip   ({reason})"),
+            Err(_) => "FAIL".to_owned(),
+        };
+        println!("{:<16} {:<6} {:>7.2} s", outcome.name, status, outcome.seconds);
+    }
+}
+
+fn print_endpoints(deployment: &Deployment) {
+    let endpoints = deployment.endpoints();
+    println!("  AMQP:        {} (TLS; client certificate in {})", endpoints.amqp, endpoints.secrets.display());
+    println!("  webhook:     {}", endpoints.webhook);
+    println!("  GitHub API:  {} (mock)", endpoints.github_api);
+    println!("  S3:          {} (logs: {}logs/)", endpoints.s3, endpoints.s3);
+    println!("  logs:        {}", deployment.run_dir.display());
+}
+
+/// A shell in the run directory, set up so the tasks tools reach this deployment.
+async fn shell(deployment: &Deployment) -> anyhow::Result<()> {
+    let program = std::env::var("SHELL").unwrap_or_else(|_| "/bin/bash".into());
+    println!("\nThe deployment is up; this shell reaches it. Leave it (exit) to tear it down.");
+    print_endpoints(deployment);
+    println!(
+        "\n  tasks inspect-queue                          each queue's messages, without taking them\n  \
+         tasks tests-scan --repo workbench-ci/demo -v  what a scan of the open pull requests would queue\n  \
+         cargo xtask payload pull_request --repo workbench-ci/demo --sha SHA | tasks publish-queue --queue webhook\n  \
+         tasks run-queue --hostname me                 one more worker, in the foreground\n"
+    );
+    let mut child = tokio::process::Command::new(&program)
+        .current_dir(&deployment.run_dir)
+        .envs(deployment.shell_env())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {program}"))?;
+    child.wait().await?;
+    Ok(())
+}
+
+/// `cargo xtask down`: stops the deployment a `run-local --keep` left running.
+pub fn down() -> anyhow::Result<()> {
+    let file = kept_file();
+    let Ok(text) = std::fs::read_to_string(&file) else {
+        println!("no kept deployment ({} does not exist)", file.display());
+        return Ok(());
+    };
+    let pid: i32 = text.lines().next().and_then(|line| line.parse().ok()).context("a malformed kept.pid")?;
+    let Some(pid) = rustix::process::Pid::from_raw(pid) else { bail!("a malformed kept.pid") };
+    if rustix::process::kill_process(pid, rustix::process::Signal::TERM).is_err() {
+        let _ = std::fs::remove_file(&file);
+        println!("the kept deployment was already gone");
         return Ok(());
     }
-    for (name, err) in &failed {
-        eprintln!("\nscenario {name} failed: {err}");
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while rustix::process::test_kill_process(pid).is_ok() {
+        if Instant::now() > deadline {
+            bail!("run-local (pid {}) did not stop within 60 s", pid.as_raw_nonzero());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    eprintln!("\nbroker log ({}), last lines:\n{}", broker.log_path().display(), broker.log_tail());
-    bail!("{} of {} scenarios failed", failed.len(), outcomes.len())
+    println!("the kept deployment is torn down");
+    Ok(())
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
-    ConfirmSelectOptions, QueueDeclareOptions, QueuePurgeOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::tcp::{AMQPUriTcpExt, RustlsConnector};
 use lapin::uri::{AMQPScheme, AMQPUri};
@@ -151,6 +151,15 @@ impl Session {
     pub async fn purge(&self, queue: &str) -> Result<u32, Error> {
         self.channel.queue_purge(queue.into(), QueuePurgeOptions::default()).await.map_err(|source| Error::Queue {
             operation: "purge",
+            queue: queue.to_owned(),
+            source,
+        })
+    }
+
+    /// Deletes `queue` and whatever it holds.
+    pub async fn delete(&self, queue: &str) -> Result<u32, Error> {
+        self.channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await.map_err(|source| Error::Queue {
+            operation: "delete",
             queue: queue.to_owned(),
             source,
         })

@@ -18,7 +18,7 @@ struct Cli {
     amqp: String,
     /// Directory with ca.pem, amqp-client.pem and amqp-client.key
     /// [default: /run/secrets/webhook, or $XDG_RUNTIME_DIR/secrets/webhook if only that exists]
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "WORKBENCH_SECRETS_DIR")]
     secrets_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,

@@ -116,9 +116,6 @@ pub async fn run(config: &amqp::Config, args: &Args, shutdown: impl Future<Outpu
     };
     let scanner = Scanner::load(&args.scan)?;
     let metrics = Arc::new(Metrics::default());
-    if let Some(address) = args.metrics_listen {
-        serve_metrics(address, metrics.clone()).await?;
-    }
     let (cancel_all, cancel) = watch::channel(false);
     let worker = Arc::new(Worker {
         runner,
@@ -158,6 +155,10 @@ pub async fn run(config: &amqp::Config, args: &Args, shutdown: impl Future<Outpu
     let mut work = Vec::new();
     for queue in queues {
         work.push(Work { queue, consumer: session.consume(queue, slots).await? });
+    }
+    // Serving metrics is also the sign that the worker is ready: its consumers are in place.
+    if let Some(address) = args.metrics_listen {
+        serve_metrics(address, worker.metrics.clone()).await?;
     }
     tracing::info!(hostname = worker.hostname, queues = ?work.iter().map(|w| w.queue).collect::<Vec<_>>(), slots, "run-queue started");
 

@@ -1,0 +1,232 @@
+//! The whole deployment on the `process` runtime, in the order of the data flow: fake secrets,
+//! the broker, the S3 store, the mock GitHub with the fixture projects, the webhook binary and
+//! the tasks workers. Dropping it tears everything down.
+
+use std::path::{Path, PathBuf};
+
+use crate::service::{ServiceError, Webhook, Worker, WorkerConfig};
+use crate::{Broker, MockGitHub, S3Server, Secrets};
+
+/// The fixture projects on the mock GitHub: repository and fixture directory.
+pub const REPOS: [(&str, &str); 4] = [
+    ("workbench-ci/demo", "passing"),
+    ("workbench-ci/failing", "failing"),
+    ("workbench-ci/library", "failing"),
+    ("workbench-ci/kvm", "kvm"),
+];
+
+/// Where the service binaries are.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub webhook: PathBuf,
+    pub tasks: PathBuf,
+}
+
+impl Binaries {
+    /// The binaries of a cargo profile's output directory.
+    pub fn in_dir(dir: &Path) -> Binaries {
+        Binaries { webhook: dir.join("webhook"), tasks: dir.join("tasks") }
+    }
+
+    /// Their directory, for `PATH`.
+    pub fn dir(&self) -> &Path {
+        self.tasks.parent().unwrap_or(Path::new("."))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub binaries: Binaries,
+    /// Existing secrets to use instead of fresh ones.
+    pub secrets: Option<PathBuf>,
+    pub workers: u16,
+    /// The repository's `fixtures/` directory.
+    pub fixtures: PathBuf,
+}
+
+/// Told about each step as it starts and ends, to show progress.
+pub trait Progress {
+    fn start(&mut self, step: &str);
+    fn done(&mut self, ok: bool);
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error(transparent)]
+    Secrets(#[from] crate::SecretsError),
+    #[error(transparent)]
+    Broker(#[from] crate::BrokerError),
+    #[error(transparent)]
+    S3(#[from] crate::s3_server::S3ServerError),
+    #[error(transparent)]
+    GitHub(#[from] crate::github::MockError),
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    #[error("cannot {what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
+
+/// A running deployment.
+pub struct Deployment {
+    pub run_dir: PathBuf,
+    pub secrets: Secrets,
+    pub test_map: PathBuf,
+    pub runner_config: PathBuf,
+    pub binaries: Binaries,
+    // Stopped in reverse order of the data flow: workers first, broker last.
+    pub workers: Vec<Worker>,
+    pub webhook: Webhook,
+    pub github: MockGitHub,
+    pub s3: S3Server,
+    pub broker: Broker,
+}
+
+/// Runs one step, telling `progress` about it.
+async fn step<T, E>(progress: &mut dyn Progress, what: &str, work: impl Future<Output = Result<T, E>>) -> Result<T, E> {
+    progress.start(what);
+    let result = work.await;
+    progress.done(result.is_ok());
+    result
+}
+
+impl Deployment {
+    /// Brings the deployment up in `run_dir`.
+    pub async fn start(
+        run_dir: &Path,
+        options: &Options,
+        progress: &mut dyn Progress,
+    ) -> Result<Deployment, DeployError> {
+        let secrets = match &options.secrets {
+            Some(dir) => Secrets::at(dir),
+            None => {
+                step(progress, "generating fake secrets", async {
+                    crate::secrets::generate(&run_dir.join("secrets"), false)
+                })
+                .await?
+                .0
+            }
+        };
+        let broker = step(
+            progress,
+            "starting RabbitMQ (TLS only, certificate login)",
+            Broker::start(&run_dir.join("broker"), &secrets),
+        )
+        .await?;
+        let s3 = step(
+            progress,
+            "starting S3 (HTTPS, buckets logs and images)",
+            S3Server::start(&run_dir.join("s3"), &secrets, true),
+        )
+        .await?;
+        let token = std::fs::read_to_string(secrets.github_token())
+            .map_err(|source| DeployError::Io { what: format!("read {}", secrets.github_token().display()), source })?;
+        let github = step(progress, "starting the mock GitHub with the fixture projects", async {
+            let github = MockGitHub::start(&run_dir.join("github"), token.trim()).await?;
+            for (repo, fixture) in REPOS {
+                github.add_repo(repo, &options.fixtures.join("repos").join(fixture))?;
+            }
+            Ok::<_, crate::github::MockError>(github)
+        })
+        .await?;
+        let webhook = step(
+            progress,
+            "starting the webhook",
+            Webhook::start(&options.binaries.webhook, run_dir, &secrets, &broker),
+        )
+        .await?;
+        let runner_config = crate::worker::write_runner_config(run_dir, &github, &s3, &secrets, "process", None)
+            .map_err(|source| DeployError::Io { what: "write the job-runner configuration".into(), source })?;
+        let test_map = options.fixtures.join("testmap.toml");
+        let work_dir = run_dir.join("jobs");
+        std::fs::create_dir_all(&work_dir)
+            .map_err(|source| DeployError::Io { what: format!("create {}", work_dir.display()), source })?;
+        let api = github.api_url();
+        let config = WorkerConfig {
+            broker: &broker,
+            secrets: &secrets,
+            test_map: &test_map,
+            github_api: &api,
+            runner_config: &runner_config,
+            work_dir: &work_dir,
+            jobs: 1,
+        };
+        let mut workers = Vec::new();
+        let label = format!("starting {} tasks worker(s)", options.workers);
+        step(progress, &label, async {
+            for n in 1..=options.workers.max(1) {
+                workers.push(Worker::start(&options.binaries.tasks, run_dir, &format!("worker-{n}"), &config).await?);
+            }
+            Ok::<_, ServiceError>(())
+        })
+        .await?;
+        Ok(Deployment {
+            run_dir: run_dir.to_owned(),
+            secrets,
+            test_map,
+            runner_config,
+            binaries: options.binaries.clone(),
+            workers,
+            webhook,
+            github,
+            s3,
+            broker,
+        })
+    }
+
+    /// How to reach each service.
+    pub fn endpoints(&self) -> Endpoints {
+        Endpoints {
+            amqp: self.broker.address().to_string(),
+            secrets: self.secrets.webhook_dir(),
+            webhook: self.webhook.url(),
+            github_api: self.github.api_url(),
+            s3: self.s3.url(),
+        }
+    }
+
+    /// The environment in which the tasks tools reach this deployment, as typed in a shell.
+    pub fn shell_env(&self) -> Vec<(String, String)> {
+        let path = std::env::var("PATH").unwrap_or_default();
+        let endpoints = self.endpoints();
+        [
+            ("AMQP_SERVER", endpoints.amqp),
+            ("WORKBENCH_SECRETS_DIR", endpoints.secrets.display().to_string()),
+            ("GITHUB_API", endpoints.github_api),
+            ("COCKPIT_GITHUB_TOKEN_FILE", self.secrets.github_token().display().to_string()),
+            ("WORKBENCH_TESTMAP", self.test_map.display().to_string()),
+            ("JOB_RUNNER_CONFIG", self.runner_config.display().to_string()),
+            ("WORKBENCH_WEBHOOK", endpoints.webhook),
+            ("WORKBENCH_S3", endpoints.s3),
+            ("WORKBENCH_S3_LOGS", format!("{}logs/", self.s3.url())),
+            ("PATH", format!("{}:{path}", self.binaries.dir().display())),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect()
+    }
+
+    /// Each service's name, log file and last `lines` lines, for reports of failures.
+    pub fn log_tails(&self, lines: usize) -> Vec<(String, PathBuf, String)> {
+        let mut tails = vec![("rabbitmq".to_owned(), self.broker.log_path(), self.broker.log_tail())];
+        for service in std::iter::once(&self.webhook.service).chain(self.workers.iter().map(|w| &w.service)) {
+            tails.push((service.name().to_owned(), service.log_path().to_owned(), service.log_tail(lines)));
+        }
+        tails
+    }
+
+    /// Every process the deployment started.
+    pub fn process_ids(&self) -> Vec<u32> {
+        let services = std::iter::once(&self.webhook.service).chain(self.workers.iter().map(|w| &w.service));
+        self.broker.process_ids().into_iter().chain(services.flat_map(|s| s.process_ids())).collect()
+    }
+}
+
+/// Where a running deployment's services are.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub amqp: String,
+    pub secrets: PathBuf,
+    pub webhook: String,
+    pub github_api: String,
+    pub s3: String,
+}
