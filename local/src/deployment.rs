@@ -44,10 +44,11 @@ pub struct Options {
     pub fixtures: PathBuf,
 }
 
-/// Told about each step as it starts and ends, to show progress.
+/// Told about each step as it starts and ends, to show progress. Independent steps run at
+/// the same time, so a step is named by the number `start` returned.
 pub trait Progress {
-    fn start(&mut self, step: &str);
-    fn done(&mut self, ok: bool);
+    fn start(&self, step: &str) -> usize;
+    fn done(&self, step: usize, ok: bool);
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,20 +83,18 @@ pub struct Deployment {
 }
 
 /// Runs one step, telling `progress` about it.
-async fn step<T, E>(progress: &mut dyn Progress, what: &str, work: impl Future<Output = Result<T, E>>) -> Result<T, E> {
-    progress.start(what);
+async fn step<T, E>(progress: &dyn Progress, what: &str, work: impl Future<Output = Result<T, E>>) -> Result<T, E> {
+    let id = progress.start(what);
     let result = work.await;
-    progress.done(result.is_ok());
+    progress.done(id, result.is_ok());
     result
 }
 
 impl Deployment {
-    /// Brings the deployment up in `run_dir`.
-    pub async fn start(
-        run_dir: &Path,
-        options: &Options,
-        progress: &mut dyn Progress,
-    ) -> Result<Deployment, DeployError> {
+    /// Brings the deployment up in `run_dir`: what needs nothing else at once (the broker, whose
+    /// start is most of the time, the S3 store and the mock GitHub), then the services that
+    /// need the broker.
+    pub async fn start(run_dir: &Path, options: &Options, progress: &dyn Progress) -> Result<Deployment, DeployError> {
         let secrets = match &options.secrets {
             Some(dir) => Secrets::at(dir),
             None => {
@@ -106,34 +105,21 @@ impl Deployment {
                 .0
             }
         };
-        let broker = step(
-            progress,
-            "starting RabbitMQ (TLS only, certificate login)",
-            Broker::start(&run_dir.join("broker"), &secrets),
-        )
-        .await?;
-        let s3 = step(
-            progress,
-            "starting S3 (HTTPS, buckets logs and images)",
-            S3Server::start(&run_dir.join("s3"), &secrets, true),
-        )
-        .await?;
         let token = std::fs::read_to_string(secrets.github_token())
             .map_err(|source| DeployError::Io { what: format!("read {}", secrets.github_token().display()), source })?;
-        let github = step(progress, "starting the mock GitHub with the fixture projects", async {
-            let github = MockGitHub::start(&run_dir.join("github"), token.trim()).await?;
-            for (repo, fixture) in REPOS {
-                github.add_repo(repo, &options.fixtures.join("repos").join(fixture))?;
-            }
-            Ok::<_, crate::github::MockError>(github)
-        })
-        .await?;
-        let webhook = step(
-            progress,
-            "starting the webhook",
-            Webhook::start(&options.binaries.webhook, run_dir, &secrets, &broker),
-        )
-        .await?;
+        let (broker_dir, s3_dir) = (run_dir.join("broker"), run_dir.join("s3"));
+        let (broker, s3, github) = tokio::join!(
+            step(progress, "starting RabbitMQ (TLS only, certificate login)", Broker::start(&broker_dir, &secrets)),
+            step(progress, "starting S3 (HTTPS, buckets logs and images)", S3Server::start(&s3_dir, &secrets, true)),
+            step(progress, "starting the mock GitHub with the fixture projects", async {
+                let github = MockGitHub::start(&run_dir.join("github"), token.trim()).await?;
+                for (repo, fixture) in REPOS {
+                    github.add_repo(repo, &options.fixtures.join("repos").join(fixture))?;
+                }
+                Ok::<_, crate::github::MockError>(github)
+            }),
+        );
+        let (broker, s3, github) = (broker?, s3?, github?);
         let runner_config = crate::worker::write_runner_config(run_dir, &github, &s3, &secrets, "process", None)
             .map_err(|source| DeployError::Io { what: "write the job-runner configuration".into(), source })?;
         let test_map = options.fixtures.join("testmap.toml");
@@ -150,23 +136,30 @@ impl Deployment {
             work_dir: &work_dir,
             jobs: 1,
         };
-        let mut workers = Vec::new();
-        let label = format!("starting {} tasks worker(s)", options.workers);
-        step(progress, &label, async {
-            for n in 1..=options.workers.max(1) {
-                workers.push(Worker::start(&options.binaries.tasks, run_dir, &format!("worker-{n}"), &config).await?);
-            }
-            Ok::<_, ServiceError>(())
-        })
-        .await?;
+        let workers_label = format!("starting {} tasks worker(s)", options.workers.max(1));
+        let (webhook, workers) = tokio::join!(
+            step(
+                progress,
+                "starting the webhook",
+                Webhook::start(&options.binaries.webhook, run_dir, &secrets, &broker)
+            ),
+            step(progress, &workers_label, async {
+                let starts = (1..=options.workers.max(1)).map(|n| {
+                    let hostname = format!("worker-{n}");
+                    let config = &config;
+                    async move { Worker::start(&options.binaries.tasks, run_dir, &hostname, config).await }
+                });
+                futures_util::future::try_join_all(starts).await
+            }),
+        );
         Ok(Deployment {
             run_dir: run_dir.to_owned(),
             secrets,
             test_map,
             runner_config,
             binaries: options.binaries.clone(),
-            workers,
-            webhook,
+            workers: workers?,
+            webhook: webhook?,
             github,
             s3,
             broker,

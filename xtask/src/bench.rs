@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -415,9 +414,8 @@ async fn wait_healthy(addr: SocketAddr) -> anyhow::Result<()> {
 
 /// Builds a service binary with the release profile and returns its path.
 fn build_release(package: &str) -> anyhow::Result<PathBuf> {
-    let status = Command::new(crate::ci::cargo_program())
+    let status = crate::ci::cargo()
         .args(["build", "--release", "--quiet", "-p", package, "--bin", package])
-        .current_dir(crate::workspace_root())
         .status()
         .context("running cargo build")?;
     if !status.success() {

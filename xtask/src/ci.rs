@@ -1,50 +1,53 @@
 //! `cargo xtask ci`: everything CI checks, in the order that fails fastest. `.ci/run` calls it.
 
-use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, bail};
 
-use crate::packages::{self, OPENSSL, PODMAN, RABBITMQ};
+use crate::packages::{self, OPENSSL, PODMAN, RABBITMQ, TMUX};
 
 pub fn run() -> anyhow::Result<()> {
-    packages::ensure(&[&[RABBITMQ, OPENSSL], PODMAN.as_slice()].concat())?;
-    let root = crate::workspace_root();
-    cargo(&root, "formatting", &["fmt", "--all", "--check"])?;
-    cargo(&root, "lints", &["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"])?;
-    if has_nextest(&root) {
-        cargo(&root, "tests", &["nextest", "run", "--workspace", "--no-fail-fast"])?;
+    packages::ensure(&[&[RABBITMQ, OPENSSL, TMUX], PODMAN.as_slice()].concat())?;
+    cargo_step("formatting", &["fmt", "--all", "--check"])?;
+    cargo_step("lints", &["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"])?;
+    if has_nextest() {
+        cargo_step("tests", &["nextest", "run", "--workspace", "--no-fail-fast"])?;
     } else {
-        cargo(&root, "tests", &["test", "--workspace", "--no-fail-fast"])?;
+        cargo_step("tests", &["test", "--workspace", "--no-fail-fast"])?;
     }
-    println!("==> run-local");
-    crate::run_local::run(Default::default()).context("run-local")?;
+    println!("==> run-local --runtime process");
+    let args = crate::run_local::Args { runtime: crate::run_local::Runtime::Process, ..Default::default() };
+    crate::run_local::run(args).context("run-local")?;
     println!("==> ci passed");
     Ok(())
 }
 
-/// The cargo that runs xtask, so that every step uses the same toolchain.
-pub(crate) fn cargo_program() -> String {
-    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+/// The cargo that runs xtask (so that every step uses the same toolchain), in the workspace
+/// root, without the variables cargo set for xtask itself: build scripts track some of them
+/// (ring's tracks `CARGO_MANIFEST_DIR`), and a build from here would otherwise not reuse one
+/// made by hand, nor the reverse.
+pub(crate) fn cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    command.current_dir(crate::workspace_root());
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_") || name.starts_with("CARGO_BIN_") || name.starts_with("CARGO_MANIFEST_") {
+            command.env_remove(&*name);
+        }
+    }
+    command.env_remove("CARGO_CRATE_NAME").env_remove("CARGO_PRIMARY_PACKAGE");
+    command
 }
 
-fn cargo(root: &Path, step: &str, args: &[&str]) -> anyhow::Result<()> {
+fn cargo_step(step: &str, args: &[&str]) -> anyhow::Result<()> {
     println!("==> {step}: cargo {}", args.join(" "));
-    let status = Command::new(cargo_program())
-        .args(args)
-        .current_dir(root)
-        .status()
-        .with_context(|| format!("starting cargo for {step}"))?;
+    let status = cargo().args(args).status().with_context(|| format!("starting cargo for {step}"))?;
     if !status.success() {
         bail!("{step} failed (cargo {}): see the output above", args.join(" "));
     }
     Ok(())
 }
 
-fn has_nextest(root: &Path) -> bool {
-    Command::new(cargo_program())
-        .args(["nextest", "--version"])
-        .current_dir(root)
-        .output()
-        .is_ok_and(|output| output.status.success())
+fn has_nextest() -> bool {
+    cargo().args(["nextest", "--version"]).output().is_ok_and(|output| output.status.success())
 }

@@ -17,6 +17,8 @@ pub struct Package {
 
 pub const RABBITMQ: Package = Package { name: "rabbitmq-server", provides: "/usr/lib/rabbitmq/bin/rabbitmq-server" };
 pub const OPENSSL: Package = Package { name: "openssl", provides: "/usr/bin/openssl" };
+/// The interactive mode's test drives a terminal with it.
+pub const TMUX: Package = Package { name: "tmux", provides: "/usr/bin/tmux" };
 /// Containers: podman with runc (crun fails here), catatonit for pods and `--init`, netavark
 /// and iptables for container networks (only recommended by podman, and we install without
 /// recommends), and mmdebstrap to build images from Debian packages without a registry

@@ -3,7 +3,9 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use std::sync::Mutex;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 /// A step in progress, shown as a spinner until it is finished.
 pub struct Spinner {
@@ -14,7 +16,15 @@ pub struct Spinner {
 
 impl Spinner {
     pub fn start(message: &str) -> Spinner {
-        let bar = ProgressBar::new_spinner().with_message(message.to_owned());
+        Spinner::start_in(None, message)
+    }
+
+    /// A spinner among others that run at the same time.
+    fn start_in(multi: Option<&MultiProgress>, message: &str) -> Spinner {
+        let mut bar = ProgressBar::new_spinner().with_message(message.to_owned());
+        if let Some(multi) = multi {
+            bar = multi.add(bar);
+        }
         bar.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"));
         bar.enable_steady_tick(Duration::from_millis(100));
         Spinner { bar, message: message.to_owned(), started: Instant::now() }
@@ -34,4 +44,25 @@ pub async fn step<T, E>(message: &str, work: impl Future<Output = Result<T, E>>)
     let result = work.await;
     spinner.finish(result.is_ok());
     result
+}
+
+/// Steps that may run at the same time, each shown with its own spinner.
+#[derive(Default)]
+pub struct Steps {
+    multi: MultiProgress,
+    spinners: Mutex<Vec<Option<Spinner>>>,
+}
+
+impl local::deployment::Progress for Steps {
+    fn start(&self, step: &str) -> usize {
+        let mut spinners = self.spinners.lock().expect("spinners");
+        spinners.push(Some(Spinner::start_in(Some(&self.multi), step)));
+        spinners.len() - 1
+    }
+
+    fn done(&self, step: usize, ok: bool) {
+        if let Some(spinner) = self.spinners.lock().expect("spinners")[step].take() {
+            spinner.finish(ok);
+        }
+    }
 }

@@ -9,15 +9,19 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use local::Deployment;
-use local::deployment::{Binaries, Options, Progress};
+use local::deployment::{Binaries, Options};
 use local::scenario::{self, Ran};
 use serde_json::json;
 
 use crate::packages::{self, RABBITMQ};
-use crate::progress::Spinner;
+use crate::progress::{Spinner, Steps};
 
 #[derive(clap::Args, Default)]
 pub struct Args {
+    /// Where the services run: `process` (child processes of this command) or `auto` (the best
+    /// this machine has; today the process runtime).
+    #[arg(long, value_enum, default_value_t = Runtime::Auto)]
+    pub runtime: Runtime,
     /// How many tasks workers to start.
     #[arg(long, default_value_t = 1)]
     pub workers: u16,
@@ -38,6 +42,16 @@ pub struct Args {
     /// leaving the shell tears it down.
     #[arg(short, long, conflicts_with_all = ["keep", "scenarios"])]
     pub interactive: bool,
+    /// Make scenario NAME fail, to test what a failed run leaves behind.
+    #[arg(long, value_name = "NAME", hide = true)]
+    pub fail_on_purpose: Option<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Runtime {
+    #[default]
+    Auto,
+    Process,
 }
 
 /// One scenario's result.
@@ -97,9 +111,8 @@ async fn interrupted() {
 /// Builds the service binaries with the release profile, as they ship.
 fn build_binaries() -> anyhow::Result<Binaries> {
     let spinner = Spinner::start("building the service binaries (release)");
-    let output = std::process::Command::new(crate::ci::cargo_program())
+    let output = crate::ci::cargo()
         .args(["build", "--release", "--quiet", "-p", "webhook", "-p", "tasks"])
-        .current_dir(crate::workspace_root())
         .output()
         .context("running cargo build")?;
     spinner.finish(output.status.success());
@@ -109,24 +122,9 @@ fn build_binaries() -> anyhow::Result<Binaries> {
     Ok(Binaries::in_dir(&crate::runs_dir().parent().expect("runs live in the target directory").join("release")))
 }
 
-/// Shows each deployment step as a spinner, then a line with its time.
-#[derive(Default)]
-struct Steps(Option<Spinner>);
-
-impl Progress for Steps {
-    fn start(&mut self, step: &str) {
-        self.0 = Some(Spinner::start(step));
-    }
-    fn done(&mut self, ok: bool) {
-        if let Some(spinner) = self.0.take() {
-            spinner.finish(ok);
-        }
-    }
-}
-
 async fn deploy_and_check(run_dir: &Path, options: &Options, args: &Args) -> anyhow::Result<()> {
     let started = Instant::now();
-    let deployment = Deployment::start(run_dir, options, &mut Steps::default()).await?;
+    let deployment = Deployment::start(run_dir, options, &Steps::default()).await?;
     if args.interactive {
         return shell(&deployment).await;
     }
@@ -140,9 +138,15 @@ async fn deploy_and_check(run_dir: &Path, options: &Options, args: &Args) -> any
         let spinner = Spinner::start(&format!("scenario {name}"));
         let began = Instant::now();
         // Each scenario in a task of its own: one that panics fails alone, and teardown still runs.
+        let fail = args.fail_on_purpose.as_ref() == Some(&name);
         let task = tokio::spawn({
             let (deployment, name) = (deployment.clone(), name.clone());
-            async move { scenario::run(&name, &deployment).await.map_err(|err| err.to_string()) }
+            async move {
+                match fail {
+                    true => Err("failed on purpose (--fail-on-purpose)".to_owned()),
+                    false => scenario::run(&name, &deployment).await.map_err(|err| err.to_string()),
+                }
+            }
         });
         let ran = task.await.unwrap_or_else(|panic| Err(format!("the scenario panicked: {panic}")));
         spinner.finish(ran.is_ok());
@@ -152,7 +156,9 @@ async fn deploy_and_check(run_dir: &Path, options: &Options, args: &Args) -> any
     print_table(&outcomes);
     let endpoints = deployment.endpoints();
     let mut report = json!({
-        "runtime": "process",
+        "runtime": match args.runtime {
+            Runtime::Auto | Runtime::Process => "process",
+        },
         "seconds": seconds,
         "scenarios": outcomes.iter().map(|o| {
             let (status, detail) = match &o.ran {
@@ -163,15 +169,16 @@ async fn deploy_and_check(run_dir: &Path, options: &Options, args: &Args) -> any
             json!({"name": o.name, "status": status, "seconds": o.seconds, "detail": detail})
         }).collect::<Vec<_>>(),
     });
+    // Where the services were (or, with --keep, are), and how to stop a kept deployment.
+    report["endpoints"] = json!({
+        "amqp": endpoints.amqp,
+        "secrets": endpoints.secrets,
+        "webhook": endpoints.webhook,
+        "github_api": endpoints.github_api,
+        "s3": endpoints.s3,
+    });
     let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.ran.is_err()).collect();
     if args.keep && failed.is_empty() {
-        report["endpoints"] = json!({
-            "amqp": endpoints.amqp,
-            "secrets": endpoints.secrets,
-            "webhook": endpoints.webhook,
-            "github_api": endpoints.github_api,
-            "s3": endpoints.s3,
-        });
         report["stop"] = json!("cargo xtask down");
     }
     if let Some(path) = &args.json {

@@ -1,0 +1,151 @@
+//! `cargo xtask run-local` as a user runs it: a run that fails on purpose and a run interrupted
+//! with SIGINT both leave no process of the run alive and no port it used open; the
+//! interactive mode, driven under tmux, reaches the deployment and tears it down on `exit`.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn xtask() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    command.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
+    command
+}
+
+/// The run directory named in run-local's output ("... kept in DIR" or "logs: DIR").
+fn run_dir(output: &str) -> String {
+    let line = output
+        .lines()
+        .find(|line| line.contains("kept in ") || line.trim_start().starts_with("logs:"))
+        .unwrap_or_else(|| panic!("no run directory in:\n{output}"));
+    line.rsplit([' ']).next().unwrap().trim().to_owned()
+}
+
+/// Every live process whose command line or environment mentions `dir`.
+fn processes_of(dir: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if pid.parse::<u32>().is_err() || pid == std::process::id().to_string() {
+            continue;
+        }
+        for file in ["cmdline", "environ"] {
+            let text = std::fs::read(entry.path().join(file)).unwrap_or_default();
+            if String::from_utf8_lossy(&text).contains(dir) {
+                let command = String::from_utf8_lossy(&std::fs::read(entry.path().join("cmdline")).unwrap_or_default())
+                    .replace('\0', " ");
+                found.push(format!("{pid}: {command}"));
+                break;
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_failed_run_reports_the_failure_and_leaves_nothing_behind() {
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let output = xtask()
+        .args(["run-local", "--scenario", "queue", "--scenario", "s3", "--fail-on-purpose", "s3", "--json"])
+        .arg(report.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("scenario s3 failed: failed on purpose"), "{stderr}");
+    assert!(stderr.contains("rabbitmq (") && stderr.contains("webhook (") && stderr.contains("worker-1 ("), "{stderr}");
+    let dir = run_dir(&stderr);
+    assert!(Path::new(&dir).join("webhook.log").is_file(), "the logs are kept in {dir}");
+
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(report.path()).unwrap()).unwrap();
+    assert_eq!(report["runtime"], "process");
+    let statuses: Vec<(&str, &str)> = report["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(statuses, [("queue", "pass"), ("s3", "fail")]);
+    assert!(report.get("stop").is_none(), "nothing is kept");
+
+    assert_eq!(processes_of(&dir), Vec::<String>::new(), "processes of the run outlived it");
+    let endpoints = &report["endpoints"];
+    for name in ["amqp", "webhook", "github_api", "s3"] {
+        let url = endpoints[name].as_str().unwrap();
+        let port: u16 = url.trim_end_matches('/').rsplit(':').next().unwrap().parse().unwrap();
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "{name} port {port} is still open");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_interrupted_run_leaves_nothing_behind() {
+    let mut child = xtask().arg("run-local").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    // Interrupt once the deployment is up, while the scenarios run.
+    let mut seen = String::new();
+    while !seen.contains("✔ starting 1 tasks worker(s)") {
+        let mut line = String::new();
+        assert!(std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() > 0, "run-local ended early:\n{seen}");
+        seen.push_str(&line);
+    }
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let dir = run_dir(&stderr);
+    assert_eq!(processes_of(&dir), Vec::<String>::new(), "processes of the run outlived it");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_interactive_shell_reaches_the_deployment_and_exit_tears_it_down() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        eprintln!("skipped: tmux is not installed (cargo xtask ci installs it)");
+        return;
+    }
+    let socket = format!("workbench-test-{}", std::process::id());
+    let tmux = |args: &[&str]| Command::new("tmux").args(["-L", &socket]).args(args).output().unwrap();
+    let command = format!("{} run-local -i", env!("CARGO_BIN_EXE_xtask"));
+    let cwd = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let started = Command::new("tmux")
+        .args(["-L", &socket, "new-session", "-d", "-s", "run", "-x", "200", "-y", "60", "-c"])
+        .arg(&cwd)
+        .arg(&command)
+        .env("SHELL", "/bin/bash")
+        .status()
+        .unwrap();
+    assert!(started.success());
+    let pane =
+        || String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-S", "-200", "-t", "run"]).stdout).into_owned();
+    let wait_for = |text: &str| {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let shown = pane();
+            if shown.contains(text) {
+                return shown;
+            }
+            assert!(Instant::now() < deadline, "{text:?} never appeared:\n{shown}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let banner = wait_for("this shell reaches it");
+    let dir = run_dir(&wait_for("  logs:"));
+    assert!(banner.contains("tasks inspect-queue"), "{banner}");
+    tmux(&["send-keys", "-t", "run", "tasks inspect-queue", "Enter"]);
+    let shown = wait_for("queue webhook does not exist or is empty");
+    for queue in ["public", "rhel", "statistics", "webhook"] {
+        assert!(shown.contains(&format!("{queue} queue:")), "{shown}");
+    }
+    tmux(&["send-keys", "-t", "run", "exit", "Enter"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tmux(&["has-session", "-t", "run"]).status.success() {
+        assert!(Instant::now() < deadline, "run-local did not end after exit:\n{}", pane());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = tmux(&["kill-server"]);
+    assert_eq!(processes_of(&dir), Vec::<String>::new(), "processes of the run outlived it");
+    assert!(!Path::new(&dir).exists(), "a run that succeeded removes its directory");
+}
