@@ -28,6 +28,12 @@ impl Binaries {
         Binaries { webhook: dir.join("webhook"), tasks: dir.join("tasks") }
     }
 
+    /// The binaries of the build a test belongs to: tests run from `target/<profile>/deps/`.
+    pub fn of_test_build() -> Binaries {
+        let exe = std::env::current_exe().unwrap_or_default();
+        Binaries::in_dir(exe.parent().and_then(Path::parent).unwrap_or(Path::new(".")))
+    }
+
     /// Their directory, for `PATH`.
     pub fn dir(&self) -> &Path {
         self.tasks.parent().unwrap_or(Path::new("."))

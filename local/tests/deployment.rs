@@ -22,11 +22,8 @@ impl Progress for Steps {
     }
 }
 
-/// The service binaries of this build: tests run from target/<profile>/deps/.
 fn binaries() -> Binaries {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let binaries = Binaries::in_dir(dir);
+    let binaries = Binaries::of_test_build();
     for binary in [&binaries.webhook, &binaries.tasks] {
         assert!(binary.is_file(), "{} is missing: build the workspace first (cargo build)", binary.display());
     }

@@ -283,3 +283,28 @@ async fn container_the_project_names_its_image_and_a_missing_image_is_an_interna
     assert_eq!(last_status(&ran), Some(("error", &*format!("Internal error [{HOST}]"))));
     assert!(ran.log.contains("Failed to create container from localhost/workbench/no-such-image"), "{}", ran.log);
 }
+
+/// `tasks job-runner json`: the same job run from the command line; a failed test is a normal
+/// end (exit 0), as in Cockpit.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_job_runner_command_runs_a_job_to_its_final_status() {
+    let world = world(Sandbox::Process, None).await.unwrap();
+    let binary = local::Binaries::of_test_build().tasks;
+    assert!(binary.is_file(), "{} is missing: build it with `cargo build -p tasks`", binary.display());
+    for (fixture, state) in [("passing", "success"), ("failing", "failure")] {
+        let repo = format!("workbench-ci/{fixture}-cli");
+        world.mock.add_repo(&repo, &workspace(&format!("fixtures/repos/{fixture}"))).unwrap();
+        let head = world.mock.open_pull(&repo, 1, "A change", "workbench-ci").unwrap();
+        let job = serde_json::to_string(&job(&repo, &head, serde_json::json!({}))).unwrap();
+        let status = tokio::process::Command::new(&binary)
+            .args(["job-runner", "--hostname", "cli", "--job-runner-config"])
+            .arg(world.dir.path().join("job-runner.toml"))
+            .args(["json", &job])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success(), "{fixture}: {status}");
+        let last = world.mock.statuses(&repo, &head).pop().unwrap();
+        assert_eq!((last.state.as_str(), last.description.ends_with("[cli]")), (state, true), "{fixture}");
+    }
+}

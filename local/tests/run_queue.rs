@@ -272,10 +272,8 @@ async fn a_merged_pull_request_becomes_cockpits_statistics_command() {
     assert_eq!(session.declare(STATISTICS).await.unwrap(), 0);
 }
 
-/// The `tasks` binary of this build: tests run from target/<profile>/deps/.
 fn tasks_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let binary = exe.parent().and_then(|deps| deps.parent()).unwrap().join("tasks");
+    let binary = local::Binaries::of_test_build().tasks;
     assert!(binary.is_file(), "{} is missing: build it with `cargo build -p tasks`", binary.display());
     binary
 }

@@ -4,6 +4,7 @@
 
 pub mod container;
 pub mod job;
+pub mod job_runner;
 pub mod log_stream;
 pub mod metrics;
 pub mod retry;

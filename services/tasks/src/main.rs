@@ -3,7 +3,7 @@
 
 mod queue_tools;
 
-use tasks::{run_queue, tests_scan};
+use tasks::{job_runner, run_queue, tests_scan};
 
 use std::path::PathBuf;
 
@@ -30,6 +30,8 @@ enum Command {
     RunQueue(run_queue::Args),
     /// Decide which contexts of pull requests to test; post "Not yet tested" and queue jobs.
     TestsScan(tests_scan::Args),
+    /// Run one job to its final status: statuses, log and attachments in S3.
+    JobRunner(job_runner::Args),
     /// Publish standard input (a JSON message) to a queue, with priority 9.
     PublishQueue(queue_tools::PublishArgs),
     /// Show each queue's messages without taking them.
@@ -64,12 +66,14 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::RunQueue(args) => run_queue::run(&config, args, shutdown_signal()).await,
         Command::TestsScan(args) => tests_scan::run(&config, args).await,
+        Command::JobRunner(args) => job_runner::run(args, shutdown_signal()).await,
         Command::PublishQueue(args) => queue_tools::publish(&config, args).await,
         Command::InspectQueue(args) => queue_tools::inspect(&config, args).await,
     }
 }
 
-/// SIGTERM or SIGINT: take no more work, finish what is in hand, exit.
+/// SIGTERM or SIGINT: take no more work, finish (run-queue) or cancel (job-runner) what is in
+/// hand, exit.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
