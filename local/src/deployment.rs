@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::service::{ServiceError, Webhook, Worker, WorkerConfig};
+use crate::worker::Forge;
 use crate::{Broker, MockGitHub, S3Server, Secrets};
 
 /// The fixture projects on the mock GitHub: repository and fixture directory.
@@ -48,6 +49,9 @@ pub struct Options {
     pub workers: u16,
     /// The repository's `fixtures/` directory.
     pub fixtures: PathBuf,
+    /// The workers talk to github.com with the token in this file, instead of the mock (which
+    /// runs all the same, idle).
+    pub real_github_token: Option<PathBuf>,
 }
 
 /// Told about each step as it starts and ends, to show progress. Independent steps run at
@@ -80,6 +84,8 @@ pub struct Deployment {
     pub test_map: PathBuf,
     pub runner_config: PathBuf,
     pub binaries: Binaries,
+    /// The GitHub the workers talk to: the mock, unless in the real GitHub mode.
+    pub forge: Forge,
     // Stopped in reverse order of the data flow: workers first, broker last.
     pub workers: Vec<Worker>,
     pub webhook: Webhook,
@@ -126,18 +132,21 @@ impl Deployment {
             }),
         );
         let (broker, s3, github) = (broker?, s3?, github?);
-        let runner_config = crate::worker::write_runner_config(run_dir, &github, &s3, &secrets, "process", None)
+        let forge = match &options.real_github_token {
+            Some(token_file) => Forge::github(token_file),
+            None => Forge::mock(&github, &secrets),
+        };
+        let runner_config = crate::worker::write_runner_config(run_dir, &forge, &s3, &secrets, "process", None)
             .map_err(|source| DeployError::Io { what: "write the job-runner configuration".into(), source })?;
         let test_map = options.fixtures.join("testmap.toml");
         let work_dir = run_dir.join("jobs");
         std::fs::create_dir_all(&work_dir)
             .map_err(|source| DeployError::Io { what: format!("create {}", work_dir.display()), source })?;
-        let api = github.api_url();
         let config = WorkerConfig {
             broker: &broker,
             secrets: &secrets,
             test_map: &test_map,
-            github_api: &api,
+            forge: &forge,
             runner_config: &runner_config,
             work_dir: &work_dir,
             jobs: 1,
@@ -164,6 +173,7 @@ impl Deployment {
             test_map,
             runner_config,
             binaries: options.binaries.clone(),
+            forge,
             workers: workers?,
             webhook: webhook?,
             github,
@@ -178,7 +188,7 @@ impl Deployment {
             amqp: self.broker.address().to_string(),
             secrets: self.secrets.webhook_dir(),
             webhook: self.webhook.url(),
-            github_api: self.github.api_url(),
+            github_api: self.forge.api_url.clone(),
             s3: self.s3.url(),
         }
     }
@@ -191,7 +201,7 @@ impl Deployment {
             ("AMQP_SERVER", endpoints.amqp),
             ("WORKBENCH_SECRETS_DIR", endpoints.secrets.display().to_string()),
             ("GITHUB_API", endpoints.github_api),
-            ("COCKPIT_GITHUB_TOKEN_FILE", self.secrets.github_token().display().to_string()),
+            ("COCKPIT_GITHUB_TOKEN_FILE", self.forge.token_file.display().to_string()),
             ("WORKBENCH_TESTMAP", self.test_map.display().to_string()),
             ("JOB_RUNNER_CONFIG", self.runner_config.display().to_string()),
             ("WORKBENCH_WEBHOOK", endpoints.webhook),

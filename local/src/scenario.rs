@@ -252,6 +252,55 @@ async fn kvm(deployment: &Deployment) -> Result<Option<String>, ScenarioError> {
     Ok(None)
 }
 
+/// What run-local's real GitHub mode does (Cockpit's `--pr` test): tests-scan of pull request
+/// `number` of `repo`, with the context `unit-tests` injected for its base branch (so any
+/// repository can be tried), publishing to the deployment; then waits until every context it
+/// queued has its final status, read back from the forge. Returns those statuses.
+pub async fn scan_pull_request(
+    deployment: &Deployment,
+    repo: &str,
+    number: u64,
+    within: Duration,
+) -> Result<Vec<github::Status>, ScenarioError> {
+    let forge = &deployment.forge;
+    let token = github::read_token(&forge.token_file)?;
+    let client = github::GitHub::new(&forge.api_url, &token)?;
+    let pull = client
+        .pull(repo, number)
+        .await?
+        .ok_or_else(|| ScenarioError::Assertion(format!("{repo} has no pull request #{number}")))?;
+    let scanned = tokio::process::Command::new(&deployment.binaries.tasks)
+        .args(["tests-scan", "--publish", "--repo", repo, "-p", &number.to_string()])
+        .envs(deployment.shell_env())
+        .env("COCKPIT_TESTMAP_INJECT", format!("{}/unit-tests", pull.base.branch))
+        .output()
+        .await
+        .map_err(|e| ScenarioError::Assertion(format!("cannot run tasks tests-scan: {e}")))?;
+    check(scanned.status.success(), || {
+        format!("tests-scan failed: {}", String::from_utf8_lossy(&scanned.stderr).trim())
+    })?;
+    // Ours are the statuses tests-scan and job-runner post; other CI systems' are left alone.
+    let ours = |s: &github::Status| {
+        let description = s.description.as_deref().unwrap_or_default();
+        description.starts_with("Not yet tested") || description.ends_with(']')
+    };
+    let deadline = Instant::now() + within;
+    loop {
+        let statuses: Vec<github::Status> =
+            client.statuses(repo, &pull.head.sha).await?.into_iter().filter(ours).collect();
+        if !statuses.is_empty() && statuses.iter().all(|s| s.state != "pending") {
+            return Ok(statuses);
+        }
+        if Instant::now() > deadline {
+            return Err(ScenarioError::Assertion(format!(
+                "{repo}#{number} has no final statuses within {} s: {statuses:?}",
+                within.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 fn status(context: &str, state: &str, description: &str) -> StatusUpdate {
     StatusUpdate { context: context.into(), state: state.into(), description: description.into(), target_url: None }
 }

@@ -127,7 +127,7 @@ pub struct WorkerConfig<'a> {
     pub broker: &'a Broker,
     pub secrets: &'a Secrets,
     pub test_map: &'a Path,
-    pub github_api: &'a str,
+    pub forge: &'a crate::worker::Forge,
     pub runner_config: &'a Path,
     pub work_dir: &'a Path,
     pub jobs: u16,
@@ -157,8 +157,8 @@ impl Worker {
             .args(["run-queue", "--hostname", hostname, "--jobs", &config.jobs.to_string()])
             .arg("--test-map")
             .arg(config.test_map)
-            .args(["--github-api", config.github_api, "--github-token-file"])
-            .arg(config.secrets.github_token())
+            .args(["--github-api", &config.forge.api_url, "--github-token-file"])
+            .arg(&config.forge.token_file)
             .arg("--job-runner-config")
             .arg(config.runner_config)
             .arg("--work-dir")

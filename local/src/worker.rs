@@ -1,15 +1,40 @@
 //! What a tasks worker of the local deployment needs: a job-runner configuration pointing at
-//! the mock GitHub and the in-process S3 store, with Cockpit's keys and token files.
+//! the forge (the mock GitHub, or the real one) and the in-process S3 store, with Cockpit's
+//! keys and token files.
 
 use std::path::{Path, PathBuf};
 
 use crate::{MockGitHub, S3Server, Secrets};
 
+/// The GitHub the workers talk to.
+#[derive(Debug, Clone)]
+pub struct Forge {
+    pub api_url: String,
+    pub clone_url: String,
+    pub token_file: PathBuf,
+}
+
+impl Forge {
+    /// The mock, with the token of the generated secrets.
+    pub fn mock(github: &MockGitHub, secrets: &Secrets) -> Forge {
+        Forge { api_url: github.api_url(), clone_url: github.clone_url(), token_file: secrets.github_token() }
+    }
+
+    /// github.com, with a real token (run-local's real GitHub mode).
+    pub fn github(token_file: &Path) -> Forge {
+        Forge {
+            api_url: github::DEFAULT_API.to_owned(),
+            clone_url: "https://github.com/".to_owned(),
+            token_file: token_file.to_owned(),
+        }
+    }
+}
+
 /// Writes `job-runner.toml` into `dir` for jobs in `sandbox` ("process" or "container", the
 /// latter through the podman API at `podman_socket`); returns its path.
 pub fn write_runner_config(
     dir: &Path,
-    github: &MockGitHub,
+    forge: &Forge,
     s3: &S3Server,
     secrets: &Secrets,
     sandbox: &str,
@@ -33,9 +58,9 @@ sandbox = "{sandbox}"
         s3 = s3.url(),
         keys = secrets.s3_keys_dir().display(),
         ca = secrets.ca_cert().display(),
-        api = github.api_url(),
-        clone = github.clone_url(),
-        token = secrets.github_token().display(),
+        api = forge.api_url,
+        clone = forge.clone_url,
+        token = forge.token_file.display(),
     );
     if let Some(socket) = podman_socket {
         toml.push_str(&format!("command = [\"podman-remote\", \"--url=unix://{}\"]\n", socket.display()));

@@ -1,5 +1,6 @@
 //! The whole deployment on the process runtime, from the workspace's service binaries: every
-//! scenario passes, and dropping the deployment leaves no process and no listening port.
+//! scenario passes, so does the real GitHub mode's scan of a pull request (against the mock),
+//! and dropping the deployment leaves no process and no listening port.
 
 use std::path::PathBuf;
 
@@ -38,6 +39,7 @@ async fn every_scenario_passes_and_teardown_leaves_nothing_behind() {
         secrets: None,
         workers: 2,
         fixtures: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures"),
+        real_github_token: None,
     };
     let steps = Steps::default();
     let deployment = Deployment::start(dir.path(), &options, &steps).await.unwrap();
@@ -61,6 +63,13 @@ async fn every_scenario_passes_and_teardown_leaves_nothing_behind() {
         let ran = scenario::run(name, &deployment).await;
         assert!(matches!(ran, Ok(Ran::Passed | Ran::Skipped(_))), "scenario {name}: {ran:?}");
     }
+    // The real GitHub mode's code path, against the mock.
+    deployment.github.open_pull("workbench-ci/demo", 4, "Scanned by number", "workbench-ci").unwrap();
+    let within = std::time::Duration::from_secs(120);
+    let statuses = scenario::scan_pull_request(&deployment, "workbench-ci/demo", 4, within).await.unwrap();
+    let states: Vec<(&str, &str)> = statuses.iter().map(|s| (s.context.as_str(), s.state.as_str())).collect();
+    assert_eq!(states, [("unit-tests", "success")]);
+
     let unknown = scenario::run("no-such-scenario", &deployment).await.unwrap_err().to_string();
     assert!(unknown.starts_with("no scenario \"no-such-scenario\"; the scenarios are queue, s3,"), "{unknown}");
 

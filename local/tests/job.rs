@@ -58,7 +58,15 @@ async fn world(sandbox: Sandbox, clone_url: Option<&str>) -> Option<World> {
     let s3 = S3Server::start(&dir.path().join("s3"), &secrets, false).await.unwrap();
     let sandbox = if sandbox == Sandbox::Process { "process" } else { "container" };
     let socket = podman.as_ref().map(|p| p.socket());
-    let file = local::worker::write_runner_config(dir.path(), &mock, &s3, &secrets, sandbox, socket).unwrap();
+    let file = local::worker::write_runner_config(
+        dir.path(),
+        &local::worker::Forge::mock(&mock, &secrets),
+        &s3,
+        &secrets,
+        sandbox,
+        socket,
+    )
+    .unwrap();
     // Still in [container]: the image, then a secret jobs may ask for.
     let extra = format!(
         r#"default-image = "{BASE_IMAGE}"

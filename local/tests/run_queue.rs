@@ -40,7 +40,15 @@ async fn world() -> World {
     let s3 = S3Server::start(&dir.path().join("s3"), &secrets, false).await.unwrap();
     mock.add_repo(REPO, &workspace("fixtures/repos/passing")).unwrap();
     let head = mock.open_pull(REPO, 1, "Make the frobnicator faster", "workbench-ci").unwrap();
-    let runner_config = local::worker::write_runner_config(dir.path(), &mock, &s3, &secrets, "process", None).unwrap();
+    let runner_config = local::worker::write_runner_config(
+        dir.path(),
+        &local::worker::Forge::mock(&mock, &secrets),
+        &s3,
+        &secrets,
+        "process",
+        None,
+    )
+    .unwrap();
     let args = Args {
         scan: ScanArgs {
             test_map: workspace("fixtures/testmap.toml"),

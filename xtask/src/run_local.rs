@@ -42,6 +42,17 @@ pub struct Args {
     /// leaving the shell tears it down.
     #[arg(short, long, conflicts_with_all = ["keep", "scenarios"])]
     pub interactive: bool,
+    /// Real GitHub mode (Cockpit's `--pr` test): instead of the scenarios, scan this pull
+    /// request of the real `--repo`, run its contexts on the local deployment and post real
+    /// statuses with the token in `--github-token`. Needs internet access.
+    #[arg(short = 'p', long = "pr", value_name = "PR", requires_all = ["repo", "github_token"], conflicts_with_all = ["scenarios", "interactive"])]
+    pub pr: Option<u64>,
+    /// The repository of `--pr`, OWNER/NAME.
+    #[arg(long, value_name = "OWNER/NAME", requires = "pr")]
+    pub repo: Option<String>,
+    /// A file holding a GitHub token allowed to post statuses to `--repo`.
+    #[arg(long, value_name = "FILE", requires = "pr")]
+    pub github_token: Option<PathBuf>,
     /// Make scenario NAME fail, to test what a failed run leaves behind.
     #[arg(long, value_name = "NAME", hide = true)]
     pub fail_on_purpose: Option<String>,
@@ -82,6 +93,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         secrets: args.secrets.clone(),
         workers: args.workers,
         fixtures: crate::workspace_root().join("fixtures"),
+        real_github_token: args.github_token.clone(),
     };
     let result = crate::runtime()?.block_on(async {
         tokio::select! {
@@ -133,6 +145,9 @@ async fn deploy_and_check(run_dir: &Path, options: &Options, args: &Args) -> any
         true => scenario::ALL.iter().map(|name| name.to_string()).collect(),
         false => args.scenarios.clone(),
     };
+    if let (Some(number), Some(repo)) = (args.pr, &args.repo) {
+        return real_pull_request(&deployment, repo, number).await;
+    }
     let mut outcomes = Vec::new();
     for name in names {
         let spinner = Spinner::start(&format!("scenario {name}"));
@@ -243,6 +258,24 @@ async fn shell(deployment: &Deployment) -> anyhow::Result<()> {
         .spawn()
         .with_context(|| format!("starting {program}"))?;
     child.wait().await?;
+    Ok(())
+}
+
+/// The real GitHub mode: one pull request scanned and tested, its statuses printed.
+async fn real_pull_request(deployment: &Deployment, repo: &str, number: u64) -> anyhow::Result<()> {
+    let spinner = Spinner::start(&format!("testing {repo}#{number} (statuses on GitHub)"));
+    // Cockpit's default job timeout, and some.
+    let within = std::time::Duration::from_secs(130 * 60);
+    let result = scenario::scan_pull_request(deployment, repo, number, within).await;
+    spinner.finish(result.is_ok());
+    let statuses = result?;
+    println!("\n{:<32} {:<8} description", "context", "state");
+    for status in &statuses {
+        println!("{:<32} {:<8} {}", status.context, status.state, status.description.as_deref().unwrap_or_default());
+    }
+    if statuses.iter().any(|s| s.state != "success") {
+        bail!("not every context of {repo}#{number} succeeded; logs: {}", deployment.run_dir.display());
+    }
     Ok(())
 }
 
