@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -41,6 +42,12 @@ enum What {
         #[arg(long, default_value_t = 1_000)]
         rate: usize,
     },
+    /// `cargo xtask run-local` end to end, as a whole process, with the binaries already built.
+    RunLocal {
+        /// How many runs to measure.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// The tasks worker (release build, process sandbox): latency from a pull_request event in
     /// `webhook` to "Not yet tested" and from a job in `public` to "In progress", one at a time;
     /// then no-op jobs per second with 1 and with 2 workers.
@@ -59,12 +66,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     match args.what {
         What::BrokerStart { runs } => broker_start(runs),
         What::Webhook { clients, deliveries, rate } => {
-            let binary = build_release("webhook")?;
-            crate::runtime()?.block_on(webhook(&binary, clients, deliveries, rate))
+            let binaries = crate::run_local::build_binaries()?;
+            crate::runtime()?.block_on(webhook(&binaries.webhook, clients, deliveries, rate))
         }
+        What::RunLocal { runs } => run_local(runs),
         What::Worker { events, jobs } => {
-            let binary = build_release("tasks")?;
-            crate::runtime()?.block_on(worker(&binary, events, jobs))
+            let binaries = crate::run_local::build_binaries()?;
+            crate::runtime()?.block_on(worker(&binaries.tasks, events, jobs))
         }
     }
 }
@@ -149,6 +157,42 @@ async fn webhook(binary: &Path, clients: usize, deliveries: usize, rate: usize) 
         "webhook: {webhook_rate:.0} deliveries/s, {:.2} of raw broker, p99 {:.2} ms, rss {rss:.1} MB",
         webhook_rate / raw_rate,
         ms(p99)
+    );
+    Ok(())
+}
+
+fn run_local(runs: usize) -> anyhow::Result<()> {
+    crate::run_local::build_binaries()?;
+    let xtask = std::env::current_exe().context("finding the xtask binary")?;
+    let report = tempfile::NamedTempFile::new()?;
+    let mut times = Vec::new();
+    for run in 1..=runs {
+        let started = Instant::now();
+        let output = Command::new(&xtask).args(["run-local", "--json"]).arg(report.path()).output()?;
+        let elapsed = started.elapsed();
+        if !output.status.success() {
+            bail!("run-local failed:\n{}", String::from_utf8_lossy(&output.stderr));
+        }
+        let report: serde_json::Value = serde_json::from_slice(&std::fs::read(report.path())?)?;
+        let broker = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .find(|line| line.contains("starting RabbitMQ"))
+            .and_then(|line| line.rsplit('(').next())
+            .map(|time| time.trim_end_matches(" s)").to_owned())
+            .unwrap_or_default();
+        println!(
+            "run {run}: {:.2} s (deployment and scenarios {:.2} s; broker start {broker} s)",
+            elapsed.as_secs_f64(),
+            report["seconds"].as_f64().unwrap_or_default()
+        );
+        times.push(elapsed);
+    }
+    times.sort();
+    println!(
+        "run-local: median {:.2} s over {runs} runs (min {:.2} s, max {:.2} s)",
+        percentile(&times, 50).as_secs_f64(),
+        times[0].as_secs_f64(),
+        times[runs - 1].as_secs_f64()
     );
     Ok(())
 }
@@ -417,18 +461,6 @@ async fn wait_healthy(addr: SocketAddr) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// Builds a service binary with the release profile and returns its path.
-fn build_release(package: &str) -> anyhow::Result<PathBuf> {
-    let status = crate::ci::cargo()
-        .args(["build", "--release", "--quiet", "-p", package, "--bin", package])
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("building {package} failed; see the output above");
-    }
-    Ok(crate::runs_dir().parent().expect("runs live in the target directory").join("release").join(package))
 }
 
 /// Peak resident memory of a process, from /proc (VmHWM).

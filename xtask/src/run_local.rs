@@ -121,7 +121,7 @@ async fn interrupted() {
 }
 
 /// Builds the service binaries with the release profile, as they ship.
-fn build_binaries() -> anyhow::Result<Binaries> {
+pub(crate) fn build_binaries() -> anyhow::Result<Binaries> {
     let spinner = Spinner::start("building the service binaries (release)");
     let output = crate::ci::cargo()
         .args(["build", "--release", "--quiet", "-p", "webhook", "-p", "tasks"])
