@@ -1,7 +1,7 @@
 //! `cargo xtask bench <what>`: measurements, printed as recorded in docs/benchmarks.md.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
