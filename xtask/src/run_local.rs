@@ -25,6 +25,9 @@ pub struct Args {
     /// How many tasks workers to start.
     #[arg(long, default_value_t = 1)]
     pub workers: u16,
+    /// Use the `webhook` and `tasks` binaries in DIR instead of building them (release).
+    #[arg(long, value_name = "DIR")]
+    pub binaries: Option<PathBuf>,
     /// Use these secrets (as written by `cargo xtask secrets`) instead of fresh ones.
     #[arg(long, value_name = "DIR")]
     pub secrets: Option<PathBuf>,
@@ -84,7 +87,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     packages::ensure(&[RABBITMQ])?;
-    let binaries = build_binaries()?;
+    let binaries = match &args.binaries {
+        Some(dir) => Binaries::in_dir(dir),
+        None => build_binaries()?,
+    };
     let runs = crate::runs_dir();
     std::fs::create_dir_all(&runs).with_context(|| format!("creating {}", runs.display()))?;
     let run_dir = tempfile::Builder::new().prefix("run-").tempdir_in(&runs).context("creating the run directory")?;

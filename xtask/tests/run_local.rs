@@ -6,10 +6,17 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn xtask() -> Command {
+/// `xtask run-local` with the service binaries of this build (not rebuilt with the release
+/// profile: `cargo xtask ci` runs that path).
+fn run_local() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
     command.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
+    command.args(["run-local", "--binaries", &binaries_dir()]);
     command
+}
+
+fn binaries_dir() -> String {
+    Path::new(env!("CARGO_BIN_EXE_xtask")).parent().unwrap().display().to_string()
 }
 
 /// The run directory named in run-local's output ("... kept in DIR" or "logs: DIR").
@@ -45,8 +52,8 @@ fn processes_of(dir: &str) -> Vec<String> {
 #[test]
 fn a_failed_run_reports_the_failure_and_leaves_nothing_behind() {
     let report = tempfile::NamedTempFile::new().unwrap();
-    let output = xtask()
-        .args(["run-local", "--scenario", "queue", "--scenario", "s3", "--fail-on-purpose", "s3", "--json"])
+    let output = run_local()
+        .args(["--scenario", "queue", "--scenario", "s3", "--fail-on-purpose", "s3", "--json"])
         .arg(report.path())
         .output()
         .unwrap();
@@ -80,7 +87,7 @@ fn a_failed_run_reports_the_failure_and_leaves_nothing_behind() {
 
 #[test]
 fn an_interrupted_run_leaves_nothing_behind() {
-    let mut child = xtask().arg("run-local").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = run_local().stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     // Interrupt once the deployment is up, while the scenarios run.
     let mut seen = String::new();
@@ -108,7 +115,7 @@ fn the_interactive_shell_reaches_the_deployment_and_exit_tears_it_down() {
     }
     let socket = format!("workbench-test-{}", std::process::id());
     let tmux = |args: &[&str]| Command::new("tmux").args(["-L", &socket]).args(args).output().unwrap();
-    let command = format!("{} run-local -i", env!("CARGO_BIN_EXE_xtask"));
+    let command = format!("{} run-local -i --binaries {}", env!("CARGO_BIN_EXE_xtask"), binaries_dir());
     let cwd = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let started = Command::new("tmux")
         .args(["-L", &socket, "new-session", "-d", "-s", "run", "-x", "200", "-y", "60", "-c"])
