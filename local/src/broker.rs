@@ -2,7 +2,6 @@
 //! name, cookie, ports and epmd, listening only for TLS on 127.0.0.1, where the only way in is
 //! a client certificate of our CA whose common name is the AMQP user.
 
-use std::fmt::Write as _;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -14,6 +13,33 @@ use crate::port::free_port;
 use crate::secrets::{AMQP_USER, Secrets};
 
 const RABBITMQ_BIN: &str = "/usr/lib/rabbitmq/bin";
+/// Where Debian's RabbitMQ keeps `rabbitmq_server-<version>/plugins`.
+const RABBITMQ_LIB: &str = "/usr/lib/rabbitmq/lib";
+/// The broker itself, its libraries, and the plugin for certificate login.
+const NEEDED_PLUGINS: [&str; 22] = [
+    "rabbit",
+    "rabbit_common",
+    "rabbitmq_prelaunch",
+    "rabbitmq_auth_mechanism_ssl",
+    "amqp10_common",
+    "aten",
+    "credentials_obfuscation",
+    "cuttlefish",
+    "enough",
+    "gen_batch_server",
+    "getopt",
+    "jsx",
+    "observer_cli",
+    "osiris",
+    "ra",
+    "ranch",
+    "recon",
+    "seshat",
+    "stdout_formatter",
+    "syslog",
+    "sysmon_handler",
+    "systemd",
+];
 const EPMD: &str = "/usr/bin/epmd";
 /// RabbitMQ takes 4-5 s to start on these machines; allow for a slow, loaded one.
 const START_TIMEOUT: Duration = Duration::from_secs(90);
@@ -141,31 +167,27 @@ impl Broker {
     fn write_config(&self) -> Result<(), BrokerError> {
         let webhook = self.secrets.webhook_dir();
         let path = |name: &str| webhook.join(name).display().to_string();
-        let mut conf = String::new();
-        let _ = write!(
-            conf,
-            "\
-listeners.tcp = none
-listeners.ssl.default = 127.0.0.1:{port}
-ssl_options.cacertfile = {ca}
-ssl_options.certfile = {cert}
-ssl_options.keyfile = {key}
-ssl_options.verify = verify_peer
-ssl_options.fail_if_no_peer_cert = true
-ssl_options.versions.1 = tlsv1.3
-ssl_options.versions.2 = tlsv1.2
-auth_mechanisms.1 = EXTERNAL
-ssl_cert_login_from = common_name
-load_definitions = {definitions}
-consumer_timeout = 9000000
-log.console = false
-log.file.level = info
+        // Erlang terms rather than the new-style format: RabbitMQ then skips translating the
+        // configuration through every plugin's schema (cuttlefish), part of its slow start.
+        let string = |value: &str| format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""));
+        let conf = format!(
+            "[{{rabbit, [
+  {{tcp_listeners, []}},
+  {{ssl_listeners, [{{\"127.0.0.1\", {port}}}]}},
+  {{ssl_options, [{{cacertfile, {ca}}}, {{certfile, {cert}}}, {{keyfile, {key}}},
+                 {{verify, verify_peer}}, {{fail_if_no_peer_cert, true}}, {{versions, ['tlsv1.3', 'tlsv1.2']}}]}},
+  {{auth_mechanisms, ['EXTERNAL']}},
+  {{ssl_cert_login_from, common_name}},
+  {{load_definitions, {definitions}}},
+  {{consumer_timeout, 9000000}},
+  {{log, [{{console, [{{enabled, false}}]}}, {{file, [{{level, info}}]}}]}}
+]}}].
 ",
             port = self.port,
-            ca = path("ca.pem"),
-            cert = path("amqp-server.pem"),
-            key = path("amqp-server.key"),
-            definitions = self.dir.join("definitions.json").display(),
+            ca = string(&path("ca.pem")),
+            cert = string(&path("amqp-server.pem")),
+            key = string(&path("amqp-server.key")),
+            definitions = string(&self.dir.join("definitions.json").display().to_string()),
         );
         // The certificate user, with no usable password; no guest.
         let definitions = serde_json::json!({
@@ -174,7 +196,7 @@ log.file.level = info
             "permissions": [{"user": AMQP_USER, "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}],
         });
         let files = [
-            ("rabbitmq.conf", conf),
+            ("rabbitmq.config", conf),
             ("definitions.json", definitions.to_string()),
             ("enabled_plugins", "[rabbitmq_auth_mechanism_ssl].\n".to_owned()),
             ("rabbitmq-env.conf", String::new()),
@@ -182,6 +204,35 @@ log.file.level = info
         for (name, contents) in files {
             let path = self.dir.join(name);
             std::fs::write(&path, contents).map_err(io_error(format!("write {}", path.display())))?;
+        }
+        self.link_plugins()
+    }
+
+    /// A plugins directory with only what this broker runs. At start RabbitMQ loads every
+    /// application of its plugins directory to scan their modules (feature flags, boot steps),
+    /// which is most of its CPU-bound start with Debian's seventy; these are the ones it needs.
+    fn link_plugins(&self) -> Result<(), BrokerError> {
+        let lib = std::fs::read_dir(RABBITMQ_LIB).map_err(io_error(format!("read {RABBITMQ_LIB}")))?;
+        let source = lib
+            .flatten()
+            .map(|entry| entry.path().join("plugins"))
+            .find(|plugins| plugins.parent().is_some_and(|p| p.to_string_lossy().contains("rabbitmq_server-")))
+            .ok_or_else(|| BrokerError::Io {
+                what: format!("find RabbitMQ's plugins in {RABBITMQ_LIB}"),
+                source: std::io::ErrorKind::NotFound.into(),
+            })?;
+        let source = source.as_path();
+        let target = self.dir.join("plugins");
+        std::fs::create_dir_all(&target).map_err(io_error(format!("create {}", target.display())))?;
+        let entries = std::fs::read_dir(source).map_err(io_error(format!("read {}", source.display())))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let application = name.rsplit_once('-').map_or(name.as_str(), |(application, _)| application);
+            if NEEDED_PLUGINS.contains(&application) {
+                let link = target.join(&name);
+                std::os::unix::fs::symlink(entry.path(), &link)
+                    .map_err(io_error(format!("link {}", link.display())))?;
+            }
         }
         Ok(())
     }
@@ -194,9 +245,10 @@ log.file.level = info
             .current_dir(dir)
             .env("HOME", dir.join("home"))
             .env("RABBITMQ_CONF_ENV_FILE", dir.join("rabbitmq-env.conf"))
-            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
+            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.config"))
             .env("RABBITMQ_ADVANCED_CONFIG_FILE", dir.join("advanced.config"))
             .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
+            .env("RABBITMQ_PLUGINS_DIR", dir.join("plugins"))
             .env("RABBITMQ_NODENAME", &self.node)
             .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
             .env("RABBITMQ_LOG_BASE", dir)
