@@ -2,7 +2,8 @@
 //! `webhook` ends, through tests-scan and job-runner, in Cockpit's three statuses, and rescans
 //! meanwhile queue nothing twice; two workers share a queue of jobs and run each exactly once;
 //! a worker killed with SIGKILL leaves its job to another; a stopping worker cancels what
-//! outlives its grace period; a merged pull request becomes a statistics command.
+//! outlives its grace period; a job that cannot run is acknowledged, not looped; a merged pull
+//! request becomes a statistics command.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -226,6 +227,11 @@ async fn a_stopping_worker_cancels_jobs_past_its_grace_period_and_acknowledges_t
     let world = world().await;
     let session = Session::connect(&world.broker.client_config()).await.unwrap();
     session.declare(PUBLIC).await.unwrap();
+    // First a job the worker cannot even start (an unknown forge): acknowledged, and the worker
+    // goes on to the next.
+    let broken = serde_json::json!({"job": {"repo": REPO, "sha": world.head, "context": "broken", "forge": "nowhere",
+        "pull": null, "report": null, "command_subject": null, "env": {}, "secrets": []}, "human": "broken"});
+    session.publish(PUBLIC.name, broken.to_string().as_bytes(), Some(5)).await.unwrap();
     world.publish_job(&session, "unit-tests", Some(&["sh", "-c", "sleep 600"])).await;
     let (stop, worker) = world.worker_with(Args { hostname: Some("worker-1".into()), grace: 1, ..world.args.clone() });
     world.wait_until(|statuses| !statuses.is_empty()).await;

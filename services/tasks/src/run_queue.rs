@@ -223,10 +223,14 @@ async fn next_work(work: &mut [Work]) -> (&'static str, Option<Result<Delivery, 
     .await
 }
 
-/// Acknowledges a message once its work has run to the end (a job: its final status).
+/// Acknowledges a message once its work has run to the end (a job: its final status). Work
+/// that failed is acknowledged too, as Cockpit's run-queue does whatever the exit status: a
+/// message that fails every worker must not go round forever, and the worker keeps serving.
 async fn finish(done: Result<(Delivery, anyhow::Result<()>), tokio::task::JoinError>) -> anyhow::Result<()> {
     let (delivery, result) = done?;
-    result?;
+    if let Err(err) = result {
+        tracing::error!(err = format!("{err:#}"), "the work of a message failed; acknowledging it all the same");
+    }
     delivery.ack().await?;
     Ok(())
 }
