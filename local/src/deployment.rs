@@ -167,7 +167,7 @@ impl Deployment {
                 futures_util::future::try_join_all(starts).await
             }),
         );
-        Ok(Deployment {
+        let deployment = Deployment {
             run_dir: run_dir.to_owned(),
             secrets,
             test_map,
@@ -179,7 +179,13 @@ impl Deployment {
             github,
             s3,
             broker,
-        })
+        };
+        // Where everything is, for people and tools looking at the run directory.
+        let endpoints = deployment.endpoints().to_json();
+        let path = run_dir.join("endpoints.json");
+        std::fs::write(&path, endpoints.to_string())
+            .map_err(|source| DeployError::Io { what: format!("write {}", path.display()), source })?;
+        Ok(deployment)
     }
 
     /// How to reach each service.
@@ -238,4 +244,17 @@ pub struct Endpoints {
     pub webhook: String,
     pub github_api: String,
     pub s3: String,
+}
+
+impl Endpoints {
+    /// As run-local's report has them.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "amqp": self.amqp,
+            "secrets": self.secrets,
+            "webhook": self.webhook,
+            "github_api": self.github_api,
+            "s3": self.s3,
+        })
+    }
 }

@@ -191,13 +191,7 @@ async fn deploy_and_check(run_dir: &Path, options: &Options, args: &Args) -> any
         }).collect::<Vec<_>>(),
     });
     // Where the services were (or, with --keep, are), and how to stop a kept deployment.
-    report["endpoints"] = json!({
-        "amqp": endpoints.amqp,
-        "secrets": endpoints.secrets,
-        "webhook": endpoints.webhook,
-        "github_api": endpoints.github_api,
-        "s3": endpoints.s3,
-    });
+    report["endpoints"] = endpoints.to_json();
     let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.ran.is_err()).collect();
     if args.keep && failed.is_empty() {
         report["stop"] = json!("cargo xtask down");

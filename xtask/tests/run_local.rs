@@ -76,13 +76,17 @@ fn a_failed_run_reports_the_failure_and_leaves_nothing_behind() {
     assert!(report.get("stop").is_none(), "nothing is kept");
 
     assert_eq!(processes_of(&dir), Vec::<String>::new(), "processes of the run outlived it");
-    let endpoints = &report["endpoints"];
+    assert_ports_closed(&report["endpoints"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Every port of a run's endpoints (the report's, or the run directory's endpoints.json) is free.
+fn assert_ports_closed(endpoints: &serde_json::Value) {
     for name in ["amqp", "webhook", "github_api", "s3"] {
-        let url = endpoints[name].as_str().unwrap();
+        let url = endpoints[name].as_str().unwrap_or_else(|| panic!("no {name} in {endpoints}"));
         let port: u16 = url.trim_end_matches('/').rsplit(':').next().unwrap().parse().unwrap();
         assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "{name} port {port} is still open");
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -91,7 +95,7 @@ fn an_interrupted_run_leaves_nothing_behind() {
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     // Interrupt once the deployment is up, while the scenarios run.
     let mut seen = String::new();
-    while !seen.contains("✔ starting 1 tasks worker(s)") {
+    while !seen.contains("✔ scenario queue") {
         let mut line = String::new();
         assert!(std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() > 0, "run-local ended early:\n{seen}");
         seen.push_str(&line);
@@ -104,6 +108,8 @@ fn an_interrupted_run_leaves_nothing_behind() {
     assert!(stderr.contains("interrupted"), "{stderr}");
     let dir = run_dir(&stderr);
     assert_eq!(processes_of(&dir), Vec::<String>::new(), "processes of the run outlived it");
+    let endpoints = std::fs::read(Path::new(&dir).join("endpoints.json")).unwrap();
+    assert_ports_closed(&serde_json::from_slice(&endpoints).unwrap());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
