@@ -1,9 +1,9 @@
-//! A private podman API service and the images built without a registry.
+//! A private podman API service.
 //!
 //! The service is `podman system service` with the project's own containers.conf, passed by
 //! `CONTAINERS_CONF`, so nothing in /etc changes (platform-notes.md: runc, not crun; ulimits
 //! under the host's hard limit; logs in files, since there may be no journald). Images live in
-//! podman's usual storage, shared with the `podman` command.
+//! podman's usual storage, shared with the `podman` command (see `images.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -21,10 +21,6 @@ runtime = "runc"
 events_logger = "file"
 cgroup_manager = "cgroupfs"
 "#;
-
-/// A Debian image from the distribution's packages: the base of the project's images, and an
-/// image jobs can run in.
-pub const BASE_IMAGE: &str = "localhost/workbench/base";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodmanError {
@@ -96,53 +92,5 @@ impl PodmanService {
         let mut command = Command::new("podman");
         command.env("CONTAINERS_CONF", &self.conf);
         command
-    }
-
-    /// Builds [`BASE_IMAGE`] with mmdebstrap unless it exists. Concurrent callers (tests in
-    /// other processes) wait for one build.
-    pub fn ensure_base_image(&self) -> Result<(), PodmanError> {
-        let lock_path = std::env::temp_dir().join("workbench-base-image.lock");
-        let lock = std::fs::File::create(&lock_path)
-            .map_err(|source| PodmanError::Io { what: format!("create {}", lock_path.display()), source })?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| PodmanError::Io { what: "lock the image build".into(), source: e.into() })?;
-        let exists = self.command().args(["image", "exists", BASE_IMAGE]).status();
-        if exists.is_ok_and(|status| status.success()) {
-            return Ok(());
-        }
-        let failed = |detail: String| PodmanError::Build { image: BASE_IMAGE.into(), detail };
-        // A Debian root file system with documentation stripped, streamed into an image.
-        let mut debootstrap = Command::new("mmdebstrap")
-            .args([
-                "--quiet",
-                "--variant=apt",
-                "--include=ca-certificates",
-                "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
-                "--dpkgopt=path-exclude=/usr/share/man/*",
-                "--dpkgopt=path-exclude=/usr/share/doc/*",
-                "--dpkgopt=path-exclude=/usr/share/locale/*",
-                "bookworm",
-                "-",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| failed(format!("cannot run mmdebstrap: {e} (install the mmdebstrap package)")))?;
-        let tarball = debootstrap.stdout.take().expect("piped");
-        let imported = self
-            .command()
-            .args(["import", "--quiet", "-", BASE_IMAGE])
-            .stdin(tarball)
-            .stdout(Stdio::null())
-            .output()
-            .map_err(|e| failed(format!("cannot run podman import: {e}")))?;
-        let built = debootstrap.wait_with_output().map_err(|e| failed(e.to_string()))?;
-        if !built.status.success() {
-            return Err(failed(format!("mmdebstrap: {}", String::from_utf8_lossy(&built.stderr).trim())));
-        }
-        if !imported.status.success() {
-            return Err(failed(format!("podman import: {}", String::from_utf8_lossy(&imported.stderr).trim())));
-        }
-        Ok(())
     }
 }

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 use amqp::Job;
 use github::StatusUpdate;
-use local::podman::{BASE_IMAGE, PodmanService};
+use local::images::BASE as BASE_IMAGE;
+use local::podman::PodmanService;
 use local::{MockGitHub, S3Server, secrets};
 use tasks::job::{self, Outcome};
 use tasks::runner_config::RunnerConfig;
@@ -50,7 +51,7 @@ async fn world(sandbox: Sandbox, clone_url: Option<&str>) -> Option<World> {
         },
     };
     if let Some(podman) = &podman {
-        podman.ensure_base_image().unwrap();
+        local::images::ensure_base(podman).unwrap();
     }
     let (secrets, _) = secrets::generate(&dir.path().join("secrets"), false).unwrap();
     let token = std::fs::read_to_string(secrets.github_token()).unwrap();

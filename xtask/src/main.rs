@@ -3,6 +3,7 @@
 
 mod bench;
 mod ci;
+mod images;
 mod packages;
 mod payload;
 mod progress;
@@ -34,6 +35,8 @@ enum Command {
     Secrets(secrets::Args),
     /// Run everything CI checks: formatting, lints, all tests, and run-local.
     Ci,
+    /// Build the RabbitMQ and tasks images offline, from Debian's packages (no registry).
+    Images(images::Args),
     /// Measure, and print figures as recorded in docs/benchmarks.md.
     Bench(bench::Args),
     /// Print a mocked GitHub event as the webhook queues it (for `tasks publish-queue`).
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         Command::Down => run_local::down(),
         Command::Secrets(args) => secrets::run(args),
         Command::Ci => ci::run(),
+        Command::Images(args) => images::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Payload(args) => payload::run(args),
     };

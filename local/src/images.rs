@@ -1,0 +1,131 @@
+//! The project's images, built without a registry (platform-notes.md): a Debian base from the
+//! distribution's packages (mmdebstrap piped into `podman import`), then the RabbitMQ and tasks
+//! images from the Containerfiles in `local/images/`, the tasks image with the service binaries
+//! in a last layer of their own. An image whose inputs did not change is not built again.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use sha2::{Digest, Sha256};
+
+use crate::podman::{PodmanError, PodmanService};
+
+/// A Debian image from the distribution's packages: the base of the others, and an image jobs
+/// can run in.
+pub const BASE: &str = "localhost/workbench/base";
+pub const RABBITMQ: &str = "localhost/workbench/rabbitmq";
+pub const TASKS: &str = "localhost/workbench/tasks";
+
+/// The label holding a digest of what an image was built from.
+const INPUTS_LABEL: &str = "workbench.inputs";
+
+/// Whether a build did anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Built {
+    Built,
+    Unchanged,
+}
+
+/// The directory of the Containerfiles.
+pub fn containerfiles() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("images")
+}
+
+fn failed(image: &str, detail: impl Into<String>) -> PodmanError {
+    PodmanError::Build { image: image.to_owned(), detail: detail.into() }
+}
+
+/// Builds [`BASE`] with mmdebstrap unless it exists. Concurrent callers (tests in other
+/// processes) wait for one build.
+pub fn ensure_base(podman: &PodmanService) -> Result<Built, PodmanError> {
+    let lock_path = std::env::temp_dir().join("workbench-base-image.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .map_err(|source| PodmanError::Io { what: format!("create {}", lock_path.display()), source })?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| PodmanError::Io { what: "lock the image build".into(), source: e.into() })?;
+    if podman.command().args(["image", "exists", BASE]).status().is_ok_and(|status| status.success()) {
+        return Ok(Built::Unchanged);
+    }
+    // A Debian root file system with documentation stripped, streamed into an image.
+    let mut debootstrap = Command::new("mmdebstrap")
+        .args([
+            "--quiet",
+            "--variant=apt",
+            "--include=ca-certificates",
+            "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
+            "--dpkgopt=path-exclude=/usr/share/man/*",
+            "--dpkgopt=path-exclude=/usr/share/doc/*",
+            "--dpkgopt=path-exclude=/usr/share/locale/*",
+            "bookworm",
+            "-",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| failed(BASE, format!("cannot run mmdebstrap: {e} (install the mmdebstrap package)")))?;
+    let tarball = debootstrap.stdout.take().expect("piped");
+    let imported = podman
+        .command()
+        .args(["import", "--quiet", "-", BASE])
+        .stdin(tarball)
+        .stdout(Stdio::null())
+        .output()
+        .map_err(|e| failed(BASE, format!("cannot run podman import: {e}")))?;
+    let built = debootstrap.wait_with_output().map_err(|e| failed(BASE, e.to_string()))?;
+    if !built.status.success() {
+        return Err(failed(BASE, format!("mmdebstrap: {}", String::from_utf8_lossy(&built.stderr).trim())));
+    }
+    if !imported.status.success() {
+        return Err(failed(BASE, format!("podman import: {}", String::from_utf8_lossy(&imported.stderr).trim())));
+    }
+    Ok(Built::Built)
+}
+
+/// Builds `image` from `containerfile` (FROM [`BASE`]) with `files` in its build context,
+/// unless an image built from the same inputs (Containerfile, files, base image) exists or
+/// `force`. podman's layer cache keeps what comes before a changed `COPY`.
+pub fn build(
+    podman: &PodmanService,
+    image: &str,
+    containerfile: &Path,
+    files: &[&Path],
+    force: bool,
+) -> Result<Built, PodmanError> {
+    let io = |what: String| move |source| PodmanError::Io { what, source };
+    let mut digest = Sha256::new();
+    digest.update(std::fs::read(containerfile).map_err(io(format!("read {}", containerfile.display())))?);
+    for file in files {
+        digest.update(file.file_name().unwrap_or_default().as_encoded_bytes());
+        digest.update(std::fs::read(file).map_err(io(format!("read {}", file.display())))?);
+    }
+    digest.update(inspect(podman, BASE, "{{.Id}}").unwrap_or_default());
+    let inputs = format!("{:x}", digest.finalize());
+    let label = format!("{{{{index .Labels \"{INPUTS_LABEL}\"}}}}");
+    if !force && inspect(podman, image, &label).as_deref() == Some(inputs.as_str()) {
+        return Ok(Built::Unchanged);
+    }
+    let context = tempfile::tempdir().map_err(io("create a build context".into()))?;
+    for file in files {
+        let name = file.file_name().unwrap_or_default();
+        std::fs::copy(file, context.path().join(name)).map_err(io(format!("copy {}", file.display())))?;
+    }
+    let output = podman
+        .command()
+        .args(["build", "--quiet", "--label", &format!("{INPUTS_LABEL}={inputs}"), "--tag", image, "--file"])
+        .arg(containerfile)
+        .arg(context.path())
+        .output()
+        .map_err(|e| failed(image, format!("cannot run podman build: {e}")))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
+        return Err(failed(image, tail.into_iter().rev().collect::<Vec<_>>().join("\n")));
+    }
+    Ok(Built::Built)
+}
+
+/// `podman image inspect --format FORMAT IMAGE`, or `None` when there is no such image.
+pub fn inspect(podman: &PodmanService, image: &str, format: &str) -> Option<String> {
+    let output = podman.command().args(["image", "inspect", "--format", format, image]).output().ok()?;
+    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}

@@ -1,0 +1,66 @@
+//! The project's images, built without a registry: the tasks image has the binaries, git and
+//! qemu; the RabbitMQ image the server; an unchanged build is skipped; a changed binary
+//! rebuilds only the binaries' layer. Skipped, with the reason, where podman is not installed.
+
+use std::path::Path;
+
+use local::images::{self, Built};
+use local::{Binaries, PodmanService};
+
+fn run(podman: &PodmanService, image: &str, args: &[&str]) -> String {
+    let output =
+        podman.command().args(["run", "--rm", "--entrypoint", args[0], image]).args(&args[1..]).output().unwrap();
+    assert!(output.status.success(), "{args:?} in {image}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn images_build_offline_and_rebuild_only_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let podman = match PodmanService::start(&dir.path().join("podman")).await {
+        Ok(podman) => podman,
+        Err(local::PodmanError::NotInstalled) => return eprintln!("skipped: podman is not installed here"),
+        Err(err) => panic!("{err}"),
+    };
+    images::ensure_base(&podman).unwrap();
+    let binaries = Binaries::of_test_build();
+    let containerfiles = images::containerfiles();
+    let rabbitmq = containerfiles.join("rabbitmq/Containerfile");
+    let tasks = containerfiles.join("tasks/Containerfile");
+    // Copies of the binaries, so that this test can change one.
+    let (tasks_binary, webhook_binary) = (dir.path().join("tasks"), dir.path().join("webhook"));
+    std::fs::copy(&binaries.tasks, &tasks_binary).unwrap();
+    std::fs::copy(&binaries.webhook, &webhook_binary).unwrap();
+    let files = [tasks_binary.as_path(), webhook_binary.as_path()];
+
+    images::build(&podman, images::RABBITMQ, &rabbitmq, &[], false).unwrap();
+    images::build(&podman, images::TASKS, &tasks, &files, false).unwrap();
+    assert!(run(&podman, images::TASKS, &["tasks", "--version"]).starts_with("tasks "));
+    assert!(run(&podman, images::TASKS, &["webhook", "--help"]).contains("--listen"));
+    assert!(run(&podman, images::TASKS, &["git", "--version"]).starts_with("git version"));
+    assert!(run(&podman, images::TASKS, &["qemu-system-x86_64", "--version"]).starts_with("QEMU emulator"));
+    assert_eq!(run(&podman, images::TASKS, &["pwd"]).trim(), "/work");
+    run(&podman, images::RABBITMQ, &["test", "-x", "/usr/lib/rabbitmq/bin/rabbitmq-server"]);
+
+    assert_eq!(images::build(&podman, images::TASKS, &tasks, &files, false).unwrap(), Built::Unchanged);
+    assert_eq!(images::build(&podman, images::RABBITMQ, &rabbitmq, &[], false).unwrap(), Built::Unchanged);
+
+    let layers = |image: &str| -> Vec<String> {
+        let layers = images::inspect(&podman, image, "{{range .RootFS.Layers}}{{.}} {{end}}").unwrap();
+        layers.split_whitespace().map(str::to_owned).collect()
+    };
+    let before = layers(images::TASKS);
+    // A trailing byte changes the file, not what it does.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&webhook_binary)
+        .map(|mut f| std::io::Write::write_all(&mut f, b"\0"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(images::build(&podman, images::TASKS, &tasks, &files, false).unwrap(), Built::Built);
+    let after = layers(images::TASKS);
+    assert_eq!(before.len(), after.len());
+    assert_eq!(before[..before.len() - 1], after[..after.len() - 1], "only the binaries' layer changes");
+    assert_ne!(before.last(), after.last());
+    assert!(Path::new(&webhook_binary).is_file());
+}
