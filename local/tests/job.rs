@@ -186,6 +186,17 @@ async fn failing(sandbox: Sandbox) {
     assert!(ran.log.ends_with(&format!("\n*** Failure: {reason}\n")), "{}", ran.log);
 }
 
+/// A project with neither `.cockpit-ci/run` nor `test/run` fails as in Cockpit (its
+/// checkout-and-run exits 1), not as an infrastructure error.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_project_without_an_entry_point_fails() {
+    let world = world(Sandbox::Process, None).await.unwrap();
+    let ran = world.run("no-entry-point", serde_json::json!({}), false).await;
+    assert_eq!(ran.outcome, Outcome::Failure("Container exited with code 1".into()));
+    assert!(ran.log.contains("\n*** Failed to execute entry point.\n"), "{}", ran.log);
+    assert!(!ran.log.contains("Internal error"), "{}", ran.log);
+}
+
 /// A job gets a secret only when it asks for it, and never the worker's environment.
 async fn secrets(sandbox: Sandbox) {
     let Some(world) = world(sandbox, None).await else { return };

@@ -218,7 +218,12 @@ async fn execute(
         Some(command) => command.clone(),
         None => {
             let entry = [".cockpit-ci/run", "test/run"].into_iter().find(|entry| checkout.join(entry).exists());
-            vec![format!("./{}", entry.ok_or("*** Failed to execute entry point.")?)]
+            let Some(entry) = entry else {
+                // Cockpit's checkout-and-run says so and exits 1: a failure of the project.
+                log.write(b"*** Failed to execute entry point.\n").await.map_err(|e| e.to_string())?;
+                return Ok(Outcome::Failure("Container exited with code 1".into()));
+            };
+            vec![format!("./{entry}")]
         }
     };
     // The secrets the job asks for, as far as the configuration provides them.
