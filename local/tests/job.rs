@@ -186,6 +186,25 @@ async fn failing(sandbox: Sandbox) {
     assert!(ran.log.ends_with(&format!("\n*** Failure: {reason}\n")), "{}", ran.log);
 }
 
+/// As Cockpit's job-runner, a job whose pull request moved on fails with "<repo>#<n> changed".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_pull_request_changed_fails_so() {
+    let world = world(Sandbox::Process, None).await.unwrap();
+    let repo = "workbench-ci/moved-on";
+    let main = world.mock.add_repo(repo, &workspace("fixtures/repos/passing")).unwrap();
+    world.mock.open_pull(repo, 1, "A change", "workbench-ci").unwrap();
+    // The job tests an older commit than the pull request's head.
+    let job = job(repo, &main, serde_json::json!({"command": ["sleep", "60"]}));
+    let scratch = world.dir.path().join("scratch-moved-on");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let never = tokio::sync::watch::channel(false).1;
+    let outcome = job::run(&world.config, &job, HOST, &scratch, never).await.unwrap();
+    let reason = format!("{repo}#1 changed");
+    assert_eq!(outcome, Outcome::Failure(reason.clone()));
+    let last = world.mock.statuses(repo, &main).pop().unwrap();
+    assert_eq!((last.state.as_str(), last.description), ("failure", format!("{reason} [{HOST}]")));
+}
+
 /// A project with neither `.cockpit-ci/run` nor `test/run` fails as in Cockpit (its
 /// checkout-and-run exits 1), not as an infrastructure error.
 #[tokio::test(flavor = "multi_thread")]

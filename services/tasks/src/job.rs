@@ -17,6 +17,8 @@ use crate::retry;
 use crate::runner_config::{RunnerConfig, S3Key, SandboxKind};
 use crate::sandbox::{self, Cancel, Ended, RunArgs};
 
+/// Cockpit polls a job's pull request this often, the first time at once.
+const PULL_POLL: Duration = Duration::from_secs(60);
 /// Cockpit's default job timeout, in minutes.
 const DEFAULT_TIMEOUT_MINUTES: u64 = 120;
 
@@ -119,8 +121,25 @@ pub async fn run(
         log_url: &log_url,
         hostname,
     };
-    let executed = execute(&run_context, scratch, &mut log, &mut cancel).await;
-    let outcome = executed.unwrap_or_else(Outcome::Error);
+    // The job stops when the worker cancels it, or when its pull request is closed or changes.
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let mut reason = None;
+    let watch = async {
+        tokio::select! {
+            () = sandbox::cancelled(&mut cancel) => {}
+            why = watch_pull(&github, job, &subject.sha) => reason = Some(why),
+        }
+        stop.send_replace(true);
+        std::future::pending::<()>().await
+    };
+    let executed = tokio::select! {
+        executed = execute(&run_context, scratch, &mut log, &mut stopped) => executed,
+        () = watch => unreachable!("watching never ends"),
+    };
+    let outcome = match (executed, reason) {
+        (Ok(Outcome::Cancelled), Some(why)) => Outcome::Failure(why),
+        (executed, _) => executed.unwrap_or_else(Outcome::Error),
+    };
     let attachments = scratch.join("attachments");
     upload_attachments(&attachments, &attachments, &mut log).await?;
     match &outcome {
@@ -143,6 +162,24 @@ pub async fn run(
     }
     log.close().await?;
     Ok(outcome)
+}
+
+/// Returns, as Cockpit's job-runner's poller, `<repo>#<pull> is closed` or `<repo>#<pull>
+/// changed` once the job's pull request is closed or has another head; never for a job without
+/// one. Errors asking GitHub are ignored.
+async fn watch_pull(github: &GitHub, job: &Job, sha: &str) -> String {
+    let Some(number) = job.pull else { return std::future::pending().await };
+    loop {
+        if let Ok(Some(pull)) = github.pull(&job.repo, number).await {
+            if pull.state != "open" {
+                return format!("{}#{number} is closed", job.repo);
+            }
+            if pull.head.sha != sha {
+                return format!("{}#{number} changed", job.repo);
+            }
+        }
+        tokio::time::sleep(PULL_POLL).await;
+    }
 }
 
 async fn resolve(github: &GitHub, job: &Job) -> Result<Subject, JobError> {
