@@ -36,10 +36,10 @@ pub enum PodmanError {
 
 /// Whether the podman command is installed; `Err` says what is missing.
 pub fn installed() -> Result<(), PodmanError> {
-    let found = |name: &str| {
-        std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
-    };
-    match found("podman") && found("runc") {
+    // Only podman is looked up: it finds its runtime (runc, in /usr/sbin, outside the PATH of
+    // most users) by itself, and says so in the service's log if it cannot.
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    match std::env::split_paths(&path).any(|dir| dir.join("podman").is_file()) {
         true => Ok(()),
         false => Err(PodmanError::NotInstalled),
     }

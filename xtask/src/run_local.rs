@@ -107,8 +107,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             () = interrupted() => Err(anyhow::anyhow!("interrupted")),
         }
     });
-    // Every service has been stopped by now: their guards dropped with the future above.
-    let _ = std::fs::remove_file(kept_file());
+    // Every service has been stopped by now: their guards dropped with the future above. Only
+    // a kept run wrote the pid file; another run must not remove a kept deployment's.
+    if args.keep {
+        let _ = std::fs::remove_file(kept_file());
+    }
     if result.is_err() {
         let kept = run_dir.keep();
         eprintln!("the deployment was torn down; its logs are kept in {}", kept.display());
