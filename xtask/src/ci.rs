@@ -10,6 +10,9 @@ pub fn run() -> anyhow::Result<()> {
     packages::ensure(&[&[RABBITMQ, OPENSSL, TMUX], PODMAN.as_slice()].concat())?;
     cargo_step("formatting", &["fmt", "--all", "--check"])?;
     cargo_step("lints", &["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"])?;
+    // The integration tests start the service binaries of this build, which a test run alone
+    // does not build: they belong to other packages.
+    cargo_step("service binaries", &["build", "--workspace", "--bins"])?;
     if has_nextest() {
         cargo_step("tests", &["nextest", "run", "--workspace", "--no-fail-fast"])?;
     } else {

@@ -121,7 +121,12 @@ fn the_interactive_shell_reaches_the_deployment_and_exit_tears_it_down() {
     }
     let socket = format!("workbench-test-{}", std::process::id());
     let tmux = |args: &[&str]| Command::new("tmux").args(["-L", &socket]).args(args).output().unwrap();
-    let command = format!("{} run-local -i --binaries {}", env!("CARGO_BIN_EXE_xtask"), binaries_dir());
+    // The pane outlives run-local, so that a run that ends early shows why, at once.
+    let command = format!(
+        "{} run-local -i --binaries {}; echo \"run-local exited: $?\"; sleep 600",
+        env!("CARGO_BIN_EXE_xtask"),
+        binaries_dir()
+    );
     let cwd = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let started = Command::new("tmux")
         .args(["-L", &socket, "new-session", "-d", "-s", "run", "-x", "200", "-y", "60", "-c"])
@@ -140,6 +145,7 @@ fn the_interactive_shell_reaches_the_deployment_and_exit_tears_it_down() {
             if shown.contains(text) {
                 return shown;
             }
+            assert!(!shown.contains("run-local exited:"), "run-local ended before {text:?}:\n{shown}");
             assert!(Instant::now() < deadline, "{text:?} never appeared:\n{shown}");
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -153,12 +159,9 @@ fn the_interactive_shell_reaches_the_deployment_and_exit_tears_it_down() {
         assert!(shown.contains(&format!("{queue} queue:")), "{shown}");
     }
     tmux(&["send-keys", "-t", "run", "exit", "Enter"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while tmux(&["has-session", "-t", "run"]).status.success() {
-        assert!(Instant::now() < deadline, "run-local did not end after exit:\n{}", pane());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let ended = wait_for("run-local exited:");
     let _ = tmux(&["kill-server"]);
+    assert!(ended.contains("run-local exited: 0"), "{ended}");
     assert_eq!(processes_of(&dir), Vec::<String>::new(), "processes of the run outlived it");
     assert!(!Path::new(&dir).exists(), "a run that succeeded removes its directory");
 }
