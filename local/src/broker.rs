@@ -15,8 +15,9 @@ use crate::secrets::{AMQP_USER, Secrets};
 const RABBITMQ_BIN: &str = "/usr/lib/rabbitmq/bin";
 /// Where Debian's RabbitMQ keeps `rabbitmq_server-<version>/plugins`.
 const RABBITMQ_LIB: &str = "/usr/lib/rabbitmq/lib";
-/// The broker itself, its libraries, and the plugin for certificate login.
-const NEEDED_PLUGINS: [&str; 22] = [
+/// The broker itself, its libraries, and the plugin for certificate login: all a broker of
+/// ours loads (here and in the RabbitMQ image).
+pub const NEEDED_PLUGINS: [&str; 22] = [
     "rabbit",
     "rabbit_common",
     "rabbitmq_prelaunch",
@@ -165,42 +166,10 @@ impl Broker {
     }
 
     fn write_config(&self) -> Result<(), BrokerError> {
-        let webhook = self.secrets.webhook_dir();
-        let path = |name: &str| webhook.join(name).display().to_string();
-        // Erlang terms rather than the new-style format: RabbitMQ then skips translating the
-        // configuration through every plugin's schema (cuttlefish), part of its slow start.
-        let string = |value: &str| format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""));
-        let conf = format!(
-            "[{{rabbit, [
-  {{tcp_listeners, []}},
-  {{ssl_listeners, [{{\"127.0.0.1\", {port}}}]}},
-  {{ssl_options, [{{cacertfile, {ca}}}, {{certfile, {cert}}}, {{keyfile, {key}}},
-                 {{verify, verify_peer}}, {{fail_if_no_peer_cert, true}}, {{versions, ['tlsv1.3', 'tlsv1.2']}}]}},
-  {{auth_mechanisms, ['EXTERNAL']}},
-  {{ssl_cert_login_from, common_name}},
-  {{load_definitions, {definitions}}},
-  {{consumer_timeout, 9000000}},
-  {{log, [{{console, [{{enabled, false}}]}}, {{file, [{{level, info}}]}}]}}
-]}}].
-",
-            port = self.port,
-            ca = string(&path("ca.pem")),
-            cert = string(&path("amqp-server.pem")),
-            key = string(&path("amqp-server.key")),
-            definitions = string(&self.dir.join("definitions.json").display().to_string()),
-        );
-        // The certificate user, with no usable password; no guest.
-        let definitions = serde_json::json!({
-            "users": [{"name": AMQP_USER, "password_hash": "", "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ""}],
-            "vhosts": [{"name": "/"}],
-            "permissions": [{"user": AMQP_USER, "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}],
-        });
-        let files = [
-            ("rabbitmq.config", conf),
-            ("definitions.json", definitions.to_string()),
-            ("enabled_plugins", "[rabbitmq_auth_mechanism_ssl].\n".to_owned()),
-            ("rabbitmq-env.conf", String::new()),
-        ];
+        let listener = Listener::Loopback(self.port);
+        let definitions = self.dir.join("definitions.json");
+        let mut files = config_files(listener, &self.secrets.webhook_dir(), &definitions).to_vec();
+        files.push(("rabbitmq-env.conf", String::new()));
         for (name, contents) in files {
             let path = self.dir.join(name);
             std::fs::write(&path, contents).map_err(io_error(format!("write {}", path.display())))?;
@@ -299,14 +268,67 @@ impl Broker {
     pub fn log_tail(&self) -> String {
         [self.log_path(), self.dir.join("stdout.log")]
             .iter()
-            .filter_map(|path| std::fs::read_to_string(path).ok())
-            .map(|text| {
-                let lines: Vec<&str> = text.lines().collect();
-                lines[lines.len().saturating_sub(20)..].join("\n")
-            })
+            .map(|path| crate::service::tail(path, 20))
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// Where a broker takes connections.
+#[derive(Debug, Clone, Copy)]
+pub enum Listener {
+    /// A private broker on this machine: 127.0.0.1 only, logging to its file.
+    Loopback(u16),
+    /// The broker of the pod: every address of the pod's own network, logging to the console
+    /// so that `podman logs` has it.
+    Pod(u16),
+}
+
+/// The broker's `rabbitmq.config`, `definitions.json` (read from `definitions`) and
+/// `enabled_plugins`, with the certificates of `certs` (a secrets `webhook` directory, as seen
+/// by the broker): TLS only, a client certificate of the CA required, its common name the user.
+pub fn config_files(listener: Listener, certs: &Path, definitions: &Path) -> [(&'static str, String); 3] {
+    let path = |name: &str| certs.join(name).display().to_string();
+    let (listen, log) = match listener {
+        Listener::Loopback(port) => {
+            (format!("{{\"127.0.0.1\", {port}}}"), "{console, [{enabled, false}]}, {file, [{level, info}]}")
+        }
+        Listener::Pod(port) => {
+            (port.to_string(), "{console, [{enabled, true}, {level, info}]}, {file, [{file, false}]}")
+        }
+    };
+    // Erlang terms rather than the new-style format: RabbitMQ then skips translating the
+    // configuration through every plugin's schema (cuttlefish), part of its slow start.
+    let string = |value: &str| format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""));
+    let conf = format!(
+        "[{{rabbit, [
+  {{tcp_listeners, []}},
+  {{ssl_listeners, [{listen}]}},
+  {{ssl_options, [{{cacertfile, {ca}}}, {{certfile, {cert}}}, {{keyfile, {key}}},
+                 {{verify, verify_peer}}, {{fail_if_no_peer_cert, true}}, {{versions, ['tlsv1.3', 'tlsv1.2']}}]}},
+  {{auth_mechanisms, ['EXTERNAL']}},
+  {{ssl_cert_login_from, common_name}},
+  {{load_definitions, {definitions}}},
+  {{consumer_timeout, 9000000}},
+  {{log, [{log}]}}
+]}}].
+",
+        ca = string(&path("ca.pem")),
+        cert = string(&path("amqp-server.pem")),
+        key = string(&path("amqp-server.key")),
+        definitions = string(&definitions.display().to_string()),
+    );
+    // The certificate user, with no usable password; no guest.
+    let definitions = serde_json::json!({
+        "users": [{"name": AMQP_USER, "password_hash": "", "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ""}],
+        "vhosts": [{"name": "/"}],
+        "permissions": [{"user": AMQP_USER, "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}],
+    });
+    [
+        ("rabbitmq.config", conf),
+        ("definitions.json", definitions.to_string()),
+        ("enabled_plugins", "[rabbitmq_auth_mechanism_ssl].\n".to_owned()),
+    ]
 }
 
 impl Drop for Broker {

@@ -1,12 +1,15 @@
-//! The whole deployment on the `process` runtime, in the order of the data flow: fake secrets,
-//! the broker, the S3 store, the mock GitHub with the fixture projects, the webhook binary and
-//! the tasks workers. Dropping it tears everything down.
+//! The whole deployment, in the order of the data flow: fake secrets, the broker, the S3
+//! store, the mock GitHub with the fixture projects, the webhook and the tasks workers. On the
+//! `process` runtime the services are child processes; on the `podman` runtime they are the
+//! containers of one pod (`crate::pod`). Dropping it tears everything down.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crate::pod::{self, HostPorts, Pod};
 use crate::service::{ServiceError, Webhook, Worker, WorkerConfig};
-use crate::worker::Forge;
-use crate::{Broker, MockGitHub, S3Server, Secrets};
+use crate::worker::{Forge, RunnerConfig, Sandbox};
+use crate::{Broker, MockGitHub, PodmanService, S3Server, Secrets};
 
 /// The fixture projects on the mock GitHub: repository and fixture directory.
 pub const REPOS: [(&str, &str); 4] = [
@@ -52,6 +55,16 @@ pub struct Options {
     /// The workers talk to github.com with the token in this file, instead of the mock (which
     /// runs all the same, idle).
     pub real_github_token: Option<PathBuf>,
+    pub runtime: Runtime,
+}
+
+/// Where the services run.
+#[derive(Debug, Clone)]
+pub enum Runtime {
+    /// Child processes of this one.
+    Process,
+    /// The containers of one podman pod, from these images (present in podman's storage).
+    Podman { rabbitmq_image: String, tasks_image: String },
 }
 
 /// Told about each step as it starts and ends, to show progress. Independent steps run at
@@ -73,6 +86,12 @@ pub enum DeployError {
     GitHub(#[from] crate::github::MockError),
     #[error(transparent)]
     Service(#[from] ServiceError),
+    #[error(transparent)]
+    Podman(#[from] crate::PodmanError),
+    #[error(transparent)]
+    Pod(#[from] pod::PodError),
+    #[error("{0}")]
+    Unsupported(&'static str),
     #[error("cannot {what}: {source}")]
     Io { what: String, source: std::io::Error },
 }
@@ -82,16 +101,26 @@ pub struct Deployment {
     pub run_dir: PathBuf,
     pub secrets: Secrets,
     pub test_map: PathBuf,
+    /// The workers' job-runner configuration.
     pub runner_config: PathBuf,
     pub binaries: Binaries,
     /// The GitHub the workers talk to: the mock, unless in the real GitHub mode.
     pub forge: Forge,
-    // Stopped in reverse order of the data flow: workers first, broker last.
-    pub workers: Vec<Worker>,
-    pub webhook: Webhook,
+    /// How clients on this machine reach the broker.
+    pub amqp: amqp::Config,
+    /// Where the webhook takes deliveries, on this machine's loopback.
+    pub webhook: SocketAddr,
+    // Stopped in reverse order of the data flow: the services first, the S3 store last.
+    services: Services,
     pub github: MockGitHub,
     pub s3: S3Server,
-    pub broker: Broker,
+}
+
+enum Services {
+    // Workers first, broker last.
+    Processes { workers: Vec<Worker>, webhook: Webhook, broker: Broker },
+    // The pod is removed through the service that made it.
+    Pod { pod: Pod, _podman: PodmanService },
 }
 
 /// Runs one step, telling `progress` about it.
@@ -102,10 +131,23 @@ async fn step<T, E>(progress: &dyn Progress, what: &str, work: impl Future<Outpu
     result
 }
 
+fn io(what: String) -> impl FnOnce(std::io::Error) -> DeployError {
+    move |source| DeployError::Io { what, source }
+}
+
+/// What both runtimes share: secrets, the S3 store and the mock GitHub.
+struct World {
+    secrets: Secrets,
+    s3: S3Server,
+    github: MockGitHub,
+    test_map: PathBuf,
+    jobs_dir: PathBuf,
+}
+
 impl Deployment {
-    /// Brings the deployment up in `run_dir`: what needs nothing else at once (the broker, whose
-    /// start is most of the time, the S3 store and the mock GitHub), then the services that
-    /// need the broker.
+    /// Brings the deployment up in `run_dir`: what needs nothing else at once (the broker, or
+    /// the podman service, whose start is most of the time; the S3 store and the mock GitHub),
+    /// then the services that need the broker.
     pub async fn start(run_dir: &Path, options: &Options, progress: &dyn Progress) -> Result<Deployment, DeployError> {
         let secrets = match &options.secrets {
             Some(dir) => Secrets::at(dir),
@@ -117,38 +159,60 @@ impl Deployment {
                 .0
             }
         };
-        let token = std::fs::read_to_string(secrets.github_token())
-            .map_err(|source| DeployError::Io { what: format!("read {}", secrets.github_token().display()), source })?;
-        let (broker_dir, s3_dir) = (run_dir.join("broker"), run_dir.join("s3"));
-        let (broker, s3, github) = tokio::join!(
-            step(progress, "starting RabbitMQ (TLS only, certificate login)", Broker::start(&broker_dir, &secrets)),
-            step(progress, "starting S3 (HTTPS, buckets logs and images)", S3Server::start(&s3_dir, &secrets, true)),
-            step(progress, "starting the mock GitHub with the fixture projects", async {
-                let github = MockGitHub::start(&run_dir.join("github"), token.trim()).await?;
-                for (repo, fixture) in REPOS {
-                    github.add_repo(repo, &options.fixtures.join("repos").join(fixture))?;
+        let jobs_dir = run_dir.join("jobs");
+        std::fs::create_dir_all(&jobs_dir).map_err(io(format!("create {}", jobs_dir.display())))?;
+        match &options.runtime {
+            Runtime::Process => {
+                let broker_dir = run_dir.join("broker");
+                let (broker, world) = tokio::join!(
+                    step(
+                        progress,
+                        "starting RabbitMQ (TLS only, certificate login)",
+                        Broker::start(&broker_dir, &secrets)
+                    ),
+                    World::start(run_dir, secrets.clone(), jobs_dir, options, progress),
+                );
+                Deployment::start_processes(run_dir, options, broker?, world?, progress).await
+            }
+            Runtime::Podman { rabbitmq_image, tasks_image } => {
+                if options.real_github_token.is_some() {
+                    return Err(DeployError::Unsupported(
+                        "the real GitHub mode runs on the process runtime: pass --runtime process",
+                    ));
                 }
-                Ok::<_, crate::github::MockError>(github)
-            }),
-        );
-        let (broker, s3, github) = (broker?, s3?, github?);
+                let podman_dir = run_dir.join("podman");
+                let (podman, world) = tokio::join!(
+                    step(progress, "starting the podman service", PodmanService::start(&podman_dir)),
+                    World::start(run_dir, secrets.clone(), jobs_dir, options, progress),
+                );
+                let images = (rabbitmq_image.as_str(), tasks_image.as_str());
+                Deployment::start_pod(run_dir, options, podman?, world?, images, progress).await
+            }
+        }
+    }
+
+    async fn start_processes(
+        run_dir: &Path,
+        options: &Options,
+        broker: Broker,
+        world: World,
+        progress: &dyn Progress,
+    ) -> Result<Deployment, DeployError> {
+        let World { secrets, s3, github, test_map, jobs_dir } = world;
         let forge = match &options.real_github_token {
             Some(token_file) => Forge::github(token_file),
             None => Forge::mock(&github, &secrets),
         };
-        let runner_config = crate::worker::write_runner_config(run_dir, &forge, &s3, &secrets, "process", None)
-            .map_err(|source| DeployError::Io { what: "write the job-runner configuration".into(), source })?;
-        let test_map = options.fixtures.join("testmap.toml");
-        let work_dir = run_dir.join("jobs");
-        std::fs::create_dir_all(&work_dir)
-            .map_err(|source| DeployError::Io { what: format!("create {}", work_dir.display()), source })?;
+        let runner_config = RunnerConfig::local(&forge, &s3, &secrets, Sandbox::Process)
+            .write(run_dir)
+            .map_err(io("write the job-runner configuration".into()))?;
         let config = WorkerConfig {
             broker: &broker,
             secrets: &secrets,
             test_map: &test_map,
             forge: &forge,
             runner_config: &runner_config,
-            work_dir: &work_dir,
+            work_dir: &jobs_dir,
             jobs: 1,
         };
         let workers_label = format!("starting {} tasks worker(s)", options.workers.max(1));
@@ -160,42 +224,151 @@ impl Deployment {
             ),
             step(progress, &workers_label, async {
                 let starts = (1..=options.workers.max(1)).map(|n| {
-                    let hostname = format!("worker-{n}");
+                    let hostname = pod::worker_name(n);
                     let config = &config;
                     async move { Worker::start(&options.binaries.tasks, run_dir, &hostname, config).await }
                 });
                 futures_util::future::try_join_all(starts).await
             }),
         );
-        let deployment = Deployment {
+        let (webhook, workers) = (webhook?, workers?);
+        Deployment {
             run_dir: run_dir.to_owned(),
+            amqp: broker.client_config(),
+            webhook: webhook.address,
             secrets,
             test_map,
             runner_config,
             binaries: options.binaries.clone(),
             forge,
-            workers: workers?,
-            webhook: webhook?,
+            services: Services::Processes { workers, webhook, broker },
             github,
             s3,
-            broker,
+        }
+        .written_down()
+    }
+
+    async fn start_pod(
+        run_dir: &Path,
+        options: &Options,
+        podman: PodmanService,
+        world: World,
+        (rabbitmq_image, tasks_image): (&str, &str),
+        progress: &dyn Progress,
+    ) -> Result<Deployment, DeployError> {
+        let World { secrets, s3, github, test_map, jobs_dir } = world;
+        let workers = options.workers.max(1);
+        let name = format!("workbench-{}", run_dir.file_name().unwrap_or_default().to_string_lossy());
+        let free = || crate::free_port().map_err(io("find a free port".into()));
+        let host_ports = HostPorts {
+            amqp: free()?,
+            webhook: free()?,
+            metrics: (0..workers).map(|_| free()).collect::<Result<_, _>>()?,
         };
-        // Where everything is, for people and tools looking at the run directory.
-        let endpoints = deployment.endpoints().to_json();
-        let path = run_dir.join("endpoints.json");
-        std::fs::write(&path, endpoints.to_string())
-            .map_err(|source| DeployError::Io { what: format!("write {}", path.display()), source })?;
-        Ok(deployment)
+        // The workers' view: the secrets where the pod mounts them, this machine through the
+        // host alias, jobs in containers of the pod; status links stay this machine's.
+        let inside = pod::secrets_inside();
+        let forge_inside = Forge {
+            api_url: pod::seen_from_pod(&github.api_url()),
+            clone_url: pod::seen_from_pod(&github.clone_url()),
+            token_file: inside.github_token(),
+        };
+        let run_args = [format!("--pod={name}")];
+        let runner_config = RunnerConfig {
+            forge: &forge_inside,
+            s3_url: pod::seen_from_pod(&s3.url()),
+            logs_link: Some(format!("{}logs", s3.url())),
+            secrets: &inside,
+            sandbox: Sandbox::Container {
+                socket: Path::new(pod::PODMAN_SOCKET),
+                image: tasks_image,
+                run_args: &run_args,
+            },
+        };
+        let config_dir = run_dir.join("pod");
+        pod::write_config(&config_dir, &runner_config, &test_map)
+            .map_err(io(format!("write the pod's configuration into {}", config_dir.display())))?;
+        for n in 1..=workers {
+            let dir = jobs_dir.join(pod::worker_name(n));
+            std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+        }
+        let spec = pod::deployment(&pod::Inputs {
+            name: &name,
+            rabbitmq_image,
+            tasks_image,
+            secrets: &secrets,
+            config_dir: &config_dir,
+            jobs_dir: &jobs_dir,
+            podman_socket: podman.socket(),
+            github_api: &forge_inside.api_url,
+            workers,
+            host_ports: &host_ports,
+        });
+        let mut pod = Pod::create(podman.socket(), &spec, run_dir).await?;
+        let amqp = amqp::Config::new(
+            amqp::Address::Tls { host: "127.0.0.1".into(), port: host_ports.amqp },
+            &secrets.webhook_dir(),
+        );
+        let webhook = SocketAddr::from(([127, 0, 0, 1], host_ports.webhook));
+        let (broker, services) = spec.containers.split_first().expect("the pod starts with RabbitMQ");
+        step(progress, &format!("starting RabbitMQ in pod {name}"), async {
+            pod.start(broker).await?;
+            pod.wait_ready("RabbitMQ", || broker_answers(&amqp)).await
+        })
+        .await?;
+        let label = format!("starting the webhook and {workers} tasks worker(s) in the pod");
+        step(progress, &label, async {
+            for container in services {
+                pod.start(container).await?;
+            }
+            pod.wait_ready("the webhook", || crate::service::answers(webhook, "/healthz")).await?;
+            for port in &host_ports.metrics {
+                let metrics = SocketAddr::from(([127, 0, 0, 1], *port));
+                pod.wait_ready("a tasks worker", || crate::service::answers(metrics, "/metrics")).await?;
+            }
+            Ok::<_, pod::PodError>(())
+        })
+        .await?;
+        Deployment {
+            run_dir: run_dir.to_owned(),
+            amqp,
+            webhook,
+            secrets,
+            test_map,
+            runner_config: config_dir.join("tasks/job-runner.toml"),
+            binaries: options.binaries.clone(),
+            forge: Forge::mock(&github, &Secrets::at(run_dir.join("secrets"))),
+            services: Services::Pod { pod, _podman: podman },
+            github,
+            s3,
+        }
+        .written_down()
+    }
+
+    /// Writes where everything is into the run directory, for people and tools looking there.
+    fn written_down(self) -> Result<Deployment, DeployError> {
+        let path = self.run_dir.join("endpoints.json");
+        std::fs::write(&path, self.endpoints().to_json().to_string())
+            .map_err(io(format!("write {}", path.display())))?;
+        Ok(self)
     }
 
     /// How to reach each service.
     pub fn endpoints(&self) -> Endpoints {
         Endpoints {
-            amqp: self.broker.address().to_string(),
+            amqp: self.amqp.address.to_string(),
             secrets: self.secrets.webhook_dir(),
-            webhook: self.webhook.url(),
+            webhook: format!("http://{}/", self.webhook),
             github_api: self.forge.api_url.clone(),
             s3: self.s3.url(),
+        }
+    }
+
+    /// The pod, on the podman runtime.
+    pub fn pod(&self) -> Option<&Pod> {
+        match &self.services {
+            Services::Pod { pod, .. } => Some(pod),
+            Services::Processes { .. } => None,
         }
     }
 
@@ -222,17 +395,70 @@ impl Deployment {
 
     /// Each service's name, log file and last `lines` lines, for reports of failures.
     pub fn log_tails(&self, lines: usize) -> Vec<(String, PathBuf, String)> {
-        let mut tails = vec![("rabbitmq".to_owned(), self.broker.log_path(), self.broker.log_tail())];
-        for service in std::iter::once(&self.webhook.service).chain(self.workers.iter().map(|w| &w.service)) {
-            tails.push((service.name().to_owned(), service.log_path().to_owned(), service.log_tail(lines)));
+        match &self.services {
+            Services::Processes { workers, webhook, broker } => {
+                let mut tails = vec![("rabbitmq".to_owned(), broker.log_path(), broker.log_tail())];
+                for service in std::iter::once(&webhook.service).chain(workers.iter().map(|w| &w.service)) {
+                    tails.push((service.name().to_owned(), service.log_path().to_owned(), service.log_tail(lines)));
+                }
+                tails
+            }
+            Services::Pod { pod, .. } => pod
+                .save_logs()
+                .into_iter()
+                .map(|(name, path)| {
+                    let tail = crate::service::tail(&path, lines);
+                    (name, path, tail)
+                })
+                .collect(),
         }
-        tails
     }
 
-    /// Every process the deployment started.
+    /// Every process the deployment started on the `process` runtime.
     pub fn process_ids(&self) -> Vec<u32> {
-        let services = std::iter::once(&self.webhook.service).chain(self.workers.iter().map(|w| &w.service));
-        self.broker.process_ids().into_iter().chain(services.flat_map(|s| s.process_ids())).collect()
+        match &self.services {
+            Services::Processes { workers, webhook, broker } => {
+                let services = std::iter::once(&webhook.service).chain(workers.iter().map(|w| &w.service));
+                broker.process_ids().into_iter().chain(services.flat_map(|s| s.process_ids())).collect()
+            }
+            Services::Pod { .. } => vec![],
+        }
+    }
+}
+
+impl World {
+    async fn start(
+        run_dir: &Path,
+        secrets: Secrets,
+        jobs_dir: PathBuf,
+        options: &Options,
+        progress: &dyn Progress,
+    ) -> Result<World, DeployError> {
+        let token = std::fs::read_to_string(secrets.github_token())
+            .map_err(io(format!("read {}", secrets.github_token().display())))?;
+        let s3_dir = run_dir.join("s3");
+        let (s3, github) = tokio::join!(
+            step(progress, "starting S3 (HTTPS, buckets logs and images)", S3Server::start(&s3_dir, &secrets, true)),
+            step(progress, "starting the mock GitHub with the fixture projects", async {
+                let github = MockGitHub::start(&run_dir.join("github"), token.trim()).await?;
+                for (repo, fixture) in REPOS {
+                    github.add_repo(repo, &options.fixtures.join("repos").join(fixture))?;
+                }
+                Ok::<_, crate::github::MockError>(github)
+            }),
+        );
+        Ok(World { secrets, s3: s3?, github: github?, test_map: options.fixtures.join("testmap.toml"), jobs_dir })
+    }
+}
+
+/// Whether a client of this machine can log in to the broker.
+async fn broker_answers(config: &amqp::Config) -> bool {
+    match amqp::Session::connect(config).await {
+        Ok(session) => {
+            session.close().await;
+            true
+        }
+        Err(_) => false,
     }
 }
 

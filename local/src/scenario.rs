@@ -52,7 +52,7 @@ fn check(holds: bool, what: impl FnOnce() -> String) -> Result<(), ScenarioError
 /// Runs scenario `name` (one of [`ALL`]).
 pub async fn run(name: &str, deployment: &Deployment) -> Result<Ran, ScenarioError> {
     match name {
-        "queue" => queue(&deployment.broker.client_config()).await,
+        "queue" => queue(&deployment.amqp).await,
         "s3" => s3(deployment).await,
         "pr-success" => pr_success(deployment).await,
         "pr-failure" => pr_failure(deployment).await,
@@ -338,7 +338,7 @@ async fn deliver(deployment: &Deployment, delivery: &Delivery, secret: &[u8]) ->
 /// Sends `request` to the webhook; returns the status and the body.
 async fn http(deployment: &Deployment, request: hyper::Request<Full<Bytes>>) -> Result<(u16, Vec<u8>), ScenarioError> {
     let method = request.method().to_string();
-    let stream = tokio::net::TcpStream::connect(deployment.webhook.address).await.map_err(|e| failed(&method, &e))?;
+    let stream = tokio::net::TcpStream::connect(deployment.webhook).await.map_err(|e| failed(&method, &e))?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| failed(&method, &e))?;
     tokio::spawn(connection);

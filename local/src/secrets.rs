@@ -26,12 +26,14 @@ use rcgen::{
 pub const AMQP_USER: &str = "cockpit-amqp";
 /// Host name of the deployment's pod; containers in it reach each other by this name.
 pub const POD_HOSTNAME: &str = "workbench";
+/// The name by which the pod reaches this machine's loopback (the S3 store, the mock GitHub).
+pub const HOST_ALIAS: &str = "workbench-host";
 /// Host name S3 clients use for the local store, and so the name of its key file.
 pub const S3_HOST: &str = "localhost";
 
 /// Names every server certificate carries, so that clients on the host and in the pod can
 /// check the host name.
-const SERVER_NAMES: [&str; 5] = ["localhost", "localhost.localdomain", "127.0.0.1", "::1", POD_HOSTNAME];
+const SERVER_NAMES: [&str; 6] = ["localhost", "localhost.localdomain", "127.0.0.1", "::1", POD_HOSTNAME, HOST_ALIAS];
 
 /// A generated secrets directory, with the paths of its files.
 #[derive(Debug, Clone)]

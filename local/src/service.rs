@@ -74,9 +74,7 @@ impl Service {
 
     /// The last `lines` lines of the service's log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        tail(&self.log, lines)
     }
 
     /// Every live process of the service.
@@ -171,12 +169,19 @@ impl Worker {
     }
 }
 
+/// The last `lines` lines of the file at `path`.
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 fn free_port(name: &str) -> Result<u16, ServiceError> {
     crate::free_port().map_err(|source| ServiceError::Io { name: name.to_owned(), source })
 }
 
 /// Whether `GET path` on `address` answers 200.
-async fn answers(address: SocketAddr, path: &str) -> bool {
+pub(crate) async fn answers(address: SocketAddr, path: &str) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Ok(mut stream) = tokio::net::TcpStream::connect(address).await else { return false };
     let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");

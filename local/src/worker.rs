@@ -30,42 +30,72 @@ impl Forge {
     }
 }
 
-/// Writes `job-runner.toml` into `dir` for jobs in `sandbox` ("process" or "container", the
-/// latter through the podman API at `podman_socket`); returns its path.
-pub fn write_runner_config(
-    dir: &Path,
-    forge: &Forge,
-    s3: &S3Server,
-    secrets: &Secrets,
-    sandbox: &str,
-    podman_socket: Option<&Path>,
-) -> std::io::Result<PathBuf> {
-    let mut toml = format!(
-        r#"[logs]
+/// Where a worker runs its jobs.
+#[derive(Debug, Clone, Copy)]
+pub enum Sandbox<'a> {
+    Process,
+    /// A container per job through the podman API at `socket`, from `image` unless the job
+    /// names another, with these extra `podman run` arguments (Cockpit's `run-args`).
+    Container {
+        socket: &'a Path,
+        image: &'a str,
+        run_args: &'a [String],
+    },
+}
+
+/// A job-runner configuration, as the worker that reads it sees the world.
+pub struct RunnerConfig<'a> {
+    pub forge: &'a Forge,
+    /// The S3 store's URL.
+    pub s3_url: String,
+    /// Cockpit's `proxy_url`: where people read the logs (status links), when that differs
+    /// from where the worker writes them.
+    pub logs_link: Option<String>,
+    /// The secrets, at the paths the worker reads them from.
+    pub secrets: &'a Secrets,
+    pub sandbox: Sandbox<'a>,
+}
+
+impl<'a> RunnerConfig<'a> {
+    /// For a worker on this machine.
+    pub fn local(forge: &'a Forge, s3: &S3Server, secrets: &'a Secrets, sandbox: Sandbox<'a>) -> RunnerConfig<'a> {
+        RunnerConfig { forge, s3_url: s3.url(), logs_link: None, secrets, sandbox }
+    }
+
+    /// Writes it as `job-runner.toml` into `dir`; returns its path.
+    pub fn write(&self, dir: &Path) -> std::io::Result<PathBuf> {
+        let string = |value: &str| format!("{value:?}");
+        let mut toml = format!(
+            r#"[logs]
 driver = "s3"
 [logs.s3]
-url = "{s3}logs"
-key = [{{file = "{keys}/localhost"}}]
-ca = [{{file = "{ca}"}}]
-[forge.github]
-api-url = "{api}"
-clone-url = "{clone}"
+url = {url}
+key = [{{file = {key}}}]
+ca = [{{file = {ca}}}]
+{link}[forge.github]
+api-url = {api}
+clone-url = {clone}
 post = true
-token = [{{file = "{token}"}}]
-[container]
-sandbox = "{sandbox}"
+token = [{{file = {token}}}]
 "#,
-        s3 = s3.url(),
-        keys = secrets.s3_keys_dir().display(),
-        ca = secrets.ca_cert().display(),
-        api = forge.api_url,
-        clone = forge.clone_url,
-        token = forge.token_file.display(),
-    );
-    if let Some(socket) = podman_socket {
-        toml.push_str(&format!("command = [\"podman-remote\", \"--url=unix://{}\"]\n", socket.display()));
+            url = string(&format!("{}logs", self.s3_url)),
+            key = string(&self.secrets.s3_keys_dir().join(crate::secrets::S3_HOST).display().to_string()),
+            ca = string(&self.secrets.webhook_dir().join("ca.pem").display().to_string()),
+            api = string(&self.forge.api_url),
+            clone = string(&self.forge.clone_url),
+            token = string(&self.forge.token_file.display().to_string()),
+            link = self.logs_link.as_deref().map(|link| format!("proxy_url = {}\n", string(link))).unwrap_or_default(),
+        );
+        match self.sandbox {
+            Sandbox::Process => toml.push_str("[container]\nsandbox = \"process\"\n"),
+            Sandbox::Container { socket, image, run_args } => toml.push_str(&format!(
+                "[container]\nsandbox = \"container\"\ncommand = [\"podman-remote\", {}]\ndefault-image = {}\nrun-args = {run_args:?}\n",
+                string(&format!("--url=unix://{}", socket.display())),
+                string(image),
+            )),
+        }
+        let path = dir.join("job-runner.toml");
+        std::fs::write(&path, toml)?;
+        Ok(path)
     }
-    let path = dir.join("job-runner.toml");
-    std::fs::write(&path, toml)?;
-    Ok(path)
 }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use local::Deployment;
-use local::deployment::{Binaries, Options, Progress};
+use local::deployment::{Binaries, Options, Progress, Runtime};
 use local::scenario::{self, Ran};
 
 /// Records the steps and whether each succeeded.
@@ -40,6 +40,7 @@ async fn every_scenario_passes_and_teardown_leaves_nothing_behind() {
         workers: 2,
         fixtures: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures"),
         real_github_token: None,
+        runtime: Runtime::Process,
     };
     let steps = Steps::default();
     let deployment = Deployment::start(dir.path(), &options, &steps).await.unwrap();

@@ -25,7 +25,6 @@ async fn images_build_offline_and_rebuild_only_what_changed() {
     images::ensure_base(&podman).unwrap();
     let binaries = Binaries::of_test_build();
     let containerfiles = images::containerfiles();
-    let rabbitmq = containerfiles.join("rabbitmq/Containerfile");
     let tasks = containerfiles.join("tasks/Containerfile");
     // Copies of the binaries, so that this test can change one.
     let (tasks_binary, webhook_binary) = (dir.path().join("tasks"), dir.path().join("webhook"));
@@ -33,7 +32,7 @@ async fn images_build_offline_and_rebuild_only_what_changed() {
     std::fs::copy(&binaries.webhook, &webhook_binary).unwrap();
     let files = [tasks_binary.as_path(), webhook_binary.as_path()];
 
-    images::build(&podman, images::RABBITMQ, &rabbitmq, &[], false).unwrap();
+    images::build_rabbitmq(&podman, false).unwrap();
     images::build(&podman, images::TASKS, &tasks, &files, false).unwrap();
     assert!(run(&podman, images::TASKS, &["tasks", "--version"]).starts_with("tasks "));
     assert!(run(&podman, images::TASKS, &["webhook", "--help"]).contains("--listen"));
@@ -41,9 +40,12 @@ async fn images_build_offline_and_rebuild_only_what_changed() {
     assert!(run(&podman, images::TASKS, &["qemu-system-x86_64", "--version"]).starts_with("QEMU emulator"));
     assert_eq!(run(&podman, images::TASKS, &["pwd"]).trim(), "/work");
     run(&podman, images::RABBITMQ, &["test", "-x", "/usr/lib/rabbitmq/bin/rabbitmq-server"]);
+    let plugins = run(&podman, images::RABBITMQ, &["sh", "-c", "ls /usr/lib/rabbitmq/lib/rabbitmq_server-*/plugins"]);
+    assert_eq!(plugins.lines().count(), local::broker::NEEDED_PLUGINS.len(), "{plugins}");
+    assert!(plugins.contains("rabbitmq_auth_mechanism_ssl-"), "{plugins}");
 
     assert_eq!(images::build(&podman, images::TASKS, &tasks, &files, false).unwrap(), Built::Unchanged);
-    assert_eq!(images::build(&podman, images::RABBITMQ, &rabbitmq, &[], false).unwrap(), Built::Unchanged);
+    assert_eq!(images::build_rabbitmq(&podman, false).unwrap(), Built::Unchanged);
 
     let layers = |image: &str| -> Vec<String> {
         let layers = images::inspect(&podman, image, "{{range .RootFS.Layers}}{{.}} {{end}}").unwrap();

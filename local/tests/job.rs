@@ -57,21 +57,15 @@ async fn world(sandbox: Sandbox, clone_url: Option<&str>) -> Option<World> {
     let token = std::fs::read_to_string(secrets.github_token()).unwrap();
     let mock = MockGitHub::start(&dir.path().join("github"), &token).await.unwrap();
     let s3 = S3Server::start(&dir.path().join("s3"), &secrets, false).await.unwrap();
-    let sandbox = if sandbox == Sandbox::Process { "process" } else { "container" };
-    let socket = podman.as_ref().map(|p| p.socket());
-    let file = local::worker::write_runner_config(
-        dir.path(),
-        &local::worker::Forge::mock(&mock, &secrets),
-        &s3,
-        &secrets,
-        sandbox,
-        socket,
-    )
-    .unwrap();
-    // Still in [container]: the image, then a secret jobs may ask for.
+    let sandbox = match &podman {
+        Some(podman) => local::worker::Sandbox::Container { socket: podman.socket(), image: BASE_IMAGE, run_args: &[] },
+        None => local::worker::Sandbox::Process,
+    };
+    let forge = local::worker::Forge::mock(&mock, &secrets);
+    let file = local::worker::RunnerConfig::local(&forge, &s3, &secrets, sandbox).write(dir.path()).unwrap();
+    // A secret jobs may ask for.
     let extra = format!(
-        r#"default-image = "{BASE_IMAGE}"
-[container.secrets]
+        r#"[container.secrets]
 image-upload = ["--volume=%{{image-upload}}:%{{image-upload}}:ro", "--env=SECRET_FILE=%{{image-upload}}"]
 [secrets.inline]
 image-upload = "{SECRET}"

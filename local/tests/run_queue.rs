@@ -41,15 +41,10 @@ async fn world() -> World {
     let s3 = S3Server::start(&dir.path().join("s3"), &secrets, false).await.unwrap();
     mock.add_repo(REPO, &workspace("fixtures/repos/passing")).unwrap();
     let head = mock.open_pull(REPO, 1, "Make the frobnicator faster", "workbench-ci").unwrap();
-    let runner_config = local::worker::write_runner_config(
-        dir.path(),
-        &local::worker::Forge::mock(&mock, &secrets),
-        &s3,
-        &secrets,
-        "process",
-        None,
-    )
-    .unwrap();
+    let forge = local::worker::Forge::mock(&mock, &secrets);
+    let runner_config = local::worker::RunnerConfig::local(&forge, &s3, &secrets, local::worker::Sandbox::Process)
+        .write(dir.path())
+        .unwrap();
     let args = Args {
         scan: ScanArgs {
             test_map: workspace("fixtures/testmap.toml"),

@@ -212,14 +212,9 @@ async fn worker(binary: &Path, events: usize, jobs: usize) -> anyhow::Result<()>
     let github = local::MockGitHub::start(&dir.path().join("github"), &token).await?;
     let s3 = local::S3Server::start(&dir.path().join("s3"), &secrets, false).await?;
     github.add_repo(REPO, &crate::workspace_root().join("fixtures/repos/passing"))?;
-    let runner_config = local::worker::write_runner_config(
-        dir.path(),
-        &local::worker::Forge::mock(&github, &secrets),
-        &s3,
-        &secrets,
-        "process",
-        None,
-    )?;
+    let forge = local::worker::Forge::mock(&github, &secrets);
+    let runner_config =
+        local::worker::RunnerConfig::local(&forge, &s3, &secrets, local::worker::Sandbox::Process).write(dir.path())?;
     let session = amqp::Session::connect(&broker.client_config()).await?;
     for queue in amqp::ALL_QUEUES {
         session.declare(queue).await?;

@@ -20,7 +20,10 @@ pub fn run() -> anyhow::Result<()> {
     }
     println!("==> run-local --runtime process");
     let args = crate::run_local::Args { runtime: crate::run_local::Runtime::Process, ..Default::default() };
-    crate::run_local::run(args).context("run-local")?;
+    crate::run_local::run(args).context("run-local --runtime process")?;
+    println!("==> run-local --runtime podman");
+    let args = crate::run_local::Args { runtime: crate::run_local::Runtime::Podman, ..Default::default() };
+    crate::run_local::run(args).context("run-local --runtime podman")?;
     println!("==> ci passed");
     Ok(())
 }

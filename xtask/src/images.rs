@@ -1,8 +1,9 @@
 //! `cargo xtask images`: the project's images, built offline from Debian's packages and the
 //! Containerfiles in `local/images/` (`local::images`), skipped when their inputs did not change.
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use local::PodmanService;
+use local::deployment::Binaries;
 use local::images::{self, Built};
 
 use crate::packages::{self, PODMAN};
@@ -18,6 +19,18 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     packages::ensure(&PODMAN)?;
     let binaries = crate::run_local::build_binaries()?;
+    ensure(&binaries, None, None, args.force)?;
+    Ok(())
+}
+
+/// Builds the images a pod needs, except those given by reference (`rabbitmq`, `tasks`), which
+/// must be present. Returns the references of the RabbitMQ and tasks images to run.
+pub(crate) fn ensure(
+    binaries: &Binaries,
+    rabbitmq: Option<&str>,
+    tasks: Option<&str>,
+    force: bool,
+) -> anyhow::Result<(String, String)> {
     let runs = crate::runs_dir();
     std::fs::create_dir_all(&runs).with_context(|| format!("creating {}", runs.display()))?;
     let dir = tempfile::Builder::new().prefix("images-").tempdir_in(&runs).context("creating a scratch directory")?;
@@ -25,21 +38,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let step = |name: &str, build: &dyn Fn() -> Result<Built, local::PodmanError>| -> anyhow::Result<()> {
         let spinner = Spinner::start(&format!("building {name}"));
         let built = build();
-        let ok = built.is_ok();
-        spinner.finish(ok);
+        spinner.finish(built.is_ok());
         if built? == Built::Unchanged {
             println!("  {name} is up to date (its inputs did not change)");
         }
         Ok(())
     };
+    for given in [rabbitmq, tasks].into_iter().flatten() {
+        if images::inspect(&podman, given, "{{.Id}}").is_none() {
+            bail!("there is no image {given} in podman's storage: pull or load it first (we never pull)");
+        }
+    }
     let containerfiles = images::containerfiles();
-    step(images::BASE, &|| images::ensure_base(&podman))?;
-    step(images::RABBITMQ, &|| {
-        images::build(&podman, images::RABBITMQ, &containerfiles.join("rabbitmq/Containerfile"), &[], args.force)
-    })?;
-    step(images::TASKS, &|| {
-        let files = [binaries.tasks.as_path(), binaries.webhook.as_path()];
-        images::build(&podman, images::TASKS, &containerfiles.join("tasks/Containerfile"), &files, args.force)
-    })?;
-    Ok(())
+    if rabbitmq.is_none() || tasks.is_none() {
+        step(images::BASE, &|| images::ensure_base(&podman))?;
+    }
+    if rabbitmq.is_none() {
+        step(images::RABBITMQ, &|| images::build_rabbitmq(&podman, force))?;
+    }
+    if tasks.is_none() {
+        step(images::TASKS, &|| {
+            let files = [binaries.tasks.as_path(), binaries.webhook.as_path()];
+            images::build(&podman, images::TASKS, &containerfiles.join("tasks/Containerfile"), &files, force)
+        })?;
+    }
+    Ok((rabbitmq.unwrap_or(images::RABBITMQ).to_owned(), tasks.unwrap_or(images::TASKS).to_owned()))
 }

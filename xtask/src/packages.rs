@@ -20,22 +20,27 @@ pub const OPENSSL: Package = Package { name: "openssl", provides: "/usr/bin/open
 /// The interactive mode's test drives a terminal with it.
 pub const TMUX: Package = Package { name: "tmux", provides: "/usr/bin/tmux" };
 /// Containers: podman with runc (crun fails here), catatonit for pods and `--init`, netavark
-/// and iptables for container networks (only recommended by podman, and we install without
-/// recommends), and mmdebstrap to build images from Debian packages without a registry
-/// (platform-notes.md).
-pub const PODMAN: [Package; 6] = [
+/// and iptables for container networks, slirp4netns for the pod's way to this machine's
+/// loopback (all only recommended by podman, and we install without recommends), and
+/// mmdebstrap to build images from Debian packages without a registry (platform-notes.md).
+pub const PODMAN: [Package; 7] = [
     Package { name: "podman", provides: "/usr/bin/podman" },
     Package { name: "runc", provides: "/usr/sbin/runc" },
     Package { name: "catatonit", provides: "/usr/bin/catatonit" },
     Package { name: "netavark", provides: "/usr/lib/podman/netavark" },
     Package { name: "iptables", provides: "/usr/sbin/iptables" },
+    Package { name: "slirp4netns", provides: "/usr/bin/slirp4netns" },
     Package { name: "mmdebstrap", provides: "/usr/bin/mmdebstrap" },
 ];
 
+/// The packages that are not installed.
+pub fn missing(packages: &[Package]) -> Vec<&'static str> {
+    packages.iter().filter(|package| !Path::new(package.provides).exists()).map(|package| package.name).collect()
+}
+
 /// Makes sure every package is installed, installing the missing ones.
 pub fn ensure(packages: &[Package]) -> anyhow::Result<()> {
-    let missing: Vec<&str> =
-        packages.iter().filter(|package| !Path::new(package.provides).exists()).map(|package| package.name).collect();
+    let missing = missing(packages);
     if missing.is_empty() {
         return Ok(());
     }

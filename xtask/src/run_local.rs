@@ -13,15 +13,24 @@ use local::deployment::{Binaries, Options};
 use local::scenario::{self, Ran};
 use serde_json::json;
 
-use crate::packages::{self, RABBITMQ};
+use crate::packages::{self, PODMAN, RABBITMQ};
 use crate::progress::{Spinner, Steps};
 
 #[derive(clap::Args, Default)]
 pub struct Args {
-    /// Where the services run: `process` (child processes of this command) or `auto` (the best
-    /// this machine has; today the process runtime).
+    /// Where the services run: `podman` (containers of one pod, as in production), `process`
+    /// (child processes of this command), or `auto`: podman when its packages are installed,
+    /// else process.
     #[arg(long, value_enum, default_value_t = Runtime::Auto)]
     pub runtime: Runtime,
+    /// On the podman runtime, run this RabbitMQ image (present in podman's storage) instead of
+    /// building localhost/workbench/rabbitmq.
+    #[arg(long, value_name = "REF")]
+    pub rabbitmq_image: Option<String>,
+    /// On the podman runtime, run this tasks image (present in podman's storage) instead of
+    /// building localhost/workbench/tasks.
+    #[arg(long, value_name = "REF")]
+    pub tasks_image: Option<String>,
     /// How many tasks workers to start.
     #[arg(long, default_value_t = 1)]
     pub workers: u16,
@@ -66,6 +75,35 @@ pub enum Runtime {
     #[default]
     Auto,
     Process,
+    Podman,
+}
+
+impl Runtime {
+    /// The runtime `auto` stands for on this machine, said out loud.
+    fn resolve(self) -> Runtime {
+        if self != Runtime::Auto {
+            return self;
+        }
+        let missing = packages::missing(&PODMAN);
+        if missing.is_empty() {
+            println!("runtime: podman (auto)");
+            Runtime::Podman
+        } else {
+            println!(
+                "runtime: process (auto; the podman runtime needs {}: `--runtime podman` installs them)",
+                missing.join(" ")
+            );
+            Runtime::Process
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Runtime::Auto => "auto",
+            Runtime::Process => "process",
+            Runtime::Podman => "podman",
+        }
+    }
 }
 
 /// One scenario's result.
@@ -86,10 +124,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             bail!("no scenario {name:?}; the scenarios are {}", scenario::ALL.join(", "));
         }
     }
-    packages::ensure(&[RABBITMQ])?;
+    let runtime = args.runtime.resolve();
+    packages::ensure(if runtime == Runtime::Podman { &PODMAN } else { &[RABBITMQ] })?;
     let binaries = match &args.binaries {
         Some(dir) => Binaries::in_dir(dir),
         None => build_binaries()?,
+    };
+    let runtime = match runtime {
+        Runtime::Podman => {
+            let images =
+                crate::images::ensure(&binaries, args.rabbitmq_image.as_deref(), args.tasks_image.as_deref(), false)?;
+            local::deployment::Runtime::Podman { rabbitmq_image: images.0, tasks_image: images.1 }
+        }
+        _ => local::deployment::Runtime::Process,
     };
     let runs = crate::runs_dir();
     std::fs::create_dir_all(&runs).with_context(|| format!("creating {}", runs.display()))?;
@@ -100,6 +147,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         workers: args.workers,
         fixtures: crate::workspace_root().join("fixtures"),
         real_github_token: args.github_token.clone(),
+        runtime,
     };
     let result = crate::runtime()?.block_on(async {
         tokio::select! {
@@ -180,8 +228,9 @@ async fn deploy_and_check(run_dir: &Path, options: &Options, args: &Args) -> any
     print_table(&outcomes);
     let endpoints = deployment.endpoints();
     let mut report = json!({
-        "runtime": match args.runtime {
-            Runtime::Auto | Runtime::Process => "process",
+        "runtime": match deployment.pod() {
+            Some(_) => Runtime::Podman.name(),
+            None => Runtime::Process.name(),
         },
         "seconds": seconds,
         "scenarios": outcomes.iter().map(|o| {
@@ -243,23 +292,35 @@ fn print_endpoints(deployment: &Deployment) {
     println!("  logs:        {}", deployment.run_dir.display());
 }
 
-/// A shell in the run directory, set up so the tasks tools reach this deployment.
+/// A shell that reaches the deployment: in the first tasks container on the podman runtime,
+/// else in the run directory with the environment the tasks tools read.
 async fn shell(deployment: &Deployment) -> anyhow::Result<()> {
-    let program = std::env::var("SHELL").unwrap_or_else(|_| "/bin/bash".into());
     println!("\nThe deployment is up; this shell reaches it. Leave it (exit) to tear it down.");
     print_endpoints(deployment);
     println!(
         "\n  tasks inspect-queue                          each queue's messages, without taking them\n  \
          tasks tests-scan --repo workbench-ci/demo -v  what a scan of the open pull requests would queue\n  \
-         cargo xtask payload pull_request --repo workbench-ci/demo --sha SHA | tasks publish-queue --queue webhook\n  \
          tasks run-queue --hostname me                 one more worker, in the foreground\n"
     );
-    let mut child = tokio::process::Command::new(&program)
-        .current_dir(&deployment.run_dir)
-        .envs(deployment.shell_env())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {program}"))?;
+    let mut command = match deployment.pod() {
+        Some(pod) => {
+            let container = pod.container(&local::pod::worker_name(1));
+            println!("  (a shell in container {container})\n");
+            let mut command = tokio::process::Command::from(pod.podman());
+            command.args(["exec", "-it", &container, "bash"]);
+            command
+        }
+        None => {
+            println!(
+                "  cargo xtask payload pull_request --repo workbench-ci/demo --sha SHA | tasks publish-queue --queue webhook\n"
+            );
+            let program = std::env::var("SHELL").unwrap_or_else(|_| "/bin/bash".into());
+            let mut command = tokio::process::Command::new(program);
+            command.current_dir(&deployment.run_dir).envs(deployment.shell_env());
+            command
+        }
+    };
+    let mut child = command.kill_on_drop(true).spawn().context("starting the shell")?;
     child.wait().await?;
     Ok(())
 }

@@ -70,6 +70,8 @@ pub struct Logs {
 #[serde(rename_all = "kebab-case")]
 pub struct LogsS3 {
     pub url: String,
+    /// Cockpit spells this one key with an underscore.
+    #[serde(rename = "proxy_url")]
     pub proxy_url: Option<String>,
     pub key: S3Key,
     /// `""` sends no `x-amz-acl` header.
@@ -328,6 +330,7 @@ post = true
 api-url = "http://127.0.0.7:8443"
 [logs.s3]
 url = 'https://localhost:9000/logs'
+proxy_url = "https://logs.example.com/"
 ca = [{file='ca.pem'}]
 key = [{file="s3-keys/localhost"}]
 [container]
@@ -344,6 +347,7 @@ github-token = ['--volume=/run/secrets/webhook/.config--github-token:/run/secret
 
         assert_eq!(config.logs.driver, "s3");
         assert_eq!(config.logs.s3.url, "https://localhost:9000/logs");
+        assert_eq!(config.logs.s3.proxy_url.as_deref(), Some("https://logs.example.com/"));
         assert_eq!(config.logs.s3.key, S3Key::Text("cockpituous foobarfoo\n".into()));
         assert_eq!(config.logs.s3.ca.as_deref(), Some("-----BEGIN CERTIFICATE-----\n"));
         assert_eq!(config.logs.s3.acl, "public-read", "untouched defaults stay");

@@ -1,0 +1,420 @@
+//! The `podman` runtime: the deployment's services as the containers of one podman pod,
+//! created through the podman REST API (podman-api). One description, [`PodSpec`], is what
+//! this runtime creates and what `cargo xtask kube` writes as Kubernetes manifests.
+//!
+//! Inside the pod the services find each other as in Cockpit's deployment: RabbitMQ on
+//! `localhost:5671`, the secrets at `/run/secrets/{webhook,s3-keys,tasks}`, the RabbitMQ
+//! configuration at `/etc/rabbitmq`, the podman socket at `/podman.sock`. The S3 store and the
+//! mock GitHub stay on this machine's loopback: the pod's network (slirp4netns, with the host's
+//! loopback allowed) reaches them by the name [`HOST_ALIAS`]. Ports are published on 127.0.0.1
+//! only. Job containers join the pod (`--pod`), so removing the pod removes them too.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use podman_api::Podman;
+use podman_api::models::{ContainerMount, LinuxDevice, Namespace, PortMapping};
+use podman_api::opts::{ContainerCreateOpts, PodCreateOpts};
+
+pub use crate::secrets::HOST_ALIAS;
+use crate::secrets::{POD_HOSTNAME, Secrets};
+
+/// Cockpit's AMQP port, inside the pod.
+pub const AMQP_PORT: u16 = 5671;
+/// The webhook's port inside the pod, as in Cockpit's.
+pub const WEBHOOK_PORT: u16 = 8080;
+/// Worker `n` serves its metrics on this port plus `n`.
+const METRICS_PORT: u16 = 9100;
+/// slirp4netns's address for the host's loopback.
+const HOST_LOOPBACK: &str = "10.0.2.2";
+
+/// Where the secrets and configuration are inside the containers.
+pub const WEBHOOK_SECRETS: &str = "/run/secrets/webhook";
+pub const S3_KEYS: &str = "/run/secrets/s3-keys";
+pub const TASKS_SECRETS: &str = "/run/secrets/tasks";
+const RABBITMQ_CONFIG: &str = "/etc/rabbitmq";
+pub const PODMAN_SOCKET: &str = "/podman.sock";
+
+/// How long the services of a new pod may take to be ready.
+const READY_WITHIN: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error("podman API: cannot {what}: {source}")]
+    Api { what: String, source: podman_api::Error },
+    #[error("cannot {what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("container {name} exited before the pod was ready; its log ({}) ends with:\n{tail}", log.display())]
+    Exited { name: String, log: PathBuf, tail: String },
+    #[error("{what} was not ready within {} s; the containers' logs are in {}", READY_WITHIN.as_secs(), logs.display())]
+    NotReady { what: String, logs: PathBuf },
+}
+
+/// A pod: its containers and the ports it publishes on 127.0.0.1.
+#[derive(Debug, Clone)]
+pub struct PodSpec {
+    pub name: String,
+    pub ports: Vec<Port>,
+    pub containers: Vec<ContainerSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Port {
+    pub container: u16,
+    pub host: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    /// Its name within the pod (podman's container name is the pod's name, a dash, and this).
+    pub name: String,
+    pub image: String,
+    pub command: Vec<String>,
+    /// `None` for the image's user.
+    pub user: Option<String>,
+    pub env: Vec<(String, String)>,
+    pub mounts: Vec<Mount>,
+    pub devices: Vec<String>,
+}
+
+/// A directory or file of this machine, mounted into a container.
+#[derive(Debug, Clone)]
+pub struct Mount {
+    pub host: PathBuf,
+    pub container: PathBuf,
+    pub read_only: bool,
+}
+
+impl Mount {
+    fn read_only(host: impl Into<PathBuf>, container: impl Into<PathBuf>) -> Mount {
+        Mount { host: host.into(), container: container.into(), read_only: true }
+    }
+}
+
+/// What the deployment's pod is made of.
+pub struct Inputs<'a> {
+    pub name: &'a str,
+    pub rabbitmq_image: &'a str,
+    pub tasks_image: &'a str,
+    /// The generated secrets, on this machine.
+    pub secrets: &'a Secrets,
+    /// Holds `rabbitmq/` (mounted at `/etc/rabbitmq`) and `tasks/` (at `/run/secrets/tasks`:
+    /// `job-runner.toml`, `testmap.toml`), written by [`write_config`].
+    pub config_dir: &'a Path,
+    /// The workers' work directories, mounted at the same path: the job containers they ask
+    /// this machine's podman for mount checkouts from there.
+    pub jobs_dir: &'a Path,
+    pub podman_socket: &'a Path,
+    /// The mock GitHub's API, as the pod reaches it.
+    pub github_api: &'a str,
+    pub workers: u16,
+    pub host_ports: &'a HostPorts,
+}
+
+/// The ports of this machine's 127.0.0.1 the pod publishes.
+#[derive(Debug, Clone)]
+pub struct HostPorts {
+    pub amqp: u16,
+    pub webhook: u16,
+    /// One per worker.
+    pub metrics: Vec<u16>,
+}
+
+/// The host name of worker `n`, shown in its statuses ("In progress [worker-1]").
+pub fn worker_name(n: u16) -> String {
+    format!("worker-{n}")
+}
+
+/// The deployment's pod: RabbitMQ, the webhook, and the tasks workers, with KVM when this
+/// machine has it.
+pub fn deployment(inputs: &Inputs) -> PodSpec {
+    let webhook_secrets = Mount::read_only(inputs.secrets.webhook_dir(), WEBHOOK_SECRETS);
+    let log = ("RUST_LOG".to_owned(), "info".to_owned());
+    let mut containers = vec![
+        ContainerSpec {
+            name: "rabbitmq".into(),
+            image: inputs.rabbitmq_image.into(),
+            command: vec![],
+            // The generated keys are private to the user who made them: root.
+            user: Some("root".into()),
+            env: vec![],
+            mounts: vec![
+                webhook_secrets.clone(),
+                Mount::read_only(inputs.config_dir.join("rabbitmq"), RABBITMQ_CONFIG),
+            ],
+            devices: vec![],
+        },
+        ContainerSpec {
+            name: "webhook".into(),
+            image: inputs.tasks_image.into(),
+            command: ["webhook", "--listen", &format!("0.0.0.0:{WEBHOOK_PORT}"), "--secret-file"]
+                .into_iter()
+                .map(str::to_owned)
+                .chain([format!("{WEBHOOK_SECRETS}/.config--github-webhook-token")])
+                .collect(),
+            user: None,
+            env: vec![log.clone()],
+            mounts: vec![webhook_secrets.clone()],
+            devices: vec![],
+        },
+    ];
+    let kvm = Path::new("/dev/kvm").exists();
+    for n in 1..=inputs.workers {
+        let hostname = worker_name(n);
+        let work_dir = inputs.jobs_dir.join(&hostname);
+        let command = [
+            "tasks",
+            "run-queue",
+            "--hostname",
+            &hostname,
+            "--jobs",
+            "1",
+            "--work-dir",
+            &work_dir.display().to_string(),
+            "--metrics-listen",
+            &format!("0.0.0.0:{}", METRICS_PORT + n),
+        ];
+        // As in Cockpit's tasks container, the tools find everything through the environment:
+        // `podman exec` shells into it work the same.
+        let env = [
+            ("JOB_RUNNER_CONFIG", format!("{TASKS_SECRETS}/job-runner.toml")),
+            ("WORKBENCH_TESTMAP", format!("{TASKS_SECRETS}/testmap.toml")),
+            ("GITHUB_API", inputs.github_api.to_owned()),
+            ("COCKPIT_GITHUB_TOKEN_FILE", format!("{WEBHOOK_SECRETS}/.config--github-token")),
+        ];
+        containers.push(ContainerSpec {
+            name: hostname.clone(),
+            image: inputs.tasks_image.into(),
+            command: command.into_iter().map(str::to_owned).collect(),
+            user: None,
+            env: env.into_iter().map(|(name, value)| (name.to_owned(), value)).chain([log.clone()]).collect(),
+            mounts: vec![
+                webhook_secrets.clone(),
+                Mount::read_only(inputs.secrets.s3_keys_dir(), S3_KEYS),
+                Mount::read_only(inputs.config_dir.join("tasks"), TASKS_SECRETS),
+                Mount { host: inputs.podman_socket.into(), container: PODMAN_SOCKET.into(), read_only: false },
+                Mount { host: work_dir.clone(), container: work_dir, read_only: false },
+            ],
+            devices: if kvm { vec!["/dev/kvm".into()] } else { vec![] },
+        });
+    }
+    let ports = inputs.host_ports;
+    let mut published =
+        vec![Port { container: AMQP_PORT, host: ports.amqp }, Port { container: WEBHOOK_PORT, host: ports.webhook }];
+    published.extend((1..).zip(&ports.metrics).map(|(n, &host)| Port { container: METRICS_PORT + n, host }));
+    PodSpec { name: inputs.name.to_owned(), ports: published, containers }
+}
+
+/// The secrets as the tasks containers see them.
+pub fn secrets_inside() -> Secrets {
+    Secrets::at("/run/secrets")
+}
+
+/// Writes what [`Inputs::config_dir`] holds: the RabbitMQ configuration, and the workers'
+/// `job-runner.toml` (`runner_config`, as written for paths inside the pod) and test map.
+pub fn write_config(
+    config_dir: &Path,
+    runner_config: &crate::worker::RunnerConfig,
+    test_map: &Path,
+) -> std::io::Result<()> {
+    let (rabbitmq, tasks) = (config_dir.join("rabbitmq"), config_dir.join("tasks"));
+    std::fs::create_dir_all(&rabbitmq)?;
+    std::fs::create_dir_all(&tasks)?;
+    let definitions = Path::new(RABBITMQ_CONFIG).join("definitions.json");
+    for (name, contents) in
+        crate::broker::config_files(crate::broker::Listener::Pod(AMQP_PORT), Path::new(WEBHOOK_SECRETS), &definitions)
+    {
+        std::fs::write(rabbitmq.join(name), contents)?;
+    }
+    runner_config.write(&tasks)?;
+    std::fs::copy(test_map, tasks.join("testmap.toml"))?;
+    Ok(())
+}
+
+/// `url` (of a server on this machine's loopback) as the pod reaches it.
+pub fn seen_from_pod(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once(':') {
+        Some((_, port)) => format!("{scheme}://{HOST_ALIAS}:{port}{path}"),
+        None => format!("{scheme}://{HOST_ALIAS}{path}"),
+    }
+}
+
+/// A pod created from a [`PodSpec`], its containers started one by one. Dropping it saves its containers' logs and removes it
+/// with every container in it, job containers included.
+pub struct Pod {
+    name: String,
+    socket: PathBuf,
+    containers: Vec<String>,
+    log_dir: PathBuf,
+}
+
+impl Pod {
+    /// Creates the pod, without its containers, through the podman API at `socket`; the
+    /// containers' logs are saved into `log_dir` as `<container>.log` when it is removed.
+    pub async fn create(socket: &Path, spec: &PodSpec, log_dir: &Path) -> Result<Pod, PodError> {
+        let opts = PodCreateOpts::builder()
+            .name(&spec.name)
+            .hostname(POD_HOSTNAME)
+            .netns(model::<Namespace>(serde_json::json!({ "nsmode": "slirp4netns" })))
+            .network_options([("slirp4netns", vec!["allow_host_loopback=true"])])
+            .add_hosts([format!("{HOST_ALIAS}:{HOST_LOOPBACK}")])
+            .portmappings(spec.ports.iter().map(|port| {
+                model::<PortMapping>(serde_json::json!({
+                    "container_port": port.container, "host_port": port.host, "host_ip": "127.0.0.1", "protocol": "tcp",
+                }))
+            }))
+            .build();
+        Podman::unix(socket)
+            .pods()
+            .create(&opts)
+            .await
+            .map_err(|source| PodError::Api { what: format!("create pod {}", spec.name), source })?;
+        Ok(Pod { name: spec.name.clone(), socket: socket.to_owned(), containers: vec![], log_dir: log_dir.to_owned() })
+    }
+
+    /// Creates and starts one of its containers. Services that need the broker start after
+    /// it answers, as a restarting container would only make noise.
+    pub async fn start(&mut self, container: &ContainerSpec) -> Result<(), PodError> {
+        let podman = Podman::unix(&self.socket);
+        let name = self.container(&container.name);
+        let api = |what: String| move |source| PodError::Api { what, source };
+        podman
+            .containers()
+            .create(&container_options(&self.name, &name, container))
+            .await
+            .map_err(api(format!("create container {name} from {}", container.image)))?;
+        self.containers.push(name.clone());
+        podman.containers().get(&name).start(None).await.map_err(api(format!("start container {name}")))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// podman's name of its container `name` (as in [`ContainerSpec::name`]).
+    pub fn container(&self, name: &str) -> String {
+        format!("{}-{name}", self.name)
+    }
+
+    /// The full names of its containers, in start order.
+    pub fn containers(&self) -> &[String] {
+        &self.containers
+    }
+
+    /// Waits until `ready` answers true; fails early, with its log, if a container exits.
+    pub async fn wait_ready<F: Future<Output = bool>>(
+        &self,
+        what: &str,
+        ready: impl Fn() -> F,
+    ) -> Result<(), PodError> {
+        let podman = Podman::unix(&self.socket);
+        let deadline = Instant::now() + READY_WITHIN;
+        let mut checked = Instant::now();
+        while !ready().await {
+            if checked.elapsed() > Duration::from_millis(500) {
+                checked = Instant::now();
+                for name in &self.containers {
+                    let state = podman.containers().get(name).inspect().await.ok().and_then(|c| c.state);
+                    if state.and_then(|s| s.running) == Some(false) {
+                        let log = self.save_log(name);
+                        let tail = crate::service::tail(&log, 20);
+                        return Err(PodError::Exited { name: name.clone(), log, tail });
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                self.save_logs();
+                return Err(PodError::NotReady { what: what.to_owned(), logs: self.log_dir.clone() });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// Writes each container's log to `<log dir>/<container>.log`; returns the paths.
+    pub fn save_logs(&self) -> Vec<(String, PathBuf)> {
+        self.containers.iter().map(|name| (name.clone(), self.save_log(name))).collect()
+    }
+
+    fn save_log(&self, container: &str) -> PathBuf {
+        let path = self.log_dir.join(format!("{container}.log"));
+        if let Ok(file) = std::fs::File::create(&path) {
+            let _ = self
+                .podman()
+                .args(["logs", container])
+                .stdin(Stdio::null())
+                .stdout(file.try_clone().map_or(Stdio::null(), Stdio::from))
+                .stderr(file)
+                .status();
+        }
+        path
+    }
+
+    /// The podman command, talking to the service that made the pod: ports it published stay
+    /// reserved in that service until it removes the pod.
+    pub fn podman(&self) -> Command {
+        let mut command = Command::new("podman");
+        command.arg("--remote").arg(format!("--url=unix://{}", self.socket.display()));
+        command
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        // Synchronous, so that it happens on every exit path, panics included.
+        self.save_logs();
+        let _ = self
+            .podman()
+            .args(["pod", "rm", "--force", "--time", "5", &self.name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn container_options(pod: &str, name: &str, spec: &ContainerSpec) -> ContainerCreateOpts {
+    let mounts = spec.mounts.iter().map(|mount| ContainerMount {
+        destination: Some(mount.container.display().to_string()),
+        options: Some(vec!["rbind".into(), if mount.read_only { "ro" } else { "rw" }.into()]),
+        source: Some(mount.host.display().to_string()),
+        _type: Some("bind".into()),
+        uid_mappings: None,
+        gid_mappings: None,
+    });
+    let devices = spec.devices.iter().map(|path| model::<LinuxDevice>(serde_json::json!({ "path": path })));
+    let mut builder = ContainerCreateOpts::builder()
+        .name(name)
+        .pod(pod)
+        .image(&spec.image)
+        .env(spec.env.clone())
+        .mounts(mounts)
+        .devices(devices);
+    if !spec.command.is_empty() {
+        builder = builder.command(&spec.command);
+    }
+    if let Some(user) = &spec.user {
+        builder = builder.user(user);
+    }
+    builder.build()
+}
+
+/// A podman API model with only the given fields set (the models have no `Default`).
+fn model<T: serde::de::DeserializeOwned>(fields: serde_json::Value) -> T {
+    serde_json::from_value(fields).expect("the fields match the podman API model")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_of_this_machine_are_reached_through_the_host_alias() {
+        assert_eq!(seen_from_pod("http://127.0.0.1:4321"), "http://workbench-host:4321");
+        assert_eq!(seen_from_pod("https://localhost:99/logs/"), "https://workbench-host:99/logs/");
+        assert_eq!(seen_from_pod("http://127.0.0.1:80/git/"), "http://workbench-host:80/git/");
+    }
+}
