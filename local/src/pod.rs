@@ -247,13 +247,14 @@ pub fn seen_from_pod(url: &str) -> String {
 pub struct Pod {
     name: String,
     socket: PathBuf,
+    /// The started containers, by [`ContainerSpec::name`].
     containers: Vec<String>,
     log_dir: PathBuf,
 }
 
 impl Pod {
     /// Creates the pod, without its containers, through the podman API at `socket`; the
-    /// containers' logs are saved into `log_dir` as `<container>.log` when it is removed.
+    /// containers' logs are saved into `log_dir` as `<name>.log` when it is removed.
     pub async fn create(socket: &Path, spec: &PodSpec, log_dir: &Path) -> Result<Pod, PodError> {
         let opts = PodCreateOpts::builder()
             .name(&spec.name)
@@ -286,7 +287,7 @@ impl Pod {
             .create(&container_options(&self.name, &name, container))
             .await
             .map_err(api(format!("create container {name} from {}", container.image)))?;
-        self.containers.push(name.clone());
+        self.containers.push(container.name.clone());
         podman.containers().get(&name).start(None).await.map_err(api(format!("start container {name}")))
     }
 
@@ -297,11 +298,6 @@ impl Pod {
     /// podman's name of its container `name` (as in [`ContainerSpec::name`]).
     pub fn container(&self, name: &str) -> String {
         format!("{}-{name}", self.name)
-    }
-
-    /// The full names of its containers, in start order.
-    pub fn containers(&self) -> &[String] {
-        &self.containers
     }
 
     /// Waits until `ready` answers true; fails early, with its log, if a container exits.
@@ -317,11 +313,12 @@ impl Pod {
             if checked.elapsed() > Duration::from_millis(500) {
                 checked = Instant::now();
                 for name in &self.containers {
-                    let state = podman.containers().get(name).inspect().await.ok().and_then(|c| c.state);
+                    let full_name = self.container(name);
+                    let state = podman.containers().get(&full_name).inspect().await.ok().and_then(|c| c.state);
                     if state.and_then(|s| s.running) == Some(false) {
                         let log = self.save_log(name);
                         let tail = crate::service::tail(&log, 20);
-                        return Err(PodError::Exited { name: name.clone(), log, tail });
+                        return Err(PodError::Exited { name: full_name, log, tail });
                     }
                 }
             }
@@ -334,17 +331,18 @@ impl Pod {
         Ok(())
     }
 
-    /// Writes each container's log to `<log dir>/<container>.log`; returns the paths.
+    /// Writes each container's log to `<log dir>/<name>.log` (`rabbitmq.log`, ...); returns
+    /// the names and paths.
     pub fn save_logs(&self) -> Vec<(String, PathBuf)> {
         self.containers.iter().map(|name| (name.clone(), self.save_log(name))).collect()
     }
 
-    fn save_log(&self, container: &str) -> PathBuf {
-        let path = self.log_dir.join(format!("{container}.log"));
+    fn save_log(&self, name: &str) -> PathBuf {
+        let path = self.log_dir.join(format!("{name}.log"));
         if let Ok(file) = std::fs::File::create(&path) {
             let _ = self
                 .podman()
-                .args(["logs", container])
+                .args(["logs", &self.container(name)])
                 .stdin(Stdio::null())
                 .stdout(file.try_clone().map_or(Stdio::null(), Stdio::from))
                 .stderr(file)

@@ -1,18 +1,28 @@
-//! `cargo xtask run-local` as a user runs it: a run that fails on purpose and a run interrupted
-//! with SIGINT both leave no process of the run alive and no port it used open; the
-//! interactive mode, driven under tmux, reaches the deployment and tears it down on `exit`.
+//! `cargo xtask run-local` as a user runs it, on both runtimes: a run that fails on purpose and
+//! a run interrupted with SIGINT leave no process, container or pod of the run and no port it
+//! used open; the interactive mode, driven under tmux, reaches the deployment and tears it
+//! down on `exit`.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// `xtask run-local` with the service binaries of this build (not rebuilt with the release
-/// profile: `cargo xtask ci` runs that path).
-fn run_local() -> Command {
+/// `xtask run-local` on `runtime` with the service binaries of this build (not rebuilt with
+/// the release profile: `cargo xtask ci` runs that path).
+fn run_local(runtime: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
     command.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
-    command.args(["run-local", "--binaries", &binaries_dir()]);
+    command.args(["run-local", "--runtime", runtime, "--binaries", &binaries_dir()]);
     command
+}
+
+/// Whether the podman runtime's packages are here (`cargo xtask ci` installs them).
+fn podman_here() -> bool {
+    let here = ["/usr/bin/podman", "/usr/bin/slirp4netns"].iter().all(|path| Path::new(path).exists());
+    if !here {
+        eprintln!("skipped: podman or slirp4netns is not installed (cargo xtask ci installs them)");
+    }
+    here
 }
 
 fn binaries_dir() -> String {
@@ -51,8 +61,19 @@ fn processes_of(dir: &str) -> Vec<String> {
 
 #[test]
 fn a_failed_run_reports_the_failure_and_leaves_nothing_behind() {
+    failed_run_leaves_nothing_behind("process");
+}
+
+#[test]
+fn a_failed_run_on_podman_leaves_no_pod_behind() {
+    if podman_here() {
+        failed_run_leaves_nothing_behind("podman");
+    }
+}
+
+fn failed_run_leaves_nothing_behind(runtime: &str) {
     let report = tempfile::NamedTempFile::new().unwrap();
-    let output = run_local()
+    let output = run_local(runtime)
         .args(["--scenario", "queue", "--scenario", "s3", "--fail-on-purpose", "s3", "--json"])
         .arg(report.path())
         .output()
@@ -65,7 +86,7 @@ fn a_failed_run_reports_the_failure_and_leaves_nothing_behind() {
     assert!(Path::new(&dir).join("webhook.log").is_file(), "the logs are kept in {dir}");
 
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(report.path()).unwrap()).unwrap();
-    assert_eq!(report["runtime"], "process");
+    assert_eq!(report["runtime"], runtime);
     let statuses: Vec<(&str, &str)> = report["scenarios"]
         .as_array()
         .unwrap()
@@ -75,9 +96,30 @@ fn a_failed_run_reports_the_failure_and_leaves_nothing_behind() {
     assert_eq!(statuses, [("queue", "pass"), ("s3", "fail")]);
     assert!(report.get("stop").is_none(), "nothing is kept");
 
-    assert_eq!(processes_of(&dir), Vec::<String>::new(), "processes of the run outlived it");
-    assert_ports_closed(&report["endpoints"]);
-    std::fs::remove_dir_all(&dir).unwrap();
+    assert_nothing_left(&dir, &report["endpoints"]);
+}
+
+/// No process, pod or container of the run in `dir` is left, nor any port it used open;
+/// then the run directory goes.
+fn assert_nothing_left(dir: &str, endpoints: &serde_json::Value) {
+    assert_eq!(processes_of(dir), Vec::<String>::new(), "processes of the run outlived it");
+    assert_ports_closed(endpoints);
+    assert_no_pod(dir);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Neither the pod of the run in `dir` nor any of its containers exists.
+fn assert_no_pod(dir: &str) {
+    if Path::new("/usr/bin/podman").exists() {
+        let pod = format!("workbench-{}", Path::new(dir).file_name().unwrap().to_string_lossy());
+        let listed = Command::new("podman")
+            .args(["ps", "--all", "--format", "{{.Names}}", "--filter", &format!("name={pod}")])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&listed.stdout), "", "containers of the run outlived it");
+        let exists = Command::new("podman").args(["pod", "exists", &pod]).status().unwrap();
+        assert!(!exists.success(), "pod {pod} outlived the run");
+    }
 }
 
 /// Every port of a run's endpoints (the report's, or the run directory's endpoints.json) is free.
@@ -91,7 +133,18 @@ fn assert_ports_closed(endpoints: &serde_json::Value) {
 
 #[test]
 fn an_interrupted_run_leaves_nothing_behind() {
-    let mut child = run_local().stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    interrupted_run_leaves_nothing_behind("process");
+}
+
+#[test]
+fn an_interrupted_run_on_podman_leaves_no_pod_behind() {
+    if podman_here() {
+        interrupted_run_leaves_nothing_behind("podman");
+    }
+}
+
+fn interrupted_run_leaves_nothing_behind(runtime: &str) {
+    let mut child = run_local(runtime).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     // Interrupt once the deployment is up, while the scenarios run.
     let mut seen = String::new();
@@ -107,10 +160,8 @@ fn an_interrupted_run_leaves_nothing_behind() {
     assert!(!output.status.success());
     assert!(stderr.contains("interrupted"), "{stderr}");
     let dir = run_dir(&stderr);
-    assert_eq!(processes_of(&dir), Vec::<String>::new(), "processes of the run outlived it");
     let endpoints = std::fs::read(Path::new(&dir).join("endpoints.json")).unwrap();
-    assert_ports_closed(&serde_json::from_slice(&endpoints).unwrap());
-    std::fs::remove_dir_all(&dir).unwrap();
+    assert_nothing_left(&dir, &serde_json::from_slice(&endpoints).unwrap());
 }
 
 #[test]
@@ -122,8 +173,10 @@ fn the_interactive_shell_reaches_the_deployment_and_exit_tears_it_down() {
     let socket = format!("workbench-test-{}", std::process::id());
     let tmux = |args: &[&str]| Command::new("tmux").args(["-L", &socket]).args(args).output().unwrap();
     // The pane outlives run-local, so that a run that ends early shows why, at once.
+    // On podman, the shell is in the tasks container, where the tools find everything alike.
+    let runtime = if podman_here() { "podman" } else { "process" };
     let command = format!(
-        "{} run-local -i --binaries {}; echo \"run-local exited: $?\"; sleep 600",
+        "{} run-local --runtime {runtime} -i --binaries {}; echo \"run-local exited: $?\"; sleep 600",
         env!("CARGO_BIN_EXE_xtask"),
         binaries_dir()
     );
@@ -163,5 +216,6 @@ fn the_interactive_shell_reaches_the_deployment_and_exit_tears_it_down() {
     let _ = tmux(&["kill-server"]);
     assert!(ended.contains("run-local exited: 0"), "{ended}");
     assert_eq!(processes_of(&dir), Vec::<String>::new(), "processes of the run outlived it");
+    assert_no_pod(&dir);
     assert!(!Path::new(&dir).exists(), "a run that succeeded removes its directory");
 }
