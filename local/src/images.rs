@@ -135,6 +135,27 @@ pub fn build_rabbitmq(podman: &PodmanService, force: bool) -> Result<Built, Podm
     build(podman, RABBITMQ, &containerfiles().join("rabbitmq/Containerfile"), &[&plugins], force)
 }
 
+/// What a tasks image lacks to be deployed, in words: the service binaries and git on its
+/// `PATH`, and, where this machine has KVM, write access to `/dev/kvm` for its user.
+pub fn lacks(podman: &PodmanService, image: &str) -> Vec<String> {
+    const CHECK: &str = r#"for tool in tasks webhook git; do command -v $tool >/dev/null || echo "no $tool command on its PATH"; done
+[ ! -e /dev/kvm ] || [ -w /dev/kvm ] || echo "its user ($(id -un)) cannot use /dev/kvm""#;
+    let mut command = podman.command();
+    command.args(["run", "--rm", "--network=none"]);
+    if Path::new("/dev/kvm").exists() {
+        command.arg("--device=/dev/kvm");
+    }
+    match command.args([image, "sh", "-c", CHECK]).output() {
+        Ok(output) if output.status.success() => {
+            String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect()
+        }
+        Ok(output) => {
+            vec![format!("it cannot run sh ({})", String::from_utf8_lossy(&output.stderr).trim())]
+        }
+        Err(err) => vec![format!("podman run failed: {err}")],
+    }
+}
+
 /// `podman image inspect --format FORMAT IMAGE`, or `None` when there is no such image.
 pub fn inspect(podman: &PodmanService, image: &str, format: &str) -> Option<String> {
     let output = podman.command().args(["image", "inspect", "--format", format, image]).output().ok()?;

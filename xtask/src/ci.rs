@@ -24,6 +24,9 @@ pub fn run() -> anyhow::Result<()> {
     println!("==> run-local --runtime podman");
     let args = crate::run_local::Args { runtime: crate::run_local::Runtime::Podman, ..Default::default() };
     crate::run_local::run(args).context("run-local --runtime podman")?;
+    println!("==> smoke --tasks-image {}", local::images::TASKS);
+    let args = crate::smoke::Args { tasks_image: local::images::TASKS.to_owned(), rabbitmq_image: None, json: None };
+    crate::smoke::run(args)?;
     println!("==> ci passed");
     Ok(())
 }

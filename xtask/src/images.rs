@@ -44,11 +44,6 @@ pub(crate) fn ensure(
         }
         Ok(())
     };
-    for given in [rabbitmq, tasks].into_iter().flatten() {
-        if images::inspect(&podman, given, "{{.Id}}").is_none() {
-            bail!("there is no image {given} in podman's storage: pull or load it first (we never pull)");
-        }
-    }
     let containerfiles = images::containerfiles();
     if rabbitmq.is_none() || tasks.is_none() {
         step(images::BASE, &|| images::ensure_base(&podman))?;
@@ -61,6 +56,17 @@ pub(crate) fn ensure(
             let files = [binaries.tasks.as_path(), binaries.webhook.as_path()];
             images::build(&podman, images::TASKS, &containerfiles.join("tasks/Containerfile"), &files, force)
         })?;
+    }
+    for given in [rabbitmq, tasks].into_iter().flatten() {
+        if images::inspect(&podman, given, "{{.Id}}").is_none() {
+            bail!("there is no image {given} in podman's storage: pull or load it first (we never pull)");
+        }
+    }
+    if let Some(tasks) = tasks {
+        let lacks = images::lacks(&podman, tasks);
+        if !lacks.is_empty() {
+            bail!("{tasks} is not a deployable tasks image: {}", lacks.join("; "));
+        }
     }
     Ok((rabbitmq.unwrap_or(images::RABBITMQ).to_owned(), tasks.unwrap_or(images::TASKS).to_owned()))
 }

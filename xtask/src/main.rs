@@ -9,6 +9,7 @@ mod payload;
 mod progress;
 mod run_local;
 mod secrets;
+mod smoke;
 #[cfg(test)]
 mod tidy;
 
@@ -37,6 +38,8 @@ enum Command {
     Ci,
     /// Build the RabbitMQ and tasks images offline, from Debian's packages (no registry).
     Images(images::Args),
+    /// Smoke-test a tasks image before rollout: what it holds, then the pod with it.
+    Smoke(smoke::Args),
     /// Measure, and print figures as recorded in docs/benchmarks.md.
     Bench(bench::Args),
     /// Print a mocked GitHub event as the webhook queues it (for `tasks publish-queue`).
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Command::Secrets(args) => secrets::run(args),
         Command::Ci => ci::run(),
         Command::Images(args) => images::run(args),
+        Command::Smoke(args) => smoke::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Payload(args) => payload::run(args),
     };

@@ -128,6 +128,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     packages::ensure(if runtime == Runtime::Podman { &PODMAN } else { &[RABBITMQ] })?;
     let binaries = match &args.binaries {
         Some(dir) => Binaries::in_dir(dir),
+        // A given tasks image brings its own.
+        None if runtime == Runtime::Podman && args.tasks_image.is_some() => release_binaries(),
         None => build_binaries()?,
     };
     let runtime = match runtime {
@@ -188,7 +190,11 @@ pub(crate) fn build_binaries() -> anyhow::Result<Binaries> {
     if !output.status.success() {
         bail!("building the service binaries failed:\n{}", String::from_utf8_lossy(&output.stderr));
     }
-    Ok(Binaries::in_dir(&crate::runs_dir().parent().expect("runs live in the target directory").join("release")))
+    Ok(release_binaries())
+}
+
+fn release_binaries() -> Binaries {
+    Binaries::in_dir(&crate::runs_dir().parent().expect("runs live in the target directory").join("release"))
 }
 
 async fn deploy_and_check(run_dir: &Path, options: &Options, args: &Args) -> anyhow::Result<()> {
