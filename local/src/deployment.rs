@@ -63,8 +63,9 @@ pub struct Options {
 pub enum Runtime {
     /// Child processes of this one.
     Process,
-    /// The containers of one podman pod, from these images (present in podman's storage).
-    Podman { rabbitmq_image: String, tasks_image: String },
+    /// The containers of one podman pod, from these images (present in podman's storage);
+    /// with `via_kube`, made by `podman kube play` of the pod's Kubernetes manifest.
+    Podman { rabbitmq_image: String, tasks_image: String, via_kube: bool },
 }
 
 /// Told about each step as it starts and ends, to show progress. Independent steps run at
@@ -174,7 +175,7 @@ impl Deployment {
                 );
                 Deployment::start_processes(run_dir, options, broker?, world?, progress).await
             }
-            Runtime::Podman { rabbitmq_image, tasks_image } => {
+            Runtime::Podman { rabbitmq_image, tasks_image, via_kube } => {
                 if options.real_github_token.is_some() {
                     return Err(DeployError::Unsupported(
                         "the real GitHub mode runs on the process runtime: pass --runtime process",
@@ -186,7 +187,7 @@ impl Deployment {
                     World::start(run_dir, secrets.clone(), jobs_dir, options, progress),
                 );
                 let images = (rabbitmq_image.as_str(), tasks_image.as_str());
-                Deployment::start_pod(run_dir, options, podman?, world?, images, progress).await
+                Deployment::start_pod(run_dir, options, podman?, world?, images, *via_kube, progress).await
             }
         }
     }
@@ -254,6 +255,7 @@ impl Deployment {
         podman: PodmanService,
         world: World,
         (rabbitmq_image, tasks_image): (&str, &str),
+        via_kube: bool,
         progress: &dyn Progress,
     ) -> Result<Deployment, DeployError> {
         let World { secrets, s3, github, test_map, jobs_dir } = world;
@@ -304,23 +306,38 @@ impl Deployment {
             workers,
             host_ports: &host_ports,
         });
-        let mut pod = Pod::create(podman.socket(), &spec, run_dir).await?;
         let amqp = amqp::Config::new(
             amqp::Address::Tls { host: "127.0.0.1".into(), port: host_ports.amqp },
             &secrets.webhook_dir(),
         );
         let webhook = SocketAddr::from(([127, 0, 0, 1], host_ports.webhook));
-        let (broker, services) = spec.containers.split_first().expect("the pod starts with RabbitMQ");
-        step(progress, &format!("starting RabbitMQ in pod {name}"), async {
-            pod.start(broker).await?;
-            pod.wait_ready("RabbitMQ", || broker_answers(&amqp)).await
-        })
-        .await?;
-        let label = format!("starting the webhook and {workers} tasks worker(s) in the pod");
-        step(progress, &label, async {
-            for container in services {
-                pod.start(container).await?;
+        let pod = match via_kube {
+            true => {
+                let yaml = crate::kube::to_yaml(&crate::kube::manifests(&spec, crate::kube::Target::Podman));
+                let path = config_dir.join("kube.yaml");
+                std::fs::write(&path, &yaml).map_err(io(format!("write {}", path.display())))?;
+                let label = format!("podman kube play {} (pod {name})", path.display());
+                let pod = step(progress, &label, Pod::play(podman.socket(), &spec, &yaml, run_dir)).await?;
+                step(progress, "waiting for RabbitMQ in the pod", pod.wait_ready("RabbitMQ", || broker_answers(&amqp)))
+                    .await?;
+                pod
             }
+            false => {
+                let mut pod = Pod::create(podman.socket(), &spec, run_dir).await?;
+                let (broker, services) = spec.containers.split_first().expect("the pod starts with RabbitMQ");
+                step(progress, &format!("starting RabbitMQ in pod {name}"), async {
+                    pod.start(broker).await?;
+                    pod.wait_ready("RabbitMQ", || broker_answers(&amqp)).await
+                })
+                .await?;
+                for container in services {
+                    pod.start(container).await?;
+                }
+                pod
+            }
+        };
+        let label = format!("waiting for the webhook and {workers} tasks worker(s) in the pod");
+        step(progress, &label, async {
             pod.wait_ready("the webhook", || crate::service::answers(webhook, "/healthz")).await?;
             for port in &host_ports.metrics {
                 let metrics = SocketAddr::from(([127, 0, 0, 1], *port));

@@ -5,6 +5,7 @@ pub mod broker;
 pub mod deployment;
 pub mod github;
 pub mod images;
+pub mod kube;
 pub mod pod;
 pub mod podman;
 pub mod s3_server;

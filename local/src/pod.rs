@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use podman_api::Podman;
 use podman_api::models::{ContainerMount, LinuxDevice, Namespace, PortMapping};
-use podman_api::opts::{ContainerCreateOpts, PodCreateOpts};
+use podman_api::opts::{ContainerCreateOpts, PlayKubernetesYamlOpts, PodCreateOpts};
 
 pub use crate::secrets::HOST_ALIAS;
 use crate::secrets::{POD_HOSTNAME, Secrets};
@@ -27,14 +27,17 @@ pub const WEBHOOK_PORT: u16 = 8080;
 /// Worker `n` serves its metrics on this port plus `n`.
 const METRICS_PORT: u16 = 9100;
 /// slirp4netns's address for the host's loopback.
-const HOST_LOOPBACK: &str = "10.0.2.2";
+pub(crate) const HOST_LOOPBACK: &str = "10.0.2.2";
 
 /// Where the secrets and configuration are inside the containers.
 pub const WEBHOOK_SECRETS: &str = "/run/secrets/webhook";
 pub const S3_KEYS: &str = "/run/secrets/s3-keys";
 pub const TASKS_SECRETS: &str = "/run/secrets/tasks";
-const RABBITMQ_CONFIG: &str = "/etc/rabbitmq";
 pub const PODMAN_SOCKET: &str = "/podman.sock";
+pub(crate) const RABBITMQ_CONFIG: &str = "/etc/rabbitmq";
+
+/// The pod's network: its own, with this machine's loopback reachable.
+const NETWORK: &str = "slirp4netns:allow_host_loopback=true";
 
 /// How long the services of a new pod may take to be ready.
 const READY_WITHIN: Duration = Duration::from_secs(120);
@@ -76,6 +79,8 @@ pub struct ContainerSpec {
     pub env: Vec<(String, String)>,
     pub mounts: Vec<Mount>,
     pub devices: Vec<String>,
+    /// The ports it listens on.
+    pub ports: Vec<u16>,
 }
 
 /// A directory or file of this machine, mounted into a container.
@@ -144,6 +149,7 @@ pub fn deployment(inputs: &Inputs) -> PodSpec {
                 Mount::read_only(inputs.config_dir.join("rabbitmq"), RABBITMQ_CONFIG),
             ],
             devices: vec![],
+            ports: vec![AMQP_PORT],
         },
         ContainerSpec {
             name: "webhook".into(),
@@ -157,6 +163,7 @@ pub fn deployment(inputs: &Inputs) -> PodSpec {
             env: vec![log.clone()],
             mounts: vec![webhook_secrets.clone()],
             devices: vec![],
+            ports: vec![WEBHOOK_PORT],
         },
     ];
     let kvm = Path::new("/dev/kvm").exists();
@@ -197,6 +204,7 @@ pub fn deployment(inputs: &Inputs) -> PodSpec {
                 Mount { host: work_dir.clone(), container: work_dir, read_only: false },
             ],
             devices: if kvm { vec!["/dev/kvm".into()] } else { vec![] },
+            ports: vec![METRICS_PORT + n],
         });
     }
     let ports = inputs.host_ports;
@@ -260,7 +268,7 @@ impl Pod {
             .name(&spec.name)
             .hostname(POD_HOSTNAME)
             .netns(model::<Namespace>(serde_json::json!({ "nsmode": "slirp4netns" })))
-            .network_options([("slirp4netns", vec!["allow_host_loopback=true"])])
+            .network_options([("slirp4netns", vec![NETWORK.trim_start_matches("slirp4netns:")])])
             .add_hosts([format!("{HOST_ALIAS}:{HOST_LOOPBACK}")])
             .portmappings(spec.ports.iter().map(|port| {
                 model::<PortMapping>(serde_json::json!({
@@ -274,6 +282,22 @@ impl Pod {
             .await
             .map_err(|source| PodError::Api { what: format!("create pod {}", spec.name), source })?;
         Ok(Pod { name: spec.name.clone(), socket: socket.to_owned(), containers: vec![], log_dir: log_dir.to_owned() })
+    }
+
+    /// Creates and starts the pod with `podman kube play` of `yaml` (the Kubernetes form of
+    /// `spec`, see `crate::kube`) through the podman API at `socket`.
+    pub async fn play(socket: &Path, spec: &PodSpec, yaml: &str, log_dir: &Path) -> Result<Pod, PodError> {
+        let opts = PlayKubernetesYamlOpts::builder().network([NETWORK]).start(true).build();
+        let played = Podman::unix(socket).play_kubernetes_yaml(&opts, yaml).await;
+        // Whatever it made, the guard removes.
+        let pod = Pod {
+            name: spec.name.clone(),
+            socket: socket.to_owned(),
+            containers: spec.containers.iter().map(|c| c.name.clone()).collect(),
+            log_dir: log_dir.to_owned(),
+        };
+        played.map_err(|source| PodError::Api { what: format!("play the manifests of pod {}", spec.name), source })?;
+        Ok(pod)
     }
 
     /// Creates and starts one of its containers. Services that need the broker start after

@@ -24,6 +24,10 @@ pub fn run() -> anyhow::Result<()> {
     println!("==> run-local --runtime podman");
     let args = crate::run_local::Args { runtime: crate::run_local::Runtime::Podman, ..Default::default() };
     crate::run_local::run(args).context("run-local --runtime podman")?;
+    println!("==> run-local --runtime podman --via-kube");
+    let args =
+        crate::run_local::Args { runtime: crate::run_local::Runtime::Podman, via_kube: true, ..Default::default() };
+    crate::run_local::run(args).context("run-local --runtime podman --via-kube")?;
     println!("==> smoke --tasks-image {}", local::images::TASKS);
     let args = crate::smoke::Args { tasks_image: local::images::TASKS.to_owned(), rabbitmq_image: None, json: None };
     crate::smoke::run(args)?;

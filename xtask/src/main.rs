@@ -4,6 +4,7 @@
 mod bench;
 mod ci;
 mod images;
+mod kube;
 mod packages;
 mod payload;
 mod progress;
@@ -38,6 +39,8 @@ enum Command {
     Ci,
     /// Build the RabbitMQ and tasks images offline, from Debian's packages (no registry).
     Images(images::Args),
+    /// Write the deployment's Kubernetes manifests (from the pod run-local runs).
+    Kube(kube::Args),
     /// Smoke-test a tasks image before rollout: what it holds, then the pod with it.
     Smoke(smoke::Args),
     /// Measure, and print figures as recorded in docs/benchmarks.md.
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Secrets(args) => secrets::run(args),
         Command::Ci => ci::run(),
         Command::Images(args) => images::run(args),
+        Command::Kube(args) => kube::run(args),
         Command::Smoke(args) => smoke::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Payload(args) => payload::run(args),

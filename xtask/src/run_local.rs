@@ -23,6 +23,10 @@ pub struct Args {
     /// else process.
     #[arg(long, value_enum, default_value_t = Runtime::Auto)]
     pub runtime: Runtime,
+    /// On the podman runtime, make the pod with `podman kube play` of its Kubernetes manifest
+    /// (as `cargo xtask kube` writes for production), rather than container by container.
+    #[arg(long)]
+    pub via_kube: bool,
     /// On the podman runtime, run this RabbitMQ image (present in podman's storage) instead of
     /// building localhost/workbench/rabbitmq.
     #[arg(long, value_name = "REF")]
@@ -125,6 +129,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let runtime = args.runtime.resolve();
+    if args.via_kube && runtime != Runtime::Podman {
+        bail!("--via-kube plays the pod's manifest with podman: pass --runtime podman");
+    }
     packages::ensure(if runtime == Runtime::Podman { &PODMAN } else { &[RABBITMQ] })?;
     let binaries = match &args.binaries {
         Some(dir) => Binaries::in_dir(dir),
@@ -136,7 +143,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Runtime::Podman => {
             let images =
                 crate::images::ensure(&binaries, args.rabbitmq_image.as_deref(), args.tasks_image.as_deref(), false)?;
-            local::deployment::Runtime::Podman { rabbitmq_image: images.0, tasks_image: images.1 }
+            local::deployment::Runtime::Podman {
+                rabbitmq_image: images.0,
+                tasks_image: images.1,
+                via_kube: args.via_kube,
+            }
         }
         _ => local::deployment::Runtime::Process,
     };
