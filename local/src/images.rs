@@ -141,6 +141,8 @@ pub fn build(
         let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
         return Err(failed(image, tail.into_iter().rev().collect::<Vec<_>>().join("\n")));
     }
+    // The image this one replaced, now untagged, would otherwise pile up with every build.
+    let _ = podman.command().args(["image", "prune", "--force", "--filter", &format!("label={INPUTS_LABEL}")]).output();
     Ok(Built::Built)
 }
 

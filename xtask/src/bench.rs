@@ -42,11 +42,18 @@ enum What {
         #[arg(long, default_value_t = 1_000)]
         rate: usize,
     },
-    /// `cargo xtask run-local` end to end, as a whole process, with the binaries already built.
+    /// `cargo xtask run-local` end to end, as a whole process, with the binaries (and images)
+    /// already built.
     RunLocal {
         /// How many runs to measure.
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// The runtime to measure: process or podman.
+        #[arg(long, default_value = "process")]
+        runtime: String,
+        /// On podman, make the pod with `podman kube play`.
+        #[arg(long)]
+        via_kube: bool,
     },
     /// The tasks worker (release build, process sandbox): latency from a pull_request event in
     /// `webhook` to "Not yet tested" and from a job in `public` to "In progress", one at a time;
@@ -69,7 +76,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let binaries = crate::run_local::build_binaries()?;
             crate::runtime()?.block_on(webhook(&binaries.webhook, clients, deliveries, rate))
         }
-        What::RunLocal { runs } => run_local(runs),
+        What::RunLocal { runs, runtime, via_kube } => run_local(runs, &runtime, via_kube),
         What::Worker { events, jobs } => {
             let binaries = crate::run_local::build_binaries()?;
             crate::runtime()?.block_on(worker(&binaries.tasks, events, jobs))
@@ -166,35 +173,47 @@ async fn webhook(binary: &Path, clients: usize, deliveries: usize, rate: usize) 
     Ok(())
 }
 
-fn run_local(runs: usize) -> anyhow::Result<()> {
+fn run_local(runs: usize, runtime: &str, via_kube: bool) -> anyhow::Result<()> {
     crate::run_local::build_binaries()?;
     let xtask = std::env::current_exe().context("finding the xtask binary")?;
     let report = tempfile::NamedTempFile::new()?;
     let mut times = Vec::new();
     for run in 1..=runs {
         let started = Instant::now();
-        let output = Command::new(&xtask).args(["run-local", "--json"]).arg(report.path()).output()?;
+        let mut command = Command::new(&xtask);
+        command.args(["run-local", "--runtime", runtime, "--json"]).arg(report.path());
+        if via_kube {
+            command.arg("--via-kube");
+        }
+        let output = command.output()?;
         let elapsed = started.elapsed();
         if !output.status.success() {
             bail!("run-local failed:\n{}", String::from_utf8_lossy(&output.stderr));
         }
         let report: serde_json::Value = serde_json::from_slice(&std::fs::read(report.path())?)?;
-        let broker = String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .find(|line| line.contains("starting RabbitMQ"))
-            .and_then(|line| line.rsplit('(').next())
-            .map(|time| time.trim_end_matches(" s)").to_owned())
-            .unwrap_or_default();
+        // The time of a step, from its progress line: "✔ <step> ... (1.2 s)".
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let step = |name: &str| {
+            stdout
+                .lines()
+                .find(|line| line.contains(name))
+                .and_then(|line| line.rsplit('(').next())
+                .map(|time| time.trim_end_matches(" s)").to_owned())
+                .unwrap_or_default()
+        };
         println!(
-            "run {run}: {:.2} s (deployment and scenarios {:.2} s; broker start {broker} s)",
+            "run {run}: {:.2} s (deployment and scenarios {:.2} s; broker start {} s; teardown {} s)",
             elapsed.as_secs_f64(),
-            report["seconds"].as_f64().unwrap_or_default()
+            report["seconds"].as_f64().unwrap_or_default(),
+            step("RabbitMQ"),
+            step("tearing the deployment down"),
         );
         times.push(elapsed);
     }
     times.sort();
     println!(
-        "run-local: median {:.2} s over {runs} runs (min {:.2} s, max {:.2} s)",
+        "run-local ({runtime}{}): median {:.2} s over {runs} runs (min {:.2} s, max {:.2} s)",
+        if via_kube { ", via kube" } else { "" },
         percentile(&times, 50).as_secs_f64(),
         times[0].as_secs_f64(),
         times[runs - 1].as_secs_f64()

@@ -210,17 +210,27 @@ fn release_binaries() -> Binaries {
 
 async fn deploy_and_check(run_dir: &Path, options: &Options, args: &Args) -> anyhow::Result<()> {
     let started = Instant::now();
-    let deployment = Deployment::start(run_dir, options, &Steps::default()).await?;
+    let deployment = Arc::new(Deployment::start(run_dir, options, &Steps::default()).await?);
+    let result = check(&deployment, run_dir, args, started).await;
+    // Scenario tasks have ended, so this is the last reference: dropping it tears down.
+    let spinner = Spinner::start("tearing the deployment down");
+    drop(deployment);
+    spinner.finish(true);
+    result
+}
+
+/// What run-local does with the deployment up: the shell, the real GitHub mode, or the
+/// scenarios and their report (and with `--keep`, waiting).
+async fn check(deployment: &Arc<Deployment>, run_dir: &Path, args: &Args, started: Instant) -> anyhow::Result<()> {
     if args.interactive {
-        return shell(&deployment).await;
+        return shell(deployment).await;
     }
-    let deployment = Arc::new(deployment);
     let names: Vec<String> = match args.scenarios.is_empty() {
         true => scenario::ALL.iter().map(|name| name.to_string()).collect(),
         false => args.scenarios.clone(),
     };
     if let (Some(number), Some(repo)) = (args.pr, &args.repo) {
-        return real_pull_request(&deployment, repo, number).await;
+        return real_pull_request(deployment, repo, number).await;
     }
     let mut outcomes = Vec::new();
     for name in names {
@@ -282,7 +292,7 @@ async fn deploy_and_check(run_dir: &Path, options: &Options, args: &Args) -> any
         std::fs::write(kept_file(), format!("{}\n{}\n", std::process::id(), run_dir.display()))
             .with_context(|| format!("writing {}", kept_file().display()))?;
         println!("\nThe deployment stays up until `cargo xtask down` (or Ctrl-C here):");
-        print_endpoints(&deployment);
+        print_endpoints(deployment);
         interrupted().await;
     }
     Ok(())
