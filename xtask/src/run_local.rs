@@ -164,6 +164,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let result = crate::runtime()?.block_on(async {
         tokio::select! {
+            // A kept deployment waits for the same signal to end normally: it goes first.
+            biased;
             result = deploy_and_check(run_dir.path(), &options, &args) => result,
             () = interrupted() => Err(anyhow::anyhow!("interrupted")),
         }
@@ -317,6 +319,16 @@ fn print_endpoints(deployment: &Deployment) {
     println!("  GitHub API:  {} (mock)", endpoints.github_api);
     println!("  S3:          {} (logs: {}logs/)", endpoints.s3, endpoints.s3);
     println!("  logs:        {}", deployment.run_dir.display());
+    if let Some(pod) = deployment.pod() {
+        let podman = pod.podman();
+        let podman = [podman.get_program()].into_iter().chain(podman.get_args()).map(|arg| arg.to_string_lossy());
+        let podman = podman.collect::<Vec<_>>().join(" ");
+        let worker = pod.container(&local::pod::worker_name(1));
+        println!("  pod:         {}", pod.name());
+        println!("    {podman} ps --all --pod --filter pod={}", pod.name());
+        println!("    {podman} logs --follow {worker}");
+        println!("    {podman} exec -it {worker} bash");
+    }
 }
 
 /// A shell that reaches the deployment: in the first tasks container on the podman runtime,
