@@ -28,7 +28,9 @@ async fn start() -> Fixture {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let webhook = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel();
-    let config = webhook::Config { amqp: broker.client_config(), secret: secret.clone() };
+    // Short, so that the slow client of the hostile deliveries is refused quickly.
+    let read_timeout = Duration::from_secs(1);
+    let config = webhook::Config { amqp: broker.client_config(), secret: secret.clone(), read_timeout };
     tokio::spawn(webhook::serve(listener, config, async {
         let _ = stopped.await;
     }));
@@ -60,11 +62,13 @@ fn fixture_payload(name: &str) -> Vec<u8> {
 }
 
 impl Fixture {
-    /// POSTs a delivery of `event` signed with our secret.
+    /// POSTs a delivery of `event` signed with our secret, under a delivery id of its own.
     async fn deliver(&self, event: &str, body: &[u8]) -> (u16, String, String) {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let signature = webhook::sign_sha256(&self.secret, body);
         let head = format!(
-            "POST / HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-GitHub-Event: {event}\r\nX-GitHub-Delivery: 72d3162e-cc78-11e3-81ab-4c9367dc0958\r\nX-Hub-Signature-256: {signature}\r\n",
+            "POST / HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-GitHub-Event: {event}\r\nX-GitHub-Delivery: 72d3162e-cc78-11e3-81ab-{id:012x}\r\nX-Hub-Signature-256: {signature}\r\n",
             body.len()
         );
         request(self.webhook, &head, body).await
@@ -180,6 +184,60 @@ async fn bad_input_is_refused_and_publishes_nothing() {
         "{metrics}"
     );
     assert!(!metrics.contains(std::str::from_utf8(&fixture.secret).unwrap()), "the secret never leaves");
+}
+
+#[tokio::test]
+async fn hostile_deliveries_are_refused_and_queue_nothing() {
+    let fixture = start().await;
+    let signed = |body: &[u8], extra: &str| {
+        format!(
+            "POST / HTTP/1.1\r\nX-GitHub-Event: pull_request\r\nX-Hub-Signature-256: {}\r\nContent-Length: {}\r\n{extra}",
+            webhook::sign_sha256(&fixture.secret, body),
+            body.len()
+        )
+    };
+    let json = "Content-Type: application/json\r\n";
+    let deep = [vec![b'['; 100_000], vec![b']'; 100_000]].concat();
+    let not_utf8 = b"{\"repository\": {\"full_name\": \"\xff\xfe\"}}".to_vec();
+    let body = fixture_payload("pull_request-opened.json");
+    let wrong = webhook::sign_sha256(b"not our secret", &body);
+    let huge = webhook::MAX_BODY + 1;
+    let chunked = [format!("{huge:x}\r\n").into_bytes(), vec![b' '; huge], b"\r\n0\r\n\r\n".to_vec()].concat();
+    let cases: Vec<(&str, String, Vec<u8>, u16)> = vec![
+        ("deep JSON nesting", signed(&deep, json), deep.clone(), 400),
+        ("invalid UTF-8", signed(&not_utf8, json), not_utf8.clone(), 400),
+        (
+            "a second, wrong signature",
+            signed(&body, &format!("{json}X-Hub-Signature-256: {wrong}\r\n")),
+            body.clone(),
+            400,
+        ),
+        ("two event headers", signed(&body, &format!("{json}X-GitHub-Event: push\r\n")), body.clone(), 400),
+        ("text/plain", signed(&body, "Content-Type: text/plain\r\n"), body.clone(), 415),
+        ("form-encoded", signed(&body, "Content-Type: application/x-www-form-urlencoded\r\n"), body.clone(), 415),
+        ("no content type", signed(&body, ""), body.clone(), 415),
+        (
+            "over 25 MiB, chunked",
+            format!("POST / HTTP/1.1\r\nX-GitHub-Event: pull_request\r\n{json}Transfer-Encoding: chunked\r\n"),
+            chunked,
+            413,
+        ),
+        // Announces the body, sends a tenth of it, and waits: refused after the read timeout.
+        ("slow body", signed(&body, json), body[..body.len() / 10].to_vec(), 408),
+    ];
+    for (case, head, body, expected) in cases {
+        let (status, _, text) = request(fixture.webhook, &head, &body).await;
+        assert_eq!(status, expected, "{case}: {text}");
+    }
+    assert!(fixture.drain().await.is_empty(), "no hostile delivery is queued");
+
+    // A delivery replayed with its id (GitHub's "Redeliver", or a captured one) is queued once.
+    let replayed = signed(&body, &format!("{json}X-GitHub-Delivery: 0b989ba4-242f-11e5-81e1-c7b6a3b5e5a1\r\n"));
+    for _ in 0..3 {
+        let (status, _, text) = request(fixture.webhook, &replayed, &body).await;
+        assert_eq!(status, 200, "{text}");
+    }
+    assert_eq!(fixture.drain().await, [queued("pull_request", &body)]);
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 mod event;
 mod metrics;
 mod publisher;
+mod recent;
 mod routes;
 mod signature;
 
@@ -14,7 +15,7 @@ use std::sync::Arc;
 
 use axum::serve::ListenerExt;
 
-pub use routes::MAX_BODY;
+pub use routes::{MAX_BODY, READ_TIMEOUT};
 pub use signature::{SignatureError, sign_sha256, verify};
 
 /// What the webhook needs to run.
@@ -22,6 +23,8 @@ pub struct Config {
     pub amqp: amqp::Config,
     /// The HMAC secret GitHub signs deliveries with.
     pub secret: Vec<u8>,
+    /// How long a client may take to send a delivery's body ([`READ_TIMEOUT`]).
+    pub read_timeout: std::time::Duration,
 }
 
 /// Reads a webhook secret file as Cockpit does: its content, surrounding whitespace stripped.
@@ -40,6 +43,8 @@ pub async fn serve(
         publisher: Arc::new(publisher::Publisher::start(config.amqp)),
         secret: config.secret.into(),
         metrics: Arc::default(),
+        recent: Arc::default(),
+        read_timeout: config.read_timeout,
     };
     // Answers are small and latency matters: do not let Nagle hold them back.
     let listener = listener.tap_io(|tcp| {

@@ -2,7 +2,7 @@
 //! in one place (`Refusal::status`).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -13,10 +13,17 @@ use axum::routing::{get, post};
 use crate::event::{Decision, Payload, decide};
 use crate::metrics::Metrics;
 use crate::publisher::{PublishError, Publisher};
+use crate::recent::Recent;
 use crate::signature::{self, SignatureError};
 
 /// GitHub caps deliveries at 25 MiB; a larger body is refused before it is read.
 pub const MAX_BODY: usize = 25 * 1024 * 1024;
+/// GitHub gives up on a delivery after 10 s: a client slower than that to send its body is not
+/// GitHub, and only holds a connection.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The headers a delivery is judged by: GitHub sends each once, and two would be ambiguous.
+const SINGLE_HEADERS: [&str; 5] =
+    ["x-hub-signature-256", "x-hub-signature", "x-github-event", "x-github-delivery", "content-type"];
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -24,6 +31,8 @@ pub struct AppState {
     pub publisher: Arc<Publisher>,
     pub secret: Arc<[u8]>,
     pub metrics: Arc<Metrics>,
+    pub recent: Arc<Recent>,
+    pub read_timeout: Duration,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -39,6 +48,8 @@ pub fn router(state: AppState) -> Router {
 /// A delivery that was handled.
 enum Accepted {
     Published,
+    /// Stored before, under the same delivery id.
+    Replayed,
     Ping,
     Ignored(String),
 }
@@ -52,10 +63,18 @@ enum Refusal {
     BadSignature,
     #[error("body larger than GitHub's 25 MiB limit, or cut short")]
     TooLarge,
+    #[error("body not sent within {} s", .0.as_secs())]
+    Slow(Duration),
+    #[error("more than one {0} header")]
+    Repeated(&'static str),
+    #[error("content type is not application/json")]
+    NotJsonType,
     #[error("missing X-GitHub-Event header")]
     NoEvent,
     #[error("body is not JSON: {0}")]
     NotJson(serde_json::Error),
+    #[error("body is not UTF-8, as GitHub's JSON always is")]
+    NotUtf8,
     #[error("body has no repository")]
     NoRepository,
     #[error("delivery not stored, try again later: {0}")]
@@ -67,8 +86,14 @@ impl Refusal {
         match self {
             Refusal::Unsigned => StatusCode::UNAUTHORIZED,
             Refusal::BadSignature => StatusCode::FORBIDDEN,
-            Refusal::NoEvent | Refusal::NotJson(_) | Refusal::NoRepository => StatusCode::BAD_REQUEST,
+            Refusal::NoEvent
+            | Refusal::NotJson(_)
+            | Refusal::NotUtf8
+            | Refusal::NoRepository
+            | Refusal::Repeated(_) => StatusCode::BAD_REQUEST,
             Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::Slow(_) => StatusCode::REQUEST_TIMEOUT,
+            Refusal::NotJsonType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -77,7 +102,14 @@ impl Refusal {
     fn outcome(&self) -> &'static str {
         match self {
             Refusal::Unsigned | Refusal::BadSignature => "unauthorized",
-            Refusal::NoEvent | Refusal::NotJson(_) | Refusal::NoRepository | Refusal::TooLarge => "bad_request",
+            Refusal::NoEvent
+            | Refusal::NotJson(_)
+            | Refusal::NotUtf8
+            | Refusal::NoRepository
+            | Refusal::TooLarge
+            | Refusal::Slow(_)
+            | Refusal::Repeated(_)
+            | Refusal::NotJsonType => "bad_request",
             Refusal::Unavailable(_) => "unavailable",
         }
     }
@@ -99,6 +131,7 @@ impl IntoResponse for Accepted {
     fn into_response(self) -> Response {
         match self {
             Accepted::Published | Accepted::Ping => (StatusCode::OK, "OK\n").into_response(),
+            Accepted::Replayed => (StatusCode::OK, "OK (stored before)\n").into_response(),
             Accepted::Ignored(reason) => (StatusCode::ACCEPTED, format!("ignored: {reason}\n")).into_response(),
         }
     }
@@ -108,6 +141,7 @@ impl Accepted {
     fn outcome(&self) -> &'static str {
         match self {
             Accepted::Published => "published",
+            Accepted::Replayed => "replayed",
             Accepted::Ping => "ping",
             Accepted::Ignored(_) => "ignored",
         }
@@ -123,7 +157,7 @@ async fn deliver(State(state): State<AppState>, request: Request) -> Result<Acce
     let headers = &parts.headers;
     let event = header(headers, "x-github-event");
     let id = header(headers, "x-github-delivery").unwrap_or("-");
-    let result = match read_body(headers, body).await {
+    let result = match read_body(headers, body, state.read_timeout).await {
         Ok(body) => accept(&state, headers, event, &body).await,
         Err(refusal) => Err(refusal),
     };
@@ -137,13 +171,28 @@ async fn deliver(State(state): State<AppState>, request: Request) -> Result<Acce
     result
 }
 
-/// The whole body, refusing one announced or found to exceed GitHub's limit without reading it.
-async fn read_body(headers: &HeaderMap, body: axum::body::Body) -> Result<axum::body::Bytes, Refusal> {
+/// The whole body of a delivery with GitHub's headers, each once, read within `within`;
+/// refusing one announced or found to exceed GitHub's limit without reading it.
+async fn read_body(
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    within: Duration,
+) -> Result<axum::body::Bytes, Refusal> {
+    if let Some(name) = SINGLE_HEADERS.into_iter().find(|name| headers.get_all(*name).iter().count() > 1) {
+        return Err(Refusal::Repeated(name));
+    }
+    let media_type = header(headers, "content-type").map(|value| value.split(';').next().unwrap_or("").trim());
+    if !media_type.is_some_and(|media_type| media_type.eq_ignore_ascii_case("application/json")) {
+        return Err(Refusal::NotJsonType);
+    }
     let announced = header(headers, "content-length").and_then(|length| length.parse::<u64>().ok());
     if announced.is_some_and(|length| length > MAX_BODY as u64) {
         return Err(Refusal::TooLarge);
     }
-    axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| Refusal::TooLarge)
+    match tokio::time::timeout(within, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(read) => read.map_err(|_| Refusal::TooLarge),
+        Err(_) => Err(Refusal::Slow(within)),
+    }
 }
 
 async fn accept(state: &AppState, headers: &HeaderMap, event: Option<&str>, body: &[u8]) -> Result<Accepted, Refusal> {
@@ -154,7 +203,9 @@ async fn accept(state: &AppState, headers: &HeaderMap, event: Option<&str>, body
         SignatureError::Mismatch => Refusal::BadSignature,
     })?;
     let event = event.ok_or(Refusal::NoEvent)?;
-    let payload: Payload = serde_json::from_slice(body).map_err(Refusal::NotJson)?;
+    // Checked whole: the parser does not look inside the values the filter skips.
+    let text = std::str::from_utf8(body).map_err(|_| Refusal::NotUtf8)?;
+    let payload: Payload = serde_json::from_str(text).map_err(Refusal::NotJson)?;
     let decision = decide(event, &payload);
     if decision != Decision::Ping && !payload.has_repository() {
         return Err(Refusal::NoRepository);
@@ -163,9 +214,16 @@ async fn accept(state: &AppState, headers: &HeaderMap, event: Option<&str>, body
         Decision::Ping => Ok(Accepted::Ping),
         Decision::Ignore(reason) => Ok(Accepted::Ignored(reason)),
         Decision::Publish => {
+            let id = header(headers, "x-github-delivery");
+            if id.is_some_and(|id| !state.recent.claim(id)) {
+                return Ok(Accepted::Replayed);
+            }
             let started = Instant::now();
             let message = amqp::WebhookMessage::encode(event, body);
-            state.publisher.publish(&message).await.map_err(Refusal::Unavailable)?;
+            if let Err(err) = state.publisher.publish(&message).await {
+                id.inspect(|id| state.recent.release(id));
+                return Err(Refusal::Unavailable(err));
+            }
             state.metrics.publish_latency(started.elapsed());
             Ok(Accepted::Published)
         }
