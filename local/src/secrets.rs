@@ -92,6 +92,29 @@ impl Secrets {
     pub fn s3_server_dir(&self) -> PathBuf {
         self.root.join("s3-server")
     }
+
+    /// The values that must never leave this directory: the tokens, the S3 secret keys, and
+    /// for each private key its longest line. Tests look for them where they must not be.
+    pub fn private_values(&self) -> io::Result<Vec<String>> {
+        let mut values = Vec::new();
+        for dir in [self.root.clone(), self.webhook_dir(), self.s3_keys_dir(), self.s3_server_dir()] {
+            for entry in std::fs::read_dir(&dir)?.flatten().filter(|entry| entry.path().is_file()) {
+                let text = std::fs::read_to_string(entry.path())?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let value = if name.ends_with(".key") {
+                    text.lines().max_by_key(|line| line.len()).map(str::to_owned)
+                } else if name.starts_with(".config--") {
+                    Some(text.trim().to_owned())
+                } else if dir == self.s3_keys_dir() {
+                    text.split_whitespace().nth(1).map(str::to_owned)
+                } else {
+                    None
+                };
+                values.extend(value.filter(|value| !value.is_empty()));
+            }
+        }
+        Ok(values)
+    }
 }
 
 /// Writes a fresh set of fake secrets into `root`. An existing non-empty directory is refused

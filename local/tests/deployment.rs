@@ -2,7 +2,7 @@
 //! scenario passes, so does the real GitHub mode's scan of a pull request (against the mock),
 //! and dropping the deployment leaves no process and no listening port.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use local::Deployment;
 use local::deployment::{Binaries, Options, Progress, Runtime};
@@ -85,6 +85,7 @@ async fn every_scenario_passes_and_teardown_leaves_nothing_behind() {
     for pid in pids {
         assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "process {pid} outlived the deployment");
     }
+    assert_no_secret_in(dir.path(), &dir.path().join("secrets"));
     // The in-process servers close their listeners as their tasks end, just after the drop.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     for port in ports {
@@ -93,4 +94,33 @@ async fn every_scenario_passes_and_teardown_leaves_nothing_behind() {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
+}
+
+/// No private value of `secrets` appears in any file of the run directory `dir` outside the
+/// secrets themselves: service logs, job logs in the S3 store, the endpoints file, configuration.
+fn assert_no_secret_in(dir: &Path, secrets: &Path) {
+    let values = local::Secrets::at(secrets).private_values().unwrap();
+    assert!(values.len() >= 7, "found the secrets: {values:?}");
+    let scanned: Vec<PathBuf> = files_under(dir).into_iter().filter(|file| !file.starts_with(secrets)).collect();
+    assert!(scanned.iter().any(|file| file.extension().is_some_and(|e| e == "log")), "{scanned:?}");
+    for file in scanned {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        for value in &values {
+            assert!(!text.contains(value.as_str()), "a secret is in {}", file.display());
+        }
+    }
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        match entry.file_type().unwrap() {
+            kind if kind.is_dir() => files.extend(files_under(&path)),
+            kind if kind.is_file() => files.push(path),
+            _ => {}
+        }
+    }
+    files
 }

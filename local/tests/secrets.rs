@@ -83,3 +83,15 @@ fn refuses_an_existing_directory_unless_forced() {
         "webhook/amqp-client.pem: OK\n"
     );
 }
+
+#[test]
+fn the_private_values_are_every_token_secret_key_and_private_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (secrets, _) = secrets::generate(tmp.path(), false).unwrap();
+    let values = secrets.private_values().unwrap();
+    assert_eq!(values.len(), 7, "4 private keys, 2 tokens, 1 S3 secret key: {values:?}");
+    let token = std::fs::read_to_string(secrets.github_token()).unwrap();
+    assert!(values.contains(&token.trim().to_owned()));
+    let key = std::fs::read_to_string(tmp.path().join("ca.key")).unwrap();
+    assert!(values.iter().any(|value| key.contains(value.as_str()) && value.len() >= 60), "{values:?}");
+}

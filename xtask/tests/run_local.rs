@@ -95,6 +95,10 @@ fn failed_run_leaves_nothing_behind(runtime: &str) {
         .collect();
     assert_eq!(statuses, [("queue", "pass"), ("s3", "fail")]);
     assert!(report.get("stop").is_none(), "nothing is kept");
+    let report_text = report.to_string();
+    for value in local::Secrets::at(Path::new(&dir).join("secrets")).private_values().unwrap() {
+        assert!(!report_text.contains(&value) && !stderr.contains(&value), "a secret is in the report or the output");
+    }
 
     assert_nothing_left(&dir, &report["endpoints"]);
 }
