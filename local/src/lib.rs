@@ -2,6 +2,7 @@
 //! services. Fake secrets, the private broker, and the processes they run as.
 
 pub mod broker;
+pub mod chaos;
 pub mod deployment;
 pub mod github;
 pub mod images;

@@ -2,6 +2,7 @@
 //! each command lives in its own module.
 
 mod bench;
+mod chaos;
 mod ci;
 mod images;
 mod kube;
@@ -43,6 +44,8 @@ enum Command {
     Kube(kube::Args),
     /// Smoke-test a tasks image before rollout: what it holds, then the pod with it.
     Smoke(smoke::Args),
+    /// Inject faults into the running services and count what was lost (nothing, or it fails).
+    Chaos(chaos::Args),
     /// Measure, and print figures as recorded in docs/benchmarks.md.
     Bench(bench::Args),
     /// Print a mocked GitHub event as the webhook queues it (for `tasks publish-queue`).
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
         Command::Kube(args) => kube::run(args),
         Command::Smoke(args) => smoke::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Chaos(args) => chaos::run(args),
         Command::Payload(args) => payload::run(args),
     };
     match result {

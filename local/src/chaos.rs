@@ -1,0 +1,148 @@
+//! Faults injected into the real services, each a bounded run on 127.0.0.1 that stops by itself
+//! and reports what it did and what was lost. `cargo xtask chaos` runs the full forms and
+//! prints the figures of docs/reliability.md; the tests run shorter ones.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::{Broker, secrets};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChaosError {
+    #[error(transparent)]
+    Secrets(#[from] crate::SecretsError),
+    #[error(transparent)]
+    Broker(#[from] crate::BrokerError),
+    #[error(transparent)]
+    Amqp(#[from] amqp::Error),
+    #[error("cannot {what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("{0}")]
+    Lost(String),
+}
+
+/// What [`broker_restart_under_load`] saw.
+#[derive(Debug, Clone)]
+pub struct BrokerRestart {
+    pub sent: usize,
+    /// Answered 200: stored, the webhook says.
+    pub accepted: usize,
+    /// Answered 503: not stored, try again, the webhook says.
+    pub refused: usize,
+    /// Found in the `webhook` queue after the restart.
+    pub stored: usize,
+    pub seconds: f64,
+}
+
+/// Sends `deliveries` signed deliveries, `rate` per second, to a webhook whose broker is stopped
+/// and started again once a quarter of them went out. Every delivery answered 200 must be in
+/// the `webhook` queue afterwards, and only those; every other one must have been answered 503.
+pub async fn broker_restart_under_load(dir: &Path, deliveries: usize, rate: u32) -> Result<BrokerRestart, ChaosError> {
+    let started = Instant::now();
+    let (secrets, _) = secrets::generate(&dir.join("secrets"), false)?;
+    let mut broker = Broker::start(&dir.join("broker"), &secrets).await?;
+    let secret = webhook::read_secret(&secrets.webhook_token())
+        .map_err(|source| ChaosError::Io { what: "read the webhook secret".into(), source })?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|source| ChaosError::Io { what: "listen on 127.0.0.1".into(), source })?;
+    let address = listener.local_addr().map_err(|source| ChaosError::Io { what: "read the address".into(), source })?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config =
+        webhook::Config { amqp: broker.client_config(), secret: secret.clone(), read_timeout: webhook::READ_TIMEOUT };
+    let server = tokio::spawn(webhook::serve(listener, config, async {
+        let _ = stopped.await;
+    }));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !crate::service::answers(address, "/healthz").await {
+        if Instant::now() > deadline {
+            return Err(ChaosError::Lost("the webhook never connected to the broker".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let template: serde_json::Value =
+        serde_json::from_str(include_str!("../../fixtures/payloads/pull_request-opened.json")).expect("fixture");
+    let mut sending = tokio::task::JoinSet::new();
+    let mut ticks = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
+    let mut answers = Vec::new();
+    for n in 0..deliveries {
+        ticks.tick().await;
+        if n == deliveries / 4 {
+            // The broker goes away under load, and comes back with its data.
+            broker.restart().await?;
+        }
+        let mut body = template.clone();
+        body["workbench_probe"] = serde_json::json!(n);
+        let body = serde_json::to_vec(&body).expect("JSON values encode");
+        let signature = webhook::sign_sha256(&secret, &body);
+        sending.spawn(async move { (n, post(address, n, &signature, &body).await) });
+        while let Some(done) = sending.try_join_next() {
+            answers.push(done.expect("a sender does not panic"));
+        }
+    }
+    while let Some(done) = sending.join_next().await {
+        answers.push(done.expect("a sender does not panic"));
+    }
+    let _ = stop.send(());
+    let _ = server.await;
+
+    let accepted: BTreeSet<usize> = answers.iter().filter(|(_, status)| *status == 200).map(|(n, _)| *n).collect();
+    let refused = answers.iter().filter(|(_, status)| *status == 503).count();
+    if let Some((n, status)) = answers.iter().find(|(_, status)| ![200, 503].contains(status)) {
+        return Err(ChaosError::Lost(format!("delivery {n} was answered {status}, neither stored (200) nor 503")));
+    }
+    let session = amqp::Session::connect(&broker.client_config()).await?;
+    let mut stored = BTreeSet::new();
+    while let Some(delivery) = session.get(amqp::WEBHOOK.name).await? {
+        let message: serde_json::Value = serde_json::from_slice(&delivery.body).unwrap_or_default();
+        if let Some(n) = message["request"]["workbench_probe"].as_u64() {
+            stored.insert(n as usize);
+        }
+        delivery.ack().await?;
+    }
+    session.close().await;
+    if stored != accepted {
+        let lost: Vec<&usize> = accepted.difference(&stored).collect();
+        let unexpected: Vec<&usize> = stored.difference(&accepted).collect();
+        return Err(ChaosError::Lost(format!(
+            "answered 200 but not stored: {lost:?}; stored without a 200: {unexpected:?}"
+        )));
+    }
+    Ok(BrokerRestart {
+        sent: deliveries,
+        accepted: accepted.len(),
+        refused,
+        stored: stored.len(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// POSTs delivery `n` on a fresh connection; the HTTP status, or 0 when there was no answer.
+async fn post(address: SocketAddr, n: usize, signature: &str, body: &[u8]) -> u16 {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await?;
+        let head = format!(
+            "POST / HTTP/1.0\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             X-GitHub-Event: pull_request\r\nX-GitHub-Delivery: chaos-{n}\r\nX-Hub-Signature-256: {signature}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body).await?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    match tokio::time::timeout(Duration::from_secs(30), exchange).await {
+        Ok(Ok(answer)) => String::from_utf8_lossy(&answer)
+            .split_whitespace()
+            .nth(1)
+            .and_then(|status| status.parse().ok())
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
