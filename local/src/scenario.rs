@@ -16,8 +16,17 @@ use crate::deployment::Deployment;
 use crate::github::Delivery;
 
 /// Every scenario, in the order run-local runs them.
-pub const ALL: [&str; 8] =
-    ["queue", "s3", "pr-success", "pr-failure", "cross-project", "direct-trigger", "bad-signature", "kvm"];
+pub const ALL: [&str; 9] = [
+    "queue",
+    "amqp-refusals",
+    "s3",
+    "pr-success",
+    "pr-failure",
+    "cross-project",
+    "direct-trigger",
+    "bad-signature",
+    "kvm",
+];
 
 /// How long a job may take from delivery to final status.
 const JOB_WITHIN: Duration = Duration::from_secs(120);
@@ -53,6 +62,7 @@ fn check(holds: bool, what: impl FnOnce() -> String) -> Result<(), ScenarioError
 pub async fn run(name: &str, deployment: &Deployment) -> Result<Ran, ScenarioError> {
     match name {
         "queue" => queue(&deployment.amqp).await,
+        "amqp-refusals" => amqp_refusals(&deployment.amqp).await,
         "s3" => s3(deployment).await,
         "pr-success" => pr_success(deployment).await,
         "pr-failure" => pr_failure(deployment).await,
@@ -97,6 +107,53 @@ pub async fn queue(config: &amqp::Config) -> Result<Option<String>, ScenarioErro
 /// `s3`: a public log is listed and downloadable without credentials; an image named as
 /// Cockpit names them (`name-<sha256>.qcow2`, cockpit-protocol.md 7.5) is private, downloads
 /// intact with the key, and is pruned.
+/// `amqp-refusals`: the broker `config` logs in to lets nobody else in: not a client without a
+/// certificate (refused by TLS, before any AMQP login), not one with a certificate of another
+/// CA, and not plain AMQP (no handshake ever starts).
+pub async fn amqp_refusals(config: &amqp::Config) -> Result<Option<String>, ScenarioError> {
+    let anonymous =
+        amqp::Config { files: amqp::ClientFiles { ca: config.files.ca.clone(), identity: None }, ..config.clone() };
+    match Session::connect(&anonymous).await {
+        Ok(_) => return Err(ScenarioError::Assertion("a client without a certificate got in".into())),
+        Err(err) => {
+            let text = err.to_string().to_lowercase();
+            check(matches!(err, amqp::Error::Connect { .. }) && !text.contains("access_refused"), || {
+                format!("a client without a certificate was not refused by TLS: {err}")
+            })?;
+        }
+    }
+    let other = tempfile::tempdir().map_err(|e| ScenarioError::Assertion(format!("a scratch directory: {e}")))?;
+    let (stranger, _) = crate::secrets::generate(other.path(), false)
+        .map_err(|e| ScenarioError::Assertion(format!("secrets of another CA: {e}")))?;
+    let stranger = amqp::Config {
+        files: amqp::ClientFiles {
+            ca: config.files.ca.clone(),
+            identity: Some((
+                stranger.webhook_dir().join("amqp-client.pem"),
+                stranger.webhook_dir().join("amqp-client.key"),
+            )),
+        },
+        ..config.clone()
+    };
+    check(Session::connect(&stranger).await.is_err(), || "a certificate of another CA got in".into())?;
+
+    let amqp::Address::Tls { host, port } = &config.address else {
+        return Err(ScenarioError::Assertion(format!("{} is not a TLS address", config.address)));
+    };
+    let plain = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+        stream.write_all(b"AMQP\x00\x00\x09\x01").await?;
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        Ok::<_, std::io::Error>(answer)
+    };
+    let answer =
+        tokio::time::timeout(Duration::from_secs(10), plain).await.ok().and_then(Result::ok).unwrap_or_default();
+    check(!answer.starts_with(b"\x01\x00\x00"), || format!("the broker answered plain AMQP: {answer:?}"))?;
+    Ok(None)
+}
+
 async fn s3(deployment: &Deployment) -> Result<Option<String>, ScenarioError> {
     let url = deployment.s3.url();
     let ca = std::fs::read(deployment.secrets.ca_cert()).map_err(|e| ScenarioError::Assertion(e.to_string()))?;

@@ -1,10 +1,6 @@
 //! The private broker against real RabbitMQ: certificate login, the Cockpit queues, refusals,
 //! and that stopping it leaves nothing behind.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
-
 use amqp::{ALL_QUEUES, ClientFiles, Config, Error, PUBLIC, Queue, ServerVerification, Session};
 use local::{Broker, secrets};
 use tempfile::TempDir;
@@ -71,26 +67,9 @@ async fn only_the_certificate_user_gets_in() {
         verification: ServerVerification::Full,
     };
 
-    // No client certificate: refused by TLS, before any AMQP login (with TLS 1.3 the client sees
-    // either the server's "certificate required" alert or the connection reset after it).
-    let anonymous = config(ClientFiles { ca: webhook.join("ca.pem"), identity: None });
-    let err = Session::connect(&anonymous).await.err().expect("refused without a certificate");
-    let text = err.to_string().to_lowercase();
-    assert!(matches!(err, Error::Connect { .. }), "{err}");
-    assert!(text.contains("certificate") || text.contains("reset") || text.contains("closed"), "{err}");
-    assert!(!text.contains("access_refused"), "refused before the AMQP login: {err}");
-
-    // A certificate from another CA: refused.
-    let other = tempfile::tempdir().unwrap();
-    let (other_secrets, _) = secrets::generate(other.path(), false).unwrap();
-    let stranger = config(ClientFiles {
-        ca: webhook.join("ca.pem"),
-        identity: Some((
-            other_secrets.webhook_dir().join("amqp-client.pem"),
-            other_secrets.webhook_dir().join("amqp-client.key"),
-        )),
-    });
-    assert!(Session::connect(&stranger).await.is_err(), "a certificate of another CA is refused");
+    // No certificate, another CA's, plain AMQP: as the `amqp-refusals` scenario checks on
+    // either runtime.
+    local::scenario::amqp_refusals(&fixture.broker.client_config()).await.unwrap();
 
     // Our CA, but a common name that is no AMQP user: ACCESS_REFUSED.
     let issued = fixture.ca.issue_client("nobody").unwrap();
@@ -105,15 +84,6 @@ async fn only_the_certificate_user_gets_in() {
     let users = fixture.broker.ctl(&["list_users", "--quiet", "--no-table-headers"]).unwrap();
     let names: Vec<&str> = users.lines().filter_map(|line| line.split_whitespace().next()).collect();
     assert_eq!(names, [secrets::AMQP_USER]);
-
-    // Plain AMQP on the TLS port: no AMQP handshake ever starts.
-    let amqp::Address::Tls { port, .. } = fixture.broker.address() else { unreachable!() };
-    let mut plain = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    plain.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    plain.write_all(b"AMQP\x00\x00\x09\x01").unwrap();
-    let mut answer = Vec::new();
-    let _ = plain.read_to_end(&mut answer);
-    assert!(!answer.starts_with(b"\x01\x00\x00"), "the broker answered plain AMQP: {answer:?}");
 }
 
 #[tokio::test]

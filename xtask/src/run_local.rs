@@ -44,8 +44,8 @@ pub struct Args {
     /// Use these secrets (as written by `cargo xtask secrets`) instead of fresh ones.
     #[arg(long, value_name = "DIR")]
     pub secrets: Option<PathBuf>,
-    /// Run only these scenarios (repeatable) [default: all of queue, s3, pr-success,
-    /// pr-failure, cross-project, direct-trigger, bad-signature, kvm].
+    /// Run only these scenarios (repeatable) [default: all of queue, amqp-refusals, s3,
+    /// pr-success, pr-failure, cross-project, direct-trigger, bad-signature, kvm].
     #[arg(long = "scenario", value_name = "NAME")]
     pub scenarios: Vec<String>,
     /// Write the results as JSON to FILE.

@@ -106,31 +106,10 @@ struct Work {
     consumer: amqp::Consumer,
 }
 
-/// How long a worker started before its broker waits for it: the containers of a pod (or of a
-/// Kubernetes deployment) start in any order.
-const BROKER_WAIT: Duration = Duration::from_secs(120);
-
-/// Connects to the broker, waiting for it to come up.
-async fn connect(config: &amqp::Config) -> anyhow::Result<Session> {
-    let deadline = tokio::time::Instant::now() + BROKER_WAIT;
-    let mut said = false;
-    loop {
-        match Session::connect(config).await {
-            Ok(session) => return Ok(session),
-            Err(err) if tokio::time::Instant::now() < deadline => {
-                if !said {
-                    tracing::info!(%err, "waiting for the broker");
-                    said = true;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(err) => {
-                return Err(err)
-                    .with_context(|| format!("the broker did not answer within {} s", BROKER_WAIT.as_secs()));
-            }
-        }
-    }
-}
+/// How often a worker started before its broker tries to reach it, backing off to 5 s between
+/// tries (about 2 minutes): the containers of a pod, or of a Kubernetes deployment, start in any
+/// order.
+const BROKER_ATTEMPTS: u32 = 30;
 
 /// Serves the queues until `shutdown` resolves, then finishes (or, past the grace period,
 /// cancels) the work in hand and returns.
@@ -160,7 +139,7 @@ pub async fn run(config: &amqp::Config, args: &Args, shutdown: impl Future<Outpu
             Err(err) => tracing::warn!(%err, "cannot look for job containers left by an earlier run"),
         }
     }
-    let session = connect(config).await?;
+    let session = amqp::connect_with_backoff(config, BROKER_ATTEMPTS).await?;
     for queue in amqp::ALL_QUEUES {
         session.declare(queue).await?;
     }
