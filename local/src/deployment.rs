@@ -346,6 +346,8 @@ impl Deployment {
             Ok::<_, pod::PodError>(())
         })
         .await?;
+        // The forge as this machine's tools reach it (the workers' view is in their config).
+        let forge = Forge::mock(&github, &secrets);
         Deployment {
             run_dir: run_dir.to_owned(),
             amqp,
@@ -354,7 +356,7 @@ impl Deployment {
             test_map,
             runner_config: config_dir.join("tasks/job-runner.toml"),
             binaries: options.binaries.clone(),
-            forge: Forge::mock(&github, &Secrets::at(run_dir.join("secrets"))),
+            forge,
             services: Services::Pod { pod, _podman: podman },
             github,
             s3,

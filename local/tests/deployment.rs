@@ -72,7 +72,10 @@ async fn every_scenario_passes_and_teardown_leaves_nothing_behind() {
     assert_eq!(states, [("unit-tests", "success")]);
 
     let unknown = scenario::run("no-such-scenario", &deployment).await.unwrap_err().to_string();
-    assert!(unknown.starts_with("no scenario \"no-such-scenario\"; the scenarios are queue, amqp-refusals, s3,"), "{unknown}");
+    assert!(
+        unknown.starts_with("no scenario \"no-such-scenario\"; the scenarios are queue, amqp-refusals, s3,"),
+        "{unknown}"
+    );
 
     let pids = deployment.process_ids();
     assert!(pids.len() >= 4, "broker, webhook and two workers run: {pids:?}");
