@@ -7,9 +7,12 @@ use crate::packages::{self, RABBITMQ};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Deliveries sent while the broker restarts.
-    #[arg(long, default_value_t = 2_000)]
-    deliveries: usize,
+    /// Deliveries sent before the broker restarts.
+    #[arg(long, default_value_t = 500)]
+    before: usize,
+    /// Deliveries that must be stored once the broker is back (sending goes on meanwhile).
+    #[arg(long, default_value_t = 1_000)]
+    after: usize,
     /// Deliveries per second.
     #[arg(long, default_value_t = 50)]
     rate: u32,
@@ -21,16 +24,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&runs).with_context(|| format!("creating {}", runs.display()))?;
     let dir = tempfile::Builder::new().prefix("chaos-").tempdir_in(&runs).context("creating a scratch directory")?;
     let spinner = crate::progress::Spinner::start(&format!(
-        "broker restart under load: {} deliveries, {}/s",
-        args.deliveries, args.rate
+        "broker restart under load: {} deliveries before, {} stored after, {}/s",
+        args.before, args.after, args.rate
     ));
-    let run =
-        crate::runtime()?.block_on(local::chaos::broker_restart_under_load(dir.path(), args.deliveries, args.rate));
+    let run = local::chaos::broker_restart_under_load(dir.path(), args.before, args.after, args.rate);
+    let run = crate::runtime()?.block_on(run);
     spinner.finish(run.is_ok());
     let run = run?;
     println!(
-        "broker restart under load: {} sent, {} answered 200 and all {} stored, {} answered 503, lost 0 ({:.1} s)",
-        run.sent, run.accepted, run.stored, run.refused, run.seconds
+        "broker restart under load: {} sent ({} once the broker was back), {} answered 200, all stored; \
+         {} answered 503, of which {} stored all the same; lost 0 ({:.1} s)",
+        run.sent,
+        run.sent_after,
+        run.accepted,
+        run.refused,
+        run.stored - run.accepted,
+        run.seconds
     );
     Ok(())
 }
