@@ -54,53 +54,24 @@ pub async fn broker_restart_under_load(
     rate: u32,
 ) -> Result<BrokerRestart, ChaosError> {
     let started = Instant::now();
-    let (secrets, _) = secrets::generate(&dir.join("secrets"), false)?;
-    let broker = Broker::start(&dir.join("broker"), &secrets).await?;
-    let amqp = broker.client_config();
-    // Handed to the restart and back.
-    let mut broker = Some(broker);
-    let secret = webhook::read_secret(&secrets.webhook_token())
-        .map_err(|source| ChaosError::Io { what: "read the webhook secret".into(), source })?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|source| ChaosError::Io { what: "listen on 127.0.0.1".into(), source })?;
-    let address = listener.local_addr().map_err(|source| ChaosError::Io { what: "read the address".into(), source })?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let config = webhook::Config { amqp: amqp.clone(), secret: secret.clone(), read_timeout: webhook::READ_TIMEOUT };
-    let server = tokio::spawn(webhook::serve(listener, config, async {
-        let _ = stopped.await;
-    }));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !crate::service::answers(address, "/healthz").await {
-        if Instant::now() > deadline {
-            return Err(ChaosError::Lost("the webhook never connected to the broker".into()));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
-    let template: serde_json::Value =
-        serde_json::from_str(include_str!("../../fixtures/payloads/pull_request-opened.json")).expect("fixture");
-    let mut sending = tokio::task::JoinSet::new();
-    let mut ticks = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
-    let mut answers = Vec::new();
+    let mut rig = Rig::start(dir).await?;
+    let mut load = Load::new(&rig, rate);
     let mut restart = None;
     // The first delivery sent once the broker was back.
     let mut back_from = None;
     let most = before + 10 * after.max(1);
-    for n in 0.. {
+    loop {
+        let n = load.sent();
         if n == before {
             // The broker goes away under load, and comes back with its data.
-            let mut restarting = broker.take().expect("restarted once");
+            let mut restarting = rig.broker.take().expect("restarted once");
             restart = Some(tokio::spawn(async move { restarting.restart().await.map(|()| restarting) }));
         }
         if back_from.is_none() && restart.as_ref().is_some_and(|task| task.is_finished()) {
-            broker = Some(restart.take().expect("checked").await.expect("a restart does not panic")?);
+            rig.broker = Some(restart.take().expect("checked").await.expect("a restart does not panic")?);
             back_from = Some(n);
         }
-        let taken_after = |answers: &[(usize, u16)]| {
-            back_from.map_or(0, |from| answers.iter().filter(|(m, status)| *m >= from && *status == 200).count())
-        };
-        if taken_after(&answers) >= after {
+        if back_from.is_some_and(|from| load.accepted_from(from) >= after) {
             break;
         }
         if n == most {
@@ -109,50 +80,195 @@ pub async fn broker_restart_under_load(
                 n - back_from.unwrap_or(n)
             )));
         }
-        ticks.tick().await;
-        let mut body = template.clone();
-        body["workbench_probe"] = serde_json::json!(n);
-        let body = serde_json::to_vec(&body).expect("JSON values encode");
-        let signature = webhook::sign_sha256(&secret, &body);
-        sending.spawn(async move { (n, post(address, n, &signature, &body).await) });
-        while let Some(done) = sending.try_join_next() {
-            answers.push(done.expect("a sender does not panic"));
-        }
+        load.send().await;
     }
-    while let Some(done) = sending.join_next().await {
-        answers.push(done.expect("a sender does not panic"));
-    }
-    let _ = stop.send(());
-    let _ = server.await;
-
-    let accepted: BTreeSet<usize> = answers.iter().filter(|(_, status)| *status == 200).map(|(n, _)| *n).collect();
-    let refused = answers.iter().filter(|(_, status)| *status == 503).count();
+    let answers = load.finish().await;
+    rig.stop_webhook().await;
     if let Some((n, status)) = answers.iter().find(|(_, status)| ![200, 503].contains(status)) {
         return Err(ChaosError::Lost(format!("delivery {n} was answered {status}, neither stored (200) nor 503")));
     }
-    let session = amqp::Session::connect(&amqp).await?;
-    let mut stored = BTreeSet::new();
-    while let Some(delivery) = session.get(amqp::WEBHOOK.name).await? {
-        let message: serde_json::Value = serde_json::from_slice(&delivery.body).unwrap_or_default();
-        if let Some(n) = message["request"]["workbench_probe"].as_u64() {
-            stored.insert(n as usize);
-        }
-        delivery.ack().await?;
-    }
-    session.close().await;
-    let lost: Vec<&usize> = accepted.difference(&stored).collect();
-    if !lost.is_empty() {
-        return Err(ChaosError::Lost(format!("answered 200 but not stored: {lost:?}")));
-    }
+    let (accepted, stored) = rig.check(&answers).await?;
     let back_from = back_from.expect("the loop ends after the broker is back");
     Ok(BrokerRestart {
         sent: answers.len(),
         sent_after: answers.len() - back_from,
-        accepted: accepted.len(),
-        refused,
-        stored: stored.len(),
+        accepted,
+        refused: answers.iter().filter(|(_, status)| *status == 503).count(),
+        stored,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// What [`webhook_shutdown_under_load`] saw.
+#[derive(Debug, Clone)]
+pub struct WebhookShutdown {
+    pub sent: usize,
+    /// Answered 200: stored, the webhook says.
+    pub accepted: usize,
+    /// Found in the `webhook` queue afterwards.
+    pub stored: usize,
+    /// Not answered: sent after the webhook stopped listening (GitHub delivers them again).
+    pub unanswered: usize,
+    pub seconds: f64,
+}
+
+/// Sends `deliveries` signed deliveries, `rate` per second, to a webhook told to stop (as on
+/// SIGTERM) halfway: it finishes what it took, and every delivery answered 200 must be in the
+/// `webhook` queue; the others must get no answer at all, or 503.
+pub async fn webhook_shutdown_under_load(
+    dir: &Path,
+    deliveries: usize,
+    rate: u32,
+) -> Result<WebhookShutdown, ChaosError> {
+    let started = Instant::now();
+    let mut rig = Rig::start(dir).await?;
+    let mut load = Load::new(&rig, rate);
+    while load.sent() < deliveries {
+        if load.sent() == deliveries / 2 {
+            let _ = rig.stop.take().map(|stop| stop.send(()));
+        }
+        load.send().await;
+    }
+    let answers = load.finish().await;
+    rig.stop_webhook().await;
+    if let Some((n, status)) = answers.iter().find(|(_, status)| ![200, 503, 0].contains(status)) {
+        return Err(ChaosError::Lost(format!("delivery {n} was answered {status}, neither stored (200) nor refused")));
+    }
+    let (accepted, stored) = rig.check(&answers).await?;
+    Ok(WebhookShutdown {
+        sent: answers.len(),
+        accepted,
+        stored,
+        unanswered: answers.iter().filter(|(_, status)| *status == 0).count(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// A broker and a webhook serving on 127.0.0.1, in this process.
+struct Rig {
+    /// Away while it restarts.
+    broker: Option<Broker>,
+    amqp: amqp::Config,
+    secret: Vec<u8>,
+    address: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Rig {
+    async fn start(dir: &Path) -> Result<Rig, ChaosError> {
+        let (secrets, _) = secrets::generate(&dir.join("secrets"), false)?;
+        let broker = Broker::start(&dir.join("broker"), &secrets).await?;
+        let amqp = broker.client_config();
+        let secret = webhook::read_secret(&secrets.webhook_token())
+            .map_err(|source| ChaosError::Io { what: "read the webhook secret".into(), source })?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|source| ChaosError::Io { what: "listen on 127.0.0.1".into(), source })?;
+        let address =
+            listener.local_addr().map_err(|source| ChaosError::Io { what: "read the address".into(), source })?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let config =
+            webhook::Config { amqp: amqp.clone(), secret: secret.clone(), read_timeout: webhook::READ_TIMEOUT };
+        let server = tokio::spawn(webhook::serve(listener, config, async {
+            let _ = stopped.await;
+        }));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !crate::service::answers(address, "/healthz").await {
+            if Instant::now() > deadline {
+                return Err(ChaosError::Lost("the webhook never connected to the broker".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Rig { broker: Some(broker), amqp, secret, address, stop: Some(stop), server })
+    }
+
+    /// Stops the webhook (if not yet) and waits until it finished what it took.
+    async fn stop_webhook(&mut self) {
+        let _ = self.stop.take().map(|stop| stop.send(()));
+        let _ = (&mut self.server).await;
+    }
+
+    /// Takes every message out of the `webhook` queue and checks that each delivery answered 200
+    /// is among them; returns how many were answered 200 and how many were stored.
+    async fn check(&self, answers: &[(usize, u16)]) -> Result<(usize, usize), ChaosError> {
+        let accepted: BTreeSet<usize> = answers.iter().filter(|(_, status)| *status == 200).map(|(n, _)| *n).collect();
+        let session = amqp::Session::connect(&self.amqp).await?;
+        let mut stored = BTreeSet::new();
+        while let Some(delivery) = session.get(amqp::WEBHOOK.name).await? {
+            let message: serde_json::Value = serde_json::from_slice(&delivery.body).unwrap_or_default();
+            if let Some(n) = message["request"]["workbench_probe"].as_u64() {
+                stored.insert(n as usize);
+            }
+            delivery.ack().await?;
+        }
+        session.close().await;
+        let lost: Vec<&usize> = accepted.difference(&stored).collect();
+        if !lost.is_empty() {
+            return Err(ChaosError::Lost(format!("answered 200 but not stored: {lost:?}")));
+        }
+        Ok((accepted.len(), stored.len()))
+    }
+}
+
+/// Numbered signed deliveries (`workbench_probe` in the body, `chaos-N` the id) sent to the
+/// webhook at a steady rate, each on a connection of its own; their answers collected.
+struct Load {
+    address: SocketAddr,
+    secret: Vec<u8>,
+    template: serde_json::Value,
+    ticks: tokio::time::Interval,
+    sending: tokio::task::JoinSet<(usize, u16)>,
+    answers: Vec<(usize, u16)>,
+    sent: usize,
+}
+
+impl Load {
+    fn new(rig: &Rig, rate: u32) -> Load {
+        Load {
+            address: rig.address,
+            secret: rig.secret.clone(),
+            template: serde_json::from_str(include_str!("../../fixtures/payloads/pull_request-opened.json"))
+                .expect("the fixture is JSON"),
+            ticks: tokio::time::interval(Duration::from_secs(1) / rate.max(1)),
+            sending: tokio::task::JoinSet::new(),
+            answers: Vec::new(),
+            sent: 0,
+        }
+    }
+
+    fn sent(&self) -> usize {
+        self.sent
+    }
+
+    /// Deliveries from number `from` on answered 200 so far.
+    fn accepted_from(&self, from: usize) -> usize {
+        self.answers.iter().filter(|(n, status)| *n >= from && *status == 200).count()
+    }
+
+    /// Sends the next delivery at its time.
+    async fn send(&mut self) {
+        self.ticks.tick().await;
+        let n = self.sent;
+        let mut body = self.template.clone();
+        body["workbench_probe"] = serde_json::json!(n);
+        let body = serde_json::to_vec(&body).expect("JSON values encode");
+        let signature = webhook::sign_sha256(&self.secret, &body);
+        let address = self.address;
+        self.sending.spawn(async move { (n, post(address, n, &signature, &body).await) });
+        self.sent += 1;
+        while let Some(done) = self.sending.try_join_next() {
+            self.answers.push(done.expect("a sender does not panic"));
+        }
+    }
+
+    /// Every delivery's number and answer, once all were answered.
+    async fn finish(mut self) -> Vec<(usize, u16)> {
+        while let Some(done) = self.sending.join_next().await {
+            self.answers.push(done.expect("a sender does not panic"));
+        }
+        self.answers
+    }
 }
 
 /// POSTs delivery `n` on a fresh connection; the HTTP status, or 0 when there was no answer.

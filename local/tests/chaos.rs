@@ -1,5 +1,5 @@
 //! The fault runs of `local::chaos` in their short form (`cargo xtask chaos` runs the full
-//! ones): nothing answered as stored is lost.
+//! ones): nothing answered as stored is lost, whether the broker restarts or the webhook stops.
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broker_restart_under_load_loses_no_delivery_answered_200() {
@@ -9,4 +9,13 @@ async fn a_broker_restart_under_load_loses_no_delivery_answered_200() {
     assert!(run.stored >= run.accepted, "{run:?}");
     assert!(run.refused > 0, "the broker was away for some deliveries: {run:?}");
     assert!(run.accepted >= 200, "the deliveries before and after the restart were stored: {run:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_stopped_under_load_loses_no_delivery_answered_200() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = local::chaos::webhook_shutdown_under_load(dir.path(), 200, 50).await.unwrap();
+    assert!(run.stored >= run.accepted, "{run:?}");
+    assert!(run.accepted >= 100, "the first half was stored: {run:?}");
+    assert!(run.unanswered > 0, "deliveries after the stop found no webhook: {run:?}");
 }

@@ -16,6 +16,9 @@ pub struct Args {
     /// Deliveries per second.
     #[arg(long, default_value_t = 50)]
     rate: u32,
+    /// Deliveries sent to a webhook told to stop halfway.
+    #[arg(long, default_value_t = 2_000)]
+    shutdown_deliveries: usize,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -40,6 +43,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         run.refused,
         run.stored - run.accepted,
         run.seconds
+    );
+
+    let dir = tempfile::Builder::new().prefix("chaos-").tempdir_in(&runs).context("creating a scratch directory")?;
+    let spinner = crate::progress::Spinner::start(&format!(
+        "webhook stopped under load: {} deliveries, {}/s",
+        args.shutdown_deliveries, args.rate
+    ));
+    let run = local::chaos::webhook_shutdown_under_load(dir.path(), args.shutdown_deliveries, args.rate);
+    let run = crate::runtime()?.block_on(run);
+    spinner.finish(run.is_ok());
+    let run = run?;
+    println!(
+        "webhook stopped under load: {} sent, {} answered 200 and all stored ({} in the queue), {} unanswered \
+         after the stop, lost 0 ({:.1} s)",
+        run.sent, run.accepted, run.stored, run.unanswered, run.seconds
     );
     Ok(())
 }
