@@ -273,14 +273,8 @@ fn volume_name(path: &Path) -> String {
 
 /// The broker's configuration, as mounted at `/etc/rabbitmq` in the pod.
 fn amqp_config() -> Value {
-    let definitions = Path::new(pod::RABBITMQ_CONFIG).join("definitions.json");
-    let files = crate::broker::config_files(
-        crate::broker::Listener::Pod(pod::AMQP_PORT),
-        Path::new(pod::WEBHOOK_SECRETS),
-        &definitions,
-    );
     let data: serde_json::Map<String, Value> =
-        files.into_iter().map(|(name, text)| (name.to_owned(), json!(text))).collect();
+        pod::broker_config().into_iter().map(|(name, text)| (name.to_owned(), json!(text))).collect();
     json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "amqp-config"}, "data": data})
 }
 

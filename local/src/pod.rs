@@ -219,6 +219,12 @@ pub fn secrets_inside() -> Secrets {
     Secrets::at("/run/secrets")
 }
 
+/// The pod broker's configuration files, as mounted at `/etc/rabbitmq`.
+pub(crate) fn broker_config() -> [(&'static str, String); 3] {
+    let definitions = Path::new(RABBITMQ_CONFIG).join("definitions.json");
+    crate::broker::config_files(crate::broker::Listener::Pod(AMQP_PORT), Path::new(WEBHOOK_SECRETS), &definitions)
+}
+
 /// Writes what [`Inputs::config_dir`] holds: the RabbitMQ configuration, and the workers'
 /// `job-runner.toml` (`runner_config`, as written for paths inside the pod) and test map.
 pub fn write_config(
@@ -229,10 +235,7 @@ pub fn write_config(
     let (rabbitmq, tasks) = (config_dir.join("rabbitmq"), config_dir.join("tasks"));
     std::fs::create_dir_all(&rabbitmq)?;
     std::fs::create_dir_all(&tasks)?;
-    let definitions = Path::new(RABBITMQ_CONFIG).join("definitions.json");
-    for (name, contents) in
-        crate::broker::config_files(crate::broker::Listener::Pod(AMQP_PORT), Path::new(WEBHOOK_SECRETS), &definitions)
-    {
+    for (name, contents) in broker_config() {
         std::fs::write(rabbitmq.join(name), contents)?;
     }
     runner_config.write(&tasks)?;
