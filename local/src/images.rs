@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
+use crate::deployment::Binaries;
 use crate::podman::{PodmanError, PodmanService};
 
 /// This machine's distribution from its packages: the base of the others, and an image jobs
@@ -176,6 +177,12 @@ pub fn lacks(podman: &PodmanService, image: &str) -> Vec<String> {
         }
         Err(err) => vec![format!("podman run failed: {err}")],
     }
+}
+
+/// Builds [`TASKS`] with the service binaries of `binaries`.
+pub fn build_tasks(podman: &PodmanService, binaries: &Binaries, force: bool) -> Result<Built, PodmanError> {
+    let files = [binaries.tasks.as_path(), binaries.webhook.as_path()];
+    build(podman, TASKS, &containerfiles().join("tasks/Containerfile"), &files, force)
 }
 
 /// `podman image inspect --format FORMAT IMAGE`, or `None` when there is no such image.

@@ -46,10 +46,7 @@ async fn a_delivery_goes_from_the_webhook_container_through_the_broker_container
     unsafe { std::env::set_var("DOCKER_HOST", format!("unix://{}", podman.socket().display())) };
     images::ensure_base(&podman).unwrap();
     images::build_rabbitmq(&podman, false).unwrap();
-    let binaries = Binaries::of_test_build();
-    let files = [binaries.tasks.as_path(), binaries.webhook.as_path()];
-    images::build(&podman, images::TASKS, &images::containerfiles().join("tasks/Containerfile"), &files, false)
-        .unwrap();
+    images::build_tasks(&podman, &Binaries::of_test_build(), false).unwrap();
 
     let (secrets, _) = secrets::generate(&dir.path().join("secrets"), false).unwrap();
     let secret_dir = secrets.webhook_dir();

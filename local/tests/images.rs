@@ -2,8 +2,6 @@
 //! qemu; the RabbitMQ image the server; an unchanged build is skipped; a changed binary
 //! rebuilds only the binaries' layer. Skipped, with the reason, where podman is not installed.
 
-use std::path::Path;
-
 use local::images::{self, Built};
 use local::{Binaries, PodmanService};
 
@@ -24,16 +22,13 @@ async fn images_build_offline_and_rebuild_only_what_changed() {
     };
     images::ensure_base(&podman).unwrap();
     let binaries = Binaries::of_test_build();
-    let containerfiles = images::containerfiles();
-    let tasks = containerfiles.join("tasks/Containerfile");
     // Copies of the binaries, so that this test can change one.
-    let (tasks_binary, webhook_binary) = (dir.path().join("tasks"), dir.path().join("webhook"));
-    std::fs::copy(&binaries.tasks, &tasks_binary).unwrap();
-    std::fs::copy(&binaries.webhook, &webhook_binary).unwrap();
-    let files = [tasks_binary.as_path(), webhook_binary.as_path()];
+    let copies = Binaries::in_dir(dir.path());
+    std::fs::copy(&binaries.tasks, &copies.tasks).unwrap();
+    std::fs::copy(&binaries.webhook, &copies.webhook).unwrap();
 
     images::build_rabbitmq(&podman, false).unwrap();
-    images::build(&podman, images::TASKS, &tasks, &files, false).unwrap();
+    images::build_tasks(&podman, &copies, false).unwrap();
     assert!(run(&podman, images::TASKS, &["tasks", "--version"]).starts_with("tasks "));
     assert!(run(&podman, images::TASKS, &["webhook", "--help"]).contains("--listen"));
     assert!(run(&podman, images::TASKS, &["git", "--version"]).starts_with("git version"));
@@ -44,7 +39,7 @@ async fn images_build_offline_and_rebuild_only_what_changed() {
     assert_eq!(plugins.lines().count(), local::broker::NEEDED_PLUGINS.len(), "{plugins}");
     assert!(plugins.contains("rabbitmq_auth_mechanism_ssl-"), "{plugins}");
 
-    assert_eq!(images::build(&podman, images::TASKS, &tasks, &files, false).unwrap(), Built::Unchanged);
+    assert_eq!(images::build_tasks(&podman, &copies, false).unwrap(), Built::Unchanged);
     assert_eq!(images::build_rabbitmq(&podman, false).unwrap(), Built::Unchanged);
 
     let layers = |image: &str| -> Vec<String> {
@@ -55,14 +50,14 @@ async fn images_build_offline_and_rebuild_only_what_changed() {
     // A trailing byte changes the file, not what it does.
     std::fs::OpenOptions::new()
         .append(true)
-        .open(&webhook_binary)
+        .open(&copies.webhook)
         .map(|mut f| std::io::Write::write_all(&mut f, b"\0"))
         .unwrap()
         .unwrap();
-    assert_eq!(images::build(&podman, images::TASKS, &tasks, &files, false).unwrap(), Built::Built);
+    assert_eq!(images::build_tasks(&podman, &copies, false).unwrap(), Built::Built);
     let after = layers(images::TASKS);
     assert_eq!(before.len(), after.len());
     assert_eq!(before[..before.len() - 1], after[..after.len() - 1], "only the binaries' layer changes");
     assert_ne!(before.last(), after.last());
-    assert!(Path::new(&webhook_binary).is_file());
+    assert!(copies.webhook.is_file());
 }

@@ -44,7 +44,6 @@ pub(crate) fn ensure(
         }
         Ok(())
     };
-    let containerfiles = images::containerfiles();
     if rabbitmq.is_none() || tasks.is_none() {
         step(images::BASE, &|| images::ensure_base(&podman))?;
     }
@@ -52,10 +51,7 @@ pub(crate) fn ensure(
         step(images::RABBITMQ, &|| images::build_rabbitmq(&podman, force))?;
     }
     if tasks.is_none() {
-        step(images::TASKS, &|| {
-            let files = [binaries.tasks.as_path(), binaries.webhook.as_path()];
-            images::build(&podman, images::TASKS, &containerfiles.join("tasks/Containerfile"), &files, force)
-        })?;
+        step(images::TASKS, &|| images::build_tasks(&podman, binaries, force))?;
     }
     for given in [rabbitmq, tasks].into_iter().flatten() {
         if images::inspect(&podman, given, "{{.Id}}").is_none() {
