@@ -19,6 +19,12 @@ pub enum ChaosError {
     Broker(#[from] crate::BrokerError),
     #[error(transparent)]
     Amqp(#[from] amqp::Error),
+    #[error(transparent)]
+    Service(#[from] crate::service::ServiceError),
+    #[error(transparent)]
+    Mock(#[from] crate::github::MockError),
+    #[error(transparent)]
+    S3(#[from] crate::s3_server::S3ServerError),
     #[error("cannot {what}: {source}")]
     Io { what: String, source: std::io::Error },
     #[error("{0}")]
@@ -142,6 +148,148 @@ pub async fn webhook_shutdown_under_load(
         unanswered: answers.iter().filter(|(_, status)| *status == 0).count(),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// What [`worker_crashes`] saw.
+#[derive(Debug, Clone)]
+pub struct WorkerCrashes {
+    pub jobs: usize,
+    pub kills: usize,
+    /// Jobs started again on another worker (or the same one restarted) after a kill.
+    pub reruns: usize,
+    /// Redelivered jobs not run again because their final status was posted before the kill.
+    pub already_reported: usize,
+    /// What made the kills' moments, to run the same again.
+    pub seed: u64,
+    pub seconds: f64,
+}
+
+/// Queues `jobs` jobs (each sleeping up to 1.9 s) for two `tasks run-queue` workers of two
+/// slots each, GitHub answering statuses 0.3 s late, and kills a random one with SIGKILL at random moments, `kills` times,
+/// restarting it each time. Every job must end with exactly one final status on the mock
+/// GitHub, and the `public` queue must end empty with nothing unacknowledged.
+pub async fn worker_crashes(
+    dir: &Path,
+    tasks: &Path,
+    jobs: usize,
+    kills: usize,
+    seed: Option<u64>,
+) -> Result<WorkerCrashes, ChaosError> {
+    const REPO: &str = "workbench-ci/chaos";
+    let started = Instant::now();
+    let seed = seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |since| since.as_nanos() as u64)
+    });
+    let mut random = Random(seed | 1);
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |source| ChaosError::Io { what, source }
+    };
+    let (secrets, _) = secrets::generate(&dir.join("secrets"), false)?;
+    let broker = Broker::start(&dir.join("broker"), &secrets).await?;
+    let token = std::fs::read_to_string(secrets.github_token()).map_err(io("read the GitHub token"))?;
+    let mock = crate::MockGitHub::start(&dir.join("github"), &token).await?;
+    let s3 = crate::S3Server::start(&dir.join("s3"), &secrets, false).await?;
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+    mock.add_repo(REPO, &fixtures.join("repos/passing"))?;
+    let head = mock.open_pull(REPO, 1, "A change", "workbench-ci")?;
+    let forge = crate::worker::Forge::mock(&mock, &secrets);
+    let runner_config = crate::worker::RunnerConfig::local(&forge, &s3, &secrets, crate::worker::Sandbox::Process)
+        .write(dir)
+        .map_err(io("write the job-runner configuration"))?;
+    // GitHub answering slowly widens the window between a final status and its acknowledgement.
+    mock.set_status_faults(crate::github::StatusFaults { delay: Duration::from_millis(300), ..Default::default() });
+    let work_dir = dir.join("work");
+    std::fs::create_dir_all(&work_dir).map_err(io("create the work directory"))?;
+
+    let session = amqp::Session::connect(&broker.client_config()).await?;
+    session.declare(amqp::PUBLIC).await?;
+    let contexts: Vec<String> = (0..jobs).map(|n| format!("chaos/{n}")).collect();
+    for context in &contexts {
+        let pause = format!("sleep {}.{}", random.below(2), random.below(10));
+        let message = serde_json::json!({"job": {
+            "repo": REPO, "sha": head, "context": context, "pull": 1, "report": null, "command_subject": null,
+            "slug": format!("pull-1-{}-20261124-000000-{}", &head[..8], context.replace('/', "-")),
+            "env": {"TEST_OS": "unit-tests"}, "secrets": [], "command": ["sh", "-c", pause],
+        }, "human": context});
+        session.publish(amqp::PUBLIC.name, message.to_string().as_bytes(), Some(5)).await?;
+    }
+    session.close().await;
+
+    let config = crate::service::WorkerConfig {
+        broker: &broker,
+        secrets: &secrets,
+        test_map: &fixtures.join("testmap.toml"),
+        forge: &forge,
+        runner_config: &runner_config,
+        work_dir: &work_dir,
+        jobs: 2,
+    };
+    let start = |name: &'static str| crate::service::Worker::start(tasks, dir, name, &config);
+    let names = ["worker-a", "worker-b"];
+    let mut workers = vec![start(names[0]).await?, start(names[1]).await?];
+    let finals = || {
+        mock.statuses(REPO, &head).into_iter().filter(|status| status.state != "pending").map(|status| status.context)
+    };
+    for _ in 0..kills {
+        tokio::time::sleep(Duration::from_millis(300 + 100 * random.below(25))).await;
+        let victim = random.below(2) as usize;
+        workers[victim].service.kill();
+        workers[victim] = start(names[victim]).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60 + 5 * jobs as u64);
+    while finals().collect::<BTreeSet<_>>().len() < jobs {
+        if Instant::now() > deadline {
+            let done = finals().collect::<BTreeSet<_>>();
+            let missing: Vec<&String> = contexts.iter().filter(|c| !done.contains(*c)).collect();
+            return Err(ChaosError::Lost(format!("jobs without a final status after {kills} kills: {missing:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for worker in &mut workers {
+        worker.service.stop();
+    }
+    let statuses = mock.statuses(REPO, &head);
+    let twice: Vec<&String> = contexts
+        .iter()
+        .filter(|c| statuses.iter().filter(|s| &s.context == *c && s.state != "pending").count() > 1)
+        .collect();
+    if !twice.is_empty() {
+        return Err(ChaosError::Lost(format!("jobs with more than one final status (seed {seed}): {twice:?}")));
+    }
+    let left =
+        broker.ctl(&["list_queues", "--quiet", "--no-table-headers", "name", "messages", "messages_unacknowledged"])?;
+    let public = left
+        .lines()
+        .find(|line| line.starts_with("public"))
+        .map(|line| line.split_whitespace().skip(1).collect::<Vec<_>>());
+    if public != Some(vec!["0", "0"]) {
+        return Err(ChaosError::Lost(format!("messages left in the broker after every job ended:\n{left}")));
+    }
+    let in_progress = statuses.iter().filter(|s| s.description.starts_with("In progress")).count();
+    let logs: String =
+        names.iter().map(|name| std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()).collect();
+    Ok(WorkerCrashes {
+        jobs,
+        kills,
+        reruns: in_progress - jobs,
+        already_reported: logs.matches(tasks::run_queue::ALREADY_REPORTED).count(),
+        seed,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// A small random number generator (xorshift64), enough to pick moments and victims.
+struct Random(u64);
+
+impl Random {
+    /// A number below `n`.
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
 }
 
 /// A broker and a webhook serving on 127.0.0.1, in this process.

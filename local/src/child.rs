@@ -69,6 +69,11 @@ impl ProcessGroup {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        self.kill();
+    }
+
+    /// Kills every process in the group with SIGKILL, at once, and reaps every child.
+    pub(crate) fn kill(&mut self) {
         if let Some(pgid) = self.pgid {
             let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
         }

@@ -82,6 +82,12 @@ impl Service {
         self.process.process_ids()
     }
 
+    /// Kills the service and everything it started with SIGKILL, as a crash or the OOM killer
+    /// would: no chance to clean up.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
     /// Stops the service: SIGTERM, then SIGKILL for whatever is left after the grace period.
     pub fn stop(&mut self) {
         self.process.stop(Duration::from_secs(10));

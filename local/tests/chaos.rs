@@ -1,5 +1,6 @@
 //! The fault runs of `local::chaos` in their short form (`cargo xtask chaos` runs the full
-//! ones): nothing answered as stored is lost, whether the broker restarts or the webhook stops.
+//! ones): nothing answered as stored is lost, whether the broker restarts or the webhook stops;
+//! no job is lost or reported twice when its workers are killed.
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broker_restart_under_load_loses_no_delivery_answered_200() {
@@ -20,4 +21,14 @@ async fn a_webhook_stopped_under_load_loses_no_delivery_answered_200() {
     // Those in flight when the stop came may be finished or cut off: either is fine.
     assert!(run.accepted > 0, "deliveries before the stop were stored: {run:?}");
     assert!(run.unanswered > 0, "deliveries after the stop found no webhook: {run:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_killed_at_random_moments_end_every_job_with_exactly_one_final_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = local::Binaries::of_test_build().tasks;
+    assert!(tasks.is_file(), "{} is missing: build it with `cargo build -p tasks`", tasks.display());
+    // The run itself fails on a job without a final status, one with two, or a message left.
+    let run = local::chaos::worker_crashes(dir.path(), &tasks, 20, 5, None).await.unwrap();
+    assert_eq!((run.jobs, run.kills), (20, 5), "{run:?}");
 }

@@ -1,7 +1,8 @@
 //! The worker loop against the real broker, mock GitHub and S3: a pull_request event queued in
 //! `webhook` ends, through tests-scan and job-runner, in Cockpit's three statuses, and rescans
 //! meanwhile queue nothing twice; two workers share a queue of jobs and run each exactly once;
-//! a worker killed with SIGKILL leaves its job to another; a stopping worker cancels what
+//! a worker killed with SIGKILL leaves its job to another, which does not run it again if its
+//! final status was posted; a stopping worker cancels what
 //! outlives its grace period; a job that cannot run is acknowledged, not looped; a merged pull
 //! request becomes a statistics command.
 
@@ -9,6 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use amqp::{JobMessage, PUBLIC, STATISTICS, Session, WEBHOOK};
+use local::github::StatusFaults;
 use local::{Broker, MockGitHub, S3Server, Secrets, secrets};
 use tasks::run_queue::{self, Args};
 use tasks::tests_scan::ScanArgs;
@@ -87,6 +89,47 @@ impl World {
         let deadline = Instant::now() + Duration::from_secs(120);
         while !done(&self.mock.statuses(REPO, &self.head)) {
             assert!(Instant::now() < deadline, "statuses so far: {:?}", self.mock.statuses(REPO, &self.head));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Starts a worker called `hostname` as a process of its own, to be killed.
+    fn worker_process(&self, hostname: &str) -> std::process::Child {
+        std::process::Command::new(tasks_binary())
+            .args(["--amqp", &self.broker.address().to_string(), "--secrets-dir"])
+            .arg(self.secrets.webhook_dir())
+            .args(["run-queue", "--hostname", hostname, "--test-map"])
+            .arg(&self.args.scan.test_map)
+            .args(["--github-api", &self.args.scan.github_api, "--github-token-file"])
+            .arg(self.args.scan.github_token_file.as_ref().unwrap())
+            .arg("--job-runner-config")
+            .arg(self.args.job_runner_config.as_ref().unwrap())
+            .arg("--work-dir")
+            .arg(self.args.work_dir.as_ref().unwrap())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Waits until `queue` holds no message, neither ready nor unacknowledged, per the broker.
+    async fn wait_until_done(&self, queue: &str) {
+        let counts = || {
+            let listing = self.broker.ctl(&[
+                "list_queues",
+                "--quiet",
+                "--no-table-headers",
+                "name",
+                "messages",
+                "messages_unacknowledged",
+            ]);
+            listing
+                .unwrap()
+                .lines()
+                .find(|line| line.split_whitespace().next() == Some(queue))
+                .map(|line| line.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while counts().as_deref() != Some("0 0") {
+            assert!(Instant::now() < deadline, "the messages of {queue} were not done: {:?}", counts());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -183,19 +226,7 @@ async fn a_job_of_a_worker_killed_hard_is_redelivered_to_another() {
     session.declare(PUBLIC).await.unwrap();
     world.publish_job(&session, "unit-tests", Some(&["sh", "-c", "sleep 5"])).await;
 
-    let mut killed = std::process::Command::new(tasks_binary())
-        .args(["--amqp", &world.broker.address().to_string(), "--secrets-dir"])
-        .arg(world.secrets.webhook_dir())
-        .args(["run-queue", "--hostname", "worker-killed", "--test-map"])
-        .arg(&world.args.scan.test_map)
-        .args(["--github-api", &world.args.scan.github_api, "--github-token-file"])
-        .arg(world.args.scan.github_token_file.as_ref().unwrap())
-        .arg("--job-runner-config")
-        .arg(world.args.job_runner_config.as_ref().unwrap())
-        .arg("--work-dir")
-        .arg(world.args.work_dir.as_ref().unwrap())
-        .spawn()
-        .unwrap();
+    let mut killed = world.worker_process("worker-killed");
     world.wait_until(|statuses| statuses.iter().any(|s| s.description == "In progress [worker-killed]")).await;
     killed.kill().unwrap();
     killed.wait().unwrap();
@@ -215,6 +246,37 @@ async fn a_job_of_a_worker_killed_hard_is_redelivered_to_another() {
         ]
     );
     assert_eq!(session.declare(PUBLIC).await.unwrap(), 0, "acknowledged by the second worker");
+}
+
+/// The window between posting a final status and acknowledging the message, made wide by a
+/// GitHub slow to answer: a worker killed in it leaves a redelivered job that must not run
+/// again, or the job would end with two final statuses.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_final_status_was_posted_before_its_worker_was_killed_is_not_run_again() {
+    let world = world().await;
+    let session = Session::connect(&world.broker.client_config()).await.unwrap();
+    session.declare(PUBLIC).await.unwrap();
+    world.publish_job(&session, "unit-tests", Some(&["true"])).await;
+    world.mock.set_status_faults(StatusFaults { delay: Duration::from_secs(3), ..StatusFaults::default() });
+    let mut killed = world.worker_process("worker-killed");
+    world.wait_until(|statuses| statuses.iter().any(|s| s.state == "success")).await;
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    world.mock.set_status_faults(StatusFaults::default());
+
+    let (stop, worker) = world.worker("worker-2", 1);
+    world.wait_until_done(PUBLIC.name).await;
+    let _ = stop.send(());
+    worker.await.unwrap().unwrap();
+    let posted: Vec<(String, String)> =
+        world.mock.statuses(REPO, &world.head).into_iter().map(|s| (s.state, s.description)).collect();
+    assert_eq!(
+        posted,
+        [
+            ("pending".into(), "In progress [worker-killed]".into()),
+            ("success".into(), "Success [worker-killed]".into())
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -273,26 +335,7 @@ async fn a_merged_pull_request_becomes_cockpits_statistics_command() {
     let (stop, worker) = world.worker_with(Args { statistics: true, ..world.args.clone() });
     // Done means acknowledged, not only handed to the worker: a worker stopped before it took
     // a prefetched message leaves it to the next one.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let in_statistics = || {
-        let listing = world.broker.ctl(&[
-            "list_queues",
-            "--quiet",
-            "--no-table-headers",
-            "name",
-            "messages",
-            "messages_unacknowledged",
-        ]);
-        listing
-            .unwrap()
-            .lines()
-            .find(|line| line.starts_with("statistics"))
-            .map(|line| line.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
-    };
-    while in_statistics().as_deref() != Some("0 0") {
-        assert!(Instant::now() < deadline, "the statistics command was not done: {:?}", in_statistics());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    world.wait_until_done(STATISTICS.name).await;
     let _ = stop.send(());
     worker.await.unwrap().unwrap();
     assert_eq!(session.declare(STATISTICS).await.unwrap(), 0);

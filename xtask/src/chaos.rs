@@ -19,6 +19,15 @@ pub struct Args {
     /// Deliveries sent to a webhook told to stop halfway.
     #[arg(long, default_value_t = 2_000)]
     shutdown_deliveries: usize,
+    /// Jobs queued for workers killed at random moments.
+    #[arg(long, default_value_t = 50)]
+    jobs: usize,
+    /// How many times a worker is killed (SIGKILL) and restarted.
+    #[arg(long, default_value_t = 10)]
+    kills: usize,
+    /// Seed of the kills' moments and victims, to run the same again [default: from the clock].
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -58,6 +67,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "webhook stopped under load: {} sent, {} answered 200 and all stored ({} in the queue), {} unanswered \
          after the stop, lost 0 ({:.1} s)",
         run.sent, run.accepted, run.stored, run.unanswered, run.seconds
+    );
+
+    let binaries = crate::run_local::build_binaries()?;
+    let dir = tempfile::Builder::new().prefix("chaos-").tempdir_in(&runs).context("creating a scratch directory")?;
+    let spinner = crate::progress::Spinner::start(&format!("workers killed: {} jobs, {} kills", args.jobs, args.kills));
+    let run = local::chaos::worker_crashes(dir.path(), &binaries.tasks, args.jobs, args.kills, args.seed);
+    let run = crate::runtime()?.block_on(run);
+    spinner.finish(run.is_ok());
+    let run = run?;
+    println!(
+        "workers killed: {} jobs, {} kills (seed {}), each job one final status; {} jobs run again after a kill, \
+         {} redelivered after their final status and not run again; nothing left in the queue ({:.1} s)",
+        run.jobs, run.kills, run.seed, run.reruns, run.already_reported, run.seconds
     );
     Ok(())
 }

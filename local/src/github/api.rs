@@ -143,11 +143,25 @@ async fn create_status(
     if !["pending", "success", "failure", "error"].contains(&status.state.as_str()) {
         return error(StatusCode::UNPROCESSABLE_ENTITY, "Validation Failed");
     }
-    let mut state = lock(&state);
-    let id = state.next_id;
-    state.next_id += 1;
-    let Some(entry) = state.repos.get_mut(&format!("{owner}/{repo}")) else { return not_found() };
-    entry.statuses.push((sha, status.clone()));
+    let (refused, delay) = {
+        let mut state = lock(&state);
+        let faults = &mut state.status_faults;
+        (faults.refuse.pop_front(), faults.delay)
+    };
+    if let Some(code) = refused {
+        tokio::time::sleep(delay).await;
+        return error(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), "Server Error");
+    }
+    let id = {
+        let mut state = lock(&state);
+        let id = state.next_id;
+        state.next_id += 1;
+        let Some(entry) = state.repos.get_mut(&format!("{owner}/{repo}")) else { return not_found() };
+        entry.statuses.push((sha, status.clone()));
+        id
+    };
+    // Stored before the answer is held back, as when GitHub is slow to answer.
+    tokio::time::sleep(delay).await;
     let created = json!({
         "id": id,
         "state": status.state,

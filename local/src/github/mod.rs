@@ -57,6 +57,16 @@ pub(crate) struct State {
     repos: BTreeMap<String, Repo>,
     requests: Vec<Recorded>,
     next_id: u64,
+    status_faults: StatusFaults,
+}
+
+/// How the mock misbehaves when statuses are posted, as GitHub does in an outage.
+#[derive(Debug, Clone, Default)]
+pub struct StatusFaults {
+    /// The next status POSTs are answered with these HTTP statuses, in order, and not stored.
+    pub refuse: std::collections::VecDeque<u16>,
+    /// Every status POST is answered this late (a stored status is stored at once).
+    pub delay: std::time::Duration,
 }
 
 pub(crate) struct Repo {
@@ -90,6 +100,7 @@ impl MockGitHub {
             repos: BTreeMap::new(),
             requests: Vec::new(),
             next_id: 1,
+            status_faults: StatusFaults::default(),
         }));
         let (stop, stopped) = oneshot::channel::<()>();
         let router = api::router(state.clone());
@@ -159,6 +170,11 @@ impl MockGitHub {
         let state = self.lock();
         let Some(entry) = state.repos.get(repo) else { return Vec::new() };
         entry.statuses.iter().filter(|(on, _)| on == sha).map(|(_, status)| status.clone()).collect()
+    }
+
+    /// From now on, status POSTs misbehave as `faults` says.
+    pub fn set_status_faults(&self, faults: StatusFaults) {
+        self.lock().status_faults = faults;
     }
 
     /// Every request received so far, in order.

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use crate::container;
 use crate::log_stream::LogStream;
 use crate::retry;
-use crate::runner_config::{RunnerConfig, S3Key, SandboxKind};
+use crate::runner_config::{Forge, RunnerConfig, S3Key, SandboxKind};
 use crate::sandbox::{self, Cancel, Ended, RunArgs};
 
 /// Cockpit polls a job's pull request this often, the first time at once.
@@ -60,21 +60,14 @@ pub async fn run(
     scratch: &Path,
     mut cancel: Cancel,
 ) -> Result<Outcome, JobError> {
-    let forge_name = job.forge.clone().unwrap_or_else(|| config.forge.default.clone());
-    let forge =
-        config.forge.forges.get(&forge_name).ok_or_else(|| JobError::Config(format!("no forge {forge_name:?}")))?;
-    let token = forge.token.clone().unwrap_or_default();
-    let github = GitHub::new(forge.api_url.trim_end_matches('/'), token.trim())?;
+    let (forge, github) = forge(config, job)?;
     let subject = resolve(&github, job).await?;
 
     let context = job.context.clone();
     let (shown_context, short_sha) = (context.as_deref().unwrap_or("-"), &subject.sha[..12.min(subject.sha.len())]);
     let title = job.title.clone().unwrap_or_else(|| format!("{shown_context}@{}#{short_sha}", job.repo));
-    let slug = job.slug.clone().unwrap_or_else(|| format!("{}/{shown_context}/{short_sha}", job.repo));
-    let prefix = slug.replace("//", "--").replace(':', "-");
+    let Place { prefix, log_url } = place(config, job, &subject.sha);
     let s3 = &config.logs.s3;
-    let link = format!("{}/{prefix}/", s3.proxy_url.as_deref().unwrap_or(&s3.url).trim_end_matches('/'));
-    let log_url = format!("{link}log.html");
     let key = match &s3.key {
         S3Key::Text(text) => s3::Key::parse(text),
         S3Key::Table { access, secret } => Some(s3::Key { access: access.clone(), secret: secret.clone() }),
@@ -162,6 +155,46 @@ pub async fn run(
     }
     log.close().await?;
     Ok(outcome)
+}
+
+/// Whether this very job already has its final status on GitHub: the latest status of its
+/// context at its commit is not pending and links to this job's log (the slug tests-scan gives
+/// each queued job is unique). That happens when a worker posted it and was stopped before it
+/// acknowledged the message; running such a redelivered job again would post a second one.
+pub async fn already_reported(config: &RunnerConfig, job: &Job) -> Result<bool, JobError> {
+    let Some(context) = &job.context else { return Ok(false) };
+    let (_, github) = forge(config, job)?;
+    let subject = resolve(&github, job).await?;
+    let Place { log_url, .. } = place(config, job, &subject.sha);
+    let statuses = github.statuses(&subject.repo, &subject.sha).await?;
+    Ok(statuses
+        .iter()
+        .any(|s| &s.context == context && s.state != "pending" && s.target_url.as_deref() == Some(log_url.as_str())))
+}
+
+/// The forge the job is reported to, and a client of its API.
+fn forge<'c>(config: &'c RunnerConfig, job: &Job) -> Result<(&'c Forge, GitHub), JobError> {
+    let name = job.forge.as_ref().unwrap_or(&config.forge.default);
+    let forge = config.forge.forges.get(name).ok_or_else(|| JobError::Config(format!("no forge {name:?}")))?;
+    let token = forge.token.clone().unwrap_or_default();
+    Ok((forge, GitHub::new(forge.api_url.trim_end_matches('/'), token.trim())?))
+}
+
+/// Where a job's log goes: the S3 object prefix, and the URL its statuses link to.
+struct Place {
+    prefix: String,
+    log_url: String,
+}
+
+/// Cockpit's slug (tests-scan's, else `<repo>/<context or ->/<sha[:12]>`) made an object prefix,
+/// under the proxy URL when there is one (cockpit-protocol.md 4.4).
+fn place(config: &RunnerConfig, job: &Job, sha: &str) -> Place {
+    let context = job.context.as_deref().unwrap_or("-");
+    let slug = job.slug.clone().unwrap_or_else(|| format!("{}/{context}/{}", job.repo, &sha[..12.min(sha.len())]));
+    let prefix = slug.replace("//", "--").replace(':', "-");
+    let s3 = &config.logs.s3;
+    let link = s3.proxy_url.as_deref().unwrap_or(&s3.url).trim_end_matches('/');
+    Place { log_url: format!("{link}/{prefix}/log.html"), prefix }
 }
 
 /// Returns, as Cockpit's job-runner's poller, `<repo>#<pull> is closed` or `<repo>#<pull>

@@ -305,11 +305,25 @@ async fn rescan_all(session: &Session, scanner: &Scanner) {
     }
 }
 
+/// Logged when a redelivered job is not run again because its final status is posted already.
+pub const ALREADY_REPORTED: &str = "redelivered job already has its final status: not running it again";
+
 /// Runs a job to its final status, or a command to its end. A message that is neither is
 /// logged and dropped.
 async fn handle_work(worker: &Worker, delivery: &Delivery) -> anyhow::Result<()> {
     if let Ok(message) = serde_json::from_slice::<JobMessage>(&delivery.body) {
         let runner = worker.runner.as_ref().context("a job arrived at a worker that runs no jobs")?;
+        if delivery.redelivered {
+            // When GitHub cannot say, the job runs again: two final statuses beat none.
+            match job::already_reported(runner, &message.job).await {
+                Ok(true) => {
+                    tracing::warn!(job = message.human, "{ALREADY_REPORTED}");
+                    return Ok(());
+                }
+                Ok(false) => {}
+                Err(err) => tracing::warn!(job = message.human, %err, "cannot tell whether a redelivered job ended"),
+            }
+        }
         let scratch = tempfile::Builder::new().prefix("job-").tempdir_in(&worker.work_dir)?;
         let started = Instant::now();
         let outcome = job::run(runner, &message.job, &worker.hostname, scratch.path(), worker.cancel.clone()).await?;
