@@ -14,7 +14,7 @@ use s3s::auth::SimpleAuth;
 use s3s::path::S3Path;
 use s3s::service::S3ServiceBuilder;
 use s3s::{S3Result, s3_error};
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 
 use crate::secrets::{S3_HOST, Secrets};
 
@@ -22,11 +22,11 @@ use crate::secrets::{S3_HOST, Secrets};
 pub const BUCKETS: [&str; 2] = ["logs", "images"];
 const PUBLIC_BUCKETS: [&str; 1] = ["logs"];
 
-/// A running store. Dropping it stops the server.
+/// A running store. Dropping it stops the server and closes its connections.
 pub struct S3Server {
     address: SocketAddr,
     tls: bool,
-    stop: Option<oneshot::Sender<()>>,
+    stop: watch::Sender<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,30 +67,38 @@ impl S3Server {
         let acceptor = if tls { Some(tls_acceptor(secrets)?) } else { None };
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.map_err(io_error("listen"))?;
         let address = listener.local_addr().map_err(io_error("listen"))?;
-        let (stop, mut stopped) = oneshot::channel::<()>();
+        // Stopping closes the open connections too: clients keep theirs alive between requests.
+        let (stop, stopped) = watch::channel(false);
         tokio::spawn(async move {
             loop {
+                let mut stopping = stopped.clone();
                 let stream = tokio::select! {
                     accepted = listener.accept() => match accepted {
                         Ok((stream, _)) => stream,
                         Err(_) => continue,
                     },
-                    _ = &mut stopped => return,
+                    _ = stopping.wait_for(|stop| *stop) => return,
                 };
                 let (service, acceptor) = (service.clone(), acceptor.clone());
                 tokio::spawn(async move {
                     let http = hyper::server::conn::http1::Builder::new();
-                    let _ = match acceptor {
-                        Some(acceptor) => match acceptor.accept(stream).await {
-                            Ok(stream) => http.serve_connection(TokioIo::new(stream), service).await,
-                            Err(_) => return,
-                        },
-                        None => http.serve_connection(TokioIo::new(stream), service).await,
+                    let serve = async {
+                        let _ = match acceptor {
+                            Some(acceptor) => match acceptor.accept(stream).await {
+                                Ok(stream) => http.serve_connection(TokioIo::new(stream), service).await,
+                                Err(_) => return,
+                            },
+                            None => http.serve_connection(TokioIo::new(stream), service).await,
+                        };
                     };
+                    tokio::select! {
+                        () = serve => {}
+                        _ = stopping.wait_for(|stop| *stop) => {}
+                    }
                 });
             }
         });
-        Ok(S3Server { address, tls, stop: Some(stop) })
+        Ok(S3Server { address, tls, stop })
     }
 
     /// The store's base URL; a bucket's store URL is this plus `<bucket>/`.
@@ -104,9 +112,7 @@ impl S3Server {
 
 impl Drop for S3Server {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.stop.send_replace(true);
     }
 }
 

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use amqp::Job;
 use github::StatusUpdate;
+use local::github::StatusFaults;
 use local::images::BASE as BASE_IMAGE;
 use local::podman::PodmanService;
 use local::{MockGitHub, S3Server, secrets};
@@ -92,6 +93,7 @@ fn job(repo: &str, sha: &str, extra: serde_json::Value) -> Job {
 }
 
 struct Ran {
+    repo: String,
     outcome: Outcome,
     statuses: Vec<StatusUpdate>,
     log: String,
@@ -128,7 +130,7 @@ impl World {
         let log_dir = format!("{}logs/{}/", self.s3.url(), job.slug.unwrap());
         let reader = s3::Store::new(&log_dir, None, None).unwrap();
         let log = String::from_utf8(reader.get("log").await.unwrap().expect("the final log")).unwrap();
-        Ran { outcome, statuses: self.mock.statuses(&repo, &head), log, log_dir }
+        Ran { outcome, statuses: self.mock.statuses(&repo, &head), log, log_dir, repo }
     }
 }
 
@@ -293,6 +295,71 @@ async fn process_a_cancelled_job_says_so() {
 #[tokio::test(flavor = "multi_thread")]
 async fn container_a_cancelled_job_says_so() {
     cancelled(Sandbox::Container).await;
+}
+
+/// The status POSTs job-runner made to `repo`, refused or not.
+fn status_posts(mock: &MockGitHub, repo: &str) -> usize {
+    mock.requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.starts_with(&format!("/repos/{repo}/statuses/")))
+        .count()
+}
+
+/// GitHub answering 500 and 502 for a while, and slowly: statuses are retried with Cockpit's
+/// back-off and all arrive.
+#[tokio::test(flavor = "multi_thread")]
+async fn statuses_ride_out_github_errors_and_slow_answers() {
+    let world = world(Sandbox::Process, None).await.unwrap();
+    let delay = std::time::Duration::from_millis(500);
+    world.mock.set_status_faults(StatusFaults { refuse: [500, 502, 500, 502].into(), delay });
+    let ran = world.run("passing", serde_json::json!({}), false).await;
+    assert_eq!(ran.outcome, Outcome::Success, "{}", ran.log);
+    let posted: Vec<_> = ran.statuses.iter().map(|s| (s.state.as_str(), s.description.as_str())).collect();
+    assert_eq!(posted, [("pending", &*format!("In progress [{HOST}]")), ("success", &*format!("Success [{HOST}]"))]);
+    assert_eq!(status_posts(&world.mock, &ran.repo), 6, "four refused, two taken");
+}
+
+/// An outage longer than Cockpit's five tries: the "In progress" is given up, the job runs all
+/// the same, and its final status is tried until GitHub takes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_final_status_outlasts_a_github_outage_longer_than_cockpits_tries() {
+    let world = world(Sandbox::Process, None).await.unwrap();
+    world.mock.set_status_faults(StatusFaults { refuse: [502; 7].into(), ..StatusFaults::default() });
+    let ran = world.run("passing", serde_json::json!({}), false).await;
+    assert_eq!(ran.outcome, Outcome::Success, "{}", ran.log);
+    let posted: Vec<_> = ran.statuses.iter().map(|s| (s.state.as_str(), s.description.as_str())).collect();
+    assert_eq!(posted, [("success", &*format!("Success [{HOST}]"))]);
+    assert_eq!(status_posts(&world.mock, &ran.repo), 8, "five tries of \"In progress\", three of the outcome");
+}
+
+/// S3 going away while a job runs: the job still ends with a final status, an error saying its
+/// log could not be stored, and job-runner returns as after any job (the worker goes on).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_log_cannot_be_stored_still_ends_with_an_error_saying_so() {
+    let World { mock, s3, config, dir, .. } = world(Sandbox::Process, None).await.unwrap();
+    let repo = "workbench-ci/s3-away";
+    mock.add_repo(repo, &workspace("fixtures/repos/passing")).unwrap();
+    let head = mock.open_pull(repo, 1, "A change", "workbench-ci").unwrap();
+    let job = job(repo, &head, serde_json::json!({"command": ["sh", "-c", "sleep 2; echo finished"]}));
+    let scratch = dir.path().join("scratch-s3-away");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let never = tokio::sync::watch::channel(false).1;
+    let run = job::run(&config, &job, HOST, &scratch, never);
+    let mut s3 = Some(s3);
+    let outage = async {
+        while !mock.statuses(repo, &head).iter().any(|s| s.description.starts_with("In progress")) {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        drop(s3.take());
+        std::future::pending::<()>().await
+    };
+    let outcome = tokio::select! {
+        outcome = run => outcome.unwrap(),
+        () = outage => unreachable!(),
+    };
+    assert!(matches!(&outcome, Outcome::LogNotStored(err) if err.contains("S3 PUT")), "{outcome:?}");
+    let last = mock.statuses(repo, &head).pop().unwrap();
+    assert_eq!((last.state.as_str(), last.description), ("error", format!("{} [{HOST}]", job::LOG_NOT_STORED)));
 }
 
 #[tokio::test(flavor = "multi_thread")]

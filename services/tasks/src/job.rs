@@ -32,7 +32,12 @@ pub enum Outcome {
     Error(String),
     /// The worker was told to stop before the job finished.
     Cancelled,
+    /// The log could not be stored (the S3 error), whatever the test did: nobody could see why.
+    LogNotStored(String),
 }
+
+/// The description of a job's final status when its log could not be stored.
+pub const LOG_NOT_STORED: &str = "Internal error: the log could not be stored";
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -84,8 +89,8 @@ pub async fn run(
         "{title}\n\nRunning on: {hostname}\n\nJob({})\n\n",
         serde_json::to_string_pretty(job).unwrap_or_default()
     );
-    let mut log = LogStream::start(store, &header).await?;
-    let post = |state: &str, description: String| {
+    let mut log = LogStream::start(store, &header).await;
+    let post = |state: &str, description: String, attempts: u32| {
         let status = context.clone().map(|context| StatusUpdate {
             context,
             state: state.to_owned(),
@@ -96,65 +101,95 @@ pub async fn run(
         async move {
             match (status, forge.post) {
                 (Some(status), true) => {
-                    retry::transient("status", github::Error::is_transient, || github.post_status(&repo, &sha, &status))
-                        .await
+                    retry::transient("status", attempts, github::Error::is_transient, || {
+                        github.post_status(&repo, &sha, &status)
+                    })
+                    .await
                 }
                 _ => Ok(()),
             }
         }
     };
-    post("pending", "In progress".into()).await?;
+    // Unlike Cockpit's job-runner, a job whose "In progress" GitHub would not take still runs:
+    // its outcome is what must arrive.
+    if let Err(err) = post("pending", "In progress".into(), retry::COCKPIT).await {
+        tracing::warn!(%err, "cannot post the job's \"In progress\" status; running it all the same");
+    }
 
-    let run_context = Run {
-        config,
-        github: &github,
-        job,
-        subject: &subject,
-        clone_url: &forge.clone_url,
-        log_url: &log_url,
-        hostname,
+    let outcome = match log.failure() {
+        Some(err) => Outcome::LogNotStored(err.to_string()),
+        None => {
+            let run_context = Run {
+                config,
+                github: &github,
+                job,
+                subject: &subject,
+                clone_url: &forge.clone_url,
+                log_url: &log_url,
+                hostname,
+            };
+            watched(&run_context, scratch, &mut log, &mut cancel).await
+        }
     };
-    // The job stops when the worker cancels it, or when its pull request is closed or changes.
+    let attachments = scratch.join("attachments");
+    upload_attachments(&attachments, &attachments, &mut log).await;
+    log.write(ending(&outcome).as_bytes()).await;
+    // The log is complete before the status that links to it, and a log that could not be
+    // stored is reported as such, whatever the test's outcome.
+    let outcome = match log.close().await {
+        Err(err) if !matches!(outcome, Outcome::LogNotStored(_)) => Outcome::LogNotStored(err.to_string()),
+        _ => outcome,
+    };
+    if let Outcome::LogNotStored(err) = &outcome {
+        tracing::error!(%err, "the job's log could not be stored");
+    }
+    let (state, description) = status(&outcome);
+    post(state, description, retry::FINAL_STATUS).await?;
+    Ok(outcome)
+}
+
+/// Runs the job until it ends, the worker cancels it, or its pull request is closed or changes
+/// (a failure, as in Cockpit).
+async fn watched(run: &Run<'_>, scratch: &Path, log: &mut LogStream<s3::Store>, cancel: &mut Cancel) -> Outcome {
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let mut reason = None;
     let watch = async {
         tokio::select! {
-            () = sandbox::cancelled(&mut cancel) => {}
-            why = watch_pull(&github, job, &subject.sha) => reason = Some(why),
+            () = sandbox::cancelled(cancel) => {}
+            why = watch_pull(run.github, run.job, &run.subject.sha) => reason = Some(why),
         }
         stop.send_replace(true);
         std::future::pending::<()>().await
     };
     let executed = tokio::select! {
-        executed = execute(&run_context, scratch, &mut log, &mut stopped) => executed,
+        executed = execute(run, scratch, log, &mut stopped) => executed,
         () = watch => unreachable!("watching never ends"),
     };
-    let outcome = match (executed, reason) {
+    match (executed, reason) {
         (Ok(Outcome::Cancelled), Some(why)) => Outcome::Failure(why),
         (executed, _) => executed.unwrap_or_else(Outcome::Error),
-    };
-    let attachments = scratch.join("attachments");
-    upload_attachments(&attachments, &attachments, &mut log).await?;
-    match &outcome {
-        Outcome::Success => {
-            post("success", "Success".into()).await?;
-            log.write(b"\n\nJob ran successfully.  :)\n").await?;
-        }
-        Outcome::Failure(message) => {
-            log.write(format!("\n*** Failure: {message}\n").as_bytes()).await?;
-            post("failure", message.clone()).await?;
-        }
-        Outcome::Error(message) => {
-            log.write(format!("\n*** Internal error: {message}\n").as_bytes()).await?;
-            post("error", "Internal error".into()).await?;
-        }
-        Outcome::Cancelled => {
-            post("error", "Cancelled".into()).await?;
-            log.write(b"*** Job cancelled\n").await?;
-        }
     }
-    log.close().await?;
-    Ok(outcome)
+}
+
+/// The last line of the job's log, as Cockpit writes it.
+fn ending(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Success => "\n\nJob ran successfully.  :)\n".into(),
+        Outcome::Failure(message) => format!("\n*** Failure: {message}\n"),
+        Outcome::Error(message) | Outcome::LogNotStored(message) => format!("\n*** Internal error: {message}\n"),
+        Outcome::Cancelled => "*** Job cancelled\n".into(),
+    }
+}
+
+/// The final status of the job: its state and description (before " [host]").
+fn status(outcome: &Outcome) -> (&'static str, String) {
+    match outcome {
+        Outcome::Success => ("success", "Success".into()),
+        Outcome::Failure(message) => ("failure", message.clone()),
+        Outcome::Error(_) => ("error", "Internal error".into()),
+        Outcome::LogNotStored(_) => ("error", LOG_NOT_STORED.into()),
+        Outcome::Cancelled => ("error", "Cancelled".into()),
+    }
 }
 
 /// Whether this very job already has its final status on GitHub: the latest status of its
@@ -277,7 +312,7 @@ async fn execute(
         steps.push((&checkout, git(&["rebase", "--quiet", "FETCH_HEAD"])));
     }
     for (dir, step) in steps {
-        log.write(format!("\n+ {}\n", step.join(" ")).as_bytes()).await.map_err(|e| e.to_string())?;
+        log.write(format!("\n+ {}\n", step.join(" ")).as_bytes()).await;
         match sandbox::process(&step, dir, &[], log, None, cancel).await? {
             Ended::Exited(0) => {}
             Ended::Cancelled => return Ok(Outcome::Cancelled),
@@ -290,7 +325,7 @@ async fn execute(
             let entry = [".cockpit-ci/run", "test/run"].into_iter().find(|entry| checkout.join(entry).exists());
             let Some(entry) = entry else {
                 // Cockpit's checkout-and-run says so and exits 1: a failure of the project.
-                log.write(b"*** Failed to execute entry point.\n").await.map_err(|e| e.to_string())?;
+                log.write(b"*** Failed to execute entry point.\n").await;
                 return Ok(Outcome::Failure("Container exited with code 1".into()));
             };
             vec![format!("./{entry}")]
@@ -315,15 +350,13 @@ async fn execute(
         SandboxKind::Process => {
             env.push(("TEST_ATTACHMENTS".into(), attachments.display().to_string()));
             env.extend(args.env.iter().cloned());
-            log.write(format!("\n+ {}\n", command.join(" ")).as_bytes()).await.map_err(|e| e.to_string())?;
+            log.write(format!("\n+ {}\n", command.join(" ")).as_bytes()).await;
             sandbox::process(&command, &checkout, &env, log, deadline, cancel).await?
         }
         SandboxKind::Container => {
             let image = image(run).await?;
             env.push(("TEST_ATTACHMENTS".into(), container::ATTACHMENTS.to_owned()));
-            log.write(format!("Using container image: {image}\n\n+ {}\n", command.join(" ")).as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
+            log.write(format!("Using container image: {image}\n\n+ {}\n", command.join(" ")).as_bytes()).await;
             let slug = job.slug.as_deref().unwrap_or_default();
             let spec = container::Spec {
                 worker: hostname,
@@ -363,18 +396,17 @@ async fn image(run: &Run<'_>) -> Result<String, String> {
 }
 
 /// Uploads every regular file under `dir`, by its path relative to `root`.
-async fn upload_attachments(root: &Path, dir: &Path, log: &mut LogStream<s3::Store>) -> Result<(), s3::Error> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+async fn upload_attachments(root: &Path, dir: &Path, log: &mut LogStream<s3::Store>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
     let mut paths: Vec<PathBuf> = entries.filter_map(|entry| entry.ok().map(|e| e.path())).collect();
     paths.sort();
     for path in paths {
         if path.is_dir() {
-            Box::pin(upload_attachments(root, &path, log)).await?;
+            Box::pin(upload_attachments(root, &path, log)).await;
         } else if path.is_file()
             && let (Ok(relative), Ok(bytes)) = (path.strip_prefix(root), std::fs::read(&path))
         {
-            log.attach(&relative.to_string_lossy(), bytes).await?;
+            log.attach(&relative.to_string_lossy(), bytes).await;
         }
     }
-    Ok(())
 }

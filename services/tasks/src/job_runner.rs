@@ -49,7 +49,7 @@ pub async fn run(args: &Args, cancel: impl Future<Output = ()>) -> anyhow::Resul
     };
     match outcome {
         Outcome::Success | Outcome::Failure(_) => Ok(()),
-        Outcome::Error(reason) => anyhow::bail!("Internal error: {reason}"),
+        Outcome::Error(reason) | Outcome::LogNotStored(reason) => anyhow::bail!("Internal error: {reason}"),
         Outcome::Cancelled => anyhow::bail!("Job cancelled"),
     }
 }

@@ -24,10 +24,13 @@ pub trait Sink {
 /// A store URL that already ends in the job's `<slug>/`. Transient failures are retried.
 impl Sink for s3::Store {
     async fn put(&self, name: &str, body: Vec<u8>, content_type: &str) -> Result<(), s3::Error> {
-        retry::transient(name, s3::Error::is_transient, || s3::Store::put(self, name, body.clone(), content_type)).await
+        retry::transient(name, retry::COCKPIT, s3::Error::is_transient, || {
+            s3::Store::put(self, name, body.clone(), content_type)
+        })
+        .await
     }
     async fn delete(&self, name: &str) -> Result<(), s3::Error> {
-        retry::transient(name, s3::Error::is_transient, || s3::Store::delete(self, name)).await
+        retry::transient(name, retry::COCKPIT, s3::Error::is_transient, || s3::Store::delete(self, name)).await
     }
 }
 
@@ -40,6 +43,9 @@ struct Chunk {
 }
 
 /// A log being written: everything so far, what is not flushed yet, and the chunks uploaded.
+///
+/// A store that fails (after retries) does not stop the job: the failure is kept, nothing more
+/// is uploaded, and [`LogStream::close`] returns it, so the job can still report its outcome.
 pub struct LogStream<S> {
     sink: S,
     log: Vec<u8>,
@@ -50,11 +56,13 @@ pub struct LogStream<S> {
     ranges: Vec<String>,
     /// Files for `index.html`.
     files: Vec<String>,
+    /// The first upload that failed.
+    failure: Option<s3::Error>,
 }
 
 impl<S: Sink> LogStream<S> {
     /// Writes the viewer, then `header` (uploaded at once).
-    pub async fn start(sink: S, header: &str) -> Result<LogStream<S>, s3::Error> {
+    pub async fn start(sink: S, header: &str) -> LogStream<S> {
         let mut stream = LogStream {
             sink,
             log: Vec::new(),
@@ -63,37 +71,37 @@ impl<S: Sink> LogStream<S> {
             chunks: Vec::new(),
             ranges: Vec::new(),
             files: Vec::new(),
+            failure: None,
         };
-        stream.attach("log.html", VIEWER.to_vec()).await?;
+        stream.attach("log.html", VIEWER.to_vec()).await;
         stream.log.extend_from_slice(header.as_bytes());
-        stream.flush().await?;
-        Ok(stream)
+        stream.flush().await;
+        stream
     }
 
     /// Appends output; uploads when enough is buffered or has waited long enough.
-    pub async fn write(&mut self, data: &[u8]) -> Result<(), s3::Error> {
+    pub async fn write(&mut self, data: &[u8]) {
         self.log.extend_from_slice(data);
         self.first_unflushed.get_or_insert_with(Instant::now);
         if self.log.len() - self.flushed > FLUSH_BYTES {
-            self.flush().await?;
+            self.flush().await;
         }
         self.flush_if_due().await
     }
 
     /// Uploads buffered output that has waited long enough; call this periodically.
-    pub async fn flush_if_due(&mut self) -> Result<(), s3::Error> {
-        match self.first_unflushed {
-            Some(since) if since.elapsed() >= FLUSH_AFTER => self.flush().await,
-            _ => Ok(()),
+    pub async fn flush_if_due(&mut self) {
+        if self.first_unflushed.is_some_and(|since| since.elapsed() >= FLUSH_AFTER) {
+            self.flush().await;
         }
     }
 
     /// Uploads what is buffered as a new chunk, merged with its predecessors like a binary
     /// counter, and the new chunk list.
-    pub async fn flush(&mut self) -> Result<(), s3::Error> {
+    pub async fn flush(&mut self) {
         self.first_unflushed = None;
         if self.flushed == self.log.len() {
-            return Ok(());
+            return;
         }
         self.chunks.push(Chunk { blocks: 1, start: self.flushed, end: self.log.len() });
         self.flushed = self.log.len();
@@ -105,18 +113,17 @@ impl<S: Sink> LogStream<S> {
         }
         let last = *self.chunks.last().expect("a chunk was just pushed");
         let name = format!("log.{}-{}", last.start, last.end);
-        self.sink.put(&name, self.log[last.start..last.end].to_vec(), TEXT).await?;
+        self.put(&name, self.log[last.start..last.end].to_vec(), TEXT).await;
         self.ranges.push(name);
         let sizes: Vec<String> = self.chunks.iter().map(|chunk| (chunk.end - chunk.start).to_string()).collect();
         // Python's json.dumps spacing, as Cockpit writes it.
-        self.sink.put("log.chunks", format!("[{}]", sizes.join(", ")).into_bytes(), TEXT).await
+        self.put("log.chunks", format!("[{}]", sizes.join(", ")).into_bytes(), TEXT).await
     }
 
     /// Uploads an attachment (or the viewer) next to the log, listed in the index.
-    pub async fn attach(&mut self, name: &str, body: Vec<u8>) -> Result<(), s3::Error> {
-        self.sink.put(name, body, content_type(name)).await?;
+    pub async fn attach(&mut self, name: &str, body: Vec<u8>) {
+        self.put(name, body, content_type(name)).await;
         self.files.push(name.to_owned());
-        Ok(())
     }
 
     /// The log so far.
@@ -124,19 +131,37 @@ impl<S: Sink> LogStream<S> {
         &self.log
     }
 
+    /// The upload that failed, if one did: nothing after it was stored.
+    pub fn failure(&self) -> Option<&s3::Error> {
+        self.failure.as_ref()
+    }
+
     /// Writes the complete `log`, deletes the chunk list and ranges (the viewer's sign that the
-    /// log is complete), then the index.
+    /// log is complete), then the index. Fails if any upload of the log failed.
     pub async fn close(mut self) -> Result<(), s3::Error> {
-        self.sink.put("log", self.log.clone(), TEXT).await?;
+        self.put("log", self.log.clone(), TEXT).await;
         self.files.push("log".to_owned());
-        self.sink.delete("log.chunks").await?;
-        for range in &self.ranges {
-            self.sink.delete(range).await?;
+        self.delete("log.chunks").await;
+        for range in std::mem::take(&mut self.ranges) {
+            self.delete(&range).await;
         }
         self.files.sort();
         let items: String = self.files.iter().map(|name| format!("<li><a href={name}>{name}</a></li>")).collect();
         let index = format!("<html><body><h1>Directory listing for /</h1><hr><ul>{items}</ul></body></html>");
-        self.sink.put("index.html", index.into_bytes(), "text/html").await
+        self.put("index.html", index.into_bytes(), "text/html").await;
+        self.failure.map_or(Ok(()), Err)
+    }
+
+    async fn put(&mut self, name: &str, body: Vec<u8>, content_type: &str) {
+        if self.failure.is_none() {
+            self.failure = self.sink.put(name, body, content_type).await.err();
+        }
+    }
+
+    async fn delete(&mut self, name: &str) {
+        if self.failure.is_none() {
+            self.failure = self.sink.delete(name).await.err();
+        }
     }
 }
 
@@ -175,13 +200,13 @@ mod tests {
     #[tokio::test]
     async fn writes_cockpits_object_sequence() {
         let recorder = Recorder::default();
-        let mut stream = LogStream::start(&recorder, "title\n").await.unwrap();
+        let mut stream = LogStream::start(&recorder, "title\n").await;
         for part in ["aa", "bbb", "c"] {
-            stream.write(part.as_bytes()).await.unwrap();
-            stream.flush().await.unwrap();
+            stream.write(part.as_bytes()).await;
+            stream.flush().await;
         }
-        stream.attach("bogus.log", b"heisenberg".to_vec()).await.unwrap();
-        stream.write(b"done\n").await.unwrap();
+        stream.attach("bogus.log", b"heisenberg".to_vec()).await;
+        stream.write(b"done\n").await;
         stream.close().await.unwrap();
         let text = "text/plain; charset=utf-8";
         assert_eq!(
@@ -210,11 +235,48 @@ mod tests {
         );
     }
 
+    /// Fails every operation from the `n`th on.
+    struct FailingFrom(usize, Recorder);
+
+    impl Sink for &FailingFrom {
+        async fn put(&self, name: &str, body: Vec<u8>, content_type: &str) -> Result<(), s3::Error> {
+            self.fail()?;
+            (&self.1).put(name, body, content_type).await
+        }
+        async fn delete(&self, name: &str) -> Result<(), s3::Error> {
+            self.fail()?;
+            (&self.1).delete(name).await
+        }
+    }
+
+    impl FailingFrom {
+        fn fail(&self) -> Result<(), s3::Error> {
+            if self.1.0.lock().unwrap().len() < self.0 {
+                return Ok(());
+            }
+            Err(s3::Error::Url("refused".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_upload_is_kept_nothing_is_uploaded_after_it_and_close_returns_it() {
+        let failing = FailingFrom(3, Recorder::default());
+        let mut stream = LogStream::start(&failing, "title\n").await;
+        assert!(stream.failure().is_none());
+        stream.write(b"output").await;
+        stream.flush().await;
+        assert!(stream.failure().is_some_and(|err| err.to_string().contains("refused")));
+        stream.write(b"more").await;
+        stream.attach("bogus.log", b"x".to_vec()).await;
+        assert!(stream.close().await.is_err());
+        assert_eq!(failing.1.0.lock().unwrap().len(), 3, "log.html, the first range, the chunk list");
+    }
+
     #[tokio::test]
     async fn a_big_write_is_flushed_at_once() {
         let recorder = Recorder::default();
-        let mut stream = LogStream::start(&recorder, "").await.unwrap();
-        stream.write(&vec![b'x'; FLUSH_BYTES + 1]).await.unwrap();
+        let mut stream = LogStream::start(&recorder, "").await;
+        stream.write(&vec![b'x'; FLUSH_BYTES + 1]).await;
         let operations =
             recorder.0.lock().unwrap().iter().map(|op| op.chars().take(40).collect::<String>()).collect::<Vec<_>>();
         assert_eq!(

@@ -33,7 +33,7 @@ impl Metrics {
         let label = match outcome {
             Outcome::Success => "success",
             Outcome::Failure(_) => "failure",
-            Outcome::Error(_) => "error",
+            Outcome::Error(_) | Outcome::LogNotStored(_) => "error",
             Outcome::Cancelled => "cancelled",
         };
         let mut inner = self.inner.lock().expect("metrics lock");

@@ -1,22 +1,30 @@
-//! Riding out short outages of GitHub and S3: Cockpit's job-runner tries a GitHub write up to
-//! 5 times, sleeping 1, 2, 4 and 8 s between, on 5xx answers and transport errors, and fails at
-//! once on anything else (cockpit-protocol.md 4.7). S3 uploads get the same treatment here.
+//! Riding out outages of GitHub and S3: Cockpit's job-runner tries a GitHub write up to 5
+//! times, sleeping 1, 2, 4 and 8 s between, on 5xx answers and transport errors, and fails at
+//! once on anything else (cockpit-protocol.md 4.7). S3 uploads get the same treatment here; a
+//! job's final status, all that is left of its outcome, is tried for longer.
 
 use std::time::Duration;
 
-const ATTEMPTS: u32 = 5;
+/// Cockpit's number of tries: about 15 s of outage.
+pub const COCKPIT: u32 = 5;
+/// Tries of a job's final status: pauses double up to a minute, about 15 minutes of outage.
+pub const FINAL_STATUS: u32 = 20;
 
-/// Runs `op` until it succeeds, fails for good, or has been tried [`ATTEMPTS`] times.
+/// The longest pause between two tries.
+const LONGEST_PAUSE: Duration = Duration::from_secs(64);
+
+/// Runs `op` until it succeeds, fails for good, or has been tried `attempts` times.
 pub async fn transient<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
     what: &str,
+    attempts: u32,
     is_transient: impl Fn(&E) -> bool,
     mut op: impl FnMut() -> F,
 ) -> Result<T, E> {
     let mut attempt = 1;
     loop {
         match op().await {
-            Err(err) if attempt < ATTEMPTS && is_transient(&err) => {
-                let pause = Duration::from_secs(1 << (attempt - 1));
+            Err(err) if attempt < attempts && is_transient(&err) => {
+                let pause = Duration::from_secs(1 << (attempt - 1).min(6)).min(LONGEST_PAUSE);
                 tracing::warn!(what, attempt, %err, ?pause, "retrying");
                 tokio::time::sleep(pause).await;
                 attempt += 1;
@@ -36,6 +44,7 @@ mod tests {
         let mut calls = 0;
         let result: Result<(), &str> = transient(
             "test",
+            COCKPIT,
             |_| true,
             || {
                 calls += 1;
@@ -52,6 +61,7 @@ mod tests {
         let mut calls = 0;
         let result: Result<(), &str> = transient(
             "test",
+            COCKPIT,
             |_| false,
             || {
                 calls += 1;
@@ -63,6 +73,7 @@ mod tests {
         let mut calls = 0;
         let result: Result<u32, &str> = transient(
             "test",
+            COCKPIT,
             |_| true,
             || {
                 calls += 1;
@@ -71,5 +82,24 @@ mod tests {
         )
         .await;
         assert_eq!(result, Ok(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_final_status_is_tried_for_about_a_quarter_of_an_hour() {
+        let start = tokio::time::Instant::now();
+        let mut calls = 0;
+        let result: Result<(), &str> = transient(
+            "test",
+            FINAL_STATUS,
+            |_| true,
+            || {
+                calls += 1;
+                std::future::ready(Err("502"))
+            },
+        )
+        .await;
+        assert_eq!((result, calls), (Err("502"), 20));
+        // 1 + 2 + ... + 32, then 64 s thirteen times.
+        assert_eq!(start.elapsed(), Duration::from_secs(63 + 13 * 64));
     }
 }

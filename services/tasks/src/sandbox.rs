@@ -195,11 +195,11 @@ pub async fn pump(
         };
         tokio::select! {
             chunk = output.recv() => match chunk {
-                Some(chunk) => log.write(&chunk).await.map_err(|e| e.to_string())?,
+                Some(chunk) => log.write(&chunk).await,
                 None => return Ok(None),
             },
             () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
-                log.flush_if_due().await.map_err(|e| e.to_string())?;
+                log.flush_if_due().await;
             }
             () = expired => return Ok(Some(Ended::TimedOut)),
             () = cancelled(cancel) => return Ok(Some(Ended::Cancelled)),

@@ -147,7 +147,7 @@ impl Scanner {
                         description: description.into(),
                         target_url: None,
                     };
-                    retry::transient("status", github::Error::is_transient, || {
+                    retry::transient("status", retry::COCKPIT, github::Error::is_transient, || {
                         github.post_status(&args.repo, &pull.sha, &status)
                     })
                     .await?;
