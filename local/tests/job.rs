@@ -257,6 +257,49 @@ async fn cancelled(sandbox: Sandbox) {
     assert!(ran.log.ends_with("*** Job cancelled\n"), "{}", ran.log);
 }
 
+/// A hostile project in a container with a process limit: it finds none of the worker's
+/// credentials, writes nothing outside its checkout on the host, its fork bomb stops at the
+/// limit, running forever ends at the job's timeout, and the next job runs as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn container_a_hostile_job_gets_nothing_and_its_limits_hold() {
+    let Some(mut world) = world(Sandbox::Container, None).await else { return };
+    let file = world.dir.path().join("job-runner.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace("run-args = []", r#"run-args = ["--pids-limit=128"]"#)).unwrap();
+    world.config = RunnerConfig::load(Some(&file)).unwrap();
+    let probe = world.token_file.display().to_string();
+    let env = serde_json::json!({"TEST_OS": "unit-tests", "PROBE": probe});
+    let ran = world.run("hostile", serde_json::json!({"timeout": 1, "env": env}), false).await;
+    let log = &ran.log;
+    assert_eq!(ran.outcome, Outcome::Failure("Timeout after 1 minutes".into()), "{log}");
+    assert!(!log.contains("found: "), "{log}");
+    assert!(log.contains("credentials in the environment: none\n"), "{log}");
+    assert!(log.contains("fork bomb ended: 2\n"), "the bomb ran out of processes: {log}");
+    let running: usize =
+        log.split("processes running: ").nth(1).and_then(|rest| rest.lines().next()).unwrap().parse().unwrap();
+    assert!(running <= 128, "{running} processes: {log}");
+    assert!(log.contains("now running forever"), "{log}");
+    let escaped: Vec<_> = walk(world.dir.path()).into_iter().filter(|path| path.ends_with("escaped")).collect();
+    assert!(escaped.is_empty(), "written outside the checkout: {escaped:?}");
+
+    let next = world.run("passing", serde_json::json!({}), false).await;
+    assert_eq!(next.outcome, Outcome::Success, "{}", next.log);
+    let socket = world.config.container.socket();
+    assert_eq!(tasks::container::remove_leftovers(&socket, HOST).await, Ok(0), "no job container is left");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries
+        .filter_map(Result::ok)
+        .flat_map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => walk(&entry.path()),
+            _ => vec![entry.path()],
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn process_a_passing_job_posts_cockpits_statuses_and_leaves_its_log_and_attachments() {
     passing(Sandbox::Process).await;
