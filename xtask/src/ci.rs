@@ -4,10 +4,13 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
-use crate::packages::{self, NODE, OPENSSL, PODMAN, RABBITMQ, TMUX};
+use crate::packages::{self, CXX, NODE, OPENSSL, PODMAN, RABBITMQ, TMUX};
+
+/// How long each fuzz target runs in CI: a smoke test (`cargo xtask fuzz` runs them longer).
+const FUZZ_SMOKE_SECONDS: u64 = 15;
 
 pub fn run() -> anyhow::Result<()> {
-    packages::ensure(&[&[RABBITMQ, OPENSSL, TMUX], PODMAN.as_slice(), NODE.as_slice()].concat())?;
+    packages::ensure(&[&[RABBITMQ, OPENSSL, TMUX, CXX], PODMAN.as_slice(), NODE.as_slice()].concat())?;
     cargo_step("formatting", &["fmt", "--all", "--check"])?;
     cargo_step("lints", &["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"])?;
     lint_workflows()?;
@@ -19,6 +22,8 @@ pub fn run() -> anyhow::Result<()> {
     } else {
         cargo_step("tests", &["test", "--workspace", "--no-fail-fast"])?;
     }
+    println!("==> fuzz: each target for {FUZZ_SMOKE_SECONDS} s");
+    crate::fuzz::run(crate::fuzz::Args { seconds: FUZZ_SMOKE_SECONDS, targets: Vec::new() })?;
     println!("==> run-local --runtime process");
     let args = crate::run_local::Args { runtime: crate::run_local::Runtime::Process, ..Default::default() };
     crate::run_local::run(args).context("run-local --runtime process")?;

@@ -4,6 +4,7 @@
 mod bench;
 mod chaos;
 mod ci;
+mod fuzz;
 mod images;
 mod kube;
 mod packages;
@@ -46,6 +47,8 @@ enum Command {
     Smoke(smoke::Args),
     /// Inject faults into the running services and count what was lost (nothing, or it fails).
     Chaos(chaos::Args),
+    /// Fuzz what the deployment parses from outside (cargo-fuzz targets of fuzz/), bounded.
+    Fuzz(fuzz::Args),
     /// Measure, and print figures as recorded in docs/benchmarks.md.
     Bench(bench::Args),
     /// Print a mocked GitHub event as the webhook queues it (for `tasks publish-queue`).
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
         Command::Smoke(args) => smoke::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Chaos(args) => chaos::run(args),
+        Command::Fuzz(args) => fuzz::run(args),
         Command::Payload(args) => payload::run(args),
     };
     match result {

@@ -20,6 +20,8 @@ pub const OPENSSL: Package = Package { name: "openssl", provides: "/usr/bin/open
 /// The workflow linter runs on Node.js, installed with npm.
 pub const NODE: [Package; 2] =
     [Package { name: "nodejs", provides: "/usr/bin/node" }, Package { name: "npm", provides: "/usr/bin/npm" }];
+/// libFuzzer, which the fuzz targets link, is C++.
+pub const CXX: Package = Package { name: "g++", provides: "/usr/bin/g++" };
 /// The interactive mode's test drives a terminal with it.
 pub const TMUX: Package = Package { name: "tmux", provides: "/usr/bin/tmux" };
 /// Containers: podman with runc (crun fails here), catatonit for pods and `--init`, netavark

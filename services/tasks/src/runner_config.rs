@@ -223,29 +223,48 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// The syntax of a job-runner configuration file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Toml,
+    Json,
+}
+
 impl RunnerConfig {
     /// The defaults with `file` (TOML, or JSON if it ends in `.json`) merged over them.
     pub fn load(file: Option<&Path>) -> Result<RunnerConfig, ConfigError> {
+        let Some(path) = file else {
+            return RunnerConfig::parse("", Format::Toml, |file| Err(ConfigError::Invalid(format!("no file {file}"))));
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let format = if path.extension().is_some_and(|ext| ext == "json") { Format::Json } else { Format::Toml };
+        let base = path.parent().unwrap_or(Path::new("."));
+        RunnerConfig::parse(&text, format, |file| {
+            let path = base.join(file);
+            std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path, source })
+        })
+        .map_err(|err| match err {
+            ConfigError::Syntax { format, detail, .. } => ConfigError::Syntax { path: path.to_owned(), format, detail },
+            err => err,
+        })
+    }
+
+    /// The defaults with `text` merged over them, each `[{file = "PATH"}]` replaced by what
+    /// `read` returns for PATH.
+    pub fn parse(
+        text: &str,
+        format: Format,
+        read: impl Fn(&str) -> Result<String, ConfigError>,
+    ) -> Result<RunnerConfig, ConfigError> {
         let mut merged = toml::from_str::<Value>(DEFAULTS).expect("the built-in defaults are valid");
-        if let Some(path) = file {
-            let text =
-                std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-            let mut patch: Value = if path.extension().is_some_and(|ext| ext == "json") {
-                serde_json::from_str(&text).map_err(|e| ConfigError::Syntax {
-                    path: path.to_owned(),
-                    format: "JSON",
-                    detail: e.to_string(),
-                })?
-            } else {
-                toml::from_str(&text).map_err(|e| ConfigError::Syntax {
-                    path: path.to_owned(),
-                    format: "TOML",
-                    detail: e.to_string(),
-                })?
-            };
-            resolve_files(&mut patch, path.parent().unwrap_or(Path::new(".")))?;
-            merge_patch(&mut merged, patch);
-        }
+        let syntax = |format, detail: String| ConfigError::Syntax { path: PathBuf::new(), format, detail };
+        let mut patch: Value = match format {
+            Format::Json => serde_json::from_str(text).map_err(|e| syntax("JSON", e.to_string()))?,
+            Format::Toml => toml::from_str(text).map_err(|e| syntax("TOML", e.to_string()))?,
+        };
+        resolve_files(&mut patch, &read)?;
+        merge_patch(&mut merged, patch);
         let config: RunnerConfig = serde_json::from_value(merged).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         for (name, forge) in &config.forge.forges {
             if forge.post && forge.token.is_none() {
@@ -256,21 +275,19 @@ impl RunnerConfig {
     }
 }
 
-/// Replaces every `[{file = "PATH"}]` by the text of PATH (relative to `base`).
-fn resolve_files(value: &mut Value, base: &Path) -> Result<(), ConfigError> {
+/// Replaces every `[{file = "PATH"}]` by what `read` returns for PATH.
+fn resolve_files(value: &mut Value, read: &impl Fn(&str) -> Result<String, ConfigError>) -> Result<(), ConfigError> {
     if let Value::Array(items) = value
         && let [Value::Object(table)] = items.as_slice()
         && table.len() == 1
         && let Some(Value::String(file)) = table.get("file")
     {
-        let path = base.join(file);
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path, source })?;
-        *value = Value::String(text);
+        *value = Value::String(read(file)?);
         return Ok(());
     }
     match value {
-        Value::Object(table) => table.values_mut().try_for_each(|v| resolve_files(v, base)),
-        Value::Array(items) => items.iter_mut().try_for_each(|v| resolve_files(v, base)),
+        Value::Object(table) => table.values_mut().try_for_each(|v| resolve_files(v, read)),
+        Value::Array(items) => items.iter_mut().try_for_each(|v| resolve_files(v, read)),
         _ => Ok(()),
     }
 }

@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use axum::serve::ListenerExt;
 
-pub use routes::{MAX_BODY, READ_TIMEOUT};
+pub use event::Decision;
+pub use publisher::PublishError;
+pub use routes::{MAX_BODY, READ_TIMEOUT, Received, Refusal, judge};
 pub use signature::{SignatureError, sign_sha256, verify};
 
 /// What the webhook needs to run.

@@ -56,7 +56,7 @@ enum Accepted {
 
 /// A delivery that was refused, and why.
 #[derive(Debug, thiserror::Error)]
-enum Refusal {
+pub enum Refusal {
     #[error("missing X-Hub-Signature-256 header")]
     Unsigned,
     #[error("signature does not match the body")]
@@ -195,21 +195,44 @@ async fn read_body(
     }
 }
 
-async fn accept(state: &AppState, headers: &HeaderMap, event: Option<&str>, body: &[u8]) -> Result<Accepted, Refusal> {
-    let sha256 = headers.get("x-hub-signature-256").map(|value| value.as_bytes());
-    let sha1 = headers.get("x-hub-signature").map(|value| value.as_bytes());
-    signature::verify(&state.secret, sha256, sha1, body).map_err(|err| match err {
+/// What a delivery is judged by, once its body is read: its signature headers, its event
+/// header and its body.
+#[derive(Debug, Clone, Copy)]
+pub struct Received<'a> {
+    pub sha256: Option<&'a [u8]>,
+    pub sha1: Option<&'a [u8]>,
+    pub event: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+/// Judges a delivery as the webhook does before it publishes anything: its signature under
+/// `secret`, its event, its body as UTF-8 JSON, and Cockpit's filter. Touches nothing else
+/// (the fuzz target drives it).
+pub fn judge(secret: &[u8], received: &Received) -> Result<Decision, Refusal> {
+    signature::verify(secret, received.sha256, received.sha1, received.body).map_err(|err| match err {
         SignatureError::Missing => Refusal::Unsigned,
         SignatureError::Mismatch => Refusal::BadSignature,
     })?;
-    let event = event.ok_or(Refusal::NoEvent)?;
+    let event = received.event.ok_or(Refusal::NoEvent)?;
     // Checked whole: the parser does not look inside the values the filter skips.
-    let text = std::str::from_utf8(body).map_err(|_| Refusal::NotUtf8)?;
+    let text = std::str::from_utf8(received.body).map_err(|_| Refusal::NotUtf8)?;
     let payload: Payload = serde_json::from_str(text).map_err(Refusal::NotJson)?;
     let decision = decide(event, &payload);
     if decision != Decision::Ping && !payload.has_repository() {
         return Err(Refusal::NoRepository);
     }
+    Ok(decision)
+}
+
+async fn accept(state: &AppState, headers: &HeaderMap, event: Option<&str>, body: &[u8]) -> Result<Accepted, Refusal> {
+    let received = Received {
+        sha256: headers.get("x-hub-signature-256").map(|value| value.as_bytes()),
+        sha1: headers.get("x-hub-signature").map(|value| value.as_bytes()),
+        event,
+        body,
+    };
+    let decision = judge(&state.secret, &received)?;
+    let event = event.expect("judged to have an event");
     match decision {
         Decision::Ping => Ok(Accepted::Ping),
         Decision::Ignore(reason) => Ok(Accepted::Ignored(reason)),
