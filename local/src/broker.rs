@@ -12,7 +12,9 @@ use crate::child::ProcessGroup;
 use crate::port::free_port;
 use crate::secrets::{AMQP_USER, Secrets};
 
-const RABBITMQ_BIN: &str = "/usr/lib/rabbitmq/bin";
+/// Where Debian's package keeps the RabbitMQ tools themselves (/usr/sbin has wrappers that switch to
+/// the rabbitmq user, and so to another Erlang cookie).
+pub(crate) const RABBITMQ_BIN: &str = "/usr/lib/rabbitmq/bin";
 /// Where Debian's RabbitMQ keeps `rabbitmq_server-<version>/plugins`.
 const RABBITMQ_LIB: &str = "/usr/lib/rabbitmq/lib";
 /// The broker itself, its libraries, and the plugin for certificate login: all a broker of

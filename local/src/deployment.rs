@@ -391,6 +391,30 @@ impl Deployment {
         }
     }
 
+    /// Runs `rabbitmqctl` with `args` against the broker, wherever it runs; returns its output.
+    pub fn rabbitmqctl(&self, args: &[&str]) -> Result<String, DeployError> {
+        match &self.services {
+            Services::Processes { broker, .. } => Ok(broker.ctl(args)?),
+            Services::Pod { pod, .. } => {
+                let output = pod
+                    .podman()
+                    .args(["exec", &pod.container(pod::RABBITMQ)])
+                    .arg(Path::new(crate::broker::RABBITMQ_BIN).join("rabbitmqctl"))
+                    .args(args)
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                    .map_err(io("run podman exec rabbitmqctl".into()))?;
+                if !output.status.success() {
+                    return Err(DeployError::Broker(crate::BrokerError::Ctl {
+                        args: args.join(" "),
+                        output: String::from_utf8_lossy(&[output.stdout, output.stderr].concat()).into_owned(),
+                    }));
+                }
+                Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+            }
+        }
+    }
+
     /// The environment in which the tasks tools reach this deployment, as typed in a shell.
     pub fn shell_env(&self) -> Vec<(String, String)> {
         let path = std::env::var("PATH").unwrap_or_default();

@@ -105,7 +105,7 @@ fn podman_pod(spec: &PodSpec) -> Value {
 /// The production objects: configuration, secrets, the webhook with its broker, the workers.
 fn cluster(spec: &PodSpec) -> Vec<Value> {
     let (services, workers): (Vec<&ContainerSpec>, Vec<&ContainerSpec>) =
-        spec.containers.iter().partition(|c| c.name == "rabbitmq" || c.name == "webhook");
+        spec.containers.iter().partition(|c| c.name == pod::RABBITMQ || c.name == "webhook");
     let mut objects = vec![amqp_config()];
     objects.extend(secret_templates());
     objects.push(deployment("webhook", 1, &services));

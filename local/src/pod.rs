@@ -29,6 +29,9 @@ const METRICS_PORT: u16 = 9100;
 /// slirp4netns's address for the host's loopback.
 pub(crate) const HOST_LOOPBACK: &str = "10.0.2.2";
 
+/// The broker's container.
+pub const RABBITMQ: &str = "rabbitmq";
+
 /// Where the secrets and configuration are inside the containers.
 pub const WEBHOOK_SECRETS: &str = "/run/secrets/webhook";
 pub const S3_KEYS: &str = "/run/secrets/s3-keys";
@@ -138,7 +141,7 @@ pub fn deployment(inputs: &Inputs) -> PodSpec {
     let log = ("RUST_LOG".to_owned(), "info".to_owned());
     let mut containers = vec![
         ContainerSpec {
-            name: "rabbitmq".into(),
+            name: RABBITMQ.into(),
             image: inputs.rabbitmq_image.into(),
             command: vec![],
             // The generated keys are private to the user who made them: root.

@@ -2,6 +2,7 @@
 //! through the real entry points: deliveries POSTed to the webhook, statuses read back from the
 //! mock GitHub, logs read anonymously from S3 as a browser would.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::deployment::Deployment;
 use crate::github::Delivery;
+use crate::secrets::Ca;
 
 /// Every scenario, in the order run-local runs them.
 pub const ALL: [&str; 9] = [
@@ -62,7 +64,11 @@ fn check(holds: bool, what: impl FnOnce() -> String) -> Result<(), ScenarioError
 pub async fn run(name: &str, deployment: &Deployment) -> Result<Ran, ScenarioError> {
     match name {
         "queue" => queue(&deployment.amqp).await,
-        "amqp-refusals" => amqp_refusals(&deployment.amqp).await,
+        "amqp-refusals" => {
+            let ca = Ca::load(&deployment.secrets)
+                .map_err(|e| ScenarioError::Assertion(format!("the CA of the deployment: {e}")))?;
+            amqp_refusals(&deployment.amqp, &ca, |args| deployment.rabbitmqctl(args).map_err(|e| e.to_string())).await
+        }
         "s3" => s3(deployment).await,
         "pr-success" => pr_success(deployment).await,
         "pr-failure" => pr_failure(deployment).await,
@@ -104,13 +110,16 @@ pub async fn queue(config: &amqp::Config) -> Result<Option<String>, ScenarioErro
     Ok(None)
 }
 
-/// `s3`: a public log is listed and downloadable without credentials; an image named as
-/// Cockpit names them (`name-<sha256>.qcow2`, cockpit-protocol.md 7.5) is private, downloads
-/// intact with the key, and is pruned.
 /// `amqp-refusals`: the broker `config` logs in to lets nobody else in: not a client without a
 /// certificate (refused by TLS, before any AMQP login), not one with a certificate of another
-/// CA, and not plain AMQP (no handshake ever starts).
-pub async fn amqp_refusals(config: &amqp::Config) -> Result<Option<String>, ScenarioError> {
+/// CA, not one of our `ca` whose common name is no user, and not plain AMQP (no handshake ever
+/// starts). Asked with `rabbitmqctl` (run by `ctl`), it has one user (no guest), listens for
+/// AMQP over TLS only, and runs no plugin but certificate login (no management interface).
+pub async fn amqp_refusals(
+    config: &amqp::Config,
+    ca: &Ca,
+    ctl: impl Fn(&[&str]) -> Result<String, String>,
+) -> Result<Option<String>, ScenarioError> {
     let anonymous =
         amqp::Config { files: amqp::ClientFiles { ca: config.files.ca.clone(), identity: None }, ..config.clone() };
     match Session::connect(&anonymous).await {
@@ -137,6 +146,21 @@ pub async fn amqp_refusals(config: &amqp::Config) -> Result<Option<String>, Scen
     };
     check(Session::connect(&stranger).await.is_err(), || "a certificate of another CA got in".into())?;
 
+    let nobody = ca.issue_client("nobody").map_err(|e| ScenarioError::Assertion(format!("a certificate: {e}")))?;
+    let (cert, key) = (other.path().join("nobody.pem"), other.path().join("nobody.key"));
+    let written = std::fs::write(&cert, nobody.cert_pem).and_then(|()| std::fs::write(&key, nobody.key_pem));
+    written.map_err(|e| ScenarioError::Assertion(format!("writing a certificate: {e}")))?;
+    let nobody = amqp::Config {
+        files: amqp::ClientFiles { ca: config.files.ca.clone(), identity: Some((cert, key)) },
+        ..config.clone()
+    };
+    match Session::connect(&nobody).await {
+        Ok(_) => return Err(ScenarioError::Assertion("a certificate of our CA for no user got in".into())),
+        Err(err) => check(err.to_string().contains("ACCESS_REFUSED") || err.to_string().contains("403"), || {
+            format!("a certificate of our CA for no user was not refused at login: {err}")
+        })?,
+    }
+
     let amqp::Address::Tls { host, port } = &config.address else {
         return Err(ScenarioError::Assertion(format!("{} is not a TLS address", config.address)));
     };
@@ -151,9 +175,29 @@ pub async fn amqp_refusals(config: &amqp::Config) -> Result<Option<String>, Scen
     let answer =
         tokio::time::timeout(Duration::from_secs(10), plain).await.ok().and_then(Result::ok).unwrap_or_default();
     check(!answer.starts_with(b"\x01\x00\x00"), || format!("the broker answered plain AMQP: {answer:?}"))?;
+
+    let ctl = |args: &[&str]| ctl(args).map_err(|e| ScenarioError::Assertion(format!("rabbitmqctl: {e}")));
+    let users = ctl(&["list_users", "--quiet", "--no-table-headers"])?;
+    let users: Vec<&str> = users.lines().filter_map(|line| line.split_whitespace().next()).collect();
+    check(users == [crate::secrets::AMQP_USER], || format!("the broker's users are {users:?}"))?;
+    let status = ctl(&["status", "--formatter", "json"])?;
+    let status: serde_json::Value = serde_json::from_str(&status)
+        .map_err(|e| ScenarioError::Assertion(format!("rabbitmqctl status is not JSON: {e}")))?;
+    let strings = |field: &str, item: &dyn Fn(&serde_json::Value) -> Option<String>| -> BTreeSet<String> {
+        status[field].as_array().into_iter().flatten().filter_map(item).collect()
+    };
+    let listeners = strings("listeners", &|l| l["protocol"].as_str().map(str::to_owned));
+    let wanted: BTreeSet<String> = ["amqp/ssl", "clustering"].map(str::to_owned).into();
+    check(listeners == wanted, || format!("the broker listens for {listeners:?}, not only AMQP over TLS"))?;
+    let plugins = strings("active_plugins", &|p| p.as_str().map(str::to_owned));
+    let wanted: BTreeSet<String> = ["rabbitmq_auth_mechanism_ssl".to_owned()].into();
+    check(plugins == wanted, || format!("the broker runs the plugins {plugins:?}"))?;
     Ok(None)
 }
 
+/// `s3`: a public log is listed and downloadable without credentials; an image named as
+/// Cockpit names them (`name-<sha256>.qcow2`, cockpit-protocol.md 7.5) is private, downloads
+/// intact with the key, and is pruned.
 async fn s3(deployment: &Deployment) -> Result<Option<String>, ScenarioError> {
     let url = deployment.s3.url();
     let ca = std::fs::read(deployment.secrets.ca_cert()).map_err(|e| ScenarioError::Assertion(e.to_string()))?;

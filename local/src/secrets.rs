@@ -58,6 +58,8 @@ pub enum SecretsError {
     Exists(PathBuf),
     #[error("cannot write {}: {source}", path.display())]
     Write { path: PathBuf, source: io::Error },
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
     #[error("certificate generation failed: {0}")]
     Certificate(#[from] rcgen::Error),
     #[error("the system's random number generator failed: {0}")]
@@ -157,6 +159,17 @@ pub fn generate(root: &Path, overwrite: bool) -> Result<(Secrets, Ca), SecretsEr
 
 impl Ca {
     fn new() -> Result<Ca, SecretsError> {
+        Ok(Ca { issuer: CertifiedIssuer::self_signed(Ca::params(), KeyPair::generate()?)? })
+    }
+
+    /// The CA of `secrets`, from its key: what it issues verifies against its `ca.pem`.
+    pub fn load(secrets: &Secrets) -> Result<Ca, SecretsError> {
+        let path = secrets.root().join("ca.key");
+        let pem = std::fs::read_to_string(&path).map_err(|source| SecretsError::Read { path, source })?;
+        Ok(Ca { issuer: CertifiedIssuer::self_signed(Ca::params(), KeyPair::from_pem(&pem)?)? })
+    }
+
+    fn params() -> CertificateParams {
         let mut params = CertificateParams::default();
         params.distinguished_name = name(&[
             (DnType::OrganizationName, "Workbench"),
@@ -167,7 +180,7 @@ impl Ca {
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         params.not_before = rcgen::date_time_ymd(2020, 1, 1);
         params.not_after = rcgen::date_time_ymd(2999, 12, 31);
-        Ok(Ca { issuer: CertifiedIssuer::self_signed(params, KeyPair::generate()?)? })
+        params
     }
 
     /// The CA certificate, PEM.
