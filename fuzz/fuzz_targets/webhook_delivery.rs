@@ -26,6 +26,9 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(decision) = webhook::judge(SECRET, &received) {
         assert!(!forged, "a delivery with a forged signature was accepted: {decision:?}");
-        assert!(serde_json::from_slice::<serde_json::Value>(body).is_ok(), "{decision:?} of a body that is not JSON");
+        // Syntax only: JSON numbers have no range (serde_json's `Value` refuses 1E3456, which
+        // GitHub's JSON and Python's json take), and the webhook must not be stricter.
+        let json = serde_json::from_slice::<serde::de::IgnoredAny>(body);
+        assert!(json.is_ok(), "{decision:?} of a body that is not JSON");
     }
 });

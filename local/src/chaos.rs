@@ -50,7 +50,8 @@ pub struct BrokerRestart {
 
 /// Sends signed deliveries, `rate` per second, to a webhook whose broker is stopped and started
 /// again after `before` of them went out, sending on all along, until `after` more were
-/// answered 200 once the broker was back (within ten times as many deliveries, or it fails).
+/// answered 200 once the broker was back (within a minute's deliveries for the restart and ten
+/// times as many after, or it fails).
 /// Every delivery answered 200 must be in the `webhook` queue afterwards, and only those;
 /// every other one must have been answered 503.
 pub async fn broker_restart_under_load(
@@ -65,7 +66,8 @@ pub async fn broker_restart_under_load(
     let mut restart = None;
     // The first delivery sent once the broker was back.
     let mut back_from = None;
-    let most = before + 10 * after.max(1);
+    // Room for a minute of restart, then ten deliveries sent for each one that must be stored.
+    let most = before + 60 * rate as usize + 10 * after.max(1);
     loop {
         let n = load.sent();
         if n == before {
@@ -81,10 +83,13 @@ pub async fn broker_restart_under_load(
             break;
         }
         if n == most {
-            return Err(ChaosError::Lost(format!(
-                "the webhook took fewer than {after} deliveries after the broker was back, of {} sent",
-                n - back_from.unwrap_or(n)
-            )));
+            return Err(ChaosError::Lost(match back_from {
+                Some(from) => format!(
+                    "the webhook took fewer than {after} deliveries of {} sent once the broker was back",
+                    n - from
+                ),
+                None => format!("the broker was not back after {n} deliveries"),
+            }));
         }
         load.send().await;
     }
