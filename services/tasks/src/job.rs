@@ -49,6 +49,17 @@ pub enum JobError {
     S3(#[from] s3::Error),
 }
 
+impl JobError {
+    /// Whether GitHub or S3 was away rather than the job wrong: trying later can help.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            JobError::Config(_) => false,
+            JobError::GitHub(err) => err.is_transient(),
+            JobError::S3(err) => err.is_transient(),
+        }
+    }
+}
+
 /// What was resolved about the job before it runs.
 struct Subject {
     repo: String,
@@ -250,10 +261,11 @@ async fn watch_pull(github: &GitHub, job: &Job, sha: &str) -> String {
     }
 }
 
+/// What the job tests, asking GitHub (with Cockpit's retries) where the job does not say.
 async fn resolve(github: &GitHub, job: &Job) -> Result<Subject, JobError> {
+    let transient = github::Error::is_transient;
     if let Some(number) = job.pull {
-        let pull = github
-            .pull(&job.repo, number)
+        let pull = retry::transient("pull", retry::COCKPIT, transient, || github.pull(&job.repo, number))
             .await?
             .ok_or_else(|| JobError::Config(format!("{}#{number} does not exist", job.repo)))?;
         let sha = job.sha.clone().unwrap_or(pull.head.sha);
@@ -265,9 +277,10 @@ async fn resolve(github: &GitHub, job: &Job) -> Result<Subject, JobError> {
     }
     let branch = match &job.branch {
         Some(branch) => branch.clone(),
-        None => github.default_branch(&job.repo).await?,
+        None => retry::transient("repository", retry::COCKPIT, transient, || github.default_branch(&job.repo)).await?,
     };
-    Ok(Subject { repo: job.repo.clone(), sha: github.branch_sha(&job.repo, &branch).await?, rebase: None })
+    let sha = retry::transient("branch", retry::COCKPIT, transient, || github.branch_sha(&job.repo, &branch)).await?;
+    Ok(Subject { repo: job.repo.clone(), sha, rebase: None })
 }
 
 /// The job being run, and where it is reported.

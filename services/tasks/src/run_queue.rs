@@ -231,12 +231,21 @@ async fn next_work(work: &mut [Work]) -> (&'static str, Option<Result<Delivery, 
 /// Acknowledges a message once its work has run to the end (a job: its final status). Work
 /// that failed is acknowledged too, as Cockpit's run-queue does whatever the exit status: a
 /// message that fails every worker must not go round forever, and the worker keeps serving.
+/// Only a job that could not report because GitHub or S3 was away (after the retries) goes back
+/// to the queue, so that an outage loses no job.
 async fn finish(done: Result<(Delivery, anyhow::Result<()>), tokio::task::JoinError>) -> anyhow::Result<()> {
     let (delivery, result) = done?;
-    if let Err(err) = result {
-        tracing::error!(err = format!("{err:#}"), "the work of a message failed; acknowledging it all the same");
+    match result {
+        Ok(()) => delivery.ack().await?,
+        Err(err) if err.downcast_ref::<job::JobError>().is_some_and(job::JobError::is_transient) => {
+            tracing::warn!(err = format!("{err:#}"), "GitHub or S3 is away; the job goes back to the queue");
+            delivery.reject(true).await?;
+        }
+        Err(err) => {
+            tracing::error!(err = format!("{err:#}"), "the work of a message failed; acknowledging it all the same");
+            delivery.ack().await?;
+        }
     }
-    delivery.ack().await?;
     Ok(())
 }
 
