@@ -1,5 +1,6 @@
 //! The worker loop against the real broker, mock GitHub and S3: a pull_request event queued in
-//! `webhook` ends, through tests-scan and job-runner, in Cockpit's three statuses, and rescans
+//! `webhook` ends, through tests-scan and job-runner, in Cockpit's three statuses with its log,
+//! viewer and attachment in S3, and rescans
 //! meanwhile queue nothing twice; two workers share a queue of jobs and run each exactly once;
 //! a worker killed with SIGKILL leaves its job to another, which does not run it again if its
 //! final status was posted; a stopping worker cancels what
@@ -181,6 +182,15 @@ async fn a_queued_pull_request_event_is_tested_to_a_final_status() {
     let success = r#"{"context":"unit-tests","state":"success","description":"Success [worker-1]","target_url":""#;
     assert!(posted[2].starts_with(&format!("{success}{log_url}")), "{posted:?}");
     assert_eq!(posted.len(), 3);
+    // The log, its viewer and the attachment, where the status links to (anonymously readable).
+    let target = world.mock.statuses(REPO, &world.head)[2].target_url.clone().unwrap();
+    let reader = s3::Store::new(target.strip_suffix("log.html").unwrap(), None, None).unwrap();
+    let log = String::from_utf8(reader.get("log").await.unwrap().expect("the final log")).unwrap();
+    assert!(log.contains("\n\nRunning on: worker-1\n\n"), "{log}");
+    assert!(log.ends_with("\n\nJob ran successfully.  :)\n"), "{log}");
+    assert!(reader.get("log.html").await.unwrap().is_some_and(|page| page.starts_with(b"<!DOCTYPE html>")));
+    let attachment = reader.get("bogus.log").await.unwrap();
+    assert_eq!(attachment.as_deref(), Some(&b"heisenberg compensator at 99.8% efficiency\n"[..]));
     for queue in [WEBHOOK, PUBLIC] {
         assert_eq!(session.declare(queue).await.unwrap(), 0, "{} is empty: everything was acknowledged", queue.name);
     }
