@@ -152,14 +152,18 @@ impl Broker {
     pub fn ctl(&self, args: &[&str]) -> Result<String, BrokerError> {
         let mut command = self.command(&Path::new(RABBITMQ_BIN).join("rabbitmqctl"));
         command.env("RABBITMQ_CTL_ERL_ARGS", LOOPBACK_ONLY).args(["--node", &self.node]).args(args);
-        let output = command.stdin(Stdio::null()).output().map_err(io_error("run rabbitmqctl"))?;
-        if !output.status.success() {
-            return Err(BrokerError::Ctl {
-                args: args.join(" "),
-                output: String::from_utf8_lossy(&[output.stdout, output.stderr].concat()).into_owned(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        ctl_output(args, command.stdin(Stdio::null()).output().map_err(io_error("run rabbitmqctl"))?)
+    }
+
+    /// How many messages `queue` holds, ready and unacknowledged, per the broker; `None` if it
+    /// does not exist.
+    pub fn messages(&self, queue: &str) -> Result<Option<(u64, u64)>, BrokerError> {
+        let listing =
+            self.ctl(&["list_queues", "--quiet", "--no-table-headers", "name", "messages", "messages_unacknowledged"])?;
+        Ok(listing.lines().find_map(|line| match line.split_whitespace().collect::<Vec<_>>()[..] {
+            [name, ready, unacknowledged] if name == queue => Some((ready.parse().ok()?, unacknowledged.parse().ok()?)),
+            _ => None,
+        }))
     }
 
     /// Stops the broker (SIGTERM, then SIGKILL after a grace period) and its epmd.
@@ -274,6 +278,17 @@ impl Broker {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// The standard output of a `rabbitmqctl` run with `args`, or its whole output as the error.
+pub(crate) fn ctl_output(args: &[&str], output: std::process::Output) -> Result<String, BrokerError> {
+    if !output.status.success() {
+        return Err(BrokerError::Ctl {
+            args: args.join(" "),
+            output: String::from_utf8_lossy(&[output.stdout, output.stderr].concat()).into_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// Where a broker takes connections.

@@ -262,14 +262,9 @@ pub async fn worker_crashes(
     if !twice.is_empty() {
         return Err(ChaosError::Lost(format!("jobs with more than one final status (seed {seed}): {twice:?}")));
     }
-    let left =
-        broker.ctl(&["list_queues", "--quiet", "--no-table-headers", "name", "messages", "messages_unacknowledged"])?;
-    let public = left
-        .lines()
-        .find(|line| line.starts_with("public"))
-        .map(|line| line.split_whitespace().skip(1).collect::<Vec<_>>());
-    if public != Some(vec!["0", "0"]) {
-        return Err(ChaosError::Lost(format!("messages left in the broker after every job ended:\n{left}")));
+    let left = broker.messages(amqp::PUBLIC.name)?;
+    if left != Some((0, 0)) {
+        return Err(ChaosError::Lost(format!("messages left in public (ready, unacknowledged): {left:?}")));
     }
     let in_progress = statuses.iter().filter(|s| s.description.starts_with("In progress")).count();
     let logs: String =

@@ -404,13 +404,7 @@ impl Deployment {
                     .stdin(std::process::Stdio::null())
                     .output()
                     .map_err(io("run podman exec rabbitmqctl".into()))?;
-                if !output.status.success() {
-                    return Err(DeployError::Broker(crate::BrokerError::Ctl {
-                        args: args.join(" "),
-                        output: String::from_utf8_lossy(&[output.stdout, output.stderr].concat()).into_owned(),
-                    }));
-                }
-                Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+                Ok(crate::broker::ctl_output(args, output)?)
             }
         }
     }

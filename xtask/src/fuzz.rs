@@ -31,7 +31,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     packages::ensure(&[CXX])?;
     let cargo_fuzz = install()?;
     let fuzz_dir = crate::workspace_root().join("fuzz");
-    let target_dir = tools_dir().join("fuzz-target");
+    let target_dir = crate::tools_dir().join("fuzz-target");
     let fuzz = |verb: &str| {
         let mut command = crate::ci::cargo();
         command
@@ -92,13 +92,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn tools_dir() -> PathBuf {
-    crate::runs_dir().parent().expect("runs live in the target directory").join("tools")
-}
-
 /// cargo-fuzz, installed once into the target directory at a pinned version.
 fn install() -> anyhow::Result<PathBuf> {
-    let root = tools_dir().join(format!("cargo-fuzz-{CARGO_FUZZ_VERSION}"));
+    let root = crate::tools_dir().join(format!("cargo-fuzz-{CARGO_FUZZ_VERSION}"));
     let binary = root.join("bin/cargo-fuzz");
     if binary.exists() {
         return Ok(binary);
@@ -129,7 +125,7 @@ fn path_with(dir: &Path) -> std::ffi::OsString {
 /// the seeds kept in `fuzz/seeds/<target>/`.
 fn seeds(target: &str) -> anyhow::Result<PathBuf> {
     let root = crate::workspace_root();
-    let dir = tools_dir().join("fuzz-seeds").join(target);
+    let dir = crate::tools_dir().join("fuzz-seeds").join(target);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let write = |name: &str, bytes: &[u8]| {

@@ -99,6 +99,11 @@ fn runs_dir() -> PathBuf {
     target.join("workbench")
 }
 
+/// Where tools xtask installs for itself (actionlint, cargo-fuzz) and their work go.
+fn tools_dir() -> PathBuf {
+    runs_dir().parent().expect("runs live in the target directory").join("tools")
+}
+
 /// A multi-threaded runtime for the async commands.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)

@@ -38,37 +38,34 @@ pub async fn transient<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn retries_transient_errors_with_cockpits_pauses_then_gives_up() {
+    /// Runs an operation that always fails with `err` under `attempts`; returns the result, how
+    /// many times it ran, and how long (in paused time) that took.
+    async fn always_failing(attempts: u32, err: &str, transient_err: bool) -> (Result<(), &str>, u32, Duration) {
         let start = tokio::time::Instant::now();
         let mut calls = 0;
-        let result: Result<(), &str> = transient(
+        let result = transient(
             "test",
-            COCKPIT,
-            |_| true,
+            attempts,
+            |_| transient_err,
             || {
                 calls += 1;
-                std::future::ready(Err("503"))
+                std::future::ready(Err(err))
             },
         )
         .await;
+        (result, calls, start.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_transient_errors_with_cockpits_pauses_then_gives_up() {
+        let (result, calls, took) = always_failing(COCKPIT, "503", true).await;
         assert_eq!((result, calls), (Err("503"), 5));
-        assert_eq!(start.elapsed(), Duration::from_secs(1 + 2 + 4 + 8));
+        assert_eq!(took, Duration::from_secs(1 + 2 + 4 + 8));
     }
 
     #[tokio::test(start_paused = true)]
     async fn permanent_errors_fail_at_once_and_success_stops_retrying() {
-        let mut calls = 0;
-        let result: Result<(), &str> = transient(
-            "test",
-            COCKPIT,
-            |_| false,
-            || {
-                calls += 1;
-                std::future::ready(Err("404"))
-            },
-        )
-        .await;
+        let (result, calls, _) = always_failing(COCKPIT, "404", false).await;
         assert_eq!((result, calls), (Err("404"), 1));
         let mut calls = 0;
         let result: Result<u32, &str> = transient(
@@ -86,20 +83,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_final_status_is_tried_for_about_a_quarter_of_an_hour() {
-        let start = tokio::time::Instant::now();
-        let mut calls = 0;
-        let result: Result<(), &str> = transient(
-            "test",
-            FINAL_STATUS,
-            |_| true,
-            || {
-                calls += 1;
-                std::future::ready(Err("502"))
-            },
-        )
-        .await;
+        let (result, calls, took) = always_failing(FINAL_STATUS, "502", true).await;
         assert_eq!((result, calls), (Err("502"), 20));
         // 1 + 2 + ... + 32, then 64 s thirteen times.
-        assert_eq!(start.elapsed(), Duration::from_secs(63 + 13 * 64));
+        assert_eq!(took, Duration::from_secs(63 + 13 * 64));
     }
 }
