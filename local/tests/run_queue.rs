@@ -59,6 +59,7 @@ async fn world() -> World {
         work_dir: Some(dir.path().to_owned()),
         jobs: 1,
         grace: 600,
+        job_program: Some(tasks_binary()),
         ..Args::default()
     };
     World { broker, mock, s3, head, args, secrets, _dir: dir }

@@ -13,4 +13,4 @@ pub use config::{Address, ClientFiles, Config, ServerVerification, default_secre
 pub use error::Error;
 pub use message::{Command, CommandMessage, Job, JobMessage, Subject, WebhookMessage};
 pub use queue::{ALL_QUEUES, BASELINE_PRIORITY, MAX_PRIORITY, PUBLIC, Queue, RHEL, STATISTICS, WEBHOOK};
-pub use session::{Consumer, Delivery, Session, connect_with_backoff};
+pub use session::{ATTEMPTS_HEADER, Consumer, Delivery, Session, connect_with_backoff};

@@ -10,6 +10,7 @@ use lapin::options::{
 };
 use lapin::tcp::{AMQPUriTcpExt, RustlsConnector};
 use lapin::uri::{AMQPScheme, AMQPUri};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
 use rustls::ClientConfig;
 
@@ -21,6 +22,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// AMQP delivery mode 2: the broker writes the message to disk in a durable queue.
 const PERSISTENT: u8 = 2;
+
+/// The header in which workers count the tries of a message's work that did not come to an end
+/// (a header of ours: Cockpit's tools ignore headers they do not know).
+pub const ATTEMPTS_HEADER: &str = "x-workbench-attempts";
 
 /// An open connection and channel, with publisher confirms enabled.
 pub struct Session {
@@ -37,6 +42,11 @@ pub struct Delivery {
     pub content_type: Option<String>,
     /// When it was published (Unix seconds), if the publisher said.
     pub timestamp: Option<u64>,
+    /// How many tries of its work did not come to an end before it was last published
+    /// ([`ATTEMPTS_HEADER`]; 0 when absent). A redelivered message had one more.
+    pub attempts: u32,
+    /// Its properties, to publish it again unchanged but for the attempts.
+    properties: BasicProperties,
     acker: lapin::Acker,
 }
 
@@ -89,6 +99,19 @@ impl Session {
         if let Some(priority) = priority {
             properties = properties.with_priority(priority);
         }
+        self.publish_with(queue, body, properties).await
+    }
+
+    /// Publishes what `delivery` holds to `queue` again, persistent, with its properties (its
+    /// original timestamp included) and `attempts` recorded; waits for the broker's confirm.
+    pub async fn republish(&self, queue: &str, delivery: &Delivery, attempts: u32) -> Result<(), Error> {
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert(ShortString::from(ATTEMPTS_HEADER), AMQPValue::LongInt(attempts.min(i32::MAX as u32) as i32));
+        let properties = delivery.properties.clone().with_delivery_mode(PERSISTENT).with_headers(headers);
+        self.publish_with(queue, &delivery.body, properties).await
+    }
+
+    async fn publish_with(&self, queue: &str, body: &[u8], properties: BasicProperties) -> Result<(), Error> {
         let failed = |source| Error::Queue { operation: "publish", queue: queue.to_owned(), source };
         let confirm = self
             .channel
@@ -212,13 +235,37 @@ impl From<lapin::message::Delivery> for Delivery {
             persistent: *properties.delivery_mode() == Some(PERSISTENT),
             content_type: properties.content_type().as_ref().map(ToString::to_string),
             timestamp: *properties.timestamp(),
+            attempts: properties.headers().as_ref().map_or(0, attempts),
+            properties: delivery.properties,
             body: delivery.data,
             acker: delivery.acker,
         }
     }
 }
 
+/// The attempts a message's headers record, whatever integer type the publisher used.
+fn attempts(headers: &FieldTable) -> u32 {
+    let value = headers.inner().get(&ShortString::from(ATTEMPTS_HEADER));
+    let number = match value {
+        Some(AMQPValue::ShortShortInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortShortUInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortUInt(n)) => i64::from(*n),
+        Some(AMQPValue::LongInt(n)) => i64::from(*n),
+        Some(AMQPValue::LongUInt(n)) => i64::from(*n),
+        Some(AMQPValue::LongLongInt(n)) => *n,
+        _ => 0,
+    };
+    u32::try_from(number).unwrap_or(0)
+}
+
 impl Delivery {
+    /// How many tries of its work did not come to an end: those recorded, and one more if the
+    /// broker delivers it again (its consumer went away without acknowledging it).
+    pub fn failed_tries(&self) -> u32 {
+        self.attempts + u32::from(self.redelivered)
+    }
+
     /// Tells the broker the message is handled and may be deleted.
     pub async fn ack(self) -> Result<(), Error> {
         self.acker.ack(BasicAckOptions::default()).await.map(drop).map_err(Error::Ack)

@@ -4,11 +4,14 @@
 
 mod sigv4;
 
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
+use futures_util::StreamExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Bytes, Frame};
 use hyper::{Method, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -51,6 +54,73 @@ impl Key {
     }
 }
 
+/// What a PUT sends: bytes in memory, or a byte range of an open file, read as it is sent (so
+/// that a large object never sits in memory whole). Cheap to clone, for retries.
+#[derive(Debug, Clone)]
+pub enum Body {
+    Bytes(Bytes),
+    File { file: Arc<std::fs::File>, start: u64, len: u64 },
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(bytes: Vec<u8>) -> Body {
+        Body::Bytes(bytes.into())
+    }
+}
+
+/// How much of a file is read at a time while it is sent.
+const FILE_FRAME: usize = 64 * 1024;
+
+impl Body {
+    fn len(&self) -> u64 {
+        match self {
+            Body::Bytes(bytes) => bytes.len() as u64,
+            Body::File { len, .. } => *len,
+        }
+    }
+
+    /// The hyper body, and the payload hash to sign: the real one for bytes, `UNSIGNED-PAYLOAD`
+    /// for a file (hashing it would mean reading it twice; TLS protects it on the way).
+    fn into_http(self) -> (HttpBody, String) {
+        match self {
+            Body::Bytes(bytes) => {
+                let hash = if bytes.is_empty() { sigv4::EMPTY_SHA256.to_owned() } else { sigv4::sha256_hex(&bytes) };
+                (Full::new(bytes).map_err(|never| match never {}).boxed_unsync(), hash)
+            }
+            Body::File { file, start, len } => {
+                let end = start + len;
+                let frames = futures_util::stream::unfold(start, move |offset| {
+                    let file = file.clone();
+                    async move {
+                        if offset >= end {
+                            return None;
+                        }
+                        let size = FILE_FRAME.min((end - offset) as usize);
+                        let read = tokio::task::spawn_blocking(move || {
+                            let mut buffer = vec![0; size];
+                            let n = file.read_at(&mut buffer, offset)?;
+                            if n == 0 {
+                                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shrank"));
+                            }
+                            buffer.truncate(n);
+                            Ok(buffer)
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+                        Some(match read {
+                            Ok(buffer) => (Ok(Frame::data(Bytes::from(buffer.clone()))), offset + buffer.len() as u64),
+                            Err(err) => (Err(err), end),
+                        })
+                    }
+                });
+                (StreamBody::new(frames.boxed()).boxed_unsync(), sigv4::UNSIGNED_PAYLOAD.to_owned())
+            }
+        }
+    }
+}
+
+type HttpBody = UnsyncBoxBody<Bytes, std::io::Error>;
+
 /// An object in a listing, its name relative to the store URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Object {
@@ -90,7 +160,7 @@ pub struct Store {
     prefix: String,
     key: Option<Key>,
     acl: Option<String>,
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, HttpBody>,
 }
 
 impl Store {
@@ -129,17 +199,17 @@ impl Store {
         format!("{}://{}/{}/{}{name}", self.scheme, self.host, self.bucket, self.prefix)
     }
 
-    pub async fn put(&self, name: &str, body: Vec<u8>, content_type: &str) -> Result<(), Error> {
+    pub async fn put(&self, name: &str, body: impl Into<Body>, content_type: &str) -> Result<(), Error> {
         let mut headers = vec![("content-type", content_type)];
         if let Some(acl) = &self.acl {
             headers.push(("x-amz-acl", acl));
         }
-        self.send(Method::PUT, name, &[], &headers, body).await.map(drop)
+        self.send(Method::PUT, name, &[], &headers, body.into()).await.map(drop)
     }
 
     /// The object's content, or `None` if it does not exist.
     pub async fn get(&self, name: &str) -> Result<Option<Vec<u8>>, Error> {
-        match self.send(Method::GET, name, &[], &[], Vec::new()).await {
+        match self.send(Method::GET, name, &[], &[], Body::from(Vec::new())).await {
             Ok(body) => Ok(Some(body)),
             Err(Error::Status { status: 404, .. }) => Ok(None),
             Err(err) => Err(err),
@@ -147,7 +217,7 @@ impl Store {
     }
 
     pub async fn delete(&self, name: &str) -> Result<(), Error> {
-        match self.send(Method::DELETE, name, &[], &[], Vec::new()).await {
+        match self.send(Method::DELETE, name, &[], &[], Body::from(Vec::new())).await {
             Ok(_) | Err(Error::Status { status: 404, .. }) => Ok(()),
             Err(err) => Err(err),
         }
@@ -162,7 +232,8 @@ impl Store {
             if let Some(token) = &token {
                 query.push(("continuation-token", token));
             }
-            let body = self.send_to(Method::GET, &format!("/{}/", self.bucket), &query, &[], Vec::new()).await?;
+            let body =
+                self.send_to(Method::GET, &format!("/{}/", self.bucket), &query, &[], Body::from(Vec::new())).await?;
             let xml = String::from_utf8_lossy(&body);
             for contents in xml.split("<Contents>").skip(1) {
                 let key = unescape(element(contents, "Key").unwrap_or_default());
@@ -182,7 +253,7 @@ impl Store {
         name: &str,
         query: &[(&str, &str)],
         headers: &[(&str, &str)],
-        body: Vec<u8>,
+        body: Body,
     ) -> Result<Vec<u8>, Error> {
         let path = format!("/{}/{}{name}", self.bucket, self.prefix);
         self.send_to(method, &path, query, headers, body).await
@@ -194,7 +265,7 @@ impl Store {
         path: &str,
         query: &[(&str, &str)],
         headers: &[(&str, &str)],
-        body: Vec<u8>,
+        body: Body,
     ) -> Result<Vec<u8>, Error> {
         let path = sigv4::encode_path(path);
         let query = sigv4::encode_query(query);
@@ -204,8 +275,11 @@ impl Store {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
+        if method == Method::PUT {
+            request = request.header("content-length", body.len());
+        }
+        let (body, payload) = body.into_http();
         if let Some(key) = &self.key {
-            let payload = if body.is_empty() { sigv4::EMPTY_SHA256.to_owned() } else { sigv4::sha256_hex(&body) };
             let signed = sigv4::Request {
                 method: method.as_str(),
                 path: &path,
@@ -222,7 +296,7 @@ impl Store {
             }
         }
         let transport = |detail: String| Error::Transport { method: method.clone(), url: url.clone(), detail };
-        let request = request.body(Full::new(Bytes::from(body))).map_err(|e| transport(e.to_string()))?;
+        let request = request.body(body).map_err(|e| transport(e.to_string()))?;
         let response = self.client.request(request).await.map_err(|e| transport(format!("{e:?}")))?;
         let status = response.status().as_u16();
         let bytes = response.into_body().collect().await.map_err(|e| transport(e.to_string()))?.to_bytes();

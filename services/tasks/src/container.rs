@@ -32,6 +32,17 @@ pub const ATTACHMENTS: &str = "/var/tmp/attachments";
 pub const JOB_LABEL: &str = "workbench.job";
 pub const WORKER_LABEL: &str = "workbench.worker";
 
+/// A job container's process limit unless `run-args` set one: Cockpit's production value.
+pub const DEFAULT_PIDS: i64 = 16384;
+
+/// A job container's memory limit unless `run-args` set one: half of this machine's memory, so
+/// that a runaway job leaves the worker and the other slots the rest. Cockpit's production
+/// configuration sets its own (`--memory=24g`).
+pub fn default_memory() -> i64 {
+    let info = rustix::system::sysinfo();
+    i64::try_from(u64::from(info.mem_unit).saturating_mul(info.totalram as u64) / 2).unwrap_or(i64::MAX)
+}
+
 /// One job's container.
 pub struct Spec<'a> {
     pub image: &'a str,
@@ -139,8 +150,8 @@ fn options(spec: &Spec) -> ContainerCreateOpts {
         .mounts(mounts)
         .devices(devices.into_iter().map(|path| model::<LinuxDevice>(serde_json::json!({ "path": path }))))
         .resource_limits(model::<LinuxResources>(serde_json::json!({
-            "memory": args.memory.map(|limit| serde_json::json!({ "limit": limit })),
-            "pids": args.pids_limit.map(|limit| serde_json::json!({ "limit": limit })),
+            "memory": { "limit": args.memory.unwrap_or_else(default_memory) },
+            "pids": { "limit": args.pids_limit.unwrap_or(DEFAULT_PIDS) },
         })));
     if let Some(size) = args.shm_size {
         builder = builder.shm_size(size);

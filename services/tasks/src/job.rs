@@ -11,8 +11,8 @@ use amqp::Job;
 use github::{GitHub, StatusUpdate};
 use tokio::time::Instant;
 
-use crate::container;
 use crate::log_stream::LogStream;
+use crate::{attachments, container};
 use crate::retry;
 use crate::runner_config::{Forge, RunnerConfig, S3Key, SandboxKind};
 use crate::sandbox::{self, Cancel, Ended, RunArgs};
@@ -23,7 +23,7 @@ const PULL_POLL: Duration = Duration::from_secs(60);
 const DEFAULT_TIMEOUT_MINUTES: u64 = 120;
 
 /// How a job ended, as reported on GitHub.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Outcome {
     Success,
     /// The test failed: the text of the failure status.
@@ -47,13 +47,15 @@ pub enum JobError {
     GitHub(#[from] github::Error),
     #[error(transparent)]
     S3(#[from] s3::Error),
+    #[error("job-runner: cannot use the scratch directory {}: {source}", path.display())]
+    Scratch { path: PathBuf, source: std::io::Error },
 }
 
 impl JobError {
     /// Whether GitHub or S3 was away rather than the job wrong: trying later can help.
     pub fn is_transient(&self) -> bool {
         match self {
-            JobError::Config(_) => false,
+            JobError::Config(_) | JobError::Scratch { .. } => false,
             JobError::GitHub(err) => err.is_transient(),
             JobError::S3(err) => err.is_transient(),
         }
@@ -83,44 +85,16 @@ pub async fn run(
     let (shown_context, short_sha) = (context.as_deref().unwrap_or("-"), &subject.sha[..12.min(subject.sha.len())]);
     let title = job.title.clone().unwrap_or_else(|| format!("{shown_context}@{}#{short_sha}", job.repo));
     let Place { prefix, log_url } = place(config, job, &subject.sha);
-    let s3 = &config.logs.s3;
-    let key = match &s3.key {
-        S3Key::Text(text) => s3::Key::parse(text),
-        S3Key::Table { access, secret } => Some(s3::Key { access: access.clone(), secret: secret.clone() }),
-    };
-    let mut store = s3::Store::new(
-        &format!("{}/{prefix}/", s3.url.trim_end_matches('/')),
-        key,
-        s3.ca.as_deref().map(str::as_bytes),
-    )?;
-    if !s3.acl.is_empty() {
-        store = store.with_acl(&s3.acl);
-    }
+    let store = log_store(config, &prefix)?;
     let header = format!(
         "{title}\n\nRunning on: {hostname}\n\nJob({})\n\n",
         serde_json::to_string_pretty(job).unwrap_or_default()
     );
-    let mut log = LogStream::start(store, &header).await;
-    let post = |state: &str, description: String, attempts: u32| {
-        let status = context.clone().map(|context| StatusUpdate {
-            context,
-            state: state.to_owned(),
-            description: format!("{description} [{hostname}]"),
-            target_url: Some(log_url.clone()),
-        });
-        let (github, repo, sha) = (github.clone(), subject.repo.clone(), subject.sha.clone());
-        async move {
-            match (status, forge.post) {
-                (Some(status), true) => {
-                    retry::transient("status", attempts, github::Error::is_transient, || {
-                        github.post_status(&repo, &sha, &status)
-                    })
-                    .await
-                }
-                _ => Ok(()),
-            }
-        }
-    };
+    let mut log = LogStream::start(store, &header, scratch, config.limits.log_size.0)
+        .await
+        .map_err(|source| JobError::Scratch { path: scratch.to_owned(), source })?;
+    let reporter = Reporter { forge, github: &github, subject: &subject, job, hostname, log_url: &log_url };
+    let post = |state: &'static str, description: String, attempts: u32| reporter.post(state, description, attempts);
     // Unlike Cockpit's job-runner, a job whose "In progress" GitHub would not take still runs:
     // its outcome is what must arrive.
     if let Err(err) = post("pending", "In progress".into(), retry::COCKPIT).await {
@@ -142,8 +116,10 @@ pub async fn run(
             watched(&run_context, scratch, &mut log, &mut cancel).await
         }
     };
-    let attachments = scratch.join("attachments");
-    upload_attachments(&attachments, &attachments, &mut log).await;
+    attachments::upload(&scratch.join("attachments"), &config.limits.attachments(), &mut log).await;
+    if log.dropped() > 0 {
+        log.write(format!("\n*** {} bytes of output were not kept in this log\n", log.dropped()).as_bytes()).await;
+    }
     log.write(ending(&outcome).as_bytes()).await;
     // The log is complete before the status that links to it, and a log that could not be
     // stored is reported as such, whatever the test's outcome.
@@ -157,6 +133,79 @@ pub async fn run(
     let (state, description) = status(&outcome);
     post(state, description, retry::FINAL_STATUS).await?;
     Ok(outcome)
+}
+
+/// Ends a job that was tried `tries` times without coming to an end (each try stopped its job
+/// process or its worker, as a job that eats all memory does): its log and final status say so.
+/// The output of the last try stays in the range objects it streamed, which the log names.
+pub async fn give_up(config: &RunnerConfig, job: &Job, hostname: &str, tries: u32) -> Result<(), JobError> {
+    let (forge, github) = forge(config, job)?;
+    let subject = resolve(&github, job).await?;
+    let Place { prefix, log_url } = place(config, job, &subject.sha);
+    let store = log_store(config, &prefix)?;
+    let reason = format!("gave up after {tries} tries");
+    let mut note = format!(
+        "*** Internal error: {reason}: each one stopped before the job ended, \
+         taking its job process or its worker with it.\n"
+    );
+    let list = store.get("log.chunks").await.ok().flatten();
+    if let Some(chunks) = list.and_then(|list| serde_json::from_slice::<Vec<u64>>(&list).ok()) {
+        let mut start = 0;
+        let ranges: Vec<String> = chunks
+            .iter()
+            .map(|size| {
+                let name = format!("log.{start}-{}", start + size);
+                start += size;
+                name
+            })
+            .collect();
+        note.push_str(&format!("The output of the last try is in {}, next to this log.\n", ranges.join(", ")));
+    }
+    use crate::log_stream::Sink;
+    Sink::put(&store, "log", s3::Body::from(note.into_bytes()), "text/plain; charset=utf-8").await?;
+    // Without a chunk list, the viewer reads `log`: the log is over.
+    Sink::delete(&store, "log.chunks").await?;
+    let reporter = Reporter { forge, github: &github, subject: &subject, job, hostname, log_url: &log_url };
+    Ok(reporter.post("error", format!("Internal error: {reason}"), retry::FINAL_STATUS).await?)
+}
+
+/// Where a job's statuses go, and what they link to.
+struct Reporter<'a> {
+    forge: &'a Forge,
+    github: &'a GitHub,
+    subject: &'a Subject,
+    job: &'a Job,
+    hostname: &'a str,
+    log_url: &'a str,
+}
+
+impl Reporter<'_> {
+    /// Posts `state` with `description [host]` for the job's context, if it has one and the
+    /// forge takes posts, tried `attempts` times.
+    async fn post(&self, state: &'static str, description: String, attempts: u32) -> Result<(), github::Error> {
+        let (Some(context), true) = (&self.job.context, self.forge.post) else { return Ok(()) };
+        let status = StatusUpdate {
+            context: context.clone(),
+            state: state.to_owned(),
+            description: format!("{description} [{}]", self.hostname),
+            target_url: Some(self.log_url.to_owned()),
+        };
+        let Subject { repo, sha, .. } = self.subject;
+        retry::transient("status", attempts, github::Error::is_transient, || self.github.post_status(repo, sha, &status))
+            .await
+    }
+}
+
+/// The store of a job's log: the configured S3 URL and key, under the job's prefix.
+fn log_store(config: &RunnerConfig, prefix: &str) -> Result<s3::Store, JobError> {
+    let s3 = &config.logs.s3;
+    let key = match &s3.key {
+        S3Key::Text(text) => s3::Key::parse(text),
+        S3Key::Table { access, secret } => Some(s3::Key { access: access.clone(), secret: secret.clone() }),
+    };
+    let store =
+        s3::Store::new(&format!("{}/{prefix}/", s3.url.trim_end_matches('/')), key, s3.ca.as_deref().map(str::as_bytes))?;
+    Ok(if s3.acl.is_empty() { store } else { store.with_acl(&s3.acl) })
 }
 
 /// Runs the job until it ends, the worker cancels it, or its pull request is closed or changes
@@ -344,16 +393,16 @@ async fn execute(
             vec![format!("./{entry}")]
         }
     };
-    // The secrets the job asks for, as far as the configuration provides them.
-    let secrets_dir = scratch.join("secrets");
-    std::fs::create_dir_all(&secrets_dir).map_err(|e| format!("cannot create {}: {e}", secrets_dir.display()))?;
-    let secrets = config.secrets.paths(&secrets_dir).map_err(|e| e.to_string())?;
+    // The secrets the job asks for, as far as the configuration provides them, and no other.
+    let asked: Vec<&Vec<String>> =
+        config.container.secrets.iter().filter(|(name, _)| job.secrets.contains(name)).map(|(_, args)| args).collect();
+    let wanted = asked.iter().flat_map(|args| args.iter().flat_map(|arg| sandbox::referenced(arg)));
+    let wanted = wanted.map(str::to_owned).collect();
+    let secrets = config.secrets.paths(&scratch.join("secrets"), &wanted).map_err(|e| e.to_string())?;
     let mut args = RunArgs::default();
     args.add(&config.container.run_args)?;
-    for (name, extra) in &config.container.secrets {
-        if job.secrets.contains(name) {
-            args.add(&extra.iter().map(|arg| sandbox::expand(arg, &secrets)).collect::<Vec<_>>())?;
-        }
+    for extra in asked {
+        args.add(&extra.iter().map(|arg| sandbox::expand(arg, &secrets)).collect::<Vec<_>>())?;
     }
     let mut env: Vec<(String, String)> = job.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     env.push(("COCKPIT_CI_LOG_URL".into(), log_url.to_owned()));
@@ -406,20 +455,4 @@ async fn image(run: &Run<'_>) -> Result<String, String> {
     let named = github.file(repo, ".cockpit-ci/container", revision).await.map_err(|e| e.to_string())?;
     let named = named.map(|text| text.trim().to_owned()).filter(|image| !image.is_empty());
     Ok(named.unwrap_or_else(|| config.container.default_image.trim().to_owned()))
-}
-
-/// Uploads every regular file under `dir`, by its path relative to `root`.
-async fn upload_attachments(root: &Path, dir: &Path, log: &mut LogStream<s3::Store>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    let mut paths: Vec<PathBuf> = entries.filter_map(|entry| entry.ok().map(|e| e.path())).collect();
-    paths.sort();
-    for path in paths {
-        if path.is_dir() {
-            Box::pin(upload_attachments(root, &path, log)).await;
-        } else if path.is_file()
-            && let (Ok(relative), Ok(bytes)) = (path.strip_prefix(root), std::fs::read(&path))
-        {
-            log.attach(&relative.to_string_lossy(), bytes).await;
-        }
-    }
 }

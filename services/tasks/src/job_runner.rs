@@ -1,11 +1,17 @@
-//! `tasks job-runner json '<JOB>'`: one job run to its final status, as Cockpit's job-runner
-//! runs it (cockpit-protocol.md 4.3, 4.4). run-queue runs the same code in its own process.
+//! job-runner as a process of its own: `tasks job-runner json '<JOB>'` runs one job to its final
+//! status as Cockpit's job-runner runs it (cockpit-protocol.md 4.3, 4.4), and `tasks run-job` is
+//! the process run-queue starts for each job it takes (as Cockpit's run-queue starts
+//! job-runner), so that whatever a job does to its process (memory, a crash) cannot take the
+//! worker and its other slots down. The worker hands it a [`Request`] on its standard input and
+//! reads its [`Report`] from its standard output.
 
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use serde::{Deserialize, Serialize};
 
-use crate::job::{self, Outcome};
+use crate::job::{self, JobError, Outcome};
 use crate::runner_config::RunnerConfig;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -32,24 +38,107 @@ pub async fn run(args: &Args, cancel: impl Future<Output = ()>) -> anyhow::Resul
     let Spec::Json { job } = &args.spec;
     let job: amqp::Job = serde_json::from_str(job).context("Poorly formed job")?;
     let config = RunnerConfig::load(args.job_runner_config.as_deref())?;
-    let hostname = match &args.hostname {
-        Some(name) => name.clone(),
-        None => rustix::system::uname().nodename().to_string_lossy().into_owned(),
-    };
-    let scratch = tempfile::Builder::new().prefix("job-").tempdir()?;
-    let (cancel_job, cancelled) = tokio::sync::watch::channel(false);
-    let run = job::run(&config, &job, &hostname, scratch.path(), cancelled);
-    tokio::pin!(run, cancel);
-    let outcome = tokio::select! {
-        outcome = &mut run => outcome?,
-        () = &mut cancel => {
-            cancel_job.send_replace(true);
-            run.await?
-        }
-    };
-    match outcome {
+    let hostname = args.hostname.clone().unwrap_or_else(host_name);
+    let request = Request { job, hostname, config: args.job_runner_config.clone(), work_dir: std::env::temp_dir() };
+    match run_request(&config, &request, cancel).await? {
         Outcome::Success | Outcome::Failure(_) => Ok(()),
         Outcome::Error(reason) | Outcome::LogNotStored(reason) => anyhow::bail!("Internal error: {reason}"),
         Outcome::Cancelled => anyhow::bail!("Job cancelled"),
     }
+}
+
+/// This machine's host name, the default name of a worker in statuses.
+pub fn host_name() -> String {
+    rustix::system::uname().nodename().to_string_lossy().into_owned()
+}
+
+/// What the worker asks of the job process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    pub job: amqp::Job,
+    /// The name shown in statuses and the log.
+    pub hostname: String,
+    /// The job-runner configuration file, if not Cockpit's defaults.
+    pub config: Option<PathBuf>,
+    /// Where the job's scratch directory is made.
+    pub work_dir: PathBuf,
+}
+
+/// What the job process tells the worker when it is done.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub ended: Ended,
+    /// The most memory the job process held at once (its peak resident set), in bytes.
+    pub peak_memory: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Ended {
+    /// The job ran to its final status.
+    Reported(Outcome),
+    /// GitHub or S3 was away for longer than the retries: trying later can help.
+    Transient(String),
+    /// It could not run and never will as it is (a configuration error, say).
+    Failed(String),
+}
+
+/// The largest request the job process reads: a job is a few kilobytes.
+const MAX_REQUEST: u64 = 16 << 20;
+
+/// `tasks run-job`: reads a [`Request`] from standard input, runs the job until it ends or
+/// `cancel` resolves (the worker's SIGTERM), and writes the [`Report`] to standard output.
+pub async fn serve(cancel: impl Future<Output = ()>) -> anyhow::Result<()> {
+    // Processes the job leaves behind (even those that left its process group) become this
+    // process's children, and are stopped with the job.
+    crate::sandbox::adopt_orphans().context("cannot become the subreaper of the job's processes")?;
+    let mut text = String::new();
+    std::io::stdin().take(MAX_REQUEST).read_to_string(&mut text).context("reading the job request")?;
+    let request: Request = serde_json::from_str(&text).context("a malformed job request")?;
+    let ended = match RunnerConfig::load(request.config.as_deref()) {
+        Ok(config) => match run_request(&config, &request, cancel).await {
+            Ok(outcome) => Ended::Reported(outcome),
+            Err(err) if err.is_transient() => Ended::Transient(err.to_string()),
+            Err(err) => Ended::Failed(err.to_string()),
+        },
+        Err(err) => Ended::Failed(err.to_string()),
+    };
+    let report = Report { ended, peak_memory: peak_memory().unwrap_or(0) };
+    let mut stdout = std::io::stdout().lock();
+    serde_json::to_writer(&mut stdout, &report).context("writing the job report")?;
+    stdout.write_all(b"\n").and_then(|()| stdout.flush()).context("writing the job report")
+}
+
+/// Runs the request's job in a scratch directory of its own until it ends, or `cancel`
+/// resolves and the job has ended as cancelled.
+async fn run_request(
+    config: &RunnerConfig,
+    request: &Request,
+    cancel: impl Future<Output = ()>,
+) -> Result<Outcome, JobError> {
+    let scratch = scratch_dir(&request.work_dir)?;
+    let (cancel_job, cancelled) = tokio::sync::watch::channel(false);
+    let run = job::run(config, &request.job, &request.hostname, scratch.path(), cancelled);
+    tokio::pin!(run, cancel);
+    tokio::select! {
+        outcome = &mut run => outcome,
+        () = &mut cancel => {
+            cancel_job.send_replace(true);
+            run.await
+        }
+    }
+}
+
+fn scratch_dir(work_dir: &Path) -> Result<tempfile::TempDir, JobError> {
+    tempfile::Builder::new()
+        .prefix("job-")
+        .tempdir_in(work_dir)
+        .map_err(|source| JobError::Scratch { path: work_dir.to_owned(), source })
+}
+
+/// The peak resident set of this process (`VmHWM`), in bytes.
+fn peak_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: u64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
 }

@@ -2,6 +2,7 @@
 //! job runner and its sandboxes, and the worker loop. The `tasks` binary wires them to the
 //! broker and GitHub.
 
+pub mod attachments;
 pub mod container;
 pub mod job;
 pub mod job_runner;

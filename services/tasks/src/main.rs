@@ -32,6 +32,10 @@ enum Command {
     TestsScan(tests_scan::Args),
     /// Run one job to its final status: statuses, log and attachments in S3.
     JobRunner(job_runner::Args),
+    /// The process run-queue starts for each job: a request on standard input, a report on
+    /// standard output.
+    #[command(hide = true)]
+    RunJob,
     /// Publish standard input (a JSON message) to a queue, with priority 9.
     PublishQueue(queue_tools::PublishArgs),
     /// Show each queue's messages without taking them.
@@ -66,7 +70,11 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::RunQueue(args) => run_queue::run(&config, args, shutdown_signal()).await,
         Command::TestsScan(args) => tests_scan::run(&config, args).await,
-        Command::JobRunner(args) => job_runner::run(args, shutdown_signal()).await,
+        Command::JobRunner(args) => {
+            tasks::sandbox::adopt_orphans()?;
+            job_runner::run(args, shutdown_signal()).await
+        }
+        Command::RunJob => job_runner::serve(shutdown_signal()).await,
         Command::PublishQueue(args) => queue_tools::publish(&config, args).await,
         Command::InspectQueue(args) => queue_tools::inspect(&config, args).await,
     }

@@ -19,6 +19,8 @@ struct Inner {
     job_seconds: Summary,
     queue_wait_seconds: Summary,
     redelivered: BTreeMap<String, u64>,
+    given_up: BTreeMap<String, u64>,
+    peak_job_memory: u64,
 }
 
 /// A Prometheus summary without quantiles: a sum and a count.
@@ -55,6 +57,17 @@ impl Metrics {
         }
     }
 
+    /// A message whose work was given up after too many tries.
+    pub fn given_up(&self, queue: &str) {
+        *self.inner.lock().expect("metrics lock").given_up.entry(queue.to_owned()).or_default() += 1;
+    }
+
+    /// The peak memory a job process reported.
+    pub fn job_memory(&self, bytes: u64) {
+        let mut inner = self.inner.lock().expect("metrics lock");
+        inner.peak_job_memory = inner.peak_job_memory.max(bytes);
+    }
+
     pub fn render(&self) -> String {
         let inner = self.inner.lock().expect("metrics lock");
         let mut out = String::new();
@@ -78,6 +91,14 @@ impl Metrics {
         for (queue, count) in &inner.redelivered {
             let _ = writeln!(out, "tasks_messages_redelivered_total{{queue=\"{queue}\"}} {count}");
         }
+        out.push_str("# HELP tasks_messages_given_up_total Messages whose work was given up after too many tries, by queue.\n");
+        out.push_str("# TYPE tasks_messages_given_up_total counter\n");
+        for (queue, count) in &inner.given_up {
+            let _ = writeln!(out, "tasks_messages_given_up_total{{queue=\"{queue}\"}} {count}");
+        }
+        out.push_str("# HELP tasks_job_process_peak_memory_bytes The most memory one job process held at once.\n");
+        out.push_str("# TYPE tasks_job_process_peak_memory_bytes gauge\n");
+        let _ = writeln!(out, "tasks_job_process_peak_memory_bytes {}", inner.peak_job_memory);
         out
     }
 }
@@ -94,6 +115,9 @@ mod tests {
         metrics.job(&Outcome::Success, Duration::from_secs(1));
         metrics.taken("public", None, true);
         metrics.taken("webhook", None, false);
+        metrics.given_up("public");
+        metrics.job_memory(3000);
+        metrics.job_memory(2000);
         let text = metrics.render();
         for line in [
             "tasks_jobs_total{outcome=\"success\"} 2",
@@ -102,6 +126,8 @@ mod tests {
             "tasks_job_seconds_count 3",
             "tasks_queue_wait_seconds_count 0",
             "tasks_messages_redelivered_total{queue=\"public\"} 1",
+            "tasks_messages_given_up_total{queue=\"public\"} 1",
+            "tasks_job_process_peak_memory_bytes 3000",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 
 use crate::container;
 use crate::job::{self, Outcome};
+use crate::job_runner::{Ended, Report};
 use crate::metrics::Metrics;
 use crate::runner_config::{RunnerConfig, SandboxKind};
 use crate::sandbox::Cancel;
@@ -56,6 +57,9 @@ pub struct Args {
     /// Serve Prometheus metrics at http://ADDRESS/metrics (e.g. 127.0.0.1:9101).
     #[arg(long, value_name = "ADDRESS")]
     pub metrics_listen: Option<SocketAddr>,
+    /// The `tasks` program whose `run-job` runs each job [default: this program].
+    #[arg(long, hide = true)]
+    pub job_program: Option<PathBuf>,
 }
 
 /// The fields of a queued GitHub event that decide what to do with it.
@@ -94,6 +98,10 @@ struct Repository {
 /// What the worker holds while it runs.
 struct Worker {
     runner: Option<Arc<RunnerConfig>>,
+    /// The file `runner` was read from (none for Cockpit's defaults), for the job processes.
+    runner_file: Option<PathBuf>,
+    /// The program whose `run-job` runs a job.
+    job_program: PathBuf,
     hostname: String,
     work_dir: PathBuf,
     metrics: Arc<Metrics>,
@@ -122,12 +130,15 @@ pub async fn run(config: &amqp::Config, args: &Args, shutdown: impl Future<Outpu
     let scanner = Scanner::load(&args.scan)?;
     let metrics = Arc::new(Metrics::default());
     let (cancel_all, cancel) = watch::channel(false);
+    let job_program = match &args.job_program {
+        Some(program) => program.clone(),
+        None => std::env::current_exe().context("cannot find this program, to run jobs with")?,
+    };
     let worker = Arc::new(Worker {
         runner,
-        hostname: match &args.hostname {
-            Some(name) => name.clone(),
-            None => rustix::system::uname().nodename().to_string_lossy().into_owned(),
-        },
+        runner_file: args.job_runner_config.clone(),
+        job_program,
+        hostname: args.hostname.clone().unwrap_or_else(crate::job_runner::host_name),
         work_dir: args.work_dir.clone().unwrap_or_else(std::env::temp_dir),
         metrics,
         cancel,
@@ -139,7 +150,7 @@ pub async fn run(config: &amqp::Config, args: &Args, shutdown: impl Future<Outpu
             Err(err) => tracing::warn!(%err, "cannot look for job containers left by an earlier run"),
         }
     }
-    let session = amqp::connect_with_backoff(config, BROKER_ATTEMPTS).await?;
+    let session = Arc::new(amqp::connect_with_backoff(config, BROKER_ATTEMPTS).await?);
     for queue in amqp::ALL_QUEUES {
         session.declare(queue).await?;
     }
@@ -180,7 +191,7 @@ pub async fn run(config: &amqp::Config, args: &Args, shutdown: impl Future<Outpu
                 handle_event(&session, &scanner, &delivery).await;
                 delivery.ack().await?;
             }
-            Some(done) = running.join_next(), if !running.is_empty() => finish(done).await?,
+            Some(done) = running.join_next(), if !running.is_empty() => finish(&session, &worker, done).await?,
             _ = async { rescan.as_mut().expect("guarded").tick().await }, if rescan.is_some() => {
                 rescan_all(&session, &scanner).await;
             }
@@ -189,8 +200,8 @@ pub async fn run(config: &amqp::Config, args: &Args, shutdown: impl Future<Outpu
                 worker.metrics.taken(queue, delivery.timestamp, delivery.redelivered);
                 let worker = worker.clone();
                 running.spawn(async move {
-                    let result = handle_work(&worker, &delivery).await;
-                    (delivery, result)
+                    let result = handle_work(&worker, queue, &delivery).await;
+                    (queue, delivery, result)
                 });
             }
         }
@@ -202,7 +213,7 @@ pub async fn run(config: &amqp::Config, args: &Args, shutdown: impl Future<Outpu
     loop {
         tokio::select! {
             done = running.join_next() => match done {
-                Some(done) => finish(done).await?,
+                Some(done) => finish(&session, &worker, done).await?,
                 None => break,
             },
             () = &mut grace, if !*cancel_all.borrow() => {
@@ -211,7 +222,11 @@ pub async fn run(config: &amqp::Config, args: &Args, shutdown: impl Future<Outpu
             }
         }
     }
-    session.close().await;
+    drop(events);
+    match Arc::try_unwrap(session) {
+        Ok(session) => session.close().await,
+        Err(_) => tracing::warn!("the broker session is still in use; leaving it to close with the process"),
+    }
     Ok(())
 }
 
@@ -228,21 +243,40 @@ async fn next_work(work: &mut [Work]) -> (&'static str, Option<Result<Delivery, 
     .await
 }
 
-/// Acknowledges a message once its work has run to the end (a job: its final status). Work
-/// that failed is acknowledged too, as Cockpit's run-queue does whatever the exit status: a
-/// message that fails every worker must not go round forever, and the worker keeps serving.
-/// Only a job that could not report because GitHub or S3 was away (after the retries) goes back
-/// to the queue, so that an outage loses no job.
-async fn finish(done: Result<(Delivery, anyhow::Result<()>), tokio::task::JoinError>) -> anyhow::Result<()> {
-    let (delivery, result) = done?;
+/// How many tries the work of one message gets. A message whose work never comes to an end
+/// (it stops its job process or its worker each time, as a job that eats all memory does) is
+/// given up after that many: a job ends with an error status saying so.
+pub const MAX_TRIES: u32 = 5;
+
+/// What to do with a message once its work is over.
+#[derive(Debug, PartialEq, Eq)]
+enum Done {
+    /// Its work came to an end (or never will): acknowledge it.
+    Ack,
+    /// Try again later: publish it again, recording this many failed tries, then acknowledge
+    /// the delivery.
+    Again(u32),
+}
+
+/// Settles a message once its work has run to the end (a job: its final status). Work that
+/// failed is acknowledged too, as Cockpit's run-queue does whatever the exit status: a message
+/// that fails every worker must not go round forever, and the worker keeps serving. Work that
+/// is to be tried again goes back to the queue first.
+async fn finish(
+    session: &Session,
+    worker: &Worker,
+    done: Result<(&'static str, Delivery, anyhow::Result<Done>), tokio::task::JoinError>,
+) -> anyhow::Result<()> {
+    let (queue, delivery, result) = done?;
     match result {
-        Ok(()) => delivery.ack().await?,
-        Err(err) if err.downcast_ref::<job::JobError>().is_some_and(job::JobError::is_transient) => {
-            tracing::warn!(err = format!("{err:#}"), "GitHub or S3 is away; the job goes back to the queue");
-            delivery.reject(true).await?;
+        Ok(Done::Ack) => delivery.ack().await?,
+        Ok(Done::Again(tries)) => {
+            session.republish(queue, &delivery, tries).await?;
+            delivery.ack().await?;
         }
         Err(err) => {
             tracing::error!(err = format!("{err:#}"), "the work of a message failed; acknowledging it all the same");
+            worker.metrics.given_up(queue);
             delivery.ack().await?;
         }
     }
@@ -319,7 +353,8 @@ pub const ALREADY_REPORTED: &str = "redelivered job already has its final status
 
 /// Runs a job to its final status, or a command to its end. A message that is neither is
 /// logged and dropped.
-async fn handle_work(worker: &Worker, delivery: &Delivery) -> anyhow::Result<()> {
+async fn handle_work(worker: &Worker, queue: &'static str, delivery: &Delivery) -> anyhow::Result<Done> {
+    let tries = delivery.failed_tries();
     if let Ok(message) = serde_json::from_slice::<JobMessage>(&delivery.body) {
         let runner = worker.runner.as_ref().context("a job arrived at a worker that runs no jobs")?;
         if delivery.redelivered {
@@ -327,29 +362,127 @@ async fn handle_work(worker: &Worker, delivery: &Delivery) -> anyhow::Result<()>
             match job::already_reported(runner, &message.job).await {
                 Ok(true) => {
                     tracing::warn!(job = message.human, "{ALREADY_REPORTED}");
-                    return Ok(());
+                    return Ok(Done::Ack);
                 }
                 Ok(false) => {}
                 Err(err) => tracing::warn!(job = message.human, %err, "cannot tell whether a redelivered job ended"),
             }
         }
-        let scratch = tempfile::Builder::new().prefix("job-").tempdir_in(&worker.work_dir)?;
-        let started = Instant::now();
-        let outcome = job::run(runner, &message.job, &worker.hostname, scratch.path(), worker.cancel.clone()).await?;
-        worker.metrics.job(&outcome, started.elapsed());
-        tracing::info!(job = message.human, ?outcome, "job finished");
-        if outcome == Outcome::Cancelled {
-            tracing::warn!(job = message.human, "cancelled; a rescan queues it again");
+        if tries >= MAX_TRIES {
+            return give_up(worker, runner, queue, &message, tries).await;
         }
-        return Ok(());
+        if delivery.redelivered {
+            // The try that was lost is recorded in the message before the job runs again.
+            tracing::warn!(job = message.human, tries, "a job whose work did not come to an end: queued again");
+            return Ok(Done::Again(tries));
+        }
+        let started = Instant::now();
+        return match run_job(worker, &message.job).await? {
+            Ok(Report { ended, peak_memory }) => {
+                worker.metrics.job_memory(peak_memory);
+                match ended {
+                    Ended::Reported(outcome) => {
+                        worker.metrics.job(&outcome, started.elapsed());
+                        tracing::info!(job = message.human, ?outcome, peak_memory, "job finished");
+                        if outcome == Outcome::Cancelled {
+                            tracing::warn!(job = message.human, "cancelled; a rescan queues it again");
+                        }
+                        Ok(Done::Ack)
+                    }
+                    Ended::Transient(err) => {
+                        tracing::warn!(job = message.human, err, "GitHub or S3 is away; the job goes back to the queue");
+                        Ok(Done::Again(tries))
+                    }
+                    Ended::Failed(err) => anyhow::bail!("job {}: {err}", message.human),
+                }
+            }
+            Err(died) if tries + 1 >= MAX_TRIES => {
+                tracing::error!(job = message.human, died, "the job process died");
+                give_up(worker, runner, queue, &message, tries + 1).await
+            }
+            Err(died) => {
+                tracing::warn!(job = message.human, died, tries = tries + 1, "the job process died; queued again");
+                Ok(Done::Again(tries + 1))
+            }
+        };
+    }
+    if tries >= MAX_TRIES {
+        worker.metrics.given_up(queue);
+        tracing::error!(queue, tries, "giving up a message whose work never came to an end");
+        return Ok(Done::Ack);
     }
     match serde_json::from_slice::<CommandMessage>(&delivery.body) {
-        Ok(message) => run_command(worker, &message.command).await,
+        Ok(message) => run_command(worker, &message.command).await.map(|()| Done::Ack),
         Err(err) => {
             tracing::error!(%err, "dropping a message that is neither a job nor a command");
-            Ok(())
+            Ok(Done::Ack)
         }
     }
+}
+
+/// Ends a job tried too often with an error status saying so.
+async fn give_up(
+    worker: &Worker,
+    runner: &RunnerConfig,
+    queue: &str,
+    message: &JobMessage,
+    tries: u32,
+) -> anyhow::Result<Done> {
+    tracing::error!(job = message.human, tries, "giving up a job whose work never came to an end");
+    worker.metrics.given_up(queue);
+    match job::give_up(runner, &message.job, &worker.hostname, tries).await {
+        Ok(()) => Ok(Done::Ack),
+        // Its end must be reported: later, when GitHub or S3 is back.
+        Err(err) if err.is_transient() => Ok(Done::Again(tries)),
+        Err(err) => Err(err).context("cannot report a job that was given up"),
+    }
+}
+
+/// Runs a job in a process of its own (`run-job`), cancelled with SIGTERM when the worker
+/// cancels its jobs. `Ok(Err(why))` when the process died without a report: the job took it
+/// down (or someone killed it).
+async fn run_job(worker: &Worker, job: &amqp::Job) -> anyhow::Result<Result<Report, String>> {
+    use tokio::io::AsyncWriteExt;
+    let request = crate::job_runner::Request {
+        job: job.clone(),
+        hostname: worker.hostname.clone(),
+        config: worker.runner_file.clone(),
+        work_dir: worker.work_dir.clone(),
+    };
+    let mut command = tokio::process::Command::new(&worker.job_program);
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        // A worker killed hard takes its jobs with it; the broker redelivers them.
+        command.pre_exec(|| Ok(rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?));
+    }
+    let mut child = command
+        .arg("run-job")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {} run-job", worker.job_program.display()))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    stdin.write_all(&serde_json::to_vec(&request)?).await.context("handing the job to its process")?;
+    drop(stdin);
+    let pid = child.id();
+    let output = child.wait_with_output();
+    tokio::pin!(output);
+    let mut cancel = worker.cancel.clone();
+    let output = tokio::select! {
+        output = &mut output => output?,
+        () = crate::sandbox::cancelled(&mut cancel) => {
+            if let Some(pid) = pid.and_then(|pid| rustix::process::Pid::from_raw(pid as i32)) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+            output.await?
+        }
+    };
+    let report = serde_json::from_slice::<Report>(&output.stdout);
+    Ok(match (output.status.success(), report) {
+        (true, Ok(report)) => Ok(report),
+        (_, _) => Err(format!("the job process ended without a report ({})", output.status)),
+    })
 }
 
 /// Runs a queued command (Cockpit: a string through `sh -c`, a list directly) in the work

@@ -2,7 +2,7 @@
 //! built-in defaults, then one TOML (or JSON) file merged over them as an RFC 7396 merge patch,
 //! where `[{file = "PATH"}]` anywhere stands for the text of that file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
@@ -32,6 +32,13 @@ default-image = "ghcr.io/cockpit-project/tasks:latest"
 [forge]
 default = "github"
 
+[limits]
+log-size = "256m"
+attachments = 5000
+attachment-depth = 16
+attachment-size = "256m"
+attachments-size = "1g"
+
 [forge.github]
 driver = "github"
 clone-url = "https://github.com/"
@@ -57,6 +64,53 @@ pub struct RunnerConfig {
     pub secrets: Secrets,
     #[serde(deserialize_with = "forges")]
     pub forge: Forges,
+    pub limits: Limits,
+}
+
+/// Bounds on what a job may leave behind: its log and its attachments (a table of ours;
+/// Cockpit has none). A job's output past `log-size` is counted, not kept; attachments past the
+/// others are not uploaded; either is said in the log. The defaults are far above what Cockpit's
+/// projects write (logs of a few MB; screenshots, journals and coverage reports of a few hundred
+/// MB at most) and far below what would fill a worker's disk or memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Limits {
+    pub log_size: Size,
+    /// How many files.
+    pub attachments: u64,
+    /// How many directories deep.
+    pub attachment_depth: u32,
+    pub attachment_size: Size,
+    pub attachments_size: Size,
+}
+
+impl Limits {
+    pub fn attachments(&self) -> crate::attachments::Limits {
+        crate::attachments::Limits {
+            files: self.attachments,
+            depth: self.attachment_depth,
+            file_size: self.attachment_size.0,
+            total_size: self.attachments_size.0,
+        }
+    }
+}
+
+/// Bytes, written as a number or as podman writes sizes (`512k`, `256m`, `1g`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Size, D::Error> {
+        match Value::deserialize(deserializer)? {
+            Value::Number(n) => n.as_u64().map(Size).ok_or_else(|| serde::de::Error::custom(format!("{n} is not a size"))),
+            Value::String(text) => crate::sandbox::size(&text)
+                .ok()
+                .and_then(|n| u64::try_from(n).ok())
+                .map(Size)
+                .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not a size"))),
+            other => Err(serde::de::Error::custom(format!("{other} is not a size"))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -158,30 +212,48 @@ pub struct Forge {
 }
 
 impl Secrets {
-    /// The path of every secret: external ones as configured (`~` expanded), inline ones
-    /// written under `dir` (a string as a file, a table as a directory of files).
-    pub fn paths(&self, dir: &Path) -> Result<BTreeMap<String, PathBuf>, ConfigError> {
+    /// The path of every secret `wanted` names: external ones as configured (`~` expanded),
+    /// inline ones written under `dir` (a string as a file, a table as a directory of files),
+    /// readable by their owner only. Secrets nobody asked for are not written.
+    pub fn paths(&self, dir: &Path, wanted: &BTreeSet<String>) -> Result<BTreeMap<String, PathBuf>, ConfigError> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         let mut paths = BTreeMap::new();
-        for (name, path) in &self.external {
+        for (name, path) in self.external.iter().filter(|(name, _)| wanted.contains(*name)) {
             let path = match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
                 (Some(rest), Some(home)) => Path::new(&home).join(rest),
                 _ => PathBuf::from(path),
             };
             paths.insert(name.clone(), path);
         }
+        let private_dir = |path: &Path| {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(path)
+                .map_err(|source| ConfigError::Write { path: path.to_owned(), source })
+        };
+        let write = |path: &Path, text: &str| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .and_then(|mut file| std::io::Write::write_all(&mut file, text.as_bytes()))
+                .map_err(|source| ConfigError::Write { path: path.to_owned(), source })
+        };
         for (name, value) in &self.inline {
-            if paths.contains_key(name) {
+            if self.external.contains_key(name) {
                 return Err(ConfigError::Invalid(format!("secret {name:?} is both external and inline")));
             }
+            if !wanted.contains(name) {
+                continue;
+            }
+            private_dir(dir)?;
             let path = dir.join(name);
-            let write = |path: &Path, text: &str| {
-                std::fs::write(path, text).map_err(|source| ConfigError::Write { path: path.to_owned(), source })
-            };
             match value {
                 Value::String(text) => write(&path, text)?,
                 Value::Object(files) => {
-                    std::fs::create_dir_all(&path)
-                        .map_err(|source| ConfigError::Write { path: path.clone(), source })?;
+                    private_dir(&path)?;
                     for (file, text) in files {
                         write(&path.join(file), text.as_str().unwrap_or_default())?;
                     }
@@ -325,6 +397,23 @@ mod tests {
         assert_eq!(config.forge.default, "github");
         assert_eq!(config.forge.forges.keys().collect::<Vec<_>>(), ["codeberg", "github"]);
         assert!(!config.forge.forges["github"].post);
+        assert_eq!(
+            config.limits,
+            Limits {
+                log_size: Size(256 << 20),
+                attachments: 5000,
+                attachment_depth: 16,
+                attachment_size: Size(256 << 20),
+                attachments_size: Size(1 << 30),
+            }
+        );
+        let small = RunnerConfig::parse("[limits]\nlog-size = 1000\nattachment-size = \"2k\"", Format::Toml, |_| {
+            unreachable!()
+        })
+        .unwrap();
+        assert_eq!((small.limits.log_size, small.limits.attachment_size), (Size(1000), Size(2048)));
+        let bad = RunnerConfig::parse("[limits]\nlog-size = \"lots\"", Format::Toml, |_| unreachable!());
+        assert!(bad.unwrap_err().to_string().contains("\"lots\" is not a size"));
     }
 
     /// The configuration of Cockpit's own integration test, files and all.

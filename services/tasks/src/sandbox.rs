@@ -6,6 +6,7 @@
 
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
@@ -102,7 +103,7 @@ impl RunArgs {
 }
 
 /// `1024`, `512k`, `1024m`, `24g` in bytes.
-fn size(text: &str) -> Result<i64, String> {
+pub(crate) fn size(text: &str) -> Result<i64, String> {
     let lower = text.to_ascii_lowercase();
     let (number, unit) = match lower.trim_end_matches('b').char_indices().last() {
         Some((at, 'k')) => (&lower[..at], 1 << 10),
@@ -111,6 +112,11 @@ fn size(text: &str) -> Result<i64, String> {
         _ => (lower.trim_end_matches('b'), 1),
     };
     number.parse::<i64>().map(|n| n * unit).map_err(|_| format!("{text:?} is not a size"))
+}
+
+/// The secret names an argument refers to as `%{NAME}`.
+pub fn referenced(arg: &str) -> impl Iterator<Item = &str> {
+    arg.split("%{").skip(1).filter_map(|rest| rest.split_once('}').map(|(name, _)| name))
 }
 
 /// Replaces `%{NAME}` by the path of secret NAME.
@@ -163,7 +169,73 @@ pub async fn process(
         let _ = child.kill().await;
     }
     let status = child.wait().await.map_err(|e| e.to_string())?;
+    stop_orphans();
     Ok(ended.unwrap_or(Ended::Exited(status.code().unwrap_or(128))))
+}
+
+/// Whether this process adopts the processes its jobs leave behind ([`adopt_orphans`]).
+static ADOPTING: AtomicBool = AtomicBool::new(false);
+
+/// Makes this process the subreaper of everything it starts: a process of a job that leaves its
+/// process group and its parent (`setsid`, a double fork) becomes this process's child instead
+/// of init's, and is stopped when the command that started it ends. Only for a process that
+/// runs one job and starts nothing else (`tasks run-job`, `tasks job-runner`): every other
+/// process it has then is the job's.
+pub fn adopt_orphans() -> std::io::Result<()> {
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))?;
+    ADOPTING.store(true, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Kills every process below this one and reaps it, until none is left (a fork bomb may keep
+/// forking between two looks), when this process adopts orphans.
+fn stop_orphans() {
+    if !ADOPTING.load(Ordering::SeqCst) {
+        return;
+    }
+    for _ in 0..100 {
+        let descendants = descendants(rustix::process::getpid().as_raw_nonzero().get());
+        if descendants.is_empty() {
+            break;
+        }
+        for pid in descendants {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+        while let Ok(Some(_)) = rustix::process::waitpid(None, rustix::process::WaitOptions::NOHANG) {}
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    while let Ok(Some(_)) = rustix::process::waitpid(None, rustix::process::WaitOptions::NOHANG) {}
+}
+
+/// The processes below `root`, from each process's parent in `/proc/PID/stat`. Read by hand:
+/// one field of one file, where the procfs crate would bring a dependency tree.
+fn descendants(root: i32) -> Vec<i32> {
+    let parents: Vec<(i32, i32)> = std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+                .filter_map(|pid| Some((pid, parent(pid)?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut found = vec![root];
+    let mut next = 0;
+    while next < found.len() {
+        let of = found[next];
+        found.extend(parents.iter().filter(|(_, parent)| *parent == of).map(|(pid, _)| *pid));
+        next += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// The parent of `pid`: the second field after the command name, which may hold any character
+/// but ends at the last `)`.
+fn parent(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Sends what `reader` reads to `sender` until either ends.
@@ -270,6 +342,25 @@ mod tests {
     }
 
     #[test]
+    fn descendants_are_found_through_their_parents() {
+        let mut child = std::process::Command::new("sh").args(["-c", "sleep 30 | sleep 31; wait"]).spawn().unwrap();
+        let shell = child.id() as i32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let found = loop {
+            let found = descendants(shell);
+            if found.len() >= 2 || std::time::Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert_eq!(found.len(), 2, "the shell's two sleeps: {found:?}");
+        assert!(found.iter().all(|pid| parent(*pid) == Some(shell)), "{found:?}");
+        assert_eq!(parent(shell), Some(std::process::id() as i32));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    #[test]
     fn secrets_expand_to_their_paths() {
         let secrets = [("github-token".to_owned(), std::path::PathBuf::from("/run/secrets/token"))].into();
         assert_eq!(
@@ -277,5 +368,7 @@ mod tests {
             "--volume=/run/secrets/token:/run/secrets/github-token:ro"
         );
         assert_eq!(expand("--env=X=%{unknown}", &secrets), "--env=X=%{unknown}");
+        let names: Vec<&str> = referenced("--volume=%{s3-keys}:/keys --env=A=%{ca}%{").collect();
+        assert_eq!(names, ["s3-keys", "ca"]);
     }
 }
