@@ -2,7 +2,7 @@
 //!
 //! The service is `podman system service` with the project's own containers.conf, passed by
 //! `CONTAINERS_CONF`, so nothing in /etc changes (platform-notes.md: runc, not crun; ulimits
-//! under the host's hard limit; logs in files, since there may be no journald). Images live in
+//! under the host's hard limit; logs in files, since there may be no journald, of a bounded size). Images live in
 //! podman's usual storage, shared with the `podman` command (see `images.rs`).
 
 use std::path::{Path, PathBuf};
@@ -11,10 +11,13 @@ use std::time::{Duration, Instant};
 
 use crate::child::ProcessGroup;
 
-/// The project's containers.conf.
+/// The project's containers.conf. A container's log file is capped (1 GiB): a job that prints
+/// without end must not fill this machine's disk through podman's copy of its output (job-runner
+/// reads the output through an attachment, and keeps its own bounded log).
 const CONTAINERS_CONF: &str = r#"[containers]
 default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
 log_driver = "k8s-file"
+log_size_max = 1073741824
 
 [engine]
 runtime = "runc"

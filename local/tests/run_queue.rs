@@ -280,6 +280,66 @@ async fn a_job_whose_final_status_was_posted_before_its_worker_was_killed_is_not
     );
 }
 
+/// What a job given up after its bounded tries leaves: one "In progress" per try, then one
+/// error status saying so, a log saying so, and an empty queue.
+async fn assert_given_up(world: &World, session: &Session, host: &str) {
+    let tries = run_queue::MAX_TRIES as usize;
+    let mut expected = vec![("pending".to_owned(), format!("In progress [{host}]")); tries];
+    expected.push(("error".into(), format!("Internal error: gave up after {tries} tries [{host}]")));
+    assert_eq!(world.posted(), expected);
+    let target = world.mock.statuses(REPO, &world.head).pop().unwrap().target_url.unwrap();
+    let reader = s3::Store::new(target.strip_suffix("log.html").unwrap(), None, None).unwrap();
+    let log = String::from_utf8(reader.get("log").await.unwrap().unwrap()).unwrap();
+    assert!(log.starts_with(&format!("*** Internal error: gave up after {tries} tries: ")), "{log}");
+    assert_eq!(reader.get("log.chunks").await.unwrap(), None, "the viewer stops waiting");
+    world.wait_until_done(PUBLIC.name).await;
+    assert_eq!(session.declare(PUBLIC).await.unwrap(), 0);
+}
+
+/// A job that kills the process that runs it, every time: the worker survives each time, and
+/// the job ends after its bounded tries with a status saying so.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_that_kills_its_job_process_every_time_is_given_up_after_its_tries() {
+    let world = world().await;
+    let session = Session::connect(&world.broker.client_config()).await.unwrap();
+    session.declare(PUBLIC).await.unwrap();
+    world.publish_job(&session, "unit-tests", Some(&["sh", "-c", "kill -9 $PPID"])).await;
+    let (stop, worker) = world.worker("worker-1", 1);
+    world.wait_until(|statuses| statuses.last().is_some_and(|s| s.state != "pending")).await;
+    assert_given_up(&world, &session, "worker-1").await;
+    let _ = stop.send(());
+    worker.await.unwrap().unwrap();
+}
+
+/// A job that kills its worker every time (as a job that takes all memory gets its worker
+/// killed): each restarted worker finds it redelivered, and after the bounded tries it ends with
+/// a status saying so instead of taking every worker down forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_that_kills_its_worker_every_time_is_given_up_after_its_tries() {
+    let world = world().await;
+    let session = Session::connect(&world.broker.client_config()).await.unwrap();
+    session.declare(PUBLIC).await.unwrap();
+    // The job process's parent is the worker.
+    let kill_worker = "kill -9 $(cut -d' ' -f4 /proc/$PPID/stat)";
+    world.publish_job(&session, "unit-tests", Some(&["sh", "-c", kill_worker])).await;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut deaths = 0;
+    let mut worker = world.worker_process("worker-1");
+    while !world.posted().last().is_some_and(|(state, _)| state != "pending") {
+        assert!(Instant::now() < deadline, "no final status after {deaths} deaths: {:?}", world.posted());
+        if worker.try_wait().unwrap().is_some() {
+            deaths += 1;
+            worker = world.worker_process("worker-1");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_given_up(&world, &session, "worker-1").await;
+    assert!(worker.try_wait().unwrap().is_none(), "the worker that gave the job up goes on");
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    assert_eq!(deaths, run_queue::MAX_TRIES, "each try took a worker down");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stopping_worker_cancels_jobs_past_its_grace_period_and_acknowledges_them() {
     let world = world().await;

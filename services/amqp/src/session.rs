@@ -9,8 +9,8 @@ use lapin::options::{
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::tcp::{AMQPUriTcpExt, RustlsConnector};
-use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
 use rustls::ClientConfig;
 

@@ -60,7 +60,7 @@ pub async fn upload<S: Sink>(dir: &Path, limits: &Limits, log: &mut LogStream<S>
         notes.push_str(&format!("*** {} more attachments not uploaded\n", summary.refused.len() - NAMED_REFUSALS));
     }
     if !notes.is_empty() {
-        log.write(format!("\n{notes}").as_bytes()).await;
+        log.note(&format!("\n{notes}")).await;
     }
     summary
 }

@@ -14,7 +14,7 @@ use podman_api::Podman;
 use podman_api::conn::TtyChunk;
 use podman_api::models::{ContainerMount, ContainerStatus, LinuxDevice, LinuxResources};
 use podman_api::opts::{
-    ContainerCreateOpts, ContainerDeleteOpts, ContainerListFilter, ContainerListOpts, ContainerLogsOpts,
+    ContainerAttachOpts, ContainerCreateOpts, ContainerDeleteOpts, ContainerListFilter, ContainerListOpts,
     ContainerWaitOpts,
 };
 use tokio::sync::mpsc;
@@ -72,18 +72,24 @@ pub async fn run(
     })?;
     let container = podman.containers().get(&created.id);
     let ended = async {
+        // Attached before it starts, the output comes straight from the container's monitor,
+        // all of it: following its log file loses the end of a long log (podman issue 21914).
+        let attach = ContainerAttachOpts::builder().stdout(true).stderr(true).build();
+        let attached =
+            container.attach(&attach).await.map_err(|e| format!("Failed to attach to the container: {e}"))?;
         container.start(None).await.map_err(|e| format!("Failed to start container: {e}"))?;
         let (sender, output) = mpsc::channel(16);
-        let follower = podman.containers().get(&created.id);
-        tokio::spawn(async move {
-            let mut logs = follower.logs(&ContainerLogsOpts::builder().follow(true).stdout(true).stderr(true).build());
-            while let Some(Ok(TtyChunk::StdOut(bytes) | TtyChunk::StdErr(bytes))) = logs.next().await {
+        let (mut reader, _writer) = attached.split();
+        let forwarder = tokio::spawn(async move {
+            while let Some(Ok(TtyChunk::StdOut(bytes) | TtyChunk::StdErr(bytes))) = reader.next().await {
                 if sender.send(bytes).await.is_err() {
                     break;
                 }
             }
         });
-        if let Some(ended) = pump(output, log, deadline, cancel).await? {
+        let pumped = pump(output, log, deadline, cancel).await;
+        forwarder.abort();
+        if let Some(ended) = pumped? {
             let _ = container.kill().await;
             return Ok(ended);
         }

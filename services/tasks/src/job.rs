@@ -12,10 +12,10 @@ use github::{GitHub, StatusUpdate};
 use tokio::time::Instant;
 
 use crate::log_stream::LogStream;
-use crate::{attachments, container};
 use crate::retry;
 use crate::runner_config::{Forge, RunnerConfig, S3Key, SandboxKind};
 use crate::sandbox::{self, Cancel, Ended, RunArgs};
+use crate::{attachments, container};
 
 /// Cockpit polls a job's pull request this often, the first time at once.
 const PULL_POLL: Duration = Duration::from_secs(60);
@@ -118,9 +118,9 @@ pub async fn run(
     };
     attachments::upload(&scratch.join("attachments"), &config.limits.attachments(), &mut log).await;
     if log.dropped() > 0 {
-        log.write(format!("\n*** {} bytes of output were not kept in this log\n", log.dropped()).as_bytes()).await;
+        log.note(&format!("\n*** {} bytes of output were not kept in this log\n", log.dropped())).await;
     }
-    log.write(ending(&outcome).as_bytes()).await;
+    log.note(&ending(&outcome)).await;
     // The log is complete before the status that links to it, and a log that could not be
     // stored is reported as such, whatever the test's outcome.
     let outcome = match log.close().await {
@@ -191,8 +191,10 @@ impl Reporter<'_> {
             target_url: Some(self.log_url.to_owned()),
         };
         let Subject { repo, sha, .. } = self.subject;
-        retry::transient("status", attempts, github::Error::is_transient, || self.github.post_status(repo, sha, &status))
-            .await
+        retry::transient("status", attempts, github::Error::is_transient, || {
+            self.github.post_status(repo, sha, &status)
+        })
+        .await
     }
 }
 
@@ -203,8 +205,11 @@ fn log_store(config: &RunnerConfig, prefix: &str) -> Result<s3::Store, JobError>
         S3Key::Text(text) => s3::Key::parse(text),
         S3Key::Table { access, secret } => Some(s3::Key { access: access.clone(), secret: secret.clone() }),
     };
-    let store =
-        s3::Store::new(&format!("{}/{prefix}/", s3.url.trim_end_matches('/')), key, s3.ca.as_deref().map(str::as_bytes))?;
+    let store = s3::Store::new(
+        &format!("{}/{prefix}/", s3.url.trim_end_matches('/')),
+        key,
+        s3.ca.as_deref().map(str::as_bytes),
+    )?;
     Ok(if s3.acl.is_empty() { store } else { store.with_acl(&s3.acl) })
 }
 

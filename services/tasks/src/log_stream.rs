@@ -25,8 +25,7 @@ pub const VIEWER: &[u8] = include_bytes!("log.html");
 /// The names of the log's own objects: an attachment may not take them.
 pub fn is_reserved(name: &str) -> bool {
     let range = |rest: &str| rest.split_once('-').is_some_and(|(a, b)| is_number(a) && is_number(b));
-    matches!(name, "log" | "log.html" | "log.chunks" | "index.html")
-        || name.strip_prefix("log.").is_some_and(range)
+    matches!(name, "log" | "log.html" | "log.chunks" | "index.html") || name.strip_prefix("log.").is_some_and(range)
 }
 
 fn is_number(text: &str) -> bool {
@@ -108,9 +107,21 @@ impl<S: Sink> LogStream<S> {
         Ok(stream)
     }
 
-    /// Appends output; uploads when enough is buffered or has waited long enough.
+    /// Appends the job's output, up to the log's limit; uploads when enough is buffered or has
+    /// waited long enough.
     pub async fn write(&mut self, data: &[u8]) {
         self.append(data);
+        self.buffered().await
+    }
+
+    /// Appends a line of the worker's own (what it refused, how the job ended), whatever the
+    /// limit: a full log still says how its job ended.
+    pub async fn note(&mut self, text: &str) {
+        self.write_file(text.as_bytes());
+        self.buffered().await
+    }
+
+    async fn buffered(&mut self) {
         self.first_unflushed.get_or_insert_with(Instant::now);
         if self.len - self.flushed > FLUSH_BYTES {
             self.flush().await;
@@ -123,7 +134,8 @@ impl<S: Sink> LogStream<S> {
         let room = self.max.saturating_sub(self.len);
         let (kept, dropped) = data.split_at(data.len().min(usize::try_from(room).unwrap_or(usize::MAX)));
         if !dropped.is_empty() && self.dropped == 0 {
-            let note = format!("\n*** The log reached its limit of {} bytes: the rest of the output is not kept\n", self.max);
+            let note =
+                format!("\n*** The log reached its limit of {} bytes: the rest of the output is not kept\n", self.max);
             self.write_file(&[kept, note.as_bytes()].concat());
         } else {
             self.write_file(kept);
@@ -138,6 +150,7 @@ impl<S: Sink> LogStream<S> {
             Err(err) => {
                 // A full disk: nothing more is kept, as past the limit.
                 tracing::error!(%err, "cannot write the job's log file");
+                self.len = self.file.metadata().map_or(self.len, |meta| meta.len());
                 self.max = self.len;
             }
         }

@@ -91,7 +91,9 @@ impl Metrics {
         for (queue, count) in &inner.redelivered {
             let _ = writeln!(out, "tasks_messages_redelivered_total{{queue=\"{queue}\"}} {count}");
         }
-        out.push_str("# HELP tasks_messages_given_up_total Messages whose work was given up after too many tries, by queue.\n");
+        out.push_str(
+            "# HELP tasks_messages_given_up_total Messages whose work was given up after too many tries, by queue.\n",
+        );
         out.push_str("# TYPE tasks_messages_given_up_total counter\n");
         for (queue, count) in &inner.given_up {
             let _ = writeln!(out, "tasks_messages_given_up_total{{queue=\"{queue}\"}} {count}");

@@ -390,7 +390,11 @@ async fn handle_work(worker: &Worker, queue: &'static str, delivery: &Delivery) 
                         Ok(Done::Ack)
                     }
                     Ended::Transient(err) => {
-                        tracing::warn!(job = message.human, err, "GitHub or S3 is away; the job goes back to the queue");
+                        tracing::warn!(
+                            job = message.human,
+                            err,
+                            "GitHub or S3 is away; the job goes back to the queue"
+                        );
                         Ok(Done::Again(tries))
                     }
                     Ended::Failed(err) => anyhow::bail!("job {}: {err}", message.human),

@@ -102,7 +102,9 @@ pub struct Size(pub u64);
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Size, D::Error> {
         match Value::deserialize(deserializer)? {
-            Value::Number(n) => n.as_u64().map(Size).ok_or_else(|| serde::de::Error::custom(format!("{n} is not a size"))),
+            Value::Number(n) => {
+                n.as_u64().map(Size).ok_or_else(|| serde::de::Error::custom(format!("{n} is not a size")))
+            }
             Value::String(text) => crate::sandbox::size(&text)
                 .ok()
                 .and_then(|n| u64::try_from(n).ok())
@@ -407,9 +409,11 @@ mod tests {
                 attachments_size: Size(1 << 30),
             }
         );
-        let small = RunnerConfig::parse("[limits]\nlog-size = 1000\nattachment-size = \"2k\"", Format::Toml, |_| {
-            unreachable!()
-        })
+        let small = RunnerConfig::parse(
+            "[limits]\nlog-size = 1000\nattachment-size = \"2k\"",
+            Format::Toml,
+            |_| unreachable!(),
+        )
         .unwrap();
         assert_eq!((small.limits.log_size, small.limits.attachment_size), (Size(1000), Size(2048)));
         let bad = RunnerConfig::parse("[limits]\nlog-size = \"lots\"", Format::Toml, |_| unreachable!());
