@@ -232,7 +232,7 @@ mod tests {
         symlink(secrets.path().join("token"), root.join("token")).unwrap();
         symlink(secrets.path(), root.join("secrets")).unwrap();
         symlink(".", root.join("data/loop")).unwrap();
-        rustix::fs::mknodat(rustix::fs::CWD, &root.join("fifo"), FileType::Fifo, Mode::RUSR, 0).unwrap();
+        rustix::fs::mknodat(rustix::fs::CWD, root.join("fifo"), FileType::Fifo, Mode::RUSR, 0).unwrap();
         let (summary, uploaded) = upload_from(root, &LIMITS).await;
         assert_eq!(uploaded, [("bogus.log".to_owned(), 10), ("data/subdir-file.txt".to_owned(), 11)]);
         assert_eq!(
