@@ -1,7 +1,10 @@
 //! The in-process S3 store of the local deployment: s3s over the run directory, on 127.0.0.1,
-//! HTTPS with the generated S3 certificate (or plain HTTP for tests). Writes and listings need
-//! a valid Signature V4 of the key in the secrets; anonymous GET and HEAD are allowed on the
-//! public `logs` bucket, and on any object uploaded `public-read`, as on Cockpit's stores.
+//! HTTPS with the generated S3 certificate (or plain HTTP for tests). Writes need a valid
+//! Signature V4 of the key in the secrets; as on Cockpit's test store, both buckets are
+//! anonymous-download (objects read and buckets listed without a key), except objects uploaded
+//! with a restrictive ACL (`authenticated-read`, `private`). Object keys are checked before any
+//! decision: a key with an empty, `.` or `..` segment (in any encoding) is refused, so that a
+//! key names one object only, and its ACL.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -18,9 +21,8 @@ use tokio::sync::watch;
 
 use crate::secrets::{S3_HOST, Secrets};
 
-/// The buckets Cockpit's deployment has: job logs (public) and VM images (private).
+/// The buckets Cockpit's deployment has: job logs and VM images.
 pub const BUCKETS: [&str; 2] = ["logs", "images"];
-const PUBLIC_BUCKETS: [&str; 1] = ["logs"];
 
 /// A running store. Dropping it stops the server and closes its connections.
 pub struct S3Server {
@@ -135,11 +137,11 @@ fn tls_acceptor(secrets: &Secrets) -> Result<tokio_rustls::TlsAcceptor, S3Server
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Who may do what: signed requests anything; anonymous ones only read objects that are public
-/// by their bucket (unless uploaded with a restrictive ACL) or by their own `public-read` ACL.
+/// Who may do what: signed requests anything; anonymous ones read objects and list buckets,
+/// unless an object was uploaded with a restrictive ACL.
 #[derive(Default)]
 struct Policy {
-    /// `x-amz-acl` of each object as uploaded.
+    /// `x-amz-acl` of each object as uploaded, by bucket and key.
     acls: Mutex<HashMap<(String, String), String>>,
 }
 
@@ -147,38 +149,50 @@ impl Policy {
     fn anonymous_read(&self, bucket: &str, key: &str) -> bool {
         let acls = self.acls.lock().expect("ACL lock");
         match acls.get(&(bucket.to_owned(), key.to_owned())).map(String::as_str) {
-            Some("public-read") | Some("public-read-write") => true,
+            None | Some("public-read") | Some("public-read-write") => true,
             Some(_) => false,
-            None => PUBLIC_BUCKETS.contains(&bucket),
         }
     }
+}
+
+/// Whether `key` names an object one way only: no empty, `.` or `..` segment (s3s hands over
+/// keys percent-decoded, so `%2E%2E` is `..` here). s3s-fs would resolve such a key to a file
+/// of another name, or of another bucket, than the one access was decided for.
+pub fn is_plain_key(key: &str) -> bool {
+    key.split('/').all(|segment| !matches!(segment, "" | "." | ".."))
 }
 
 #[async_trait::async_trait]
 impl S3Access for Policy {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
         let operation = cx.s3_op().name();
-        let S3Path::Object { bucket, key } = cx.s3_path() else {
-            return match cx.credentials() {
-                Some(_) => Ok(()),
-                None => Err(s3_error!(AccessDenied, "anonymous access is limited to reading public objects")),
-            };
-        };
-        let object = (bucket.to_string(), key.to_string());
-        if cx.credentials().is_some() {
-            if operation == "PutObject" {
-                let acl = cx.headers().get("x-amz-acl").and_then(|value| value.to_str().ok()).map(str::to_owned);
-                let mut acls = self.acls.lock().expect("ACL lock");
-                match acl {
-                    Some(acl) => acls.insert(object, acl),
-                    None => acls.remove(&object),
-                };
+        let denied = || Err(s3_error!(AccessDenied, "without a key, objects can only be read and buckets listed"));
+        match cx.s3_path() {
+            S3Path::Object { key, .. } if !is_plain_key(key) => {
+                Err(s3_error!(InvalidArgument, "an object key may not have empty, \".\" or \"..\" segments"))
             }
-            return Ok(());
-        }
-        match operation {
-            "GetObject" | "HeadObject" if self.anonymous_read(&object.0, &object.1) => Ok(()),
-            _ => Err(s3_error!(AccessDenied, "anonymous access is limited to reading public objects")),
+            S3Path::Object { bucket, key } => {
+                let object = (bucket.to_string(), key.to_string());
+                if cx.credentials().is_some() {
+                    let mut acls = self.acls.lock().expect("ACL lock");
+                    match operation {
+                        "PutObject" => match cx.headers().get("x-amz-acl").and_then(|value| value.to_str().ok()) {
+                            Some(acl) => acls.insert(object, acl.to_owned()),
+                            None => acls.remove(&object),
+                        },
+                        "DeleteObject" => acls.remove(&object),
+                        _ => None,
+                    };
+                    return Ok(());
+                }
+                match operation {
+                    "GetObject" | "HeadObject" if self.anonymous_read(&object.0, &object.1) => Ok(()),
+                    _ => denied(),
+                }
+            }
+            _ if cx.credentials().is_some() => Ok(()),
+            S3Path::Bucket { .. } if matches!(operation, "ListObjects" | "ListObjectsV2" | "HeadBucket") => Ok(()),
+            _ => denied(),
         }
     }
 }

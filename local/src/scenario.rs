@@ -195,9 +195,9 @@ pub async fn amqp_refusals(
     Ok(None)
 }
 
-/// `s3`: a public log is listed and downloadable without credentials; an image named as
-/// Cockpit names them (`name-<sha256>.qcow2`, cockpit-protocol.md 7.5) is private, downloads
-/// intact with the key, and is pruned.
+/// `s3`: as on Cockpit's test store, a log and an image named as Cockpit names them
+/// (`name-<sha256>.qcow2`, cockpit-protocol.md 7.5) are listed and downloaded intact without
+/// credentials, a log uploaded `authenticated-read` is not, and the image is pruned.
 async fn s3(deployment: &Deployment) -> Result<Option<String>, ScenarioError> {
     let url = deployment.s3.url();
     let ca = std::fs::read(deployment.secrets.ca_cert()).map_err(|e| ScenarioError::Assertion(e.to_string()))?;
@@ -210,16 +210,21 @@ async fn s3(deployment: &Deployment) -> Result<Option<String>, ScenarioError> {
     let anonymous = s3::Store::new(&format!("{url}logs/scenario/"), None, Some(&ca))?;
     let got = anonymous.get("log").await?;
     check(got.as_deref() == Some(b"scenario log\n"), || format!("anonymous download of the log gave {got:?}"))?;
+    logs.clone().with_acl("authenticated-read").put("private", b"private\n".to_vec(), "text/plain").await?;
+    let refused = anonymous.get("private").await;
+    check(matches!(refused, Err(s3::Error::Status { status: 403, .. })), || {
+        format!("an anonymous download of an authenticated-read object was not refused: {refused:?}")
+    })?;
+    logs.delete("private").await?;
 
     let image: Vec<u8> = (0..1_000_000u32).map(|n| (n % 251) as u8).collect();
     let name = format!("scenario-{}.qcow2", hex(&Sha256::digest(&image)));
     let images = s3::Store::new(&format!("{url}images/"), Some(key), Some(&ca))?;
     images.put(&name, image.clone(), "application/octet-stream").await?;
-    let refused = s3::Store::new(&format!("{url}images/"), None, Some(&ca))?.get(&name).await;
-    check(matches!(refused, Err(s3::Error::Status { status: 403, .. })), || {
-        format!("an anonymous image download was not refused: {refused:?}")
-    })?;
-    let downloaded = images.get(&name).await?.unwrap_or_default();
+    let anonymous_images = s3::Store::new(&format!("{url}images/"), None, Some(&ca))?;
+    let listed = anonymous_images.list().await?;
+    check(listed.iter().any(|o| o.name == name), || format!("{name} is not listed anonymously: {listed:?}"))?;
+    let downloaded = anonymous_images.get(&name).await?.unwrap_or_default();
     let expected = name.trim_start_matches("scenario-").trim_end_matches(".qcow2");
     check(hex(&Sha256::digest(&downloaded)) == expected, || format!("{name} downloaded with another checksum"))?;
     images.delete(&name).await?;
