@@ -316,8 +316,7 @@ impl Rig {
         let address =
             listener.local_addr().map_err(|source| ChaosError::Io { what: "read the address".into(), source })?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let config =
-            webhook::Config { amqp: amqp.clone(), secret: secret.clone(), read_timeout: webhook::READ_TIMEOUT };
+        let config = webhook::Config::new(amqp.clone(), secret.clone());
         let server = tokio::spawn(webhook::serve(listener, config, async {
             let _ = stopped.await;
         }));

@@ -62,7 +62,12 @@ async fn anonymous_clients_read_and_list_what_is_not_restricted() {
     logs.put("public/log", b"log".to_vec(), "text/plain").await.unwrap();
     logs.clone().with_acl("authenticated-read").put("private/log", b"log".to_vec(), "text/plain").await.unwrap();
     images.put("testimage-0123.qcow2", b"world".to_vec(), "application/octet-stream").await.unwrap();
-    images.clone().with_acl("private").put("rhel-0123.qcow2", b"rhel".to_vec(), "application/octet-stream").await.unwrap();
+    images
+        .clone()
+        .with_acl("private")
+        .put("rhel-0123.qcow2", b"rhel".to_vec(), "application/octet-stream")
+        .await
+        .unwrap();
 
     let (anonymous_logs, anonymous_images) = (fixture.store("logs", None), fixture.store("images", None));
     assert_eq!(anonymous_logs.get("public/log").await.unwrap().as_deref(), Some(&b"log"[..]));
@@ -98,7 +103,12 @@ async fn raw_get(fixture: &Fixture, target: &str) -> u16 {
 async fn keys_that_name_another_object_are_refused() {
     let fixture = start(false).await;
     let (logs, images) = (fixture.store("logs", Some(fixture.key())), fixture.store("images", Some(fixture.key())));
-    images.clone().with_acl("private").put("rhel-0123.qcow2", b"rhel".to_vec(), "application/octet-stream").await.unwrap();
+    images
+        .clone()
+        .with_acl("private")
+        .put("rhel-0123.qcow2", b"rhel".to_vec(), "application/octet-stream")
+        .await
+        .unwrap();
     logs.clone().with_acl("authenticated-read").put("x/private", b"log".to_vec(), "text/plain").await.unwrap();
     logs.put("x/public", b"log".to_vec(), "text/plain").await.unwrap();
     assert_eq!(raw_get(&fixture, "/images/rhel-0123.qcow2").await, 403);

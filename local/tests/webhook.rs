@@ -12,6 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
+/// The fixture's header timeout: short, for the slow-header tests.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(1);
+
 struct Fixture {
     broker: Broker,
     secret: Vec<u8>,
@@ -28,9 +31,9 @@ async fn start() -> Fixture {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let webhook = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel();
-    // Short, so that the slow client of the hostile deliveries is refused quickly.
-    let read_timeout = Duration::from_secs(1);
-    let config = webhook::Config { amqp: broker.client_config(), secret: secret.clone(), read_timeout };
+    // Short, so that the slow clients of the hostile deliveries are refused quickly.
+    let (read_timeout, header_timeout) = (Duration::from_secs(1), HEADER_TIMEOUT);
+    let config = webhook::Config { amqp: broker.client_config(), secret: secret.clone(), read_timeout, header_timeout };
     tokio::spawn(webhook::serve(listener, config, async {
         let _ = stopped.await;
     }));
@@ -231,13 +234,109 @@ async fn hostile_deliveries_are_refused_and_queue_nothing() {
     }
     assert!(fixture.drain().await.is_empty(), "no hostile delivery is queued");
 
-    // A delivery replayed with its id (GitHub's "Redeliver", or a captured one) is queued once.
-    let replayed = signed(&body, &format!("{json}X-GitHub-Delivery: 0b989ba4-242f-11e5-81e1-c7b6a3b5e5a1\r\n"));
-    for _ in 0..3 {
-        let (status, _, text) = request(fixture.webhook, &replayed, &body).await;
+    // A delivery replayed (GitHub's "Redeliver", or a captured one) is queued once, whatever its
+    // delivery id: the same, another, or none. An id longer than a GUID is not GitHub's.
+    let id = |id: &str| format!("{json}X-GitHub-Delivery: {id}\r\n");
+    for extra in [
+        id("0b989ba4-242f-11e5-81e1-c7b6a3b5e5a1"),
+        id("0b989ba4-242f-11e5-81e1-c7b6a3b5e5a1"),
+        id("ffffffff-242f-11e5-81e1-c7b6a3b5e5a1"),
+        json.to_owned(),
+    ] {
+        let (status, _, text) = request(fixture.webhook, &signed(&body, &extra), &body).await;
         assert_eq!(status, 200, "{text}");
     }
+    let (status, _, text) = request(fixture.webhook, &signed(&body, &id(&"x".repeat(200))), &body).await;
+    assert_eq!((status, text.as_str()), (400, "X-GitHub-Delivery longer than 100 bytes\n"));
+    let (status, _, _) = request(fixture.webhook, &signed(&body, &id(&"x".repeat(1 << 20))), &body).await;
+    assert!((400..500).contains(&status), "a 1 MB delivery id is refused: {status}");
     assert_eq!(fixture.drain().await, [queued("pull_request", &body)]);
+}
+
+/// Whether the server closed `stream` (it reads end of file) within `within`.
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut buffer = [0u8; 1024];
+    matches!(tokio::time::timeout(within, stream.read(&mut buffer)).await, Ok(Ok(0) | Err(_)))
+}
+
+/// Clients that send their headers slowly, or open a connection and send nothing, are cut off
+/// after the header timeout; a connection serves one request; the connections anyone may hold
+/// are bounded, and the webhook answers again once the idle ones are cut.
+#[tokio::test]
+async fn slow_headers_idle_connections_and_too_many_connections_are_cut_off() {
+    let fixture = start().await;
+    let mut slow = TcpStream::connect(fixture.webhook).await.unwrap();
+    slow.write_all(b"POST / HTTP/1.1\r\nHost: webhook\r\nContent-Type: appl").await.unwrap();
+    assert!(closed_within(&mut slow, HEADER_TIMEOUT * 3).await, "a slow header is cut off");
+
+    let mut idle = TcpStream::connect(fixture.webhook).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: webhook\r\n\r\n").await.unwrap();
+    let mut answer = [0u8; 12];
+    idle.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(1), idle.read_to_end(&mut rest))
+        .await
+        .expect("closed after one request")
+        .unwrap();
+    let mut silent = TcpStream::connect(fixture.webhook).await.unwrap();
+    assert!(closed_within(&mut silent, HEADER_TIMEOUT * 3).await, "a connection without a request is cut off");
+
+    let mut held = Vec::new();
+    for _ in 0..webhook::MAX_CONNECTIONS + 20 {
+        held.push(TcpStream::connect(fixture.webhook).await.unwrap());
+    }
+    let mut refused = 0;
+    for stream in &mut held[webhook::MAX_CONNECTIONS..] {
+        refused += usize::from(closed_within(stream, Duration::from_millis(200)).await);
+    }
+    assert_eq!(refused, 20, "connections past the bound are closed at once");
+    tokio::time::sleep(HEADER_TIMEOUT * 2).await;
+    let body = fixture_payload("pull_request-opened.json");
+    assert_eq!(fixture.deliver("pull_request", &body).await.0, 200, "the held connections were cut");
+    drop(held);
+}
+
+/// A flood of large unsigned bodies, more than the webhook holds at once: each gets its share
+/// or 503, while GitHub's signed deliveries, small, go on being stored.
+#[tokio::test]
+async fn large_unsigned_bodies_cannot_keep_signed_deliveries_out() {
+    let fixture = start().await;
+    let large = vec![b' '; 20 << 20];
+    let head = format!(
+        "POST / HTTP/1.1\r\nContent-Type: application/json\r\nX-GitHub-Event: pull_request\r\nX-Hub-Signature-256: sha256={}\r\nContent-Length: {}\r\n",
+        "0".repeat(64),
+        large.len()
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..24 {
+        let (address, head, large, stop) = (fixture.webhook, head.clone(), large.clone(), stop.clone());
+        flood.spawn(async move {
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                statuses.push(request(address, &head, &large).await.0);
+            }
+            statuses
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut expected = Vec::new();
+    for n in 0..20 {
+        let body = format!(
+            r#"{{"action":"opened","number":{n},"repository":{{"full_name":"workbench-ci/demo"}},"pull_request":{{}}}}"#
+        );
+        let (status, _, text) = fixture.deliver("pull_request", body.as_bytes()).await;
+        assert_eq!(status, 200, "signed delivery {n} during the flood: {text}");
+        expected.push(queued("pull_request", body.as_bytes()));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses: Vec<u16> = flood.join_all().await.into_iter().flatten().collect();
+    // 408: read slower than the read timeout, on two busy cores.
+    assert!(statuses.iter().all(|status| [403, 408, 503].contains(status)), "{statuses:?}");
+    assert!(statuses.contains(&503), "the shared bytes ran out: {statuses:?}");
+    assert!(statuses.contains(&403), "the bodies that fit were read and judged: {statuses:?}");
+    assert_eq!(fixture.drain().await, expected);
 }
 
 #[tokio::test]
@@ -248,7 +347,8 @@ async fn answers_503_while_the_broker_is_away_and_recovers_without_restart() {
 
     fixture.broker.stop();
     let asked = Instant::now();
-    let (status, headers, text) = fixture.deliver("pull_request", &body).await;
+    let next = fixture_payload("pull_request-synchronize.json");
+    let (status, headers, text) = fixture.deliver("pull_request", &next).await;
     assert_eq!(status, 503, "{text}");
     assert!(headers.to_lowercase().contains("retry-after: 5"), "{headers}");
     assert!(asked.elapsed() < Duration::from_secs(10), "answered in {:?}", asked.elapsed());
@@ -256,9 +356,10 @@ async fn answers_503_while_the_broker_is_away_and_recovers_without_restart() {
 
     fixture.broker.restart().await.unwrap();
     fixture.wait_healthy().await;
-    assert_eq!(fixture.deliver("pull_request", &body).await.0, 200);
+    // GitHub's retry of the delivery refused during the outage is stored.
+    assert_eq!(fixture.deliver("pull_request", &next).await.0, 200);
     let (status, _, inspect) = request(fixture.webhook, "GET /inspect-queue HTTP/1.1\r\n", b"").await;
     assert_eq!((status, inspect.lines().next()), (200, Some("webhook queue: 2 messages")), "{inspect}");
     // The delivery accepted before the outage survived the restart, and the new one follows it.
-    assert_eq!(fixture.drain().await, vec![queued("pull_request", &body); 2]);
+    assert_eq!(fixture.drain().await, [queued("pull_request", &body), queued("pull_request", &next)]);
 }

@@ -155,19 +155,37 @@ impl Session {
         Ok(Consumer { queue: queue.to_owned(), inner })
     }
 
-    /// How many messages `queue` holds, or `None` when it does not exist. Uses a channel of its
-    /// own, since the broker closes the channel of a failed passive declare.
-    pub async fn depth(&self, queue: &str) -> Result<Option<u32>, Error> {
-        let failed = |source| Error::Queue { operation: "inspect", queue: queue.to_owned(), source };
-        let channel = self.connection.create_channel().await.map_err(failed)?;
-        let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
-        let result = channel.queue_declare(queue.into(), options, Default::default()).await;
-        let _ = channel.close(200, "inspected".into()).await;
-        match result {
-            Ok(declared) => Ok(Some(declared.message_count())),
-            Err(source) if reply_code(&source) == Some(404) => Ok(None),
-            Err(source) => Err(failed(source)),
+    /// How many messages each of `queues` holds, `None` for one that does not exist. Uses a
+    /// channel of its own (the broker closes the channel of a failed passive declare), opened
+    /// again only after a queue that does not exist.
+    pub async fn depths(&self, queues: &[&str]) -> Result<Vec<Option<u32>>, Error> {
+        let mut depths = Vec::new();
+        let mut channel = None;
+        for queue in queues {
+            let failed = |source| Error::Queue { operation: "inspect", queue: queue.to_string(), source };
+            let open = match channel.take() {
+                Some(open) => open,
+                None => self.connection.create_channel().await.map_err(failed)?,
+            };
+            let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+            match open.queue_declare((*queue).into(), options, Default::default()).await {
+                Ok(declared) => {
+                    depths.push(Some(declared.message_count()));
+                    channel = Some(open);
+                }
+                Err(source) if reply_code(&source) == Some(404) => depths.push(None),
+                Err(source) => return Err(failed(source)),
+            }
         }
+        if let Some(open) = channel {
+            let _ = open.close(200, "inspected".into()).await;
+        }
+        Ok(depths)
+    }
+
+    /// How many messages `queue` holds, or `None` when it does not exist.
+    pub async fn depth(&self, queue: &str) -> Result<Option<u32>, Error> {
+        Ok(self.depths(&[queue]).await?.pop().flatten())
     }
 
     /// Deletes every message in `queue`; returns how many there were.

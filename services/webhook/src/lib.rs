@@ -7,17 +7,19 @@ mod metrics;
 mod publisher;
 mod recent;
 mod routes;
+mod server;
 mod signature;
 
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
-
 pub use event::Decision;
 pub use publisher::PublishError;
-pub use routes::{MAX_BODY, READ_TIMEOUT, Received, Refusal, judge};
+pub use routes::{
+    MAX_BODY, MAX_DELIVERY_ID, OWN_BODY_BYTES, READ_TIMEOUT, Received, Refusal, SHARED_BODY_BYTES, judge,
+};
+pub use server::{HEADER_TIMEOUT, MAX_CONNECTIONS};
 pub use signature::{SignatureError, sign_sha256, verify};
 
 /// What the webhook needs to run.
@@ -27,6 +29,15 @@ pub struct Config {
     pub secret: Vec<u8>,
     /// How long a client may take to send a delivery's body ([`READ_TIMEOUT`]).
     pub read_timeout: std::time::Duration,
+    /// How long a client may take to send a request's headers ([`HEADER_TIMEOUT`]).
+    pub header_timeout: std::time::Duration,
+}
+
+impl Config {
+    /// GitHub's timings: [`READ_TIMEOUT`] and [`HEADER_TIMEOUT`].
+    pub fn new(amqp: amqp::Config, secret: Vec<u8>) -> Config {
+        Config { amqp, secret, read_timeout: READ_TIMEOUT, header_timeout: HEADER_TIMEOUT }
+    }
 }
 
 /// Reads a webhook secret file as Cockpit does: its content, surrounding whitespace stripped.
@@ -47,10 +58,7 @@ pub async fn serve(
         metrics: Arc::default(),
         recent: Arc::default(),
         read_timeout: config.read_timeout,
+        body_bytes: Arc::new(tokio::sync::Semaphore::new(SHARED_BODY_BYTES)),
     };
-    // Answers are small and latency matters: do not let Nagle hold them back.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, routes::router(state)).with_graceful_shutdown(shutdown).await
+    server::serve(listener, routes::router(state), config.header_timeout, shutdown).await
 }

@@ -55,8 +55,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}: is another webhook running? pass --listen", args.listen))?;
     tracing::info!(listen = %args.listen, amqp = %address, "webhook ready");
-    let config =
-        webhook::Config { amqp: amqp::Config::new(address, &secrets_dir), secret, read_timeout: webhook::READ_TIMEOUT };
+    let config = webhook::Config::new(amqp::Config::new(address, &secrets_dir), secret);
     webhook::serve(listener, config, shutdown_signal()).await.context("serving HTTP")?;
     tracing::info!("stopped");
     Ok(())

@@ -2,7 +2,7 @@
 //! open connections: they publish on the current session, or are told the broker is away.
 
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use amqp::{Session, WEBHOOK};
 use tokio::sync::Notify;
@@ -10,6 +10,11 @@ use tokio::task::JoinHandle;
 
 /// How long a publish may wait for the broker's confirm before the delivery is refused.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the queue depths asked of the broker are shown before it is asked again.
+pub const DEPTHS_FOR: Duration = Duration::from_secs(2);
+
+/// The Cockpit queues' depths (`None` for one that does not exist), in run-queue's order.
+pub type Depths = Vec<(&'static str, Option<u32>)>;
 
 type Slot = Arc<RwLock<Option<Arc<Session>>>>;
 
@@ -18,6 +23,8 @@ pub struct Publisher {
     session: Slot,
     broken: Arc<Notify>,
     keeper: JoinHandle<()>,
+    /// The last depths read, and when: one reader at a time, the others wait for its answer.
+    depths: tokio::sync::Mutex<Option<(Instant, Depths)>>,
 }
 
 /// Why a delivery could not be stored.
@@ -37,7 +44,7 @@ impl Publisher {
         let session = Slot::default();
         let broken = Arc::new(Notify::new());
         let keeper = tokio::spawn(keep_connected(config, session.clone(), broken.clone()));
-        Publisher { session, broken, keeper }
+        Publisher { session, broken, keeper, depths: tokio::sync::Mutex::default() }
     }
 
     pub fn is_connected(&self) -> bool {
@@ -57,13 +64,19 @@ impl Publisher {
         result
     }
 
-    /// Depths of the Cockpit queues (`None` for one that does not exist), in run-queue's order.
-    pub async fn queue_depths(&self) -> Result<Vec<(&'static str, Option<u32>)>, PublishError> {
-        let session = self.current().ok_or(PublishError::Disconnected)?;
-        let mut depths = Vec::new();
-        for queue in amqp::ALL_QUEUES {
-            depths.push((queue.name, session.depth(queue.name).await?));
+    /// Depths of the Cockpit queues, read from the broker at most every [`DEPTHS_FOR`]
+    /// whoever asks how often.
+    pub async fn queue_depths(&self) -> Result<Depths, PublishError> {
+        let mut cached = self.depths.lock().await;
+        if let Some((read, depths)) = &*cached
+            && read.elapsed() < DEPTHS_FOR
+        {
+            return Ok(depths.clone());
         }
+        let session = self.current().ok_or(PublishError::Disconnected)?;
+        let names = amqp::ALL_QUEUES.map(|queue| queue.name);
+        let depths: Depths = names.into_iter().zip(session.depths(&names).await?).collect();
+        *cached = Some((Instant::now(), depths.clone()));
         Ok(depths)
     }
 

@@ -4,6 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use http_body_util::BodyExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -13,7 +16,7 @@ use axum::routing::{get, post};
 use crate::event::{Decision, Payload, decide};
 use crate::metrics::Metrics;
 use crate::publisher::{PublishError, Publisher};
-use crate::recent::Recent;
+use crate::recent::{self, Recent};
 use crate::signature::{self, SignatureError};
 
 /// GitHub caps deliveries at 25 MiB; a larger body is refused before it is read.
@@ -21,6 +24,16 @@ pub const MAX_BODY: usize = 25 * 1024 * 1024;
 /// GitHub gives up on a delivery after 10 s: a client slower than that to send its body is not
 /// GitHub, and only holds a connection.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first bytes of every request's body may be held at once, however many requests come:
+/// GitHub's deliveries of the events CI acts on are smaller, so they are always read...
+pub const OWN_BODY_BYTES: usize = 256 * 1024;
+/// ...while all the bytes beyond that, of the requests being read at once, share this much.
+/// Bodies are held before their signature can be checked, so anyone can send them: with
+/// [`crate::server::MAX_CONNECTIONS`], this bounds what strangers make the webhook hold (128 MiB),
+/// and a flood of large bodies is answered 503 without keeping GitHub's small deliveries out.
+pub const SHARED_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// GitHub's delivery ids are GUIDs (36 characters); a longer one is not GitHub's.
+pub const MAX_DELIVERY_ID: usize = 100;
 /// The headers a delivery is judged by: GitHub sends each once, and two would be ambiguous.
 const SINGLE_HEADERS: [&str; 5] =
     ["x-hub-signature-256", "x-hub-signature", "x-github-event", "x-github-delivery", "content-type"];
@@ -33,6 +46,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub recent: Arc<Recent>,
     pub read_timeout: Duration,
+    /// Bytes beyond [`OWN_BODY_BYTES`] of the bodies being read ([`SHARED_BODY_BYTES`]).
+    pub body_bytes: Arc<Semaphore>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -48,7 +63,7 @@ pub fn router(state: AppState) -> Router {
 /// A delivery that was handled.
 enum Accepted {
     Published,
-    /// Stored before, under the same delivery id.
+    /// Stored before: the same body, under whatever delivery id.
     Replayed,
     Ping,
     Ignored(String),
@@ -67,6 +82,10 @@ pub enum Refusal {
     Slow(Duration),
     #[error("more than one {0} header")]
     Repeated(&'static str),
+    #[error("X-GitHub-Delivery longer than {MAX_DELIVERY_ID} bytes")]
+    DeliveryId,
+    #[error("too many large bodies being received; try again later")]
+    Busy,
     #[error("content type is not application/json")]
     NotJsonType,
     #[error("missing X-GitHub-Event header")]
@@ -90,11 +109,12 @@ impl Refusal {
             | Refusal::NotJson(_)
             | Refusal::NotUtf8
             | Refusal::NoRepository
+            | Refusal::DeliveryId
             | Refusal::Repeated(_) => StatusCode::BAD_REQUEST,
             Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::Slow(_) => StatusCode::REQUEST_TIMEOUT,
             Refusal::NotJsonType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Unavailable(_) | Refusal::Busy => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -109,8 +129,10 @@ impl Refusal {
             | Refusal::TooLarge
             | Refusal::Slow(_)
             | Refusal::Repeated(_)
+            | Refusal::DeliveryId
             | Refusal::NotJsonType => "bad_request",
             Refusal::Unavailable(_) => "unavailable",
+            Refusal::Busy => "busy",
         }
     }
 }
@@ -156,15 +178,17 @@ async fn deliver(State(state): State<AppState>, request: Request) -> Result<Acce
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
     let event = header(headers, "x-github-event");
-    let id = header(headers, "x-github-delivery").unwrap_or("-");
-    let result = match read_body(headers, body, state.read_timeout).await {
-        Ok(body) => accept(&state, headers, event, &body).await,
+    let id = header(headers, "x-github-delivery").filter(|id| id.len() <= MAX_DELIVERY_ID).unwrap_or("-");
+    let result = match read_body(headers, body, state.read_timeout, &state.body_bytes).await {
+        // The shared bytes stay held until the delivery is handled.
+        Ok((body, _held)) => accept(&state, headers, event, &body).await,
         Err(refusal) => Err(refusal),
     };
     let outcome = result.as_ref().map_or_else(Refusal::outcome, Accepted::outcome);
     state.metrics.delivery(event.unwrap_or(""), outcome);
     match &result {
         Ok(_) => tracing::info!(delivery = id, event, outcome, "delivery handled"),
+        Err(Refusal::Busy) => tracing::warn!(delivery = id, event, "delivery refused: too many large bodies at once"),
         Err(Refusal::Unavailable(err)) => tracing::warn!(delivery = id, event, %err, "delivery not stored"),
         Err(refusal) => tracing::info!(delivery = id, event, reason = %refusal, "delivery refused"),
     }
@@ -172,14 +196,20 @@ async fn deliver(State(state): State<AppState>, request: Request) -> Result<Acce
 }
 
 /// The whole body of a delivery with GitHub's headers, each once, read within `within`;
-/// refusing one announced or found to exceed GitHub's limit without reading it.
+/// refusing one announced or found to exceed GitHub's limit without reading it, and one that
+/// would take more of the `shared` bytes than are free. Returns the body and the shared bytes
+/// it holds.
 async fn read_body(
     headers: &HeaderMap,
     body: axum::body::Body,
     within: Duration,
-) -> Result<axum::body::Bytes, Refusal> {
+    shared: &Arc<Semaphore>,
+) -> Result<(Vec<u8>, Option<OwnedSemaphorePermit>), Refusal> {
     if let Some(name) = SINGLE_HEADERS.into_iter().find(|name| headers.get_all(*name).iter().count() > 1) {
         return Err(Refusal::Repeated(name));
+    }
+    if headers.get("x-github-delivery").is_some_and(|id| id.len() > MAX_DELIVERY_ID) {
+        return Err(Refusal::DeliveryId);
     }
     let media_type = header(headers, "content-type").map(|value| value.split(';').next().unwrap_or("").trim());
     if !media_type.is_some_and(|media_type| media_type.eq_ignore_ascii_case("application/json")) {
@@ -189,8 +219,33 @@ async fn read_body(
     if announced.is_some_and(|length| length > MAX_BODY as u64) {
         return Err(Refusal::TooLarge);
     }
-    match tokio::time::timeout(within, axum::body::to_bytes(body, MAX_BODY)).await {
-        Ok(read) => read.map_err(|_| Refusal::TooLarge),
+    let read = async {
+        let mut body = body;
+        let mut bytes = Vec::new();
+        let mut held: Option<OwnedSemaphorePermit> = None;
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.map_err(|_| Refusal::TooLarge)?.into_data() else { continue };
+            if bytes.len() + data.len() > MAX_BODY {
+                return Err(Refusal::TooLarge);
+            }
+            let beyond = (bytes.len() + data.len()).saturating_sub(OWN_BODY_BYTES);
+            let more = beyond - held.as_ref().map_or(0, |permit| permit.num_permits());
+            if more > 0 {
+                let permit = u32::try_from(more)
+                    .ok()
+                    .and_then(|more| shared.clone().try_acquire_many_owned(more).ok())
+                    .ok_or(Refusal::Busy)?;
+                match &mut held {
+                    Some(held) => held.merge(permit),
+                    None => held = Some(permit),
+                }
+            }
+            bytes.extend_from_slice(&data);
+        }
+        Ok((bytes, held))
+    };
+    match tokio::time::timeout(within, read).await {
+        Ok(read) => read,
         Err(_) => Err(Refusal::Slow(within)),
     }
 }
@@ -237,14 +292,14 @@ async fn accept(state: &AppState, headers: &HeaderMap, event: Option<&str>, body
         Decision::Ping => Ok(Accepted::Ping),
         Decision::Ignore(reason) => Ok(Accepted::Ignored(reason)),
         Decision::Publish => {
-            let id = header(headers, "x-github-delivery");
-            if id.is_some_and(|id| !state.recent.claim(id)) {
+            let fingerprint = recent::fingerprint(body);
+            if !state.recent.claim(fingerprint) {
                 return Ok(Accepted::Replayed);
             }
             let started = Instant::now();
             let message = amqp::WebhookMessage::encode(event, body);
             if let Err(err) = state.publisher.publish(&message).await {
-                id.inspect(|id| state.recent.release(id));
+                state.recent.release(fingerprint);
                 return Err(Refusal::Unavailable(err));
             }
             state.metrics.publish_latency(started.elapsed());
@@ -266,7 +321,8 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
 }
 
-/// Cockpit's `inspect-queue` summary: each queue and how many messages it holds.
+/// Cockpit's `inspect-queue` summary: each queue and how many messages it holds, as the
+/// broker said at most a few seconds ago (anyone may ask; the broker is asked at that pace).
 async fn inspect_queue(State(state): State<AppState>) -> Response {
     match state.publisher.queue_depths().await {
         Ok(depths) => depths
