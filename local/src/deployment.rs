@@ -294,11 +294,14 @@ impl Deployment {
             let dir = jobs_dir.join(pod::worker_name(n));
             std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
         }
+        let service_secrets = secrets.split(&config_dir.join("secrets"))?;
         let spec = pod::deployment(&pod::Inputs {
             name: &name,
             rabbitmq_image,
             tasks_image,
             secrets: &secrets,
+            service_secrets: &service_secrets,
+            kvm: Path::new("/dev/kvm").exists(),
             config_dir: &config_dir,
             jobs_dir: &jobs_dir,
             podman_socket: podman.socket(),

@@ -1,18 +1,35 @@
-//! Kubernetes manifests of the pod description (`crate::pod::PodSpec`), in two forms:
+//! Kubernetes manifests of the pod description (`crate::pod::PodSpec`), in two forms, built
+//! from the Kubernetes API's own types (k8s-openapi), so that a misspelled field does not
+//! compile:
 //!
 //! - [`Target::Podman`]: the pod as the podman runtime makes it, for `podman kube play` on this
 //!   machine (`run-local --via-kube`): mounts and `/dev/kvm` as host paths, ports on 127.0.0.1.
 //! - [`Target::Cluster`]: what `cargo xtask kube` writes for production, as Cockpit's
 //!   deployment has it: RabbitMQ and the webhook in one Deployment with the Services `amqp`
 //!   and `webhook`, the workers in another (scaled by replicas), the RabbitMQ configuration as
-//!   the ConfigMap `amqp-config`, the secrets as Secret templates.
+//!   the ConfigMap `amqp-config`, the secrets as Secret templates; hardened as far as each
+//!   container allows (no service-account token, non-root and read-only where the service
+//!   allows, no capabilities, resource bounds, probes), and every check of `checkov` that still
+//!   fails skipped in the object with its reason.
 //!
 //! Both come from the same containers (images, commands, environment, mounts, ports); only
 //! where mounts come from and how containers are grouped differ.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde_json::{Value, json};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, HostAlias, HostPathVolumeSource, KeyToPath, Namespace, ObjectFieldSelector, Pod,
+    PodSecurityContext, PodSpec as KubePodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Serialize;
 
 use crate::pod::{self, ContainerSpec, Mount, PodSpec};
 use crate::secrets::POD_HOSTNAME;
@@ -24,16 +41,39 @@ pub enum Target {
     Cluster,
 }
 
+/// One Kubernetes object of the stream.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Manifest {
+    Namespace(Namespace),
+    Pod(Pod),
+    Deployment(Deployment),
+    Service(Service),
+    ConfigMap(ConfigMap),
+    Secret(Secret),
+    NetworkPolicy(NetworkPolicy),
+}
+
 /// The label that ties Deployments, their pods and the Services together.
 const APP_LABEL: &str = "app";
+/// The namespace of the production objects.
+pub const NAMESPACE: &str = "workbench";
 
 /// Where the production pods find the node's podman and keep their work (host paths).
 const NODE_PODMAN_SOCKET: &str = "/run/podman/podman.sock";
 const NODE_JOBS_DIR: &str = "/var/lib/workbench/jobs";
 
-/// The deployment's pod as production runs it: the real GitHub, `workers` tasks replicas,
-/// the secrets and configuration from the cluster. Render it with [`Target::Cluster`].
-pub fn production(rabbitmq_image: &str, tasks_image: &str, workers: u16) -> PodSpec {
+/// The user RabbitMQ and the webhook run as on a cluster: none of the image's, high enough not
+/// to be any of the node's. The group owns the mounted secrets (mode 0440).
+const SERVICE_USER: i64 = 10001;
+const SECRETS_GROUP: i64 = 10001;
+/// Secrets and configuration are readable by their group (the pod's `fsGroup`) only.
+const SECRET_MODE: i32 = 0o440;
+
+/// The deployment's pod as production runs it: the real GitHub, `workers` tasks replicas with
+/// `/dev/kvm` from their node when `kvm` says so, the secrets and configuration from the
+/// cluster. Render it with [`Target::Cluster`].
+pub fn production(rabbitmq_image: &str, tasks_image: &str, workers: u16, kvm: bool) -> PodSpec {
     let inside = pod::secrets_inside();
     let ports = pod::HostPorts { amqp: 0, webhook: 0, metrics: vec![0; usize::from(workers)] };
     pod::deployment(&pod::Inputs {
@@ -41,6 +81,8 @@ pub fn production(rabbitmq_image: &str, tasks_image: &str, workers: u16) -> PodS
         rabbitmq_image,
         tasks_image,
         secrets: &inside,
+        service_secrets: Path::new("/run/secrets/services"),
+        kvm,
         config_dir: Path::new("/run/secrets"),
         jobs_dir: Path::new(NODE_JOBS_DIR),
         podman_socket: Path::new(NODE_PODMAN_SOCKET),
@@ -51,203 +93,436 @@ pub fn production(rabbitmq_image: &str, tasks_image: &str, workers: u16) -> PodS
 }
 
 /// The manifests of `spec` for `target`, as Kubernetes objects.
-pub fn manifests(spec: &PodSpec, target: Target) -> Vec<Value> {
+pub fn manifests(spec: &PodSpec, target: Target) -> Vec<Manifest> {
     match target {
-        Target::Podman => vec![podman_pod(spec)],
+        Target::Podman => vec![Manifest::Pod(podman_pod(spec))],
         Target::Cluster => cluster(spec),
     }
 }
 
 /// `manifests` as one YAML stream.
-pub fn to_yaml(manifests: &[Value]) -> String {
+pub fn to_yaml(manifests: &[Manifest]) -> String {
     manifests
         .iter()
-        .map(|manifest| serde_norway::to_string(manifest).expect("JSON values are YAML"))
+        .map(|manifest| serde_norway::to_string(manifest).expect("Kubernetes objects are YAML"))
         .collect::<Vec<_>>()
         .join("---\n")
 }
 
+fn labels(name: &str) -> BTreeMap<String, String> {
+    [(APP_LABEL.to_owned(), name.to_owned())].into()
+}
+
+fn strings(values: &[&str]) -> Vec<String> {
+    values.iter().map(|value| value.to_string()).collect()
+}
+
 /// The pod for this machine's podman: every container in it, mounts from this machine.
-fn podman_pod(spec: &PodSpec) -> Value {
+fn podman_pod(spec: &PodSpec) -> Pod {
     let mut volumes = Volumes::default();
-    let containers: Vec<Value> = spec
+    let containers = spec
         .containers
         .iter()
         .map(|container| {
-            let mut value = container_json(container, &mut volumes, Target::Podman);
-            let published: Vec<Value> = container
+            let ports = container
                 .ports
                 .iter()
                 .map(|&port| match spec.ports.iter().find(|p| p.container == port) {
-                    Some(p) => json!({"containerPort": port, "hostPort": p.host, "hostIP": "127.0.0.1"}),
-                    None => json!({"containerPort": port}),
+                    Some(p) => ContainerPort {
+                        container_port: port.into(),
+                        host_port: Some(p.host.into()),
+                        host_ip: Some("127.0.0.1".into()),
+                        ..Default::default()
+                    },
+                    None => ContainerPort { container_port: port.into(), ..Default::default() },
                 })
                 .collect();
-            value["ports"] = json!(published);
+            let mut value = container_of(container, &mut volumes, Target::Podman);
+            value.ports = Some(ports);
+            if container.user.as_deref() == Some("root") {
+                value.security_context = Some(SecurityContext { run_as_user: Some(0), ..Default::default() });
+            }
             value
         })
         .collect();
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": spec.name, "labels": {APP_LABEL: spec.name}},
-        "spec": {
-            "hostname": POD_HOSTNAME,
-            "hostAliases": [{"ip": pod::HOST_LOOPBACK, "hostnames": [pod::HOST_ALIAS]}],
+    Pod {
+        metadata: ObjectMeta { name: Some(spec.name.clone()), labels: Some(labels(&spec.name)), ..Default::default() },
+        spec: Some(KubePodSpec {
+            hostname: Some(POD_HOSTNAME.into()),
+            host_aliases: Some(vec![HostAlias {
+                ip: pod::HOST_LOOPBACK.into(),
+                hostnames: Some(vec![pod::HOST_ALIAS.into()]),
+            }]),
             // A container that ends during a run is a failure to report, not to hide.
-            "restartPolicy": "Never",
-            "containers": containers,
-            "volumes": volumes.json(),
-        },
-    })
+            restart_policy: Some("Never".into()),
+            containers,
+            volumes: Some(volumes.0),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
-/// The production objects: configuration, secrets, the webhook with its broker, the workers.
-fn cluster(spec: &PodSpec) -> Vec<Value> {
+/// The production objects: the namespace, configuration, secrets, the webhook with its broker,
+/// the workers.
+fn cluster(spec: &PodSpec) -> Vec<Manifest> {
     let (services, workers): (Vec<&ContainerSpec>, Vec<&ContainerSpec>) =
         spec.containers.iter().partition(|c| c.name == pod::RABBITMQ || c.name == "webhook");
-    let mut objects = vec![amqp_config()];
-    objects.extend(secret_templates());
-    objects.push(deployment("webhook", 1, &services));
-    objects.push(service("amqp", pod::AMQP_PORT, pod::AMQP_PORT));
-    objects.push(service("webhook", 80, pod::WEBHOOK_PORT));
+    let mut objects = vec![
+        Manifest::Namespace(Namespace {
+            metadata: ObjectMeta { name: Some(NAMESPACE.into()), ..Default::default() },
+            ..Default::default()
+        }),
+        Manifest::ConfigMap(amqp_config()),
+    ];
+    objects.extend(secret_templates().into_iter().map(Manifest::Secret));
+    objects.push(Manifest::Deployment(deployment("webhook", 1, &services, &[])));
+    objects.push(Manifest::Service(service("amqp", pod::AMQP_PORT, pod::AMQP_PORT)));
+    objects.push(Manifest::Service(service("webhook", 80, pod::WEBHOOK_PORT)));
+    // GitHub delivers from anywhere, and workers may run anywhere (they log in with their
+    // certificate): the webhook pods take connections on these two ports, and no other.
+    objects.push(Manifest::NetworkPolicy(ingress_only("webhook", &[pod::WEBHOOK_PORT, pod::AMQP_PORT])));
     if let Some(worker) = workers.first() {
-        // Each replica goes by its own pod's name, and finds the broker by its Service.
+        // Each replica goes by its own pod's name, works in a directory of its own on the
+        // node, and finds the broker by its Service.
         let mut worker = (*worker).clone();
         if let Some(at) = worker.command.iter().position(|arg| arg == "--hostname") {
             worker.command.drain(at..at + 2);
         }
+        if let Some(at) = worker.command.iter().position(|arg| arg == "--work-dir") {
+            worker.command[at + 1] = format!("{NODE_JOBS_DIR}/$(POD_NAME)");
+        }
+        for mount in &mut worker.mounts {
+            if mount.container.starts_with(NODE_JOBS_DIR) {
+                (mount.host, mount.container) = (NODE_JOBS_DIR.into(), NODE_JOBS_DIR.into());
+            }
+        }
         worker.name = "tasks".into();
         worker.env.push(("AMQP_SERVER".into(), format!("amqp:{}", pod::AMQP_PORT)));
-        objects.push(deployment("tasks", workers.len(), &[&worker]));
+        let mut skips = vec![
+            ("CKV_K8S_23", "the worker talks to the node's rootful podman socket, root's to use"),
+            ("CKV_K8S_40", "the worker runs as root, for the node's podman socket"),
+        ];
+        if !worker.devices.is_empty() {
+            skips.extend([
+                ("CKV_K8S_16", "/dev/kvm of the node is a device, which a host path gives only to a privileged container (without KVM: cargo xtask kube --no-kvm)"),
+                ("CKV_K8S_20", "privilege escalation cannot be refused to a privileged container (without KVM: --no-kvm)"),
+            ]);
+        }
+        let metrics: Vec<u16> = worker.ports.clone();
+        objects.push(Manifest::Deployment(deployment("tasks", workers.len(), &[&worker], &skips)));
+        // Workers take no connection but their metrics' scrapes.
+        objects.push(Manifest::NetworkPolicy(ingress_only("tasks", &metrics)));
     }
     objects
 }
 
-fn deployment(name: &str, replicas: usize, containers: &[&ContainerSpec]) -> Value {
+/// A policy letting the pods of Deployment `app` take connections on `ports` only (from
+/// anywhere); what they connect to is not restricted.
+fn ingress_only(app: &str, ports: &[u16]) -> NetworkPolicy {
+    NetworkPolicy {
+        metadata: ObjectMeta { name: Some(app.into()), namespace: Some(NAMESPACE.into()), ..Default::default() },
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector { match_labels: Some(labels(app)), ..Default::default() }),
+            policy_types: Some(strings(&["Ingress"])),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                ports: Some(
+                    ports
+                        .iter()
+                        .map(|&port| NetworkPolicyPort {
+                            port: Some(IntOrString::Int(port.into())),
+                            protocol: Some("TCP".into()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Checks of `checkov` every Deployment fails on purpose, with why.
+const IMAGE_SKIPS: [(&str, &str); 2] = [
+    (
+        "CKV_K8S_14",
+        "the image is the operator's to name (--tasks-image, --rabbitmq-image): pass a fixed tag or a digest",
+    ),
+    ("CKV_K8S_43", "the image is the operator's to name (--tasks-image, --rabbitmq-image): pass a digest"),
+];
+
+fn deployment(name: &str, replicas: usize, containers: &[&ContainerSpec], skips: &[(&str, &str)]) -> Deployment {
     let mut volumes = Volumes::default();
-    let containers: Vec<Value> = containers
+    let containers = containers
         .iter()
         .map(|container| {
-            let mut value = container_json(container, &mut volumes, Target::Cluster);
-            value["ports"] =
-                json!(container.ports.iter().map(|&port| json!({"containerPort": port})).collect::<Vec<_>>());
+            let mut value = container_of(container, &mut volumes, Target::Cluster);
+            value.ports = Some(
+                container
+                    .ports
+                    .iter()
+                    .map(|&port| ContainerPort { container_port: port.into(), ..Default::default() })
+                    .collect(),
+            );
+            harden(container, &mut value, &mut volumes);
             value
         })
         .collect();
-    json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "labels": {APP_LABEL: name}},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {APP_LABEL: name}},
-            "template": {
-                "metadata": {"labels": {APP_LABEL: name}},
-                "spec": {"containers": containers, "volumes": volumes.json()},
-            },
+    let annotations: BTreeMap<String, String> = IMAGE_SKIPS
+        .iter()
+        .chain(skips)
+        .enumerate()
+        .map(|(n, (check, why))| (format!("checkov.io/skip{}", n + 1), format!("{check}={why}")))
+        .collect();
+    Deployment {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(NAMESPACE.into()),
+            labels: Some(labels(name)),
+            annotations: Some(annotations),
+            ..Default::default()
         },
-    })
+        spec: Some(DeploymentSpec {
+            replicas: Some(i32::try_from(replicas).unwrap_or(i32::MAX)),
+            selector: LabelSelector { match_labels: Some(labels(name)), ..Default::default() },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels(name)), ..Default::default() }),
+                spec: Some(KubePodSpec {
+                    containers,
+                    volumes: Some(volumes.0),
+                    // The services never talk to the Kubernetes API.
+                    automount_service_account_token: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        fs_group: Some(SECRETS_GROUP),
+                        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
-fn service(name: &str, port: u16, target: u16) -> Value {
+/// What each container may do and use on a cluster, as far as its service allows.
+fn harden(spec: &ContainerSpec, container: &mut Container, volumes: &mut Volumes) {
+    let quantity = |text: &str| Quantity(text.to_owned());
+    let resources = |cpu: (&str, &str), memory: (&str, &str)| ResourceRequirements {
+        requests: Some([("cpu".into(), quantity(cpu.0)), ("memory".into(), quantity(memory.0))].into()),
+        limits: Some([("cpu".into(), quantity(cpu.1)), ("memory".into(), quantity(memory.1))].into()),
+        ..Default::default()
+    };
+    let http = |path: &str, port: u16| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(port.into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(10),
+        ..Default::default()
+    };
+    let tcp = |port: u16| Probe {
+        tcp_socket: Some(TCPSocketAction { port: IntOrString::Int(port.into()), ..Default::default() }),
+        initial_delay_seconds: Some(10),
+        period_seconds: Some(10),
+        ..Default::default()
+    };
+    let unprivileged = SecurityContext {
+        run_as_user: Some(SERVICE_USER),
+        run_as_non_root: Some(true),
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities { drop: Some(strings(&["ALL"])), ..Default::default() }),
+        ..Default::default()
+    };
+    let writable = |volumes: &mut Volumes, container: &mut Container, path: &str| {
+        let name = volumes.add_empty(path);
+        container.volume_mounts.get_or_insert_default().push(VolumeMount {
+            name,
+            mount_path: path.into(),
+            ..Default::default()
+        });
+    };
+    match spec.name.as_str() {
+        pod::RABBITMQ => {
+            // Its node data and Erlang cookie, in a directory of its own.
+            writable(volumes, container, "/var/lib/rabbitmq");
+            container.env.get_or_insert_default().push(EnvVar {
+                name: "HOME".into(),
+                value: Some("/var/lib/rabbitmq".into()),
+                ..Default::default()
+            });
+            container.resources = Some(resources(("250m", "1"), ("256Mi", "1Gi")));
+            container.readiness_probe = Some(tcp(pod::AMQP_PORT));
+            container.liveness_probe = Some(Probe { initial_delay_seconds: Some(60), ..tcp(pod::AMQP_PORT) });
+            container.security_context = Some(unprivileged);
+        }
+        "webhook" => {
+            // Ready once it can store deliveries; alive as long as it answers at all.
+            container.resources = Some(resources(("50m", "500m"), ("64Mi", "256Mi")));
+            container.readiness_probe = Some(http("/healthz", pod::WEBHOOK_PORT));
+            container.liveness_probe = Some(http("/metrics", pod::WEBHOOK_PORT));
+            container.security_context = Some(unprivileged);
+        }
+        _ => {
+            writable(volumes, container, "/tmp");
+            container.env.get_or_insert_default().push(EnvVar {
+                name: "POD_NAME".into(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector { field_path: "metadata.name".into(), ..Default::default() }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            let metrics = spec.ports.first().copied().unwrap_or(pod::WEBHOOK_PORT);
+            container.resources = Some(resources(("500m", "2"), ("512Mi", "2Gi")));
+            container.readiness_probe = Some(http("/metrics", metrics));
+            container.liveness_probe = Some(http("/metrics", metrics));
+            let privileged = !spec.devices.is_empty();
+            container.security_context = Some(SecurityContext {
+                run_as_user: Some(0),
+                privileged: privileged.then_some(true),
+                allow_privilege_escalation: (!privileged).then_some(false),
+                read_only_root_filesystem: Some(true),
+                capabilities: Some(Capabilities { drop: Some(strings(&["ALL"])), ..Default::default() }),
+                ..Default::default()
+            });
+        }
+    }
+}
+
+fn service(name: &str, port: u16, target: u16) -> Service {
     // RabbitMQ and the webhook share the `webhook` Deployment's pods.
-    json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name},
-        "spec": {"selector": {APP_LABEL: "webhook"}, "ports": [{"port": port, "targetPort": target, "protocol": "TCP"}]},
-    })
+    Service {
+        metadata: ObjectMeta { name: Some(name.into()), namespace: Some(NAMESPACE.into()), ..Default::default() },
+        spec: Some(ServiceSpec {
+            selector: Some(labels("webhook")),
+            ports: Some(vec![ServicePort {
+                port: port.into(),
+                target_port: Some(IntOrString::Int(target.into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
-fn container_json(container: &ContainerSpec, volumes: &mut Volumes, target: Target) -> Value {
-    let mut mounts: Vec<Value> = container
+fn container_of(container: &ContainerSpec, volumes: &mut Volumes, target: Target) -> Container {
+    let mut mounts: Vec<VolumeMount> = container
         .mounts
         .iter()
-        .map(|mount| {
-            let name = volumes.add(mount, target);
-            json!({"name": name, "mountPath": mount.container, "readOnly": mount.read_only})
+        .map(|mount| VolumeMount {
+            name: volumes.add(mount, target),
+            mount_path: mount.container.display().to_string(),
+            read_only: Some(mount.read_only),
+            ..Default::default()
         })
         .collect();
     for device in &container.devices {
-        let mount = Mount { host: device.into(), container: device.into(), read_only: false };
-        let name = volumes.add(&mount, target);
-        mounts.push(json!({"name": name, "mountPath": device}));
+        let mount = Mount { host: device.into(), container: device.into(), read_only: false, files: Vec::new() };
+        mounts.push(VolumeMount {
+            name: volumes.add(&mount, target),
+            mount_path: device.clone(),
+            ..Default::default()
+        });
     }
-    let mut value = json!({
-        "name": container.name,
-        "image": container.image,
-        "env": container.env.iter().map(|(name, value)| json!({"name": name, "value": value})).collect::<Vec<_>>(),
-        "volumeMounts": mounts,
-    });
-    // podman's command is the image's CMD, kept after its ENTRYPOINT: Kubernetes' `args`.
-    if !container.command.is_empty() {
-        value["args"] = json!(container.command);
+    Container {
+        name: container.name.clone(),
+        image: Some(container.image.clone()),
+        env: Some(
+            container
+                .env
+                .iter()
+                .map(|(name, value)| EnvVar { name: name.clone(), value: Some(value.clone()), ..Default::default() })
+                .collect(),
+        ),
+        volume_mounts: Some(mounts),
+        // podman's command is the image's CMD, kept after its ENTRYPOINT: Kubernetes' `args`.
+        args: (!container.command.is_empty()).then(|| container.command.clone()),
+        ..Default::default()
     }
-    let mut security = serde_json::Map::new();
-    if container.user.as_deref() == Some("root") {
-        security.insert("runAsUser".into(), json!(0));
-    }
-    // A device from a host path is usable only by a privileged container on a cluster.
-    if target == Target::Cluster && !container.devices.is_empty() {
-        security.insert("privileged".into(), json!(true));
-    }
-    if !security.is_empty() {
-        value["securityContext"] = Value::Object(security);
-    }
-    value
 }
 
-/// A pod's volumes, one per mounted path, named after where they are mounted.
+/// A pod's volumes, one per mounted source, named after where they are mounted.
 #[derive(Default)]
-struct Volumes(Vec<(String, Value)>);
+struct Volumes(Vec<Volume>);
 
 impl Volumes {
     /// The volume for `mount` (added unless there), by name.
     fn add(&mut self, mount: &Mount, target: Target) -> String {
-        let source = match (target, cluster_source(&mount.container)) {
-            (Target::Cluster, Some(source)) => source,
-            _ => json!({"hostPath": {"path": mount.host, "type": host_path_type(&mount.host)}}),
+        let source = match target {
+            Target::Cluster => cluster_source(mount),
+            Target::Podman => None,
         };
-        if let Some((name, _)) = self.0.iter().find(|(_, existing)| *existing == source) {
-            return name.clone();
-        }
-        let mut name = volume_name(&mount.container);
-        if self.0.iter().any(|(existing, _)| *existing == name) {
-            name = format!("{}-{}", &name[..name.len().min(56)], self.0.len());
-        }
-        self.0.push((name.clone(), source));
-        name
+        let volume = source.unwrap_or_else(|| Volume {
+            host_path: Some(HostPathVolumeSource {
+                path: mount.host.display().to_string(),
+                type_: Some(host_path_type(&mount.host).into()),
+            }),
+            ..Default::default()
+        });
+        self.named(volume, &mount.container)
     }
 
-    fn json(&self) -> Value {
-        let volumes: Vec<Value> = self
-            .0
-            .iter()
-            .map(|(name, source)| {
-                let mut volume = source.clone();
-                volume["name"] = json!(name);
-                volume
-            })
-            .collect();
-        json!(volumes)
+    /// A writable, empty directory for `path`.
+    fn add_empty(&mut self, path: &str) -> String {
+        let volume = Volume { empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() };
+        self.named(volume, Path::new(path))
+    }
+
+    fn named(&mut self, mut volume: Volume, path: &Path) -> String {
+        let same = |existing: &Volume| Volume { name: String::new(), ..existing.clone() } == volume;
+        if let Some(existing) = self.0.iter().find(|existing| same(existing)) {
+            return existing.name.clone();
+        }
+        let mut name = volume_name(path);
+        if self.0.iter().any(|existing| existing.name == name) {
+            name = format!("{}-{}", &name[..name.len().min(56)], self.0.len());
+        }
+        volume.name = name.clone();
+        self.0.push(volume);
+        name
     }
 }
 
-/// On a cluster, what is mounted at `path` comes from a ConfigMap or Secret, when it is
-/// configuration; the rest (the podman socket, the work directories, devices) from the node.
-fn cluster_source(path: &Path) -> Option<Value> {
-    let path = path.to_str()?;
-    let (kind, name) = match path {
-        pod::RABBITMQ_CONFIG => ("configMap", "amqp-config"),
-        pod::WEBHOOK_SECRETS => ("secret", "webhook-secrets"),
-        pod::S3_KEYS => ("secret", "s3-keys"),
-        pod::TASKS_SECRETS => ("secret", "tasks-secrets"),
-        _ => return None,
+/// On a cluster, what is mounted at configuration paths comes from a ConfigMap or Secret
+/// (just the files the container gets, readable by the secrets' group); the rest (the podman
+/// socket, the work directories, devices) from the node.
+fn cluster_source(mount: &Mount) -> Option<Volume> {
+    let items = (!mount.files.is_empty()).then(|| {
+        mount
+            .files
+            .iter()
+            .map(|file| KeyToPath { key: file.clone(), path: file.clone(), ..Default::default() })
+            .collect()
+    });
+    let secret = |name: &str| Volume {
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(name.into()),
+            default_mode: Some(SECRET_MODE),
+            items: items.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
     };
-    Some(match kind {
-        "configMap" => json!({"configMap": {"name": name}}),
-        _ => json!({"secret": {"secretName": name}}),
+    Some(match mount.container.to_str()? {
+        pod::RABBITMQ_CONFIG => Volume {
+            config_map: Some(ConfigMapVolumeSource {
+                name: "amqp-config".into(),
+                default_mode: Some(SECRET_MODE),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        pod::WEBHOOK_SECRETS => secret("webhook-secrets"),
+        pod::S3_KEYS => secret("s3-keys"),
+        pod::TASKS_SECRETS => secret("tasks-secrets"),
+        _ => return None,
     })
 }
 
@@ -257,6 +532,8 @@ fn host_path_type(path: &Path) -> &'static str {
         Ok(kind) if kind.is_char_device() => "CharDevice",
         Ok(kind) if kind.is_socket() => "Socket",
         Ok(kind) if kind.is_file() => "File",
+        _ if path == Path::new("/dev/kvm") => "CharDevice",
+        _ if path == Path::new(NODE_PODMAN_SOCKET) => "Socket",
         _ => "Directory",
     }
 }
@@ -272,19 +549,26 @@ fn volume_name(path: &Path) -> String {
 }
 
 /// The broker's configuration, as mounted at `/etc/rabbitmq` in the pod.
-fn amqp_config() -> Value {
-    let data: serde_json::Map<String, Value> =
-        pod::broker_config().into_iter().map(|(name, text)| (name.to_owned(), json!(text))).collect();
-    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "amqp-config"}, "data": data})
+fn amqp_config() -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some("amqp-config".into()),
+            namespace: Some(NAMESPACE.into()),
+            ..Default::default()
+        },
+        data: Some(pod::broker_config().into_iter().map(|(name, text)| (name.to_owned(), text)).collect()),
+        ..Default::default()
+    }
 }
 
 /// The secrets, each key with what to put there (`cargo xtask secrets` writes fake ones in
 /// the same layout).
-fn secret_templates() -> Vec<Value> {
-    let secret = |name: &str, keys: &[(&str, &str)]| {
-        let data: serde_json::Map<String, Value> =
-            keys.iter().map(|(key, what)| ((*key).to_owned(), json!(format!("REPLACE with {what}")))).collect();
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "type": "Opaque", "stringData": data})
+fn secret_templates() -> Vec<Secret> {
+    let secret = |name: &str, keys: &[(&str, &str)]| Secret {
+        metadata: ObjectMeta { name: Some(name.into()), namespace: Some(NAMESPACE.into()), ..Default::default() },
+        type_: Some("Opaque".into()),
+        string_data: Some(keys.iter().map(|(key, what)| ((*key).to_owned(), format!("REPLACE with {what}"))).collect()),
+        ..Default::default()
     };
     vec![
         secret(

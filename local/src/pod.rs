@@ -18,7 +18,7 @@ use podman_api::models::{ContainerMount, LinuxDevice, Namespace, PortMapping};
 use podman_api::opts::{ContainerCreateOpts, PlayKubernetesYamlOpts, PodCreateOpts};
 
 pub use crate::secrets::HOST_ALIAS;
-use crate::secrets::{POD_HOSTNAME, Secrets};
+use crate::secrets::{POD_HOSTNAME, Secrets, Service};
 
 /// Cockpit's AMQP port, inside the pod.
 pub const AMQP_PORT: u16 = 5671;
@@ -92,11 +92,24 @@ pub struct Mount {
     pub host: PathBuf,
     pub container: PathBuf,
     pub read_only: bool,
+    /// The only files of the directory the container gets (none: all of them). The host
+    /// directory holds just these; a cluster's Secret volume projects just these keys.
+    pub files: Vec<String>,
 }
 
 impl Mount {
+    fn new(host: impl Into<PathBuf>, container: impl Into<PathBuf>, read_only: bool) -> Mount {
+        Mount { host: host.into(), container: container.into(), read_only, files: Vec::new() }
+    }
+
     fn read_only(host: impl Into<PathBuf>, container: impl Into<PathBuf>) -> Mount {
-        Mount { host: host.into(), container: container.into(), read_only: true }
+        Mount::new(host, container, true)
+    }
+
+    /// A service's own secrets (`Secrets::split`) at Cockpit's `/run/secrets/webhook`.
+    fn secrets(split: &Path, service: Service) -> Mount {
+        let files = service.files().iter().map(|file| file.to_string()).collect();
+        Mount { files, ..Mount::read_only(split.join(service.name()), WEBHOOK_SECRETS) }
     }
 }
 
@@ -107,6 +120,10 @@ pub struct Inputs<'a> {
     pub tasks_image: &'a str,
     /// The generated secrets, on this machine.
     pub secrets: &'a Secrets,
+    /// The secrets split by service (`Secrets::split`): what each container mounts.
+    pub service_secrets: &'a Path,
+    /// Whether the workers get `/dev/kvm`: the machine the pod runs on has it.
+    pub kvm: bool,
     /// Holds `rabbitmq/` (mounted at `/etc/rabbitmq`) and `tasks/` (at `/run/secrets/tasks`:
     /// `job-runner.toml`, `testmap.toml`), written by [`write_config`].
     pub config_dir: &'a Path,
@@ -134,10 +151,10 @@ pub fn worker_name(n: u16) -> String {
     format!("worker-{n}")
 }
 
-/// The deployment's pod: RabbitMQ, the webhook, and the tasks workers, with KVM when this
-/// machine has it.
+/// The deployment's pod: RabbitMQ, the webhook, and the tasks workers (with KVM when the
+/// inputs say), each with only its own secrets.
 pub fn deployment(inputs: &Inputs) -> PodSpec {
-    let webhook_secrets = Mount::read_only(inputs.secrets.webhook_dir(), WEBHOOK_SECRETS);
+    let secrets = |service| Mount::secrets(inputs.service_secrets, service);
     let log = ("RUST_LOG".to_owned(), "info".to_owned());
     let mut containers = vec![
         ContainerSpec {
@@ -148,7 +165,7 @@ pub fn deployment(inputs: &Inputs) -> PodSpec {
             user: Some("root".into()),
             env: vec![],
             mounts: vec![
-                webhook_secrets.clone(),
+                secrets(Service::Broker),
                 Mount::read_only(inputs.config_dir.join("rabbitmq"), RABBITMQ_CONFIG),
             ],
             devices: vec![],
@@ -164,12 +181,11 @@ pub fn deployment(inputs: &Inputs) -> PodSpec {
                 .collect(),
             user: None,
             env: vec![log.clone()],
-            mounts: vec![webhook_secrets.clone()],
+            mounts: vec![secrets(Service::Webhook)],
             devices: vec![],
             ports: vec![WEBHOOK_PORT],
         },
     ];
-    let kvm = Path::new("/dev/kvm").exists();
     for n in 1..=inputs.workers {
         let hostname = worker_name(n);
         let work_dir = inputs.jobs_dir.join(&hostname);
@@ -200,13 +216,13 @@ pub fn deployment(inputs: &Inputs) -> PodSpec {
             user: None,
             env: env.into_iter().map(|(name, value)| (name.to_owned(), value)).chain([log.clone()]).collect(),
             mounts: vec![
-                webhook_secrets.clone(),
+                secrets(Service::Worker),
                 Mount::read_only(inputs.secrets.s3_keys_dir(), S3_KEYS),
                 Mount::read_only(inputs.config_dir.join("tasks"), TASKS_SECRETS),
-                Mount { host: inputs.podman_socket.into(), container: PODMAN_SOCKET.into(), read_only: false },
-                Mount { host: work_dir.clone(), container: work_dir, read_only: false },
+                Mount::new(inputs.podman_socket, PODMAN_SOCKET, false),
+                Mount::new(&work_dir, &work_dir, false),
             ],
-            devices: if kvm { vec!["/dev/kvm".into()] } else { vec![] },
+            devices: if inputs.kvm { vec!["/dev/kvm".into()] } else { vec![] },
             ports: vec![METRICS_PORT + n],
         });
     }

@@ -35,6 +35,40 @@ pub const S3_HOST: &str = "localhost";
 /// check the host name.
 const SERVER_NAMES: [&str; 6] = ["localhost", "localhost.localdomain", "127.0.0.1", "::1", POD_HOSTNAME, HOST_ALIAS];
 
+/// A service of the deployment, as far as secrets go: each reads only its own files of
+/// `webhook/`, mounted at Cockpit's path (`/run/secrets/webhook`) in its container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// RabbitMQ: the CA and its server certificate.
+    Broker,
+    /// The webhook: the CA, the client certificate and the HMAC secret.
+    Webhook,
+    /// A tasks worker: the CA, the client certificate and the GitHub token (and the S3 keys,
+    /// mounted apart).
+    Worker,
+}
+
+impl Service {
+    pub const ALL: [Service; 3] = [Service::Broker, Service::Webhook, Service::Worker];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Broker => "broker",
+            Service::Webhook => "webhook",
+            Service::Worker => "worker",
+        }
+    }
+
+    /// The files of `webhook/` the service reads.
+    pub fn files(self) -> &'static [&'static str] {
+        match self {
+            Service::Broker => &["ca.pem", "amqp-server.pem", "amqp-server.key"],
+            Service::Webhook => &["ca.pem", "amqp-client.pem", "amqp-client.key", ".config--github-webhook-token"],
+            Service::Worker => &["ca.pem", "amqp-client.pem", "amqp-client.key", ".config--github-token"],
+        }
+    }
+}
+
 /// A generated secrets directory, with the paths of its files.
 #[derive(Debug, Clone)]
 pub struct Secrets {
@@ -93,6 +127,23 @@ impl Secrets {
     }
     pub fn s3_server_dir(&self) -> PathBuf {
         self.root.join("s3-server")
+    }
+
+    /// Writes under `dir` one directory per service (`dir/<service>`) holding only the files of
+    /// `webhook/` that service reads, private to its owner; returns `dir`.
+    pub fn split(&self, dir: &Path) -> Result<PathBuf, SecretsError> {
+        for service in Service::ALL {
+            let into = dir.join(service.name());
+            remove(&into, |p| std::fs::remove_dir_all(p))?;
+            make_private_dir(&into)?;
+            for file in service.files() {
+                let from = self.webhook_dir().join(file);
+                let text =
+                    std::fs::read_to_string(&from).map_err(|source| SecretsError::Read { path: from, source })?;
+                write_file(&into.join(file), &text, !file.ends_with(".pem"))?;
+            }
+        }
+        Ok(dir.to_owned())
     }
 
     /// The values that must never leave this directory: the tokens, the S3 secret keys, and

@@ -1,182 +1,43 @@
-//! The Kubernetes manifests, checked like a schema validator would (kubeconform-style, for
-//! the part of the Kubernetes API we write): every object parses into the API's shapes with no
-//! unknown field, names are DNS labels, mounts name declared volumes, ConfigMaps and Secrets
-//! exist where volumes use them, selectors select, and Services point at container ports.
-//! `run-local --via-kube` shows podman accepts the local form, scenario by scenario.
+//! The Kubernetes manifests: every object of the YAML stream reads back into the Kubernetes
+//! API's types unchanged, and the objects fit together (mounts name declared volumes, Secrets
+//! and ConfigMaps exist with the keys volumes take from them, selectors select, Services point
+//! at container ports); the production form is hardened as `checkov` asks, and gives each
+//! container only its own secrets. `run-local --via-kube` shows podman accepts the local form,
+//! scenario by scenario; `cargo xtask ci` runs checkov on the production form.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use local::kube::{self, Target};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, Pod, PodSpec, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use local::kube::{self, Manifest, Target};
+use local::secrets::Service as SecretsOf;
 use serde::Deserialize;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct Object {
-    api_version: String,
-    kind: String,
-    metadata: Metadata,
-    spec: Option<serde_norway::Value>,
-    data: Option<BTreeMap<String, String>>,
-    string_data: Option<BTreeMap<String, String>>,
-    #[serde(rename = "type")]
-    kind_of_secret: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Metadata {
-    name: String,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct PodSpec {
-    containers: Vec<Container>,
-    #[serde(default)]
-    volumes: Vec<Volume>,
-    hostname: Option<String>,
-    #[serde(default)]
-    host_aliases: Vec<HostAlias>,
-    restart_policy: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HostAlias {
-    ip: String,
-    hostnames: Vec<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct Container {
-    name: String,
-    image: String,
-    #[serde(default)]
-    args: Vec<String>,
-    #[serde(default)]
-    env: Vec<EnvVar>,
-    #[serde(default)]
-    volume_mounts: Vec<VolumeMount>,
-    #[serde(default)]
-    ports: Vec<ContainerPort>,
-    security_context: Option<SecurityContext>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EnvVar {
-    name: String,
-    #[allow(dead_code)]
-    value: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct VolumeMount {
-    name: String,
-    mount_path: String,
-    #[allow(dead_code)]
-    read_only: Option<bool>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct ContainerPort {
-    container_port: u16,
-    host_port: Option<u16>,
-    #[serde(rename = "hostIP")]
-    host_ip: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct SecurityContext {
-    run_as_user: Option<u32>,
-    privileged: Option<bool>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct Volume {
-    name: String,
-    host_path: Option<HostPath>,
-    secret: Option<SecretSource>,
-    config_map: Option<ConfigMapSource>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HostPath {
-    path: String,
-    #[serde(rename = "type")]
-    kind: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct SecretSource {
-    secret_name: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConfigMapSource {
-    name: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DeploymentSpec {
-    replicas: u32,
-    selector: Selector,
-    template: Template,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct Selector {
-    match_labels: BTreeMap<String, String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Template {
-    metadata: TemplateMetadata,
-    spec: PodSpec,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TemplateMetadata {
-    labels: BTreeMap<String, String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ServiceSpec {
-    selector: BTreeMap<String, String>,
-    ports: Vec<ServicePort>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct ServicePort {
-    port: u16,
-    target_port: u16,
-    protocol: String,
-}
-
-fn parse(yaml: &str) -> Vec<Object> {
-    serde_norway::Deserializer::from_str(yaml).map(|document| Object::deserialize(document).unwrap()).collect()
-}
-
-fn spec<T: serde::de::DeserializeOwned>(object: &Object) -> T {
-    let spec = object.spec.clone().unwrap_or_else(|| panic!("{} {} has no spec", object.kind, object.metadata.name));
-    serde_norway::from_value(spec).unwrap_or_else(|e| panic!("{} {}: {e}", object.kind, object.metadata.name))
+/// Reads a YAML stream back into the API's types, by kind, and checks that each writes back
+/// as it was read.
+fn parse(yaml: &str) -> Vec<Manifest> {
+    serde_norway::Deserializer::from_str(yaml)
+        .map(|document| {
+            let value = serde_norway::Value::deserialize(document).unwrap();
+            let kind = value["kind"].as_str().unwrap().to_owned();
+            let typed = |value: serde_norway::Value| match kind.as_str() {
+                "Namespace" => Manifest::Namespace(serde_norway::from_value::<Namespace>(value).unwrap()),
+                "Pod" => Manifest::Pod(serde_norway::from_value::<Pod>(value).unwrap()),
+                "Deployment" => Manifest::Deployment(serde_norway::from_value::<Deployment>(value).unwrap()),
+                "Service" => Manifest::Service(serde_norway::from_value::<Service>(value).unwrap()),
+                "ConfigMap" => Manifest::ConfigMap(serde_norway::from_value::<ConfigMap>(value).unwrap()),
+                "Secret" => Manifest::Secret(serde_norway::from_value::<Secret>(value).unwrap()),
+                "NetworkPolicy" => Manifest::NetworkPolicy(serde_norway::from_value::<NetworkPolicy>(value).unwrap()),
+                other => panic!("unexpected kind {other}"),
+            };
+            let manifest = typed(value.clone());
+            assert_eq!(serde_norway::to_value(&manifest).unwrap(), value, "{kind} reads back unchanged");
+            manifest
+        })
+        .collect()
 }
 
 fn assert_dns_label(what: &str, name: &str) {
@@ -188,38 +49,40 @@ fn assert_dns_label(what: &str, name: &str) {
     assert!(ok, "{what} {name:?} is not a DNS label");
 }
 
-fn assert_keys(what: &str, keys: impl IntoIterator<Item = String>) {
-    for key in keys {
-        let ok = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c));
-        assert!(ok, "{what} key {key:?} is not a valid ConfigMap/Secret key");
-    }
-}
+/// The keys of each Secret and ConfigMap, by name.
+type Keys = BTreeMap<String, Vec<String>>;
 
-/// Checks one pod template against the objects of its stream.
-fn check_pod(owner: &str, pod: &PodSpec, config_maps: &[&str], secrets: &[&str]) {
-    let volumes: Vec<&str> = pod.volumes.iter().map(|v| v.name.as_str()).collect();
-    for volume in &pod.volumes {
+/// Checks one pod template against the Secrets and ConfigMaps of its stream.
+fn check_pod(owner: &str, pod: &PodSpec, config_maps: &Keys, secrets: &Keys) {
+    let volumes = pod.volumes.clone().unwrap_or_default();
+    for volume in &volumes {
         assert_dns_label(&format!("volume of {owner}"), &volume.name);
-        let sources = [volume.host_path.is_some(), volume.secret.is_some(), volume.config_map.is_some()];
+        let sources = [
+            volume.host_path.is_some(),
+            volume.secret.is_some(),
+            volume.config_map.is_some(),
+            volume.empty_dir.is_some(),
+        ];
         assert_eq!(sources.iter().filter(|s| **s).count(), 1, "volume {} of {owner} has one source", volume.name);
         if let Some(host_path) = &volume.host_path {
             assert!(Path::new(&host_path.path).is_absolute(), "{}", host_path.path);
-            assert!(
-                ["Directory", "File", "Socket", "CharDevice"].contains(&host_path.kind.as_str()),
-                "{}",
-                host_path.kind
-            );
+            let kind = host_path.type_.as_deref().unwrap_or_default();
+            assert!(["Directory", "File", "Socket", "CharDevice"].contains(&kind), "{kind}");
         }
         if let Some(secret) = &volume.secret {
-            assert!(
-                secrets.contains(&secret.secret_name.as_str()),
-                "{owner} mounts a missing Secret {}",
-                secret.secret_name
-            );
+            let name = secret.secret_name.clone().unwrap();
+            let keys = secrets.get(&name).unwrap_or_else(|| panic!("{owner} mounts a missing Secret {name}"));
+            for item in secret.items.iter().flatten() {
+                assert!(
+                    keys.contains(&item.key),
+                    "{owner} takes {} from Secret {name}, which has no such key",
+                    item.key
+                );
+            }
         }
         if let Some(config_map) = &volume.config_map {
             assert!(
-                config_maps.contains(&config_map.name.as_str()),
+                config_maps.contains_key(&config_map.name),
                 "{owner} mounts a missing ConfigMap {}",
                 config_map.name
             );
@@ -228,27 +91,25 @@ fn check_pod(owner: &str, pod: &PodSpec, config_maps: &[&str], secrets: &[&str])
     if let Some(hostname) = &pod.hostname {
         assert_dns_label("hostname", hostname);
     }
-    for alias in &pod.host_aliases {
-        assert!(alias.ip.parse::<std::net::IpAddr>().is_ok() && !alias.hostnames.is_empty());
-    }
-    assert!(pod.restart_policy.as_deref().is_none_or(|p| ["Always", "OnFailure", "Never"].contains(&p)));
+    let names: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
     for container in &pod.containers {
         assert_dns_label(&format!("container of {owner}"), &container.name);
-        assert!(!container.image.is_empty());
-        for env in &container.env {
+        assert!(container.image.as_deref().is_some_and(|image| !image.is_empty()));
+        for env in container.env.iter().flatten() {
             let ok = env.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             assert!(ok && !env.name.starts_with(|c: char| c.is_ascii_digit()), "env {}", env.name);
+            assert!(env.value.is_some() != env.value_from.is_some(), "env {} has one value", env.name);
         }
-        for mount in &container.volume_mounts {
+        for mount in container.volume_mounts.iter().flatten() {
             assert!(
-                volumes.contains(&mount.name.as_str()),
+                names.contains(&mount.name.as_str()),
                 "{} mounts an undeclared volume {}",
                 container.name,
                 mount.name
             );
             assert!(Path::new(&mount.mount_path).is_absolute());
         }
-        for port in &container.ports {
+        for port in container.ports.iter().flatten() {
             assert!(port.container_port > 0);
             assert!(port.host_ip.as_deref().is_none_or(|ip| ip == "127.0.0.1"), "ports are published on loopback only");
             assert!(
@@ -256,107 +117,217 @@ fn check_pod(owner: &str, pod: &PodSpec, config_maps: &[&str], secrets: &[&str])
                 "a host port without a host address binds everywhere"
             );
         }
-        if let Some(security) = &container.security_context {
-            assert!(security.run_as_user.is_some() || security.privileged.is_some());
-        }
     }
 }
 
-#[test]
-fn the_production_manifests_are_valid_kubernetes_objects_that_fit_together() {
+fn production(kvm: bool) -> Vec<Manifest> {
     let description =
-        kube::production("registry.example/workbench/rabbitmq:1", "registry.example/workbench/tasks:1", 3);
-    let objects = parse(&kube::to_yaml(&kube::manifests(&description, Target::Cluster)));
-    let kinds: Vec<(&str, &str, &str)> =
-        objects.iter().map(|o| (o.api_version.as_str(), o.kind.as_str(), o.metadata.name.as_str())).collect();
-    assert_eq!(
-        kinds,
-        [
-            ("v1", "ConfigMap", "amqp-config"),
-            ("v1", "Secret", "webhook-secrets"),
-            ("v1", "Secret", "s3-keys"),
-            ("v1", "Secret", "tasks-secrets"),
-            ("apps/v1", "Deployment", "webhook"),
-            ("v1", "Service", "amqp"),
-            ("v1", "Service", "webhook"),
-            ("apps/v1", "Deployment", "tasks"),
-        ]
-    );
-    let named = |kind: &str| -> Vec<&str> {
-        objects.iter().filter(|o| o.kind == kind).map(|o| o.metadata.name.as_str()).collect()
-    };
-    let (config_maps, secrets) = (named("ConfigMap"), named("Secret"));
-    let mut deployments = BTreeMap::new();
+        kube::production("registry.example/workbench/rabbitmq:1", "registry.example/workbench/tasks:1", 3, kvm);
+    parse(&kube::to_yaml(&kube::manifests(&description, Target::Cluster)))
+}
+
+fn name_of(manifest: &Manifest) -> (&'static str, String) {
+    match manifest {
+        Manifest::Namespace(o) => ("Namespace", o.metadata.name.clone().unwrap()),
+        Manifest::Pod(o) => ("Pod", o.metadata.name.clone().unwrap()),
+        Manifest::Deployment(o) => ("Deployment", o.metadata.name.clone().unwrap()),
+        Manifest::Service(o) => ("Service", o.metadata.name.clone().unwrap()),
+        Manifest::ConfigMap(o) => ("ConfigMap", o.metadata.name.clone().unwrap()),
+        Manifest::Secret(o) => ("Secret", o.metadata.name.clone().unwrap()),
+        Manifest::NetworkPolicy(o) => ("NetworkPolicy", o.metadata.name.clone().unwrap()),
+    }
+}
+
+fn deployments(objects: &[Manifest]) -> BTreeMap<String, Deployment> {
+    objects
+        .iter()
+        .filter_map(|o| match o {
+            Manifest::Deployment(d) => Some((d.metadata.name.clone().unwrap(), d.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn pod_of(deployment: &Deployment) -> PodSpec {
+    deployment.spec.clone().unwrap().template.spec.unwrap()
+}
+
+fn container<'a>(pod: &'a PodSpec, name: &str) -> &'a Container {
+    pod.containers.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no container {name}"))
+}
+
+#[test]
+fn the_production_manifests_are_kubernetes_objects_that_fit_together() {
+    let objects = production(true);
+    let kinds: Vec<(&str, String)> = objects.iter().map(name_of).collect();
+    let expected = [
+        ("Namespace", "workbench"),
+        ("ConfigMap", "amqp-config"),
+        ("Secret", "webhook-secrets"),
+        ("Secret", "s3-keys"),
+        ("Secret", "tasks-secrets"),
+        ("Deployment", "webhook"),
+        ("Service", "amqp"),
+        ("Service", "webhook"),
+        ("NetworkPolicy", "webhook"),
+        ("Deployment", "tasks"),
+        ("NetworkPolicy", "tasks"),
+    ];
+    assert_eq!(kinds, expected.map(|(kind, name)| (kind, name.to_owned())));
+    let (mut config_maps, mut secrets) = (Keys::new(), Keys::new());
     for object in &objects {
-        assert_dns_label(&object.kind, &object.metadata.name);
-        match object.kind.as_str() {
-            "ConfigMap" => assert_keys("ConfigMap", object.data.clone().unwrap().into_keys()),
-            "Secret" => {
-                assert_eq!(object.kind_of_secret.as_deref(), Some("Opaque"));
-                assert_keys("Secret", object.string_data.clone().unwrap().into_keys());
+        let (kind, name) = name_of(object);
+        assert_dns_label(kind, &name);
+        match object {
+            Manifest::ConfigMap(o) => {
+                config_maps.insert(name, o.data.clone().unwrap().into_keys().collect());
             }
-            "Deployment" => {
-                let deployment: DeploymentSpec = spec(object);
-                for (key, value) in &deployment.selector.match_labels {
-                    assert_eq!(
-                        deployment.template.metadata.labels.get(key),
-                        Some(value),
-                        "the selector selects the template"
-                    );
-                }
-                assert_eq!(object.metadata.labels, deployment.template.metadata.labels);
-                check_pod(&object.metadata.name, &deployment.template.spec, &config_maps, &secrets);
-                deployments.insert(object.metadata.name.clone(), deployment);
+            Manifest::Secret(o) => {
+                assert_eq!(o.type_.as_deref(), Some("Opaque"));
+                secrets.insert(name, o.string_data.clone().unwrap().into_keys().collect());
             }
             _ => {}
         }
     }
-    for service in objects.iter().filter(|o| o.kind == "Service") {
-        let service_spec: ServiceSpec = spec(service);
-        let selected: Vec<&DeploymentSpec> = deployments
+    let deployments = deployments(&objects);
+    for (name, deployment) in &deployments {
+        let spec = deployment.spec.clone().unwrap();
+        let labels = spec.template.metadata.clone().unwrap().labels.unwrap();
+        for (key, value) in spec.selector.match_labels.clone().unwrap() {
+            assert_eq!(labels.get(&key), Some(&value), "the selector of {name} selects its template");
+        }
+        assert_eq!(deployment.metadata.namespace.as_deref(), Some(kube::NAMESPACE));
+        check_pod(name, &pod_of(deployment), &config_maps, &secrets);
+    }
+    for object in &objects {
+        let Manifest::Service(service) = object else { continue };
+        let spec = service.spec.clone().unwrap();
+        let selector = spec.selector.clone().unwrap();
+        let selected: Vec<&Deployment> = deployments
             .values()
-            .filter(|d| service_spec.selector.iter().all(|(k, v)| d.template.metadata.labels.get(k) == Some(v)))
+            .filter(|d| {
+                let labels = d.spec.clone().unwrap().template.metadata.unwrap().labels.unwrap();
+                selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+            })
             .collect();
-        assert_eq!(selected.len(), 1, "Service {} selects one Deployment", service.metadata.name);
-        for port in &service_spec.ports {
-            assert_eq!(port.protocol, "TCP");
-            assert!(port.port > 0);
-            let listening = selected[0].template.spec.containers.iter().flat_map(|c| &c.ports);
+        assert_eq!(selected.len(), 1, "Service {:?} selects one Deployment", service.metadata.name);
+        for port in spec.ports.unwrap() {
+            let Some(IntOrString::Int(target)) = port.target_port else { panic!("a numeric target port") };
+            let listening = pod_of(selected[0])
+                .containers
+                .iter()
+                .flat_map(|c| c.ports.clone().unwrap_or_default())
+                .collect::<Vec<_>>();
             assert!(
-                listening.clone().any(|p| p.container_port == port.target_port),
-                "Service {} targets port {}, where no container listens",
-                service.metadata.name,
-                port.target_port
+                listening.iter().any(|p| p.container_port == target),
+                "Service targets {target}, where nothing listens"
             );
         }
     }
     // Cockpit's names and ports: the broker at amqp:5671, the webhook at webhook:80.
-    let amqp: ServiceSpec = spec(objects.iter().find(|o| o.metadata.name == "amqp" && o.kind == "Service").unwrap());
-    assert_eq!((amqp.ports[0].port, amqp.ports[0].target_port), (5671, 5671));
+    let amqp = objects.iter().find_map(|o| match o {
+        Manifest::Service(s) if s.metadata.name.as_deref() == Some("amqp") => Some(s.spec.clone().unwrap()),
+        _ => None,
+    });
+    let port = &amqp.unwrap().ports.unwrap()[0];
+    assert_eq!((port.port, port.target_port.clone()), (5671, Some(IntOrString::Int(5671))));
     let tasks = &deployments["tasks"];
-    assert_eq!(tasks.replicas, 3);
-    let worker = &tasks.template.spec.containers[0];
-    assert_eq!(worker.image, "registry.example/workbench/tasks:1");
-    assert!(worker.env.iter().any(|e| e.name == "AMQP_SERVER"), "workers find the broker by its Service");
-    assert!(!worker.args.contains(&"--hostname".to_owned()), "each replica goes by its own name");
-    assert!(worker.volume_mounts.iter().any(|m| m.mount_path == "/dev/kvm"));
-    let broker = objects.iter().find(|o| o.kind == "ConfigMap").unwrap().data.clone().unwrap();
-    assert_eq!(broker.keys().collect::<Vec<_>>(), ["definitions.json", "enabled_plugins", "rabbitmq.config"]);
-    assert!(broker["rabbitmq.config"].contains("{ssl_listeners, [5671]}"));
+    assert_eq!(tasks.spec.clone().unwrap().replicas, Some(3));
+    let worker = container(&pod_of(tasks), "tasks").clone();
+    assert_eq!(worker.image.as_deref(), Some("registry.example/workbench/tasks:1"));
+    let env: Vec<String> = worker.env.clone().unwrap().into_iter().map(|e| e.name).collect();
+    assert!(env.contains(&"AMQP_SERVER".to_owned()), "workers find the broker by its Service");
+    let args = worker.args.clone().unwrap();
+    assert!(!args.contains(&"--hostname".to_owned()), "each replica goes by its own name");
+    assert!(args.windows(2).any(|a| a == ["--work-dir", "/var/lib/workbench/jobs/$(POD_NAME)"]), "{args:?}");
+    assert!(env.contains(&"POD_NAME".to_owned()), "each replica works in a directory of its own");
+    assert!(worker.volume_mounts.iter().flatten().any(|m| m.mount_path == "/dev/kvm"));
+    let broker = &config_maps["amqp-config"];
+    assert_eq!(broker, &["definitions.json", "enabled_plugins", "rabbitmq.config"]);
+}
+
+/// Each container gets only its own secrets from `webhook-secrets`, at Cockpit's path.
+#[test]
+fn each_service_mounts_only_its_own_secrets() {
+    let objects = production(true);
+    let deployments = deployments(&objects);
+    for (deployment, name, service) in [
+        ("webhook", "rabbitmq", SecretsOf::Broker),
+        ("webhook", "webhook", SecretsOf::Webhook),
+        ("tasks", "tasks", SecretsOf::Worker),
+    ] {
+        let pod = pod_of(&deployments[deployment]);
+        let mount = container(&pod, name)
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == "/run/secrets/webhook")
+            .unwrap()
+            .clone();
+        let volume = pod.volumes.unwrap().into_iter().find(|v| v.name == mount.name).unwrap();
+        let secret = volume.secret.unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("webhook-secrets"));
+        let keys: Vec<String> = secret.items.unwrap().into_iter().map(|item| item.key).collect();
+        assert_eq!(keys, service.files(), "{name}");
+        assert_eq!(secret.default_mode, Some(0o440), "{name}: readable by the pod's group only");
+    }
+    assert!(!SecretsOf::Webhook.files().contains(&"amqp-server.key"));
+    assert!(!SecretsOf::Worker.files().contains(&".config--github-webhook-token"));
+}
+
+/// What checkov asks, held by construction: no service-account token, a seccomp profile, bounds
+/// and probes for every container, no capabilities, non-root and read-only where the service
+/// allows; the workers privileged only when the target has KVM.
+#[test]
+fn the_production_pods_are_hardened_and_privileged_only_for_kvm() {
+    for kvm in [true, false] {
+        let deployments = deployments(&production(kvm));
+        for (name, deployment) in &deployments {
+            let pod = pod_of(deployment);
+            assert_eq!(pod.automount_service_account_token, Some(false), "{name}");
+            let security = pod.security_context.clone().unwrap();
+            assert_eq!(security.seccomp_profile.unwrap().type_, "RuntimeDefault");
+            for container in &pod.containers {
+                let what = format!("{name}/{}", container.name);
+                let resources = container.resources.clone().unwrap();
+                for bound in [resources.requests.unwrap(), resources.limits.unwrap()] {
+                    assert_eq!(bound.keys().collect::<Vec<_>>(), ["cpu", "memory"], "{what}");
+                }
+                assert!(container.readiness_probe.is_some() && container.liveness_probe.is_some(), "{what}");
+                let context = container.security_context.clone().unwrap();
+                assert_eq!(context.capabilities.unwrap().drop, Some(vec!["ALL".to_owned()]), "{what}");
+                assert_eq!(context.read_only_root_filesystem, Some(true), "{what}");
+                if container.name == "tasks" {
+                    assert_eq!(context.privileged.unwrap_or(false), kvm, "{what}");
+                    assert_eq!(context.allow_privilege_escalation, (!kvm).then_some(false), "{what}");
+                    let annotations = deployment.metadata.annotations.clone().unwrap();
+                    let skips_privileged = annotations.values().any(|skip| skip.starts_with("CKV_K8S_16="));
+                    assert_eq!(skips_privileged, kvm, "the privileged check is skipped only where it fails");
+                } else {
+                    assert_eq!(
+                        (context.run_as_non_root, context.allow_privilege_escalation),
+                        (Some(true), Some(false)),
+                        "{what}"
+                    );
+                    assert!(context.run_as_user.unwrap() >= 10000, "{what}");
+                }
+            }
+        }
+    }
 }
 
 #[test]
 fn the_local_manifest_is_the_pod_the_podman_runtime_makes() {
-    let description = kube::production("localhost/workbench/rabbitmq", "localhost/workbench/tasks", 2);
+    let description = kube::production("localhost/workbench/rabbitmq", "localhost/workbench/tasks", 2, true);
     let objects = parse(&kube::to_yaml(&kube::manifests(&description, Target::Podman)));
-    assert_eq!(objects.len(), 1);
-    assert_eq!((objects[0].api_version.as_str(), objects[0].kind.as_str()), ("v1", "Pod"));
-    let pod: PodSpec = spec(&objects[0]);
-    check_pod("the pod", &pod, &[], &[]);
-    let names: Vec<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+    let [Manifest::Pod(pod)] = objects.as_slice() else { panic!("one pod") };
+    let spec = pod.spec.clone().unwrap();
+    check_pod("the pod", &spec, &Keys::new(), &Keys::new());
+    let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
     let expected: Vec<&str> = description.containers.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, expected);
     assert_eq!(names, ["rabbitmq", "webhook", "worker-1", "worker-2"]);
-    assert!(pod.volumes.iter().all(|v| v.host_path.is_some()), "on this machine, everything comes from host paths");
-    assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+    let volumes = spec.volumes.clone().unwrap();
+    assert!(volumes.iter().all(|v| v.host_path.is_some()), "on this machine, everything comes from host paths");
+    assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
 }

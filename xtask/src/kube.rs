@@ -21,10 +21,14 @@ pub struct Args {
     /// How many tasks workers (replicas) to run.
     #[arg(long, default_value_t = 1)]
     workers: u16,
+    /// The nodes give workers no /dev/kvm (or give it through a device plugin): the workers
+    /// are not privileged, and jobs run without KVM.
+    #[arg(long)]
+    no_kvm: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let spec = kube::production(&args.rabbitmq_image, &args.tasks_image, args.workers.max(1));
+    let spec = kube::production(&args.rabbitmq_image, &args.tasks_image, args.workers.max(1), !args.no_kvm);
     let yaml = kube::to_yaml(&kube::manifests(&spec, Target::Cluster));
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let path = args.out.join("workbench.yaml");
