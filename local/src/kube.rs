@@ -42,6 +42,8 @@ pub enum Target {
 }
 
 /// One Kubernetes object of the stream.
+// A dozen objects, made once: their size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Manifest {
