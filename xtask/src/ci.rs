@@ -14,6 +14,8 @@ pub fn run() -> anyhow::Result<()> {
     cargo_step("formatting", &["fmt", "--all", "--check"])?;
     cargo_step("lints", &["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"])?;
     lint_workflows()?;
+    println!("==> manifests: checkov");
+    crate::kube::check()?;
     // The integration tests start the service binaries of this build, which a test run alone
     // does not build: they belong to other packages.
     cargo_step("service binaries", &["build", "--workspace", "--bins"])?;
