@@ -69,6 +69,11 @@ pub struct Args {
     /// A file holding a GitHub token allowed to post statuses to `--repo`.
     #[arg(long, value_name = "FILE", requires = "pr")]
     pub github_token: Option<PathBuf>,
+    /// Let `--pr` run the pull request's code unsandboxed: on the process runtime, its tests
+    /// run as you, on this machine, next to the GitHub token and the CA key. Only for code you
+    /// trust.
+    #[arg(long, requires = "pr")]
+    pub allow_unsandboxed_pr: bool,
     /// Make scenario NAME fail, to test what a failed run leaves behind.
     #[arg(long, value_name = "NAME", hide = true)]
     pub fail_on_purpose: Option<String>,
@@ -131,6 +136,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let runtime = args.runtime.resolve();
     if args.via_kube && runtime != Runtime::Podman {
         bail!("--via-kube plays the pod's manifest with podman: pass --runtime podman");
+    }
+    if args.pr.is_some() && runtime == Runtime::Process && !args.allow_unsandboxed_pr {
+        bail!(
+            "--pr on the process runtime would run the pull request's code as you, on this machine, next to \
+             your GitHub token and the CA key: pass --allow-unsandboxed-pr if you trust that code"
+        );
     }
     packages::ensure(if runtime == Runtime::Podman { &PODMAN } else { &[RABBITMQ] })?;
     let binaries = match &args.binaries {

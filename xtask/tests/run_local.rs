@@ -223,3 +223,20 @@ fn the_interactive_shell_reaches_the_deployment_and_exit_tears_it_down() {
     assert_no_pod(&dir);
     assert!(!Path::new(&dir).exists(), "a run that succeeded removes its directory");
 }
+
+/// The real GitHub mode does not run a stranger's pull request unsandboxed unless told to:
+/// refused before anything starts, saying how to ask for it.
+#[test]
+fn a_real_pull_request_is_not_run_unsandboxed_unless_asked() {
+    let token = tempfile::NamedTempFile::new().unwrap();
+    let output = run_local("process")
+        .args(["--pr", "1", "--repo", "workbench-ci/demo", "--github-token"])
+        .arg(token.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("pass --allow-unsandboxed-pr if you trust that code"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("starting"), "nothing started");
+}
