@@ -69,6 +69,8 @@ const NODE_JOBS_DIR: &str = "/var/lib/workbench/jobs";
 /// to be any of the node's. The group owns the mounted secrets (mode 0440).
 const SERVICE_USER: i64 = 10001;
 const SECRETS_GROUP: i64 = 10001;
+/// Where RabbitMQ writes on a cluster: an empty directory, its root file system being read-only.
+const RABBITMQ_DATA: &str = "/var/lib/rabbitmq";
 /// Secrets and configuration are readable by their group (the pod's `fsGroup`) only.
 const SECRET_MODE: i32 = 0o440;
 
@@ -350,13 +352,17 @@ fn harden(spec: &ContainerSpec, container: &mut Container, volumes: &mut Volumes
     };
     match spec.name.as_str() {
         pod::RABBITMQ => {
-            // Its node data and Erlang cookie, in a directory of its own.
-            writable(volumes, container, "/var/lib/rabbitmq");
-            container.env.get_or_insert_default().push(EnvVar {
-                name: "HOME".into(),
-                value: Some("/var/lib/rabbitmq".into()),
-                ..Default::default()
-            });
+            // Its node data, Erlang cookie and upgrade log, in a directory of its own.
+            writable(volumes, container, RABBITMQ_DATA);
+            for (name, value) in
+                [("HOME", RABBITMQ_DATA.to_owned()), ("RABBITMQ_LOG_BASE", format!("{RABBITMQ_DATA}/log"))]
+            {
+                container.env.get_or_insert_default().push(EnvVar {
+                    name: name.into(),
+                    value: Some(value),
+                    ..Default::default()
+                });
+            }
             container.resources = Some(resources(("250m", "1"), ("256Mi", "1Gi")));
             container.readiness_probe = Some(tcp(pod::AMQP_PORT));
             container.liveness_probe = Some(Probe { initial_delay_seconds: Some(60), ..tcp(pod::AMQP_PORT) });

@@ -239,7 +239,7 @@ pub fn secrets_inside() -> Secrets {
 }
 
 /// The pod broker's configuration files, as mounted at `/etc/rabbitmq`.
-pub(crate) fn broker_config() -> [(&'static str, String); 3] {
+pub fn broker_config() -> [(&'static str, String); 3] {
     let definitions = Path::new(RABBITMQ_CONFIG).join("definitions.json");
     crate::broker::config_files(crate::broker::Listener::Pod(AMQP_PORT), Path::new(WEBHOOK_SECRETS), &definitions)
 }

@@ -331,3 +331,84 @@ fn the_local_manifest_is_the_pod_the_podman_runtime_makes() {
     assert!(volumes.iter().all(|v| v.host_path.is_some()), "on this machine, everything comes from host paths");
     assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
 }
+
+/// The production form of RabbitMQ works as its manifest runs it: podman made to do what the
+/// cluster would (the user and group, a read-only root, no capability, no privilege escalation,
+/// the environment, an empty writable directory, the ConfigMap and the broker's Secret keys
+/// readable by the group only), and a client of the CA logs in over TLS.
+#[tokio::test(flavor = "multi_thread")]
+async fn container_rabbitmq_runs_as_its_production_manifest_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let podman =
+        local::PodmanService::start(&dir.path().join("podman")).await.expect("podman (cargo xtask ci installs it)");
+    local::images::ensure_base(&podman).unwrap();
+    local::images::build_rabbitmq(&podman, false).unwrap();
+    let deployments = deployments(&production(false));
+    let pod = pod_of(&deployments["webhook"]);
+    let rabbitmq = container(&pod, "rabbitmq");
+    let security = rabbitmq.security_context.clone().unwrap();
+    let group = pod.security_context.clone().unwrap().fs_group.unwrap();
+    let (secrets, _) = local::secrets::generate(&dir.path().join("secrets"), false).unwrap();
+
+    let mut command = podman.command();
+    command.args(["run", "--detach", "--rm", "--publish", "127.0.0.1::5671"]);
+    command.arg(format!("--user={}:{group}", security.run_as_user.unwrap()));
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    command.arg("--read-only");
+    assert_eq!(security.capabilities.clone().unwrap().drop, Some(vec!["ALL".to_owned()]));
+    command.args(["--cap-drop=ALL", "--security-opt=no-new-privileges"]);
+    for env in rabbitmq.env.clone().unwrap_or_default() {
+        command.arg(format!("--env={}={}", env.name, env.value.unwrap()));
+    }
+    for mount in rabbitmq.volume_mounts.clone().unwrap() {
+        let volume = pod.volumes.clone().unwrap().into_iter().find(|v| v.name == mount.name).unwrap();
+        let host = dir.path().join(&mount.name);
+        std::fs::create_dir_all(&host).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        if volume.empty_dir.is_some() {
+            std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        } else {
+            // What the kubelet writes: the keys, owned by the pod's group, with the volume's mode.
+            let files: Vec<(String, Vec<u8>)> = match (&volume.config_map, &volume.secret) {
+                (Some(_), _) => {
+                    local::pod::broker_config().into_iter().map(|(n, t)| (n.to_owned(), t.into_bytes())).collect()
+                }
+                (_, Some(secret)) => secret
+                    .items
+                    .clone()
+                    .unwrap()
+                    .into_iter()
+                    .map(|item| (item.path, std::fs::read(secrets.webhook_dir().join(&item.key)).unwrap()))
+                    .collect(),
+                _ => panic!("volume {} of RabbitMQ", mount.name),
+            };
+            let mode =
+                volume.config_map.map(|c| c.default_mode).or(volume.secret.map(|s| s.default_mode)).flatten().unwrap();
+            for (name, bytes) in files {
+                let path = host.join(name);
+                std::fs::write(&path, bytes).unwrap();
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode as u32)).unwrap();
+                rustix::fs::chown(&path, None, rustix::fs::Gid::from_raw(group as u32).into()).unwrap();
+            }
+        }
+        command.arg(format!("--volume={}:{}", host.display(), mount.mount_path));
+    }
+    // The image built here, never pulled (the manifest names the registry's).
+    let output = command.args(["--pull=never", local::images::RABBITMQ]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let id = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let port = podman.command().args(["port", &id, "5671"]).output().unwrap();
+    let port: u16 = String::from_utf8_lossy(&port.stdout).trim().rsplit(':').next().unwrap().parse().unwrap();
+    let config = amqp::Config::new(amqp::Address::Tls { host: "127.0.0.1".into(), port }, &secrets.webhook_dir());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let logged_in = loop {
+        match amqp::Session::connect(&config).await {
+            Ok(session) => break Ok(session),
+            Err(err) if std::time::Instant::now() > deadline => break Err(err),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+        }
+    };
+    let logs = podman.command().args(["logs", &id]).output().unwrap();
+    let _ = podman.command().args(["rm", "--force", "--time=0", &id]).output();
+    logged_in.unwrap_or_else(|err| panic!("{err}\n{}", String::from_utf8_lossy(&[logs.stdout, logs.stderr].concat())));
+}

@@ -22,6 +22,8 @@ pub const NODE: [Package; 2] =
     [Package { name: "nodejs", provides: "/usr/bin/node" }, Package { name: "npm", provides: "/usr/bin/npm" }];
 /// libFuzzer, which the fuzz targets link, is C++.
 pub const CXX: Package = Package { name: "g++", provides: "/usr/bin/g++" };
+/// checkov, which checks the production manifests, installs into a Python virtual environment.
+pub const PYTHON_VENV: Package = Package { name: "python3-venv", provides: "/usr/share/doc/python3-venv" };
 /// The interactive mode's test drives a terminal with it.
 pub const TMUX: Package = Package { name: "tmux", provides: "/usr/bin/tmux" };
 /// Containers: podman with runc (crun fails here), catatonit for pods and `--init`, netavark
