@@ -278,8 +278,10 @@ impl Deployment {
         let run_args = [format!("--pod={name}")];
         let runner_config = RunnerConfig {
             forge: &forge_inside,
-            s3_url: pod::seen_from_pod(&s3.url()),
-            logs_link: Some(format!("{}logs", s3.url())),
+            // The pod knows the store's name (`pod::Inputs::s3_host`).
+            s3_url: s3.url(),
+            logs_link: Some(format!("{}logs", s3.link_url())),
+            s3_hosts: Default::default(),
             secrets: &inside,
             sandbox: Sandbox::Container {
                 socket: Path::new(pod::PODMAN_SOCKET),

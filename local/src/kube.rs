@@ -155,7 +155,7 @@ fn podman_pod(spec: &PodSpec) -> Pod {
             hostname: Some(POD_HOSTNAME.into()),
             host_aliases: Some(vec![HostAlias {
                 ip: pod::HOST_LOOPBACK.into(),
-                hostnames: Some(vec![pod::HOST_ALIAS.into()]),
+                hostnames: Some(pod::HOST_NAMES.map(str::to_owned).to_vec()),
             }]),
             // A container that ends during a run is a failure to report, not to hide.
             restart_policy: Some("Never".into()),
@@ -591,7 +591,13 @@ fn secret_templates() -> Vec<Secret> {
                 (".config--github-webhook-token", "the webhook's HMAC secret"),
             ],
         ),
-        secret("s3-keys", &[("localhost", "ACCESS SECRET of the S3 store; name the key after its host")]),
+        secret(
+            "s3-keys",
+            &[(
+                "s3.us-east-1.amazonaws.com",
+                "ACCESS SECRET of the logs store; name the key after its host, as Cockpit's lookup finds it",
+            )],
+        ),
         secret(
             "tasks-secrets",
             &[("job-runner.toml", "the job-runner configuration (docs/protocol.md)"), ("testmap.toml", "the test map")],

@@ -28,6 +28,9 @@ pub const WEBHOOK_PORT: u16 = 8080;
 const METRICS_PORT: u16 = 9100;
 /// slirp4netns's address for the host's loopback.
 pub(crate) const HOST_LOOPBACK: &str = "10.0.2.2";
+/// The names by which the pod reaches this machine's loopback: the host alias (the mock
+/// GitHub), and the S3 store's own name, which Cockpit's tools in the pod need.
+pub(crate) const HOST_NAMES: [&str; 2] = [HOST_ALIAS, crate::secrets::S3_HOST];
 
 /// The broker's container.
 pub const RABBITMQ: &str = "rabbitmq";
@@ -291,7 +294,7 @@ impl Pod {
             .hostname(POD_HOSTNAME)
             .netns(model::<Namespace>(serde_json::json!({ "nsmode": "slirp4netns" })))
             .network_options([("slirp4netns", vec![NETWORK.trim_start_matches("slirp4netns:")])])
-            .add_hosts([format!("{HOST_ALIAS}:{HOST_LOOPBACK}")])
+            .add_hosts(HOST_NAMES.map(|name| format!("{name}:{HOST_LOOPBACK}")))
             .portmappings(spec.ports.iter().map(|port| {
                 model::<PortMapping>(serde_json::json!({
                     "container_port": port.container, "host_port": port.host, "host_ip": "127.0.0.1", "protocol": "tcp",

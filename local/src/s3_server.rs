@@ -6,8 +6,8 @@
 //! decision: a key with an empty, `.` or `..` segment (in any encoding) is refused, so that a
 //! key names one object only, and its ACL.
 
-use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -27,7 +27,8 @@ pub const BUCKETS: [&str; 2] = ["logs", "images"];
 /// A running store. Dropping it stops the server and closes its connections.
 pub struct S3Server {
     address: SocketAddr,
-    tls: bool,
+    /// The CA of its certificate, when it serves HTTPS.
+    ca: Option<Vec<u8>>,
     stop: watch::Sender<bool>,
 }
 
@@ -67,6 +68,12 @@ impl S3Server {
         let service = builder.build();
 
         let acceptor = if tls { Some(tls_acceptor(secrets)?) } else { None };
+        let ca = match tls {
+            true => Some(
+                std::fs::read(secrets.ca_cert()).map_err(io_error(format!("read {}", secrets.ca_cert().display())))?,
+            ),
+            false => None,
+        };
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.map_err(io_error("listen"))?;
         let address = listener.local_addr().map_err(io_error("listen"))?;
         // Stopping closes the open connections too: clients keep theirs alive between requests.
@@ -100,15 +107,37 @@ impl S3Server {
                 });
             }
         });
-        Ok(S3Server { address, tls, stop })
+        Ok(S3Server { address, ca, stop })
     }
 
-    /// The store's base URL; a bucket's store URL is this plus `<bucket>/`.
+    /// The store's base URL, by the name Cockpit's tools accept ([`S3_HOST`], under
+    /// `.localdomain`, whose key file they find and to which they apply the custom CA); a
+    /// bucket's store URL is this plus `<bucket>/`. Plain HTTP, for tests, is reached by address.
     pub fn url(&self) -> String {
-        match self.tls {
-            true => format!("https://localhost:{}/", self.address.port()),
-            false => format!("http://{}/", self.address),
+        match self.ca {
+            Some(_) => format!("https://{S3_HOST}:{}/", self.address.port()),
+            None => format!("http://{}/", self.address),
         }
+    }
+
+    /// The base URL people on this machine read logs at (status links): `localhost`, which
+    /// every machine resolves; the certificate names both.
+    pub fn link_url(&self) -> String {
+        match self.ca {
+            Some(_) => format!("https://localhost:{}/", self.address.port()),
+            None => self.url(),
+        }
+    }
+
+    /// Where clients on this machine find [`S3_HOST`]: this machine's resolver need not know it.
+    pub fn hosts(&self) -> BTreeMap<String, IpAddr> {
+        [(S3_HOST.to_owned(), IpAddr::V4(Ipv4Addr::LOCALHOST))].into()
+    }
+
+    /// A client of `path` (a bucket, and a prefix ending in `/`) of this store, signing with
+    /// `key` (anonymous without), trusting the store's CA, reaching it by [`S3Server::url`].
+    pub fn store(&self, path: &str, key: Option<s3::Key>) -> Result<s3::Store, s3::Error> {
+        s3::Store::new(&format!("{}{path}", self.url()), key, self.ca.as_deref())?.resolving(&self.hosts())
     }
 }
 

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
+    KeyPair, KeyUsagePurpose, SerialNumber,
 };
 
 /// The AMQP user: the common name of the client certificate, as in Cockpit.
@@ -28,8 +28,10 @@ pub const AMQP_USER: &str = "cockpit-amqp";
 pub const POD_HOSTNAME: &str = "workbench";
 /// The name by which the pod reaches this machine's loopback (the S3 store, the mock GitHub).
 pub const HOST_ALIAS: &str = "workbench-host";
-/// Host name S3 clients use for the local store, and so the name of its key file.
-pub const S3_HOST: &str = "localhost";
+/// Host name S3 clients use for the local store, and so the name of its key file: Cockpit's
+/// test store's name. Cockpit's tools look a key up only for a name with a dot, and trust the
+/// custom CA only for names under `.localdomain` (cockpit-protocol.md 6.4, 7.2).
+pub const S3_HOST: &str = "localhost.localdomain";
 
 /// Names every server certificate carries, so that clients on the host and in the pod can
 /// check the host name.
@@ -210,17 +212,17 @@ pub fn generate(root: &Path, overwrite: bool) -> Result<(Secrets, Ca), SecretsEr
 
 impl Ca {
     fn new() -> Result<Ca, SecretsError> {
-        Ok(Ca { issuer: CertifiedIssuer::self_signed(Ca::params(), KeyPair::generate()?)? })
+        Ok(Ca { issuer: CertifiedIssuer::self_signed(Ca::params()?, KeyPair::generate()?)? })
     }
 
     /// The CA of `secrets`, from its key: what it issues verifies against its `ca.pem`.
     pub fn load(secrets: &Secrets) -> Result<Ca, SecretsError> {
         let path = secrets.root().join("ca.key");
         let pem = std::fs::read_to_string(&path).map_err(|source| SecretsError::Read { path, source })?;
-        Ok(Ca { issuer: CertifiedIssuer::self_signed(Ca::params(), KeyPair::from_pem(&pem)?)? })
+        Ok(Ca { issuer: CertifiedIssuer::self_signed(Ca::params()?, KeyPair::from_pem(&pem)?)? })
     }
 
-    fn params() -> CertificateParams {
+    fn params() -> Result<CertificateParams, SecretsError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = name(&[
             (DnType::OrganizationName, "Workbench"),
@@ -228,10 +230,10 @@ impl Ca {
             (DnType::CommonName, "CA"),
         ]);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2999, 12, 31);
-        params
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        conformant(&mut params, CA_VALIDITY)?;
+        Ok(params)
     }
 
     /// The CA certificate, PEM.
@@ -257,13 +259,36 @@ impl Ca {
     }
 
     fn issue(&self, mut params: CertificateParams) -> Result<Issued, SecretsError> {
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2999, 12, 31);
+        // ECDSA keys sign (the handshake); they encipher nothing.
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.is_ca = IsCa::ExplicitNoCa;
+        conformant(&mut params, LEAF_VALIDITY)?;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
+}
+
+/// How long the CA and the certificates it issues are valid: the CA outlives its leaves, which
+/// `Ca::load` can issue again from its key.
+const CA_VALIDITY: time::Duration = time::Duration::days(20 * 365);
+const LEAF_VALIDITY: time::Duration = time::Duration::days(825);
+
+/// What strict verifiers (OpenSSL's `-x509_strict`, Python's `VERIFY_X509_STRICT`) and RFC 5280
+/// ask of every certificate: key identifiers (the subject's, and the issuer's, which rcgen
+/// derives from the issuer's key), a random positive serial number, and a validity that starts
+/// an hour ago (a client's clock a little behind still accepts it) and ends after `validity`.
+fn conformant(params: &mut CertificateParams, validity: time::Duration) -> Result<(), SecretsError> {
+    params.use_authority_key_identifier_extension = true;
+    let mut serial = [0u8; 16];
+    getrandom::getrandom(&mut serial).map_err(SecretsError::Random)?;
+    // Positive (the top bit clear) and of its full length (the first byte not zero).
+    serial[0] = (serial[0] & 0x7f) | 0x01;
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
+    let now = time::OffsetDateTime::now_utc().replace_nanosecond(0).expect("zero nanoseconds");
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + validity;
+    Ok(())
 }
 
 fn name(parts: &[(DnType, &str)]) -> DistinguishedName {

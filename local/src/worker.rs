@@ -51,15 +51,20 @@ pub struct RunnerConfig<'a> {
     /// Cockpit's `proxy_url`: where people read the logs (status links), when that differs
     /// from where the worker writes them.
     pub logs_link: Option<String>,
+    /// Where the worker finds host names its resolver does not know (the S3 store's).
+    pub s3_hosts: std::collections::BTreeMap<String, std::net::IpAddr>,
     /// The secrets, at the paths the worker reads them from.
     pub secrets: &'a Secrets,
     pub sandbox: Sandbox<'a>,
 }
 
 impl<'a> RunnerConfig<'a> {
-    /// For a worker on this machine.
+    /// For a worker on this machine: it writes to the store by its name, and status links are
+    /// where people here read.
     pub fn local(forge: &'a Forge, s3: &S3Server, secrets: &'a Secrets, sandbox: Sandbox<'a>) -> RunnerConfig<'a> {
-        RunnerConfig { forge, s3_url: s3.url(), logs_link: None, secrets, sandbox }
+        let link = s3.link_url();
+        let logs_link = (link != s3.url()).then(|| format!("{link}logs"));
+        RunnerConfig { forge, s3_url: s3.url(), logs_link, s3_hosts: s3.hosts(), secrets, sandbox }
     }
 
     /// Writes it as `job-runner.toml` into `dir`; returns its path.
@@ -72,7 +77,7 @@ driver = "s3"
 url = {url}
 key = [{{file = {key}}}]
 ca = [{{file = {ca}}}]
-{link}[forge.github]
+{link}{resolve}[forge.github]
 api-url = {api}
 clone-url = {clone}
 post = true
@@ -85,6 +90,17 @@ token = [{{file = {token}}}]
             clone = string(&self.forge.clone_url),
             token = string(&self.forge.token_file.display().to_string()),
             link = self.logs_link.as_deref().map(|link| format!("proxy_url = {}\n", string(link))).unwrap_or_default(),
+            resolve = match self.s3_hosts.is_empty() {
+                true => String::new(),
+                false => format!(
+                    "resolve = {{ {} }}\n",
+                    self.s3_hosts
+                        .iter()
+                        .map(|(host, address)| format!("{} = {}", string(host), string(&address.to_string())))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            },
         );
         match self.sandbox {
             Sandbox::Process => toml.push_str("[container]\nsandbox = \"process\"\n"),

@@ -143,3 +143,48 @@ async fn events_pass_the_webhooks_filter_like_githubs() {
         (Some("closed"), Some(true))
     );
 }
+
+/// GitHub's list of a commit's statuses: every status, newest first, in pages linked by the
+/// `Link` header; the client follows them all.
+#[tokio::test]
+async fn lists_a_commits_statuses_newest_first_in_linked_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mock, head) = mock(dir.path()).await;
+    let client = GitHub::new(&mock.api_url(), TOKEN).unwrap();
+    for n in 0..250 {
+        client.post_status(REPO, &head, &status(&format!("c{n}"), "pending", "Not yet tested")).await.unwrap();
+    }
+    let history = client.status_history(REPO, &head).await.unwrap();
+    let contexts: Vec<String> = history.iter().map(|s| s.context.clone()).collect();
+    let expected: Vec<String> = (0..250).rev().map(|n| format!("c{n}")).collect();
+    assert_eq!(contexts, expected, "all 250, newest first, over three pages of 100");
+
+    let url = format!("{}/repos/{REPO}/commits/{head}/statuses?per_page=2&page=2", mock.api_url());
+    let address = mock.api_url().trim_start_matches("http://").split('/').next().unwrap().to_owned();
+    let response = raw_get(&address, &url[url.find("/repos").unwrap()..]).await;
+    let (headers, body) = response.split_once("\r\n\r\n").unwrap();
+    let link = headers.lines().find_map(|line| line.strip_prefix("link: ")).expect("a Link header");
+    let path = format!("http://{address}/repos/{REPO}/commits/{head}/statuses");
+    assert_eq!(
+        link,
+        format!(
+            "<{path}?per_page=2&page=3>; rel=\"next\", <{path}?per_page=2&page=125>; rel=\"last\", \
+             <{path}?per_page=2&page=1>; rel=\"first\", <{path}?per_page=2&page=1>; rel=\"prev\""
+        )
+    );
+    let page: Vec<serde_json::Value> = serde_json::from_str(body).unwrap();
+    let contexts: Vec<&str> = page.iter().map(|s| s["context"].as_str().unwrap()).collect();
+    assert_eq!(contexts, ["c247", "c246"]);
+}
+
+/// `GET path` with the token, as it is; the whole response.
+async fn raw_get(address: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: token {TOKEN}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}

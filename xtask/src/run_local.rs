@@ -364,9 +364,34 @@ async fn shell(deployment: &Deployment) -> anyhow::Result<()> {
             println!(
                 "  cargo xtask payload pull_request --repo workbench-ci/demo --sha SHA | tasks publish-queue --queue webhook\n"
             );
+            // Cockpit's tools reach the S3 store by its name, which this machine's resolver need
+            // not know: the shell gets an /etc/hosts of its own that does, in a mount namespace
+            // of its own (this machine's file is left alone).
+            let hosts = deployment.run_dir.join("hosts");
+            let system = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+            let line = format!("127.0.0.1\t{}\n", local::secrets::S3_HOST);
+            std::fs::write(&hosts, format!("{system}{line}"))
+                .with_context(|| format!("writing {}", hosts.display()))?;
             let program = std::env::var("SHELL").unwrap_or_else(|_| "/bin/bash".into());
-            let mut command = tokio::process::Command::new(program);
-            command.current_dir(&deployment.run_dir).envs(deployment.shell_env());
+            let mut command = tokio::process::Command::new("unshare");
+            if !rustix::process::geteuid().is_root() {
+                // A user namespace lets a user mount in it, as its root.
+                command.arg("--map-root-user");
+            }
+            command
+                .args([
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "--",
+                    "sh",
+                    "-c",
+                    "mount --bind \"$0\" /etc/hosts && exec \"$1\"",
+                ])
+                .arg(&hosts)
+                .arg(program)
+                .current_dir(&deployment.run_dir)
+                .envs(deployment.shell_env());
             command
         }
     };

@@ -168,17 +168,19 @@ fn interrupted_run_leaves_nothing_behind(runtime: &str) {
     assert_nothing_left(&dir, &serde_json::from_slice(&endpoints).unwrap());
 }
 
-#[test]
-fn the_interactive_shell_reaches_the_deployment_and_exit_tears_it_down() {
+/// `run-local -i` on `runtime`, driven under tmux: the shell reaches the deployment (the queue
+/// tools, and the S3 store by the name Cockpit's tools use, resolved to `store_address`
+/// without touching this machine's /etc/hosts), and `exit` tears it down.
+fn interactive(runtime: &str, store_address: &str) {
     if Command::new("tmux").arg("-V").output().is_err() {
         eprintln!("skipped: tmux is not installed (cargo xtask ci installs it)");
         return;
     }
-    let socket = format!("workbench-test-{}", std::process::id());
+    let system_hosts = std::fs::read("/etc/hosts").unwrap();
+    let socket = format!("workbench-test-{}-{runtime}", std::process::id());
     let tmux = |args: &[&str]| Command::new("tmux").args(["-L", &socket]).args(args).output().unwrap();
     // The pane outlives run-local, so that a run that ends early shows why, at once.
     // On podman, the shell is in the tasks container, where the tools find everything alike.
-    let runtime = if podman_here() { "podman" } else { "process" };
     let command = format!(
         "{} run-local --runtime {runtime} -i --binaries {}; echo \"run-local exited: $?\"; sleep 600",
         env!("CARGO_BIN_EXE_xtask"),
@@ -215,6 +217,11 @@ fn the_interactive_shell_reaches_the_deployment_and_exit_tears_it_down() {
     for queue in ["public", "rhel", "statistics", "webhook"] {
         assert!(shown.contains(&format!("{queue} queue:")), "{shown}");
     }
+    let host = local::secrets::S3_HOST;
+    tmux(&["send-keys", "-t", "run", &format!("getent hosts {host} | sed 's/^/resolved: /'"), "Enter"]);
+    let shown = wait_for(&format!("resolved: {store_address}"));
+    assert!(shown.contains(&format!("resolved: {store_address}")) && shown.contains(host), "{shown}");
+    assert_eq!(std::fs::read("/etc/hosts").unwrap(), system_hosts, "this machine's /etc/hosts is left alone");
     tmux(&["send-keys", "-t", "run", "exit", "Enter"]);
     let ended = wait_for("run-local exited:");
     let _ = tmux(&["kill-server"]);
@@ -222,6 +229,18 @@ fn the_interactive_shell_reaches_the_deployment_and_exit_tears_it_down() {
     assert_eq!(processes_of(&dir), Vec::<String>::new(), "processes of the run outlived it");
     assert_no_pod(&dir);
     assert!(!Path::new(&dir).exists(), "a run that succeeded removes its directory");
+}
+
+#[test]
+fn process_the_interactive_shell_reaches_the_deployment_and_exit_tears_it_down() {
+    interactive("process", "127.0.0.1");
+}
+
+#[test]
+fn podman_the_interactive_shell_reaches_the_deployment_and_exit_tears_it_down() {
+    if podman_here() {
+        interactive("podman", "10.0.2.2");
+    }
 }
 
 /// The real GitHub mode does not run a stranger's pull request unsandboxed unless told to:

@@ -23,6 +23,7 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/repos/{owner}/{repo}/pulls/{number}", get(pull))
         .route("/repos/{owner}/{repo}/statuses/{sha}", post(create_status))
         .route("/repos/{owner}/{repo}/commits/{sha}/status", get(combined_status))
+        .route("/repos/{owner}/{repo}/commits/{sha}/statuses", get(list_statuses))
         .route("/repos/{owner}/{repo}/contents/{*path}", get(contents))
         .route("/repos/{owner}/{repo}/git/refs/heads/{*branch}", get(branch_ref))
         .route("/repos/{owner}/{repo}/git/ref/heads/{*branch}", get(branch_ref))
@@ -108,18 +109,86 @@ async fn repository(State(state): State<Shared>, Path((owner, repo)): Path<(Stri
     axum::Json(repository_json(&state, &name)).into_response()
 }
 
-async fn list_pulls(State(state): State<Shared>, Path((owner, repo)): Path<(String, String)>) -> Response {
+/// One page of a list, as GitHub serves lists: `per_page` items (30 unless asked, at most 100)
+/// from `page` (1 unless asked), and a `Link` header to the next and last pages, when there are.
+fn page_of(items: Vec<Value>, query: &HashMap<String, String>, uri: &axum::http::Uri, host: &str) -> Response {
+    let page: usize = query.get("page").and_then(|p| p.parse().ok()).unwrap_or(1).max(1);
+    let per_page: usize = query.get("per_page").and_then(|p| p.parse().ok()).unwrap_or(30).clamp(1, 100);
+    let last = items.len().div_ceil(per_page).max(1);
+    let link = |to: usize, rel: &str| {
+        let mut pairs: Vec<String> =
+            query.iter().filter(|(k, _)| *k != "page" && *k != "per_page").map(|(k, v)| format!("{k}={v}")).collect();
+        pairs.sort();
+        pairs.extend([format!("per_page={per_page}"), format!("page={to}")]);
+        format!("<http://{host}{}?{}>; rel=\"{rel}\"", uri.path(), pairs.join("&"))
+    };
+    let mut links = Vec::new();
+    if page < last {
+        links.extend([link(page + 1, "next"), link(last, "last")]);
+    }
+    if page > 1 {
+        links.extend([link(1, "first"), link(page - 1, "prev")]);
+    }
+    let shown: Vec<Value> = items.into_iter().skip((page - 1) * per_page).take(per_page).collect();
+    let mut response = axum::Json(shown).into_response();
+    if !links.is_empty()
+        && let Ok(value) = links.join(", ").parse()
+    {
+        response.headers_mut().insert(header::LINK, value);
+    }
+    response
+}
+
+fn host_of(headers: &axum::http::HeaderMap) -> String {
+    headers.get(header::HOST).and_then(|host| host.to_str().ok()).unwrap_or("localhost").to_owned()
+}
+
+async fn list_pulls(
+    State(state): State<Shared>,
+    Path((owner, repo)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> Response {
     let name = format!("{owner}/{repo}");
     let state = lock(&state);
     let Some(entry) = state.repos.get(&name) else { return not_found() };
+    let wanted = query.get("state").map_or("open", String::as_str);
     let pulls: Vec<Value> = entry
         .pulls
         .values()
         .rev()
-        .filter(|pull| pull.state == "open")
+        .filter(|pull| wanted == "all" || pull.state == wanted)
         .map(|pull| pull_json(&state, &name, entry, pull))
         .collect();
-    axum::Json(pulls).into_response()
+    page_of(pulls, &query, &uri, &host_of(&headers))
+}
+
+/// Every status of a commit, newest first (GitHub's list of statuses for a reference).
+async fn list_statuses(
+    State(state): State<Shared>,
+    Path((owner, repo, sha)): Path<(String, String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let state = lock(&state);
+    let Some(entry) = state.repos.get(&format!("{owner}/{repo}")) else { return not_found() };
+    let statuses: Vec<Value> = entry
+        .statuses
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(_, (on, _))| *on == sha)
+        .map(|(n, (_, status))| {
+            json!({
+                "id": n + 1, "state": status.state, "description": status.description,
+                "target_url": status.target_url, "context": status.context,
+                "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
+            })
+        })
+        .collect();
+    page_of(statuses, &query, &uri, &host_of(&headers))
 }
 
 async fn pull(State(state): State<Shared>, Path((owner, repo, number)): Path<(String, String, u64)>) -> Response {

@@ -233,30 +233,35 @@ impl GitHub {
         }
     }
 
-    /// The open pull requests, newest first (all pages).
+    /// The open pull requests, newest first (every page, following GitHub's `Link` header).
     pub async fn open_pulls(&self, repo: &str) -> Result<Vec<Pull>, Error> {
         let route = format!("/repos/{repo}/pulls");
-        let mut pulls = Vec::new();
-        for page in 1.. {
-            let query = [
-                ("state", "open".to_owned()),
-                ("sort", "created".to_owned()),
-                ("direction", "desc".to_owned()),
-                ("per_page", PER_PAGE.to_string()),
-                ("page", page.to_string()),
-            ];
-            let batch: Vec<Pull> = self
-                .client
-                .get(&route, Some(&query))
-                .await
-                .map_err(|err| request_error(format!("GET {route}"), err))?;
-            let full = batch.len() == PER_PAGE as usize;
-            pulls.extend(batch);
-            if !full {
-                break;
-            }
-        }
-        Ok(pulls)
+        let query = [
+            ("state", "open".to_owned()),
+            ("sort", "created".to_owned()),
+            ("direction", "desc".to_owned()),
+            ("per_page", PER_PAGE.to_string()),
+        ];
+        self.every_page(&route, &query).await
+    }
+
+    /// Every status posted to a commit, newest first (GitHub's list of statuses, every page):
+    /// its history, where the combined status keeps only the latest of each context.
+    pub async fn status_history(&self, repo: &str, sha: &str) -> Result<Vec<Status>, Error> {
+        let route = format!("/repos/{repo}/commits/{sha}/statuses");
+        self.every_page(&route, &[("per_page", PER_PAGE.to_string())]).await
+    }
+
+    /// The items of a list, from its first page on, as long as GitHub links a next one.
+    async fn every_page<T: serde::de::DeserializeOwned>(
+        &self,
+        route: &str,
+        query: &[(&str, String)],
+    ) -> Result<Vec<T>, Error> {
+        let what = || format!("GET {route}");
+        let first: octocrab::Page<T> =
+            self.client.get(route, Some(&query)).await.map_err(|err| request_error(what(), err))?;
+        self.client.all_pages(first).await.map_err(|err| request_error(what(), err))
     }
 
     /// A file of the repository at `git_ref`, or `None` if it does not exist there.

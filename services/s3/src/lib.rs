@@ -4,9 +4,12 @@
 
 mod sigv4;
 
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use futures_util::StreamExt;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -16,6 +19,7 @@ use hyper::{Method, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -41,16 +45,18 @@ impl Key {
         Some(Key { access: access.to_owned(), secret: secret.to_owned() })
     }
 
-    /// Cockpit's lookup in an `s3-keys` directory: a file named after the host, else after the
-    /// host without its first label, and so on while a dot remains.
+    /// Cockpit's lookup in an `s3-keys` directory (`lib/s3.py`): a file named after the host,
+    /// else after the host without its first label, and so on, while the name has a dot: a host
+    /// without one (`localhost`) has no key.
     pub fn for_host(dir: &Path, host: &str) -> Option<Key> {
         let mut name = host;
-        loop {
+        while name.contains('.') {
             if let Some(key) = std::fs::read_to_string(dir.join(name)).ok().and_then(|text| Key::parse(&text)) {
                 return Some(key);
             }
-            name = name.split_once('.').filter(|(_, rest)| rest.contains('.'))?.1;
+            name = name.split_once('.')?.1;
         }
+        None
     }
 }
 
@@ -160,7 +166,8 @@ pub struct Store {
     prefix: String,
     key: Option<Key>,
     acl: Option<String>,
-    client: Client<HttpsConnector<HttpConnector>, HttpBody>,
+    ca_pem: Option<Vec<u8>>,
+    client: Client<HttpsConnector<HttpConnector<Resolver>>, HttpBody>,
 }
 
 impl Store {
@@ -184,8 +191,18 @@ impl Store {
             prefix,
             key,
             acl: None,
-            client: Client::builder(TokioExecutor::new()).build(connector(ca_pem)?),
+            ca_pem: ca_pem.map(<[u8]>::to_vec),
+            client: Client::builder(TokioExecutor::new()).build(connector(ca_pem, Resolver::default())?),
         })
+    }
+
+    /// Reaches each of `hosts` at its address, as an `/etc/hosts` of this client's own would,
+    /// rather than asking the system's resolver: a store named `localhost.localdomain` (as
+    /// Cockpit's tools want it) on a machine whose resolver does not know that name.
+    pub fn resolving(mut self, hosts: &BTreeMap<String, IpAddr>) -> Result<Store, Error> {
+        let resolver = Resolver { hosts: Arc::new(hosts.clone()), system: GaiResolver::new() };
+        self.client = Client::builder(TokioExecutor::new()).build(connector(self.ca_pem.as_deref(), resolver)?);
+        Ok(self)
     }
 
     /// Sends `x-amz-acl: <acl>` with every PUT.
@@ -308,7 +325,41 @@ impl Store {
     }
 }
 
-fn connector(ca_pem: Option<&[u8]>) -> Result<HttpsConnector<HttpConnector>, Error> {
+/// Names resolved from a table first, then by the system.
+#[derive(Clone)]
+struct Resolver {
+    hosts: Arc<BTreeMap<String, IpAddr>>,
+    system: GaiResolver,
+}
+
+impl Default for Resolver {
+    fn default() -> Resolver {
+        Resolver { hosts: Arc::default(), system: GaiResolver::new() }
+    }
+}
+
+type Resolved = Box<dyn Iterator<Item = SocketAddr> + Send>;
+
+impl tower_service::Service<Name> for Resolver {
+    type Response = Resolved;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Resolved, std::io::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), std::io::Error>> {
+        self.system.poll_ready(cx)
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        if let Some(address) = self.hosts.get(name.as_str()) {
+            let resolved: Resolved = Box::new(std::iter::once(SocketAddr::new(*address, 0)));
+            return Box::pin(std::future::ready(Ok(resolved)));
+        }
+        let lookup = self.system.call(name);
+        Box::pin(async move { Ok(Box::new(lookup.await?) as Resolved) })
+    }
+}
+
+fn connector(ca_pem: Option<&[u8]>, resolver: Resolver) -> Result<HttpsConnector<HttpConnector<Resolver>>, Error> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_pem {
         Some(pem) => {
@@ -325,7 +376,13 @@ fn connector(ca_pem: Option<&[u8]>) -> Result<HttpsConnector<HttpConnector>, Err
         .map_err(|e| Error::Tls(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Ok(hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_or_http().enable_http1().build())
+    let mut http = HttpConnector::new_with_resolver(resolver);
+    http.enforce_http(false);
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http))
 }
 
 /// The text of the first `<name>…</name>` element in `xml`.
@@ -350,7 +407,12 @@ mod tests {
         std::fs::write(dir.join("s3.us-east-1.amazonaws.com"), "AKID SECRET token\n").unwrap();
         let key = Key::for_host(&dir, "cockpit-ci-logs.s3.us-east-1.amazonaws.com").unwrap();
         assert_eq!((key.access.as_str(), key.secret.as_str()), ("AKID", "SECRET"));
+        // As Cockpit's lookup: only names with a dot are tried, so `localhost` never is.
+        std::fs::write(dir.join("localhost"), "A S\n").unwrap();
         assert!(Key::for_host(&dir, "localhost").is_none());
+        std::fs::write(dir.join("localhost.localdomain"), "B T\n").unwrap();
+        assert_eq!(Key::for_host(&dir, "localhost.localdomain").unwrap().access, "B");
+        assert!(Key::for_host(&dir, "s3.localdomain").is_none(), "`localdomain` has no dot: not tried");
         assert!(Key::parse("only-one-field").is_none());
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -364,5 +426,19 @@ mod tests {
         for bad in ["localhost:9000/logs", "https://localhost:9000/", "ftp://host/bucket/"] {
             assert!(Store::new(bad, None, None).is_err(), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod resolving_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_name_from_the_table_is_not_asked_of_the_system() {
+        let hosts = [("no-such-name.localdomain".to_owned(), IpAddr::from([127, 0, 0, 1]))].into();
+        let store =
+            Store::new("https://no-such-name.localdomain:9/logs/", None, None).unwrap().resolving(&hosts).unwrap();
+        let err = store.get("x").await.unwrap_err().to_string();
+        assert!(!err.contains("dns error"), "{err}");
     }
 }

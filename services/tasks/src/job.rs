@@ -205,11 +205,8 @@ fn log_store(config: &RunnerConfig, prefix: &str) -> Result<s3::Store, JobError>
         S3Key::Text(text) => s3::Key::parse(text),
         S3Key::Table { access, secret } => Some(s3::Key { access: access.clone(), secret: secret.clone() }),
     };
-    let store = s3::Store::new(
-        &format!("{}/{prefix}/", s3.url.trim_end_matches('/')),
-        key,
-        s3.ca.as_deref().map(str::as_bytes),
-    )?;
+    let url = format!("{}/{prefix}/", s3.url.trim_end_matches('/'));
+    let store = s3::Store::new(&url, key, s3.ca.as_deref().map(str::as_bytes))?.resolving(&s3.resolve)?;
     Ok(if s3.acl.is_empty() { store } else { store.with_acl(&s3.acl) })
 }
 

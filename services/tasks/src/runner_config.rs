@@ -135,6 +135,11 @@ pub struct LogsS3 {
     /// PEM of the CA to trust for HTTPS to the store.
     pub ca: Option<String>,
     pub user_agent: String,
+    /// Host names reached at these addresses rather than through the system's resolver, as an
+    /// `/etc/hosts` of job-runner's own (a key of ours: a store named under `.localdomain`
+    /// for Cockpit's tools, on a machine whose resolver does not know the name).
+    #[serde(default)]
+    pub resolve: BTreeMap<String, std::net::IpAddr>,
 }
 
 /// `"ACCESS SECRET [TOKEN]"`, or a table.
@@ -416,6 +421,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!((small.limits.log_size, small.limits.attachment_size), (Size(1000), Size(2048)));
+        let resolving = "[logs.s3]\nresolve = { \"localhost.localdomain\" = \"127.0.0.1\" }";
+        let resolving = RunnerConfig::parse(resolving, Format::Toml, |_| unreachable!()).unwrap();
+        assert_eq!(resolving.logs.s3.resolve["localhost.localdomain"], std::net::Ipv4Addr::LOCALHOST);
         let bad = RunnerConfig::parse("[limits]\nlog-size = \"lots\"", Format::Toml, |_| unreachable!());
         assert!(bad.unwrap_err().to_string().contains("\"lots\" is not a size"));
     }
@@ -461,6 +469,7 @@ github-token = ['--volume=/run/secrets/webhook/.config--github-token:/run/secret
         assert_eq!(config.logs.s3.key, S3Key::Text("cockpituous foobarfoo\n".into()));
         assert_eq!(config.logs.s3.ca.as_deref(), Some("-----BEGIN CERTIFICATE-----\n"));
         assert_eq!(config.logs.s3.acl, "public-read", "untouched defaults stay");
+        assert!(config.logs.s3.resolve.is_empty());
         let github = &config.forge.forges["github"];
         assert_eq!(
             (github.token.as_deref(), github.post, github.api_url.as_str()),

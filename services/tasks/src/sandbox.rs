@@ -193,20 +193,30 @@ fn stop_orphans() {
     if !ADOPTING.load(Ordering::SeqCst) {
         return;
     }
-    for _ in 0..100 {
+    for round in 0..100 {
+        reap();
         let descendants = descendants(rustix::process::getpid().as_raw_nonzero().get());
         if descendants.is_empty() {
-            break;
+            return;
         }
+        tracing::debug!(?descendants, "stopping what the job left running");
         for pid in descendants {
             if let Some(pid) = rustix::process::Pid::from_raw(pid) {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
         }
-        while let Ok(Some(_)) = rustix::process::waitpid(None, rustix::process::WaitOptions::NOHANG) {}
-        std::thread::sleep(std::time::Duration::from_millis(10));
+        if round > 0 {
+            // A fork bomb may keep forking between two looks: give the kills time to land.
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
-    while let Ok(Some(_)) = rustix::process::waitpid(None, rustix::process::WaitOptions::NOHANG) {}
+    reap();
+}
+
+/// Collects every child that ended (`waitpid(-1)`, whatever its process group): what this
+/// process adopted is its to reap.
+fn reap() {
+    while let Ok(Some(_)) = rustix::process::wait(rustix::process::WaitOptions::NOHANG) {}
 }
 
 /// The processes below `root`, from each process's parent in `/proc/PID/stat`. Read by hand:
