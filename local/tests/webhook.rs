@@ -1,5 +1,6 @@
-//! The webhook service against the real private broker: what it publishes, byte for byte, what
-//! it refuses and with which status, and how it rides out a broker restart.
+//! The webhook service against the real private broker: what it publishes (GitHub's bytes
+//! inside `{"event":…,"request":…}`), what it refuses and with which status, and how it rides
+//! out a broker restart.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -104,7 +105,7 @@ fn queued(event: &str, request: &[u8]) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn publishes_signed_deliveries_byte_for_byte() {
+async fn publishes_signed_deliveries_with_githubs_bytes() {
     let fixture = start().await;
     let cases = [
         ("pull_request", "pull_request-opened.json"),

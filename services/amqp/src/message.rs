@@ -112,11 +112,12 @@ pub struct Subject {
 mod tests {
     use super::*;
 
-    /// The job of Cockpit's own mock PR test, byte for byte as tests-scan publishes it.
+    /// The job of Cockpit's own mock PR test as our tests-scan publishes it: Cockpit's keys, order
+    /// and values, in compact JSON (Cockpit's has a space after each `,` and `:`).
     const COCKPIT_JOB: &str = r#"{"job":{"repo":"cockpit-project/bots","sha":"a4d25bb9d1d2e0a0b3c4d5e6f708192a3b4c5d6e","context":"unit-tests","pull":1,"report":null,"command_subject":null,"slug":"pull-1-a4d25bb9-20240315-135902-unit-tests","env":{"TEST_OS":"unit-tests","TEST_REVISION":"a4d25bb9d1d2e0a0b3c4d5e6f708192a3b4c5d6e","COCKPIT_BOTS_REF":"main","BASE_BRANCH":"main","TEST_PULL":"1"},"secrets":["github-token","image-download"]},"human":"pull-1      unit-tests                a4d25bb      (cockpit-project/bots) [bots@main]   {main}"}"#;
 
     #[test]
-    fn job_message_round_trips_byte_for_byte() {
+    fn job_message_round_trips_unchanged() {
         let message: JobMessage = serde_json::from_str(COCKPIT_JOB).unwrap();
         assert_eq!(message.job.pull, Some(1));
         assert_eq!(message.job.env.keys().next().map(String::as_str), Some("TEST_OS"));
@@ -163,8 +164,9 @@ mod tests {
         assert_eq!(argv.command, Command::Argv(vec!["ls".into(), "-l".into()]));
     }
 
+    /// The shell string is Cockpit's, character for character (its missing space included).
     #[test]
-    fn statistics_command_is_cockpits_byte_for_byte() {
+    fn statistics_command_is_cockpits_string() {
         let message = CommandMessage::statistics("/cache/images/test-results.db", "cockpit-project/cockpit", "abc123");
         assert_eq!(
             serde_json::to_string(&message).unwrap(),
