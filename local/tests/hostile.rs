@@ -82,6 +82,7 @@ async fn world(sandbox: Sandbox) -> World {
         grace: 600,
         metrics_listen: Some(metrics),
         job_program: Some(local::Binaries::of_test_build().tasks),
+        rescan_interval: 0,
         ..Args::default()
     };
     World { broker, mock, s3, secrets, args, _podman: podman, dir }

@@ -60,6 +60,8 @@ async fn world() -> World {
         jobs: 1,
         grace: 600,
         job_program: Some(tasks_binary()),
+        // Each test decides whether its workers rescan.
+        rescan_interval: 0,
         ..Args::default()
     };
     World { broker, mock, s3, head, args, secrets, _dir: dir }
@@ -100,7 +102,7 @@ impl World {
         std::process::Command::new(tasks_binary())
             .args(["--amqp", &self.broker.address().to_string(), "--secrets-dir"])
             .arg(self.secrets.webhook_dir())
-            .args(["run-queue", "--hostname", hostname, "--test-map"])
+            .args(["run-queue", "--hostname", hostname, "--rescan-interval", "0", "--test-map"])
             .arg(&self.args.scan.test_map)
             .args(["--github-api", &self.args.scan.github_api, "--github-token-file"])
             .arg(self.args.scan.github_token_file.as_ref().unwrap())
@@ -154,7 +156,7 @@ async fn a_queued_pull_request_event_is_tested_to_a_final_status() {
     let (stop, worker) = world.worker_with(Args {
         hostname: Some("worker-1".into()),
         // Rescans while the job is queued and running must not queue it again.
-        rescan_interval: Some(1),
+        rescan_interval: 1,
         metrics_listen: Some(format!("127.0.0.1:{metrics}").parse().unwrap()),
         ..world.args.clone()
     });

@@ -29,6 +29,7 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/repos/{owner}/{repo}/git/ref/heads/{*branch}", get(branch_ref))
         .route("/repos/{owner}/{repo}/issues", post(create_issue))
         .route("/user", get(user))
+        .route_layer(middleware::from_fn_with_state(state.clone(), misbehave))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .merge(api)
@@ -66,6 +67,34 @@ async fn record(State(state): State<Shared>, request: Request, next: Next) -> Re
         at: std::time::Instant::now(),
     });
     next.run(Request::from_parts(parts, Body::from(bytes))).await
+}
+
+/// As the API faults say: answers late, and refuses while an outage lasts.
+async fn misbehave(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let (delay, outage) = {
+        let state = lock(&state);
+        let faults = &state.api_faults;
+        let now = std::time::Instant::now();
+        (faults.delay, faults.outage.iter().find(|(until, _)| *until > now).copied())
+    };
+    tokio::time::sleep(delay).await;
+    match outage {
+        None => next.run(request).await,
+        Some((_, super::Outage::Status(code))) => {
+            error(StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY), "Server Error")
+        }
+        Some((until, super::Outage::RateLimit)) => {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            let reset = std::time::SystemTime::now() + left + std::time::Duration::from_secs(1);
+            let reset = reset.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+            let mut response = error(StatusCode::FORBIDDEN, "API rate limit exceeded for installation.");
+            let headers = response.headers_mut();
+            headers.insert("x-ratelimit-limit", "5000".parse().expect("a header value"));
+            headers.insert("x-ratelimit-remaining", "0".parse().expect("a header value"));
+            headers.insert("x-ratelimit-reset", reset.to_string().parse().expect("a header value"));
+            response
+        }
+    }
 }
 
 /// Like GitHub: `Authorization: token <t>` or `Bearer <t>`, else 401.

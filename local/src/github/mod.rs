@@ -58,6 +58,7 @@ pub(crate) struct State {
     requests: Vec<Recorded>,
     next_id: u64,
     status_faults: StatusFaults,
+    api_faults: ApiFaults,
 }
 
 /// How the mock misbehaves when statuses are posted, as GitHub does in an outage.
@@ -67,6 +68,41 @@ pub struct StatusFaults {
     pub refuse: std::collections::VecDeque<u16>,
     /// Every status POST is answered this late (a stored status is stored at once).
     pub delay: std::time::Duration,
+}
+
+/// How the whole API misbehaves, as GitHub does in an outage: every request (reads and writes,
+/// git's excepted) answered late, and periods, one after another from when they are set, in
+/// which every request is refused.
+#[derive(Debug, Clone, Default)]
+pub struct ApiFaults {
+    pub delay: std::time::Duration,
+    /// `(until, how)`: refused so until each moment, the first period first.
+    pub outage: Vec<(std::time::Instant, Outage)>,
+}
+
+/// How GitHub refuses in an outage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outage {
+    /// With this HTTP status (502: its gateway failing).
+    Status(u16),
+    /// 403 with `x-ratelimit-remaining: 0` and `x-ratelimit-reset` the end of the period, as
+    /// GitHub answers a client out of requests.
+    RateLimit,
+}
+
+impl ApiFaults {
+    /// Periods of `how` for `each` long, one after another from now.
+    pub fn outage(periods: &[(std::time::Duration, Outage)]) -> ApiFaults {
+        let mut until = std::time::Instant::now();
+        let outage = periods
+            .iter()
+            .map(|(each, how)| {
+                until += *each;
+                (until, *how)
+            })
+            .collect();
+        ApiFaults { delay: std::time::Duration::ZERO, outage }
+    }
 }
 
 pub(crate) struct Repo {
@@ -101,6 +137,7 @@ impl MockGitHub {
             requests: Vec::new(),
             next_id: 1,
             status_faults: StatusFaults::default(),
+            api_faults: ApiFaults::default(),
         }));
         let (stop, stopped) = oneshot::channel::<()>();
         let router = api::router(state.clone());
@@ -175,6 +212,11 @@ impl MockGitHub {
     /// From now on, status POSTs misbehave as `faults` says.
     pub fn set_status_faults(&self, faults: StatusFaults) {
         self.lock().status_faults = faults;
+    }
+
+    /// From now on, the whole API misbehaves as `faults` says.
+    pub fn set_api_faults(&self, faults: ApiFaults) {
+        self.lock().api_faults = faults;
     }
 
     /// Every request received so far, in order.

@@ -12,5 +12,10 @@ mod tls;
 pub use config::{Address, ClientFiles, Config, ServerVerification, default_secrets_dir};
 pub use error::Error;
 pub use message::{Command, CommandMessage, Job, JobMessage, Subject, WebhookMessage};
-pub use queue::{ALL_QUEUES, BASELINE_PRIORITY, MAX_PRIORITY, PUBLIC, Queue, RHEL, STATISTICS, WEBHOOK};
-pub use session::{ATTEMPTS_HEADER, Consumer, Delivery, Session, connect_with_backoff};
+pub use queue::{
+    ALL_QUEUES, BASELINE_PRIORITY, DEAD_LETTER, DELAYS, MAX_PRIORITY, PUBLIC, Queue, RHEL, STATISTICS, WEBHOOK,
+    delay_queue_name,
+};
+pub use session::{
+    ATTEMPTS_HEADER, Consumer, Delivery, ERROR_HEADER, QUEUE_HEADER, RETRIES_HEADER, Session, connect_with_backoff,
+};

@@ -31,6 +31,34 @@ pub const STATISTICS: Queue =
 /// The queues in the order Cockpit's run-queue declares them.
 pub const ALL_QUEUES: [Queue; 4] = [WEBHOOK, RHEL, PUBLIC, STATISTICS];
 
+/// Where a message whose work failed for a while is parked after its last try, for an operator
+/// to see (`inspect-queue`, the worker's metrics) and to publish again by hand. A queue of ours:
+/// Cockpit's tools never declare it.
+pub const DEAD_LETTER: Queue =
+    Queue { name: "workbench.dead-letter", max_priority: None, single_active_consumer: false };
+
+/// How long a message may wait before it is tried again: the delay queues of each Cockpit
+/// queue, one per wait, each handing its messages back to that queue when their time is up.
+pub const DELAYS: [u64; 8] = [5, 10, 20, 40, 80, 160, 320, 600];
+
+/// The delay queue where a message of `queue` waits `seconds` (one of [`DELAYS`]) before it is
+/// back in `queue`: `workbench.delay.<queue>.<seconds>s`. Its messages live `seconds` and are
+/// then dead-lettered, through the default exchange, to `queue`. One queue per wait, as a
+/// message expires only at the head of its queue.
+pub(crate) fn delay_queue(queue: &str, seconds: u64) -> (String, FieldTable) {
+    let mut table = FieldTable::default();
+    let ms = i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+    table.insert(ShortString::from("x-message-ttl"), AMQPValue::LongLongInt(ms));
+    table.insert(ShortString::from("x-dead-letter-exchange"), AMQPValue::LongString("".into()));
+    table.insert(ShortString::from("x-dead-letter-routing-key"), AMQPValue::LongString(queue.into()));
+    (delay_queue_name(queue, seconds), table)
+}
+
+/// The name of the delay queue where messages of `queue` wait `seconds`.
+pub fn delay_queue_name(queue: &str, seconds: u64) -> String {
+    format!("workbench.delay.{queue}.{seconds}s")
+}
+
 impl Queue {
     /// The declare arguments as they go on the wire.
     pub(crate) fn arguments(&self) -> FieldTable {
@@ -60,6 +88,23 @@ mod tests {
         assert_eq!(wire(PUBLIC), vec![priority.clone()]);
         assert_eq!(wire(RHEL), vec![priority.clone()]);
         assert_eq!(wire(STATISTICS), vec![priority, ("x-single-active-consumer".to_owned(), AMQPValue::Boolean(true))]);
+    }
+
+    #[test]
+    fn delay_queues_hand_their_messages_back() {
+        let (name, arguments) = delay_queue("public", 40);
+        assert_eq!(name, "workbench.delay.public.40s");
+        let arguments: Vec<(String, AMQPValue)> =
+            arguments.inner().iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        assert_eq!(
+            arguments,
+            [
+                ("x-dead-letter-exchange".to_owned(), AMQPValue::LongString("".into())),
+                ("x-dead-letter-routing-key".to_owned(), AMQPValue::LongString("public".into())),
+                ("x-message-ttl".to_owned(), AMQPValue::LongLongInt(40_000)),
+            ]
+        );
+        assert_eq!(wire(DEAD_LETTER), vec![]);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
 use rustls::ClientConfig;
 
 use crate::error::reply_code;
+use crate::queue::{DEAD_LETTER, DELAYS, delay_queue};
 use crate::{Address, Config, Error, Queue};
 
 /// How long the TCP connect, TLS handshake and AMQP handshake together may take.
@@ -26,6 +27,13 @@ const PERSISTENT: u8 = 2;
 /// The header in which workers count the tries of a message's work that did not come to an end
 /// (a header of ours: Cockpit's tools ignore headers they do not know).
 pub const ATTEMPTS_HEADER: &str = "x-workbench-attempts";
+/// The header counting how often a message's work failed for a reason that may pass (GitHub or
+/// S3 away) and was put off.
+pub const RETRIES_HEADER: &str = "x-workbench-retries";
+/// Why a message was put off or parked: the last error, shortened.
+pub const ERROR_HEADER: &str = "x-workbench-error";
+/// The queue a parked message came from.
+pub const QUEUE_HEADER: &str = "x-workbench-queue";
 
 /// An open connection and channel, with publisher confirms enabled.
 pub struct Session {
@@ -45,6 +53,8 @@ pub struct Delivery {
     /// How many tries of its work did not come to an end before it was last published
     /// ([`ATTEMPTS_HEADER`]; 0 when absent). A redelivered message had one more.
     pub attempts: u32,
+    /// How often its work was put off because GitHub or S3 was away ([`RETRIES_HEADER`]).
+    pub retries: u32,
     /// Its properties, to publish it again unchanged but for the attempts.
     properties: BasicProperties,
     acker: lapin::Acker,
@@ -105,8 +115,44 @@ impl Session {
     /// Publishes what `delivery` holds to `queue` again, persistent, with its properties (its
     /// original timestamp included) and `attempts` recorded; waits for the broker's confirm.
     pub async fn republish(&self, queue: &str, delivery: &Delivery, attempts: u32) -> Result<(), Error> {
+        self.copy(queue, delivery, &[(ATTEMPTS_HEADER, count(attempts))]).await
+    }
+
+    /// Puts `delivery` of `queue` off for `delay` at least (to the next of [`DELAYS`]; the
+    /// longest for longer): published to the delay queue that hands it back to `queue` then,
+    /// with `retries` and `error` recorded. Waits for the broker's confirm.
+    pub async fn retry_later(
+        &self,
+        queue: &str,
+        delivery: &Delivery,
+        delay: Duration,
+        retries: u32,
+        error: &str,
+    ) -> Result<(), Error> {
+        let seconds = DELAYS.into_iter().find(|seconds| Duration::from_secs(*seconds) >= delay).unwrap_or(DELAYS[7]);
+        let (name, arguments) = delay_queue(queue, seconds);
+        let options = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+        self.channel.queue_declare(name.as_str().into(), options, arguments).await.map_err(|source| Error::Queue {
+            operation: "declare",
+            queue: name.clone(),
+            source,
+        })?;
+        self.copy(&name, delivery, &[(RETRIES_HEADER, count(retries)), (ERROR_HEADER, text(error))]).await
+    }
+
+    /// Parks `delivery` of `queue` in [`DEAD_LETTER`], with where it came from and `error`.
+    pub async fn park(&self, queue: &str, delivery: &Delivery, error: &str) -> Result<(), Error> {
+        self.declare(DEAD_LETTER).await?;
+        self.copy(DEAD_LETTER.name, delivery, &[(QUEUE_HEADER, text(queue)), (ERROR_HEADER, text(error))]).await
+    }
+
+    /// Publishes `delivery`'s message to `queue`, persistent, with its properties and headers
+    /// and `headers` set.
+    async fn copy(&self, queue: &str, delivery: &Delivery, set: &[(&str, AMQPValue)]) -> Result<(), Error> {
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        headers.insert(ShortString::from(ATTEMPTS_HEADER), AMQPValue::LongInt(attempts.min(i32::MAX as u32) as i32));
+        for (name, value) in set {
+            headers.insert(ShortString::from(*name), value.clone());
+        }
         let properties = delivery.properties.clone().with_delivery_mode(PERSISTENT).with_headers(headers);
         self.publish_with(queue, &delivery.body, properties).await
     }
@@ -253,7 +299,8 @@ impl From<lapin::message::Delivery> for Delivery {
             persistent: *properties.delivery_mode() == Some(PERSISTENT),
             content_type: properties.content_type().as_ref().map(ToString::to_string),
             timestamp: *properties.timestamp(),
-            attempts: properties.headers().as_ref().map_or(0, attempts),
+            attempts: properties.headers().as_ref().map_or(0, |headers| number(headers, ATTEMPTS_HEADER)),
+            retries: properties.headers().as_ref().map_or(0, |headers| number(headers, RETRIES_HEADER)),
             properties: delivery.properties,
             body: delivery.data,
             acker: delivery.acker,
@@ -261,9 +308,19 @@ impl From<lapin::message::Delivery> for Delivery {
     }
 }
 
-/// The attempts a message's headers record, whatever integer type the publisher used.
-fn attempts(headers: &FieldTable) -> u32 {
-    let value = headers.inner().get(&ShortString::from(ATTEMPTS_HEADER));
+/// A count in a header, as pika writes integers (`I`).
+fn count(n: u32) -> AMQPValue {
+    AMQPValue::LongInt(i32::try_from(n).unwrap_or(i32::MAX))
+}
+
+/// A text in a header, at most 500 characters of it.
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(value.chars().take(500).collect::<String>().into())
+}
+
+/// The count a message's header `name` records, whatever integer type the publisher used.
+fn number(headers: &FieldTable, name: &str) -> u32 {
+    let value = headers.inner().get(&ShortString::from(name));
     let number = match value {
         Some(AMQPValue::ShortShortInt(n)) => i64::from(*n),
         Some(AMQPValue::ShortShortUInt(n)) => i64::from(*n),
@@ -278,12 +335,6 @@ fn attempts(headers: &FieldTable) -> u32 {
 }
 
 impl Delivery {
-    /// How many tries of its work did not come to an end: those recorded, and one more if the
-    /// broker delivers it again (its consumer went away without acknowledging it).
-    pub fn failed_tries(&self) -> u32 {
-        self.attempts + u32::from(self.redelivered)
-    }
-
     /// Tells the broker the message is handled and may be deleted.
     pub async fn ack(self) -> Result<(), Error> {
         self.acker.ack(BasicAckOptions::default()).await.map(drop).map_err(Error::Ack)

@@ -1,15 +1,25 @@
 //! The one GitHub client of the services, on octocrab: commit statuses, pull requests, file
 //! contents and branch heads, with Cockpit's configuration (`GITHUB_API`, token files). Only
-//! this crate knows octocrab.
+//! this crate knows octocrab. Every failure says whether trying later can help, as GitHub's
+//! answer says it ([`Error::is_transient`]), and when to try again after a rate limit.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
-use octocrab::Octocrab;
+use http_body_util::BodyExt;
+use octocrab::{FromResponse, Octocrab};
 use serde::{Deserialize, Serialize};
+
+pub use events::{Base, Head, Label, PullRequest as Pull, Repository, User};
 
 /// GitHub's API, unless `GITHUB_API` says otherwise.
 pub const DEFAULT_API: &str = "https://api.github.com";
+
+/// How long a request may wait to connect, and for each read of the answer: a GitHub that
+/// stops answering is a transient failure, not a hang.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A client of one GitHub API (real, or a mock), authenticated with a token.
 #[derive(Clone)]
@@ -25,21 +35,41 @@ pub enum Error {
     NoToken,
     #[error("cannot read the GitHub token {}: {source}", path.display())]
     Token { path: PathBuf, source: std::io::Error },
+    /// GitHub answered, refusing: `retry_at` is when a rate limit ends, if it was one.
+    #[error("GitHub {what} failed: {status} {detail}")]
+    Status { what: String, status: u16, detail: String, retry_at: Option<SystemTime> },
+    /// GitHub did not answer (connection refused, reset, timed out).
     #[error("GitHub {what} failed: {detail}")]
-    Request {
-        what: String,
-        /// The HTTP status GitHub answered with, when it answered.
-        status: Option<u16>,
-        detail: String,
-    },
+    Transport { what: String, detail: String },
     #[error("GitHub {what}: unexpected answer: {detail}")]
     Answer { what: String, detail: String },
 }
 
 impl Error {
-    /// Whether retrying can help: GitHub was unreachable or answered 5xx.
+    /// Whether trying later can help: GitHub was unreachable, failed (5xx), timed out (408),
+    /// or limited our rate (429, or 403 with no requests left). Other refusals are about the
+    /// request, and would be refused again.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Request { status: None | Some(500..), .. })
+        match self {
+            Error::Transport { .. } => true,
+            Error::Status { status, retry_at, .. } => {
+                *status >= 500 || [408, 429].contains(status) || retry_at.is_some()
+            }
+            _ => false,
+        }
+    }
+
+    /// How long to wait before trying again, when GitHub said (a rate limit).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Status { retry_at: Some(at), .. } => Some(at.duration_since(SystemTime::now()).unwrap_or_default()),
+            _ => None,
+        }
+    }
+
+    /// Whether GitHub limited our rate.
+    pub fn is_rate_limit(&self) -> bool {
+        matches!(self, Error::Status { retry_at: Some(_), .. })
     }
 }
 
@@ -53,7 +83,7 @@ pub struct StatusUpdate {
     pub target_url: Option<String>,
 }
 
-/// A status as GitHub reports it in a commit's combined status.
+/// A status as GitHub reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Status {
     pub context: String,
@@ -62,46 +92,6 @@ pub struct Status {
     pub description: Option<String>,
     #[serde(default)]
     pub target_url: Option<String>,
-}
-
-/// The fields of a pull request CI reads.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Pull {
-    pub number: u64,
-    pub title: String,
-    pub state: String,
-    pub head: Head,
-    pub base: Base,
-    #[serde(default)]
-    pub labels: Vec<Label>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Head {
-    pub sha: String,
-    pub user: User,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Base {
-    #[serde(rename = "ref")]
-    pub branch: String,
-    pub repo: BaseRepo,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct BaseRepo {
-    pub full_name: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct User {
-    pub login: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Label {
-    pub name: String,
 }
 
 #[derive(Deserialize)]
@@ -125,16 +115,11 @@ struct GitObject {
 }
 
 #[derive(Deserialize)]
-struct Repository {
+struct RepositoryInfo {
     default_branch: String,
 }
 
-#[derive(Serialize)]
-struct Page {
-    page: u32,
-    per_page: u32,
-}
-
+/// The most GitHub gives in one page.
 const PER_PAGE: u32 = 100;
 
 /// Cockpit's token: `$COCKPIT_GITHUB_TOKEN_FILE`, else `~/.config/cockpit-dev/github-token`,
@@ -157,28 +142,36 @@ pub fn read_token(path: &Path) -> Result<String, Error> {
         .map_err(|source| Error::Token { path: path.to_owned(), source })
 }
 
-fn is_not_found(err: &octocrab::Error) -> bool {
-    matches!(err, octocrab::Error::GitHub { source, .. } if source.status_code == 404)
+type Response = http::Response<http_body_util::combinators::BoxBody<bytes::Bytes, octocrab::Error>>;
+
+/// When a rate limit that refused a request ends: `Retry-After` (seconds), else
+/// `x-ratelimit-reset` (Unix seconds) when no request is left or the answer was 429.
+fn rate_limit(status: u16, headers: &http::HeaderMap) -> Option<SystemTime> {
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok()).map(str::trim);
+    let limited = status == 429
+        || (status == 403 && (header("x-ratelimit-remaining") == Some("0") || header("retry-after").is_some()));
+    if !limited {
+        return None;
+    }
+    if let Some(seconds) = header("retry-after").and_then(|value| value.parse::<u64>().ok()) {
+        return Some(SystemTime::now() + Duration::from_secs(seconds));
+    }
+    match header("x-ratelimit-reset").and_then(|value| value.parse::<u64>().ok()) {
+        Some(reset) => Some(SystemTime::UNIX_EPOCH + Duration::from_secs(reset)),
+        // A 429 that says nothing: a minute is GitHub's own advice.
+        None => Some(SystemTime::now() + Duration::from_secs(60)),
+    }
 }
 
-/// Names the request and says what GitHub (or the connection) answered.
-fn request_error(what: String, err: octocrab::Error) -> Error {
-    match &err {
-        octocrab::Error::GitHub { source, .. } => Error::Request {
-            what,
-            status: Some(source.status_code.as_u16()),
-            detail: format!("{} {}", source.status_code, source.message),
-        },
-        _ => {
-            let mut detail = err.to_string();
-            let mut cause = std::error::Error::source(&err);
-            while let Some(inner) = cause {
-                detail = format!("{detail}: {inner}");
-                cause = inner.source();
-            }
-            Error::Request { what, status: None, detail }
-        }
+/// Names the cause chain of a transport failure.
+fn transport(what: &str, err: octocrab::Error) -> Error {
+    let mut detail = err.to_string();
+    let mut cause = std::error::Error::source(&err);
+    while let Some(inner) = cause {
+        detail = format!("{detail}: {inner}");
+        cause = inner.source();
     }
+    Error::Transport { what: what.to_owned(), detail }
 }
 
 impl GitHub {
@@ -189,31 +182,64 @@ impl GitHub {
             .base_uri(api)
             .map_err(url_error)?
             .personal_token(token.to_owned())
+            .set_connect_timeout(Some(CONNECT_TIMEOUT))
+            .set_read_timeout(Some(READ_TIMEOUT))
             .build()
             .map_err(url_error)?;
         Ok(GitHub { client })
     }
 
+    /// Sends a request; a refusal becomes [`Error::Status`] with what GitHub said.
+    async fn send(
+        &self,
+        what: &str,
+        request: impl Future<Output = octocrab::Result<Response>>,
+    ) -> Result<Response, Error> {
+        let response = request.await.map_err(|err| transport(what, err))?;
+        let status = response.status().as_u16();
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let retry_at = rate_limit(status, response.headers());
+        let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        #[derive(Deserialize)]
+        struct Message {
+            message: String,
+        }
+        let detail = serde_json::from_slice::<Message>(&body)
+            .map(|m| m.message)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).chars().take(300).collect());
+        Err(Error::Status { what: what.to_owned(), status, detail, retry_at })
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, route: &str) -> Result<T, Error> {
+        let what = format!("GET {route}");
+        let response = self.send(&what, self.client._get(route)).await?;
+        let body = response.into_body().collect().await.map_err(|err| transport(&what, err))?.to_bytes();
+        serde_json::from_slice(&body).map_err(|err| Error::Answer { what, detail: err.to_string() })
+    }
+
+    /// A GET whose 404 means "there is none".
+    async fn get_optional<T: serde::de::DeserializeOwned>(&self, route: &str) -> Result<Option<T>, Error> {
+        match self.get(route).await {
+            Ok(found) => Ok(Some(found)),
+            Err(Error::Status { status: 404, .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
     /// `POST /repos/{repo}/statuses/{sha}`.
     pub async fn post_status(&self, repo: &str, sha: &str, status: &StatusUpdate) -> Result<(), Error> {
         let route = format!("/repos/{repo}/statuses/{sha}");
-        self.client
-            .post::<_, serde_json::Value>(&route, Some(status))
-            .await
-            .map(drop)
-            .map_err(|err| request_error(format!("POST {route}"), err))
+        self.send(&format!("POST {route}"), self.client._post(route.as_str(), Some(status))).await.map(drop)
     }
 
-    /// Every status of a commit (the combined status, all pages), latest per context.
+    /// The latest status of each context of a commit (GitHub's combined status, every page).
     pub async fn statuses(&self, repo: &str, sha: &str) -> Result<Vec<Status>, Error> {
         let route = format!("/repos/{repo}/commits/{sha}/status");
         let mut statuses = Vec::new();
         for page in 1.. {
-            let combined: Combined = self
-                .client
-                .get(&route, Some(&Page { page, per_page: PER_PAGE }))
-                .await
-                .map_err(|err| request_error(format!("GET {route}"), err))?;
+            let combined: Combined = self.get(&format!("{route}?page={page}&per_page={PER_PAGE}")).await?;
             let full = combined.statuses.len() == PER_PAGE as usize;
             statuses.extend(combined.statuses);
             if !full {
@@ -223,55 +249,43 @@ impl GitHub {
         Ok(statuses)
     }
 
+    /// Every status posted to a commit, newest first (GitHub's list of statuses, every page):
+    /// its history, where the combined status keeps only the latest of each context.
+    pub async fn status_history(&self, repo: &str, sha: &str) -> Result<Vec<Status>, Error> {
+        self.every_page(&format!("/repos/{repo}/commits/{sha}/statuses?per_page={PER_PAGE}")).await
+    }
+
     /// A pull request, or `None` if there is no such number.
     pub async fn pull(&self, repo: &str, number: u64) -> Result<Option<Pull>, Error> {
-        let route = format!("/repos/{repo}/pulls/{number}");
-        match self.client.get(&route, None::<&()>).await {
-            Ok(pull) => Ok(Some(pull)),
-            Err(err) if is_not_found(&err) => Ok(None),
-            Err(err) => Err(request_error(format!("GET {route}"), err)),
-        }
+        self.get_optional(&format!("/repos/{repo}/pulls/{number}")).await
     }
 
     /// The open pull requests, newest first (every page, following GitHub's `Link` header).
     pub async fn open_pulls(&self, repo: &str) -> Result<Vec<Pull>, Error> {
-        let route = format!("/repos/{repo}/pulls");
-        let query = [
-            ("state", "open".to_owned()),
-            ("sort", "created".to_owned()),
-            ("direction", "desc".to_owned()),
-            ("per_page", PER_PAGE.to_string()),
-        ];
-        self.every_page(&route, &query).await
-    }
-
-    /// Every status posted to a commit, newest first (GitHub's list of statuses, every page):
-    /// its history, where the combined status keeps only the latest of each context.
-    pub async fn status_history(&self, repo: &str, sha: &str) -> Result<Vec<Status>, Error> {
-        let route = format!("/repos/{repo}/commits/{sha}/statuses");
-        self.every_page(&route, &[("per_page", PER_PAGE.to_string())]).await
+        let route = format!("/repos/{repo}/pulls?state=open&sort=created&direction=desc&per_page={PER_PAGE}");
+        self.every_page(&route).await
     }
 
     /// The items of a list, from its first page on, as long as GitHub links a next one.
-    async fn every_page<T: serde::de::DeserializeOwned>(
-        &self,
-        route: &str,
-        query: &[(&str, String)],
-    ) -> Result<Vec<T>, Error> {
-        let what = || format!("GET {route}");
-        let first: octocrab::Page<T> =
-            self.client.get(route, Some(&query)).await.map_err(|err| request_error(what(), err))?;
-        self.client.all_pages(first).await.map_err(|err| request_error(what(), err))
+    async fn every_page<T: serde::de::DeserializeOwned>(&self, first: &str) -> Result<Vec<T>, Error> {
+        let mut items = Vec::new();
+        let mut next = Some(first.to_owned());
+        while let Some(route) = next {
+            let what = format!("GET {route}");
+            let response = self.send(&what, self.client._get(route.as_str())).await?;
+            let mut page = octocrab::Page::<T>::from_response(response)
+                .await
+                .map_err(|err| Error::Answer { what: what.clone(), detail: err.to_string() })?;
+            items.append(&mut page.take_items());
+            next = page.next.map(|uri| uri.to_string());
+        }
+        Ok(items)
     }
 
     /// A file of the repository at `git_ref`, or `None` if it does not exist there.
     pub async fn file(&self, repo: &str, path: &str, git_ref: &str) -> Result<Option<String>, Error> {
-        let route = format!("/repos/{repo}/contents/{path}");
-        let contents: Contents = match self.client.get(&route, Some(&[("ref", git_ref)])).await {
-            Ok(contents) => contents,
-            Err(err) if is_not_found(&err) => return Ok(None),
-            Err(err) => return Err(request_error(format!("GET {route}"), err)),
-        };
+        let route = format!("/repos/{repo}/contents/{path}?ref={git_ref}");
+        let Some(contents) = self.get_optional::<Contents>(&route).await? else { return Ok(None) };
         let base64: String = contents.content.split_whitespace().collect();
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(base64)
@@ -281,17 +295,60 @@ impl GitHub {
 
     /// The commit a branch points at.
     pub async fn branch_sha(&self, repo: &str, branch: &str) -> Result<String, Error> {
-        let route = format!("/repos/{repo}/git/refs/heads/{branch}");
-        let git_ref: GitRef =
-            self.client.get(&route, None::<&()>).await.map_err(|err| request_error(format!("GET {route}"), err))?;
+        let git_ref: GitRef = self.get(&format!("/repos/{repo}/git/refs/heads/{branch}")).await?;
         Ok(git_ref.object.sha)
     }
 
     /// The repository's default branch.
     pub async fn default_branch(&self, repo: &str) -> Result<String, Error> {
-        let route = format!("/repos/{repo}");
-        let repository: Repository =
-            self.client.get(&route, None::<&()>).await.map_err(|err| request_error(format!("GET {route}"), err))?;
+        let repository: RepositoryInfo = self.get(&format!("/repos/{repo}")).await?;
         Ok(repository.default_branch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> http::HeaderMap {
+        pairs.iter().map(|(name, value)| (http::HeaderName::from_static(name), value.parse().unwrap())).collect()
+    }
+
+    fn status(code: u16, retry_at: Option<SystemTime>) -> Error {
+        Error::Status { what: "GET /x".into(), status: code, detail: String::new(), retry_at }
+    }
+
+    #[test]
+    fn rate_limits_say_when_they_end() {
+        let reset = SystemTime::UNIX_EPOCH + Duration::from_secs(4_000_000_000);
+        let limited = headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "4000000000")]);
+        assert_eq!(rate_limit(403, &limited), Some(reset));
+        assert_eq!(rate_limit(429, &headers(&[("x-ratelimit-reset", "4000000000")])), Some(reset));
+        let soon = rate_limit(403, &headers(&[("retry-after", "30")])).unwrap();
+        assert!(
+            soon > SystemTime::now() + Duration::from_secs(29) && soon <= SystemTime::now() + Duration::from_secs(30)
+        );
+        assert_eq!(rate_limit(403, &headers(&[("x-ratelimit-remaining", "12")])), None, "a 403 about the request");
+        assert_eq!(rate_limit(404, &limited), None);
+    }
+
+    #[test]
+    fn what_trying_later_can_help() {
+        for transient in [
+            status(500, None),
+            status(502, None),
+            status(408, None),
+            status(429, None),
+            status(403, Some(SystemTime::now())),
+        ] {
+            assert!(transient.is_transient(), "{transient:?}");
+        }
+        assert!(Error::Transport { what: "GET /x".into(), detail: "refused".into() }.is_transient());
+        for permanent in [status(400, None), status(401, None), status(403, None), status(404, None), status(422, None)]
+        {
+            assert!(!permanent.is_transient(), "{permanent:?}");
+        }
+        let later = status(403, Some(SystemTime::now() + Duration::from_secs(60)));
+        assert!(later.retry_after().is_some_and(|wait| wait > Duration::from_secs(58)) && later.is_rate_limit());
     }
 }

@@ -8,13 +8,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use amqp::Job;
-use github::{GitHub, StatusUpdate};
+use github::GitHub;
 use tokio::time::Instant;
 
 use crate::log_stream::LogStream;
-use crate::retry;
+use crate::retry::{self, Policy, Transient};
 use crate::runner_config::{Forge, RunnerConfig, S3Key, SandboxKind};
 use crate::sandbox::{self, Cancel, Ended, RunArgs};
+use crate::status::{Commit, State};
 use crate::{attachments, container};
 
 /// Cockpit polls a job's pull request this often, the first time at once.
@@ -51,13 +52,19 @@ pub enum JobError {
     Scratch { path: PathBuf, source: std::io::Error },
 }
 
-impl JobError {
+impl Transient for JobError {
     /// Whether GitHub or S3 was away rather than the job wrong: trying later can help.
-    pub fn is_transient(&self) -> bool {
+    fn is_transient(&self) -> bool {
         match self {
             JobError::Config(_) | JobError::Scratch { .. } => false,
             JobError::GitHub(err) => err.is_transient(),
             JobError::S3(err) => err.is_transient(),
+        }
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            JobError::GitHub(err) => err.retry_after(),
+            _ => None,
         }
     }
 }
@@ -94,10 +101,10 @@ pub async fn run(
         .await
         .map_err(|source| JobError::Scratch { path: scratch.to_owned(), source })?;
     let reporter = Reporter { forge, github: &github, subject: &subject, job, hostname, log_url: &log_url };
-    let post = |state: &'static str, description: String, attempts: u32| reporter.post(state, description, attempts);
+    let post = |state: State, description: String, policy: Policy| reporter.post(state, description, policy);
     // Unlike Cockpit's job-runner, a job whose "In progress" GitHub would not take still runs:
     // its outcome is what must arrive.
-    if let Err(err) = post("pending", "In progress".into(), retry::COCKPIT).await {
+    if let Err(err) = post(State::Pending, "In progress".into(), retry::COCKPIT).await {
         tracing::warn!(%err, "cannot post the job's \"In progress\" status; running it all the same");
     }
 
@@ -166,7 +173,7 @@ pub async fn give_up(config: &RunnerConfig, job: &Job, hostname: &str, tries: u3
     // Without a chunk list, the viewer reads `log`: the log is over.
     Sink::delete(&store, "log.chunks").await?;
     let reporter = Reporter { forge, github: &github, subject: &subject, job, hostname, log_url: &log_url };
-    Ok(reporter.post("error", format!("Internal error: {reason}"), retry::FINAL_STATUS).await?)
+    Ok(reporter.post(State::Error, format!("Internal error: {reason}"), retry::FINAL_STATUS).await?)
 }
 
 /// Where a job's statuses go, and what they link to.
@@ -181,20 +188,11 @@ struct Reporter<'a> {
 
 impl Reporter<'_> {
     /// Posts `state` with `description [host]` for the job's context, if it has one and the
-    /// forge takes posts, tried `attempts` times.
-    async fn post(&self, state: &'static str, description: String, attempts: u32) -> Result<(), github::Error> {
+    /// forge takes posts, tried as `policy` says.
+    async fn post(&self, state: State, description: String, policy: Policy) -> Result<(), github::Error> {
         let (Some(context), true) = (&self.job.context, self.forge.post) else { return Ok(()) };
-        let status = StatusUpdate {
-            context: context.clone(),
-            state: state.to_owned(),
-            description: format!("{description} [{}]", self.hostname),
-            target_url: Some(self.log_url.to_owned()),
-        };
-        let Subject { repo, sha, .. } = self.subject;
-        retry::transient("status", attempts, github::Error::is_transient, || {
-            self.github.post_status(repo, sha, &status)
-        })
-        .await
+        let commit = Commit { github: self.github, repo: &self.subject.repo, sha: &self.subject.sha };
+        commit.post(context, state, &format!("{description} [{}]", self.hostname), Some(self.log_url), policy).await
     }
 }
 
@@ -244,29 +242,44 @@ fn ending(outcome: &Outcome) -> String {
 }
 
 /// The final status of the job: its state and description (before " [host]").
-fn status(outcome: &Outcome) -> (&'static str, String) {
+fn status(outcome: &Outcome) -> (State, String) {
     match outcome {
-        Outcome::Success => ("success", "Success".into()),
-        Outcome::Failure(message) => ("failure", message.clone()),
-        Outcome::Error(_) => ("error", "Internal error".into()),
-        Outcome::LogNotStored(_) => ("error", LOG_NOT_STORED.into()),
-        Outcome::Cancelled => ("error", "Cancelled".into()),
+        Outcome::Success => (State::Success, "Success".into()),
+        Outcome::Failure(message) => (State::Failure, message.clone()),
+        Outcome::Error(_) => (State::Error, "Internal error".into()),
+        Outcome::LogNotStored(_) => (State::Error, LOG_NOT_STORED.into()),
+        Outcome::Cancelled => (State::Error, "Cancelled".into()),
     }
 }
 
-/// Whether this very job already has its final status on GitHub: the latest status of its
-/// context at its commit is not pending and links to this job's log (the slug tests-scan gives
-/// each queued job is unique). That happens when a worker posted it and was stopped before it
-/// acknowledged the message; running such a redelivered job again would post a second one.
-pub async fn already_reported(config: &RunnerConfig, job: &Job) -> Result<bool, JobError> {
-    let Some(context) = &job.context else { return Ok(false) };
+/// What GitHub says of this very job's earlier tries, for a message delivered again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Earlier {
+    /// The job has its final status already: the latest status of its context at its commit
+    /// is not pending and links to this job's log (the slug tests-scan gives each queued job is
+    /// unique). That happens when a worker posted it and was stopped before it acknowledged
+    /// the message; running such a job again would post a second one.
+    pub reported: bool,
+    /// How often the job was started: its "In progress" statuses that link to its log. A job
+    /// started again and again without an end takes its worker down each time.
+    pub starts: u32,
+}
+
+/// Asks GitHub about this job's earlier tries (its context's statuses at its commit).
+pub async fn earlier(config: &RunnerConfig, job: &Job) -> Result<Earlier, JobError> {
+    let Some(context) = &job.context else { return Ok(Earlier { reported: false, starts: 0 }) };
     let (_, github) = forge(config, job)?;
     let subject = resolve(&github, job).await?;
     let Place { log_url, .. } = place(config, job, &subject.sha);
-    let statuses = github.statuses(&subject.repo, &subject.sha).await?;
-    Ok(statuses
-        .iter()
-        .any(|s| &s.context == context && s.state != "pending" && s.target_url.as_deref() == Some(log_url.as_str())))
+    let history =
+        retry::transient("statuses", retry::COCKPIT, || github.status_history(&subject.repo, &subject.sha)).await?;
+    let own: Vec<&github::Status> = history.iter().filter(|s| &s.context == context).collect();
+    let ours = |status: &github::Status| status.target_url.as_deref() == Some(log_url.as_str());
+    let reported = own.first().is_some_and(|latest| latest.state != "pending" && ours(latest));
+    let started =
+        |s: &&&github::Status| ours(s) && s.description.as_deref().is_some_and(|d| d.starts_with("In progress"));
+    let starts = own.iter().filter(started).count();
+    Ok(Earlier { reported, starts: u32::try_from(starts).unwrap_or(u32::MAX) })
 }
 
 /// The forge the job is reported to, and a client of its API.
@@ -314,9 +327,8 @@ async fn watch_pull(github: &GitHub, job: &Job, sha: &str) -> String {
 
 /// What the job tests, asking GitHub (with Cockpit's retries) where the job does not say.
 async fn resolve(github: &GitHub, job: &Job) -> Result<Subject, JobError> {
-    let transient = github::Error::is_transient;
     if let Some(number) = job.pull {
-        let pull = retry::transient("pull", retry::COCKPIT, transient, || github.pull(&job.repo, number))
+        let pull = retry::transient("pull", retry::COCKPIT, || github.pull(&job.repo, number))
             .await?
             .ok_or_else(|| JobError::Config(format!("{}#{number} does not exist", job.repo)))?;
         let sha = job.sha.clone().unwrap_or(pull.head.sha);
@@ -328,9 +340,9 @@ async fn resolve(github: &GitHub, job: &Job) -> Result<Subject, JobError> {
     }
     let branch = match &job.branch {
         Some(branch) => branch.clone(),
-        None => retry::transient("repository", retry::COCKPIT, transient, || github.default_branch(&job.repo)).await?,
+        None => retry::transient("repository", retry::COCKPIT, || github.default_branch(&job.repo)).await?,
     };
-    let sha = retry::transient("branch", retry::COCKPIT, transient, || github.branch_sha(&job.repo, &branch)).await?;
+    let sha = retry::transient("branch", retry::COCKPIT, || github.branch_sha(&job.repo, &branch)).await?;
     Ok(Subject { repo: job.repo.clone(), sha, rebase: None })
 }
 

@@ -12,6 +12,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::job::{self, JobError, Outcome};
+use crate::retry::Transient;
 use crate::runner_config::RunnerConfig;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -76,8 +77,9 @@ pub struct Report {
 pub enum Ended {
     /// The job ran to its final status.
     Reported(Outcome),
-    /// GitHub or S3 was away for longer than the retries: trying later can help.
-    Transient(String),
+    /// GitHub or S3 was away for longer than the retries: trying later can help, at the
+    /// earliest after `retry_after` seconds when GitHub said (a rate limit).
+    Transient { error: String, retry_after: Option<u64> },
     /// It could not run and never will as it is (a configuration error, say).
     Failed(String),
 }
@@ -97,7 +99,10 @@ pub async fn serve(cancel: impl Future<Output = ()>) -> anyhow::Result<()> {
     let ended = match RunnerConfig::load(request.config.as_deref()) {
         Ok(config) => match run_request(&config, &request, cancel).await {
             Ok(outcome) => Ended::Reported(outcome),
-            Err(err) if err.is_transient() => Ended::Transient(err.to_string()),
+            Err(err) if err.is_transient() => Ended::Transient {
+                error: err.to_string(),
+                retry_after: err.retry_after().map(|wait| wait.as_secs() + 1),
+            },
             Err(err) => Ended::Failed(err.to_string()),
         },
         Err(err) => Ended::Failed(err.to_string()),

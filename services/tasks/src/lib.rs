@@ -13,5 +13,6 @@ pub mod run_queue;
 pub mod runner_config;
 pub mod sandbox;
 pub mod scan;
+pub mod status;
 pub mod testmap;
 pub mod tests_scan;

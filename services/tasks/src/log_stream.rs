@@ -41,13 +41,10 @@ pub trait Sink {
 /// A store URL that already ends in the job's `<slug>/`. Transient failures are retried.
 impl Sink for s3::Store {
     async fn put(&self, name: &str, body: Body, content_type: &str) -> Result<(), s3::Error> {
-        retry::transient(name, retry::COCKPIT, s3::Error::is_transient, || {
-            s3::Store::put(self, name, body.clone(), content_type)
-        })
-        .await
+        retry::transient(name, retry::COCKPIT, || s3::Store::put(self, name, body.clone(), content_type)).await
     }
     async fn delete(&self, name: &str) -> Result<(), s3::Error> {
-        retry::transient(name, retry::COCKPIT, s3::Error::is_transient, || s3::Store::delete(self, name)).await
+        retry::transient(name, retry::COCKPIT, || s3::Store::delete(self, name)).await
     }
 }
 

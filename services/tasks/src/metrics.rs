@@ -20,6 +20,8 @@ struct Inner {
     queue_wait_seconds: Summary,
     redelivered: BTreeMap<String, u64>,
     given_up: BTreeMap<String, u64>,
+    put_off: BTreeMap<String, u64>,
+    parked: BTreeMap<String, u64>,
     peak_job_memory: u64,
 }
 
@@ -62,6 +64,16 @@ impl Metrics {
         *self.inner.lock().expect("metrics lock").given_up.entry(queue.to_owned()).or_default() += 1;
     }
 
+    /// A message whose work was put off, to be tried again later.
+    pub fn put_off(&self, queue: &str) {
+        *self.inner.lock().expect("metrics lock").put_off.entry(queue.to_owned()).or_default() += 1;
+    }
+
+    /// A message parked in the dead-letter queue.
+    pub fn parked(&self, queue: &str) {
+        *self.inner.lock().expect("metrics lock").parked.entry(queue.to_owned()).or_default() += 1;
+    }
+
     /// The peak memory a job process reported.
     pub fn job_memory(&self, bytes: u64) {
         let mut inner = self.inner.lock().expect("metrics lock");
@@ -97,6 +109,23 @@ impl Metrics {
         out.push_str("# TYPE tasks_messages_given_up_total counter\n");
         for (queue, count) in &inner.given_up {
             let _ = writeln!(out, "tasks_messages_given_up_total{{queue=\"{queue}\"}} {count}");
+        }
+        for (name, help, counts) in [
+            (
+                "tasks_messages_put_off_total",
+                "Messages whose work failed for a while and was put off, by queue.",
+                &inner.put_off,
+            ),
+            (
+                "tasks_messages_parked_total",
+                "Messages parked in the dead-letter queue, by the queue they came from.",
+                &inner.parked,
+            ),
+        ] {
+            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} counter\n");
+            for (queue, count) in counts {
+                let _ = writeln!(out, "{name}{{queue=\"{queue}\"}} {count}");
+            }
         }
         out.push_str("# HELP tasks_job_process_peak_memory_bytes The most memory one job process held at once.\n");
         out.push_str("# TYPE tasks_job_process_peak_memory_bytes gauge\n");

@@ -1,30 +1,67 @@
-//! Riding out outages of GitHub and S3: Cockpit's job-runner tries a GitHub write up to 5
-//! times, sleeping 1, 2, 4 and 8 s between, on 5xx answers and transport errors, and fails at
-//! once on anything else (cockpit-protocol.md 4.7). S3 uploads get the same treatment here; a
-//! job's final status, all that is left of its outcome, is tried for longer.
+//! Riding out GitHub and S3 failing, in one place: a request is tried again at once a few times
+//! (Cockpit's job-runner tries a GitHub write 5 times, 1, 2, 4 and 8 s apart, on 5xx answers and
+//! transport errors: cockpit-protocol.md 4.7; we also honour rate limits, up to a minute), and
+//! work that still fails is put off: its message goes back to the broker to be tried again
+//! later ([`put_off`]), and after [`MAX_RETRIES`] it is parked where an operator sees it.
 
 use std::time::Duration;
 
-/// Cockpit's number of tries: about 15 s of outage.
-pub const COCKPIT: u32 = 5;
-/// Tries of a job's final status: pauses double up to a minute, about 15 minutes of outage.
-pub const FINAL_STATUS: u32 = 20;
+/// How often a request is tried before its failure goes to the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    pub attempts: u32,
+}
 
-/// The longest pause between two tries.
+/// Cockpit's number of tries: about 15 s of outage.
+pub const COCKPIT: Policy = Policy { attempts: 5 };
+/// Tries of a job's final status: pauses double up to a minute, about 15 minutes of outage.
+pub const FINAL_STATUS: Policy = Policy { attempts: 20 };
+
+/// The longest pause between two tries, rate limits included: a longer wait is the caller's,
+/// who puts the work off rather than hold a worker's slot.
 const LONGEST_PAUSE: Duration = Duration::from_secs(64);
 
-/// Runs `op` until it succeeds, fails for good, or has been tried `attempts` times.
-pub async fn transient<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+/// An error that may pass, and may say when to try again.
+pub trait Transient: std::fmt::Display {
+    fn is_transient(&self) -> bool;
+    /// At the earliest (a rate limit's end), if the error says.
+    fn retry_after(&self) -> Option<Duration> {
+        None
+    }
+}
+
+impl Transient for github::Error {
+    fn is_transient(&self) -> bool {
+        github::Error::is_transient(self)
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        github::Error::retry_after(self)
+    }
+}
+
+impl Transient for s3::Error {
+    fn is_transient(&self) -> bool {
+        s3::Error::is_transient(self)
+    }
+}
+
+/// Runs `op` until it succeeds, fails for good, has been tried as `policy` says, or is rate
+/// limited for longer than [`LONGEST_PAUSE`]. Pauses double from a second, and wait for a rate
+/// limit's end.
+pub async fn transient<T, E: Transient, F: Future<Output = Result<T, E>>>(
     what: &str,
-    attempts: u32,
-    is_transient: impl Fn(&E) -> bool,
+    policy: Policy,
     mut op: impl FnMut() -> F,
 ) -> Result<T, E> {
     let mut attempt = 1;
     loop {
         match op().await {
-            Err(err) if attempt < attempts && is_transient(&err) => {
-                let pause = Duration::from_secs(1 << (attempt - 1).min(6)).min(LONGEST_PAUSE);
+            Err(err) if attempt < policy.attempts && err.is_transient() => {
+                let backoff = Duration::from_secs(1 << (attempt - 1).min(6)).min(LONGEST_PAUSE);
+                let pause = backoff.max(err.retry_after().unwrap_or_default());
+                if pause > LONGEST_PAUSE {
+                    return Err(err);
+                }
                 tracing::warn!(what, attempt, %err, ?pause, "retrying");
                 tokio::time::sleep(pause).await;
                 attempt += 1;
@@ -34,58 +71,94 @@ pub async fn transient<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>
     }
 }
 
+/// How often a message's work is put off before it is parked: with [`put_off`]'s pauses, about
+/// an hour of outage.
+pub const MAX_RETRIES: u32 = 12;
+
+/// How long to put off work that failed for the `retries`th time (0 the first), at least until
+/// `not_before` (a rate limit's end): 5 s, doubling, up to 10 minutes.
+pub fn put_off(retries: u32, not_before: Option<Duration>) -> Duration {
+    let backoff = Duration::from_secs(5u64.saturating_mul(1 << retries.min(10))).min(Duration::from_secs(600));
+    backoff.max(not_before.unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Runs an operation that always fails with `err` under `attempts`; returns the result, how
+    /// An error that is transient or not, and may name a wait.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    struct Failure(bool, Option<Duration>);
+
+    impl std::fmt::Display for Failure {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{self:?}")
+        }
+    }
+
+    impl Transient for Failure {
+        fn is_transient(&self) -> bool {
+            self.0
+        }
+        fn retry_after(&self) -> Option<Duration> {
+            self.1
+        }
+    }
+
+    /// Runs an operation that always fails with `err` under `policy`; returns the result, how
     /// many times it ran, and how long (in paused time) that took.
-    async fn always_failing(attempts: u32, err: &str, transient_err: bool) -> (Result<(), &str>, u32, Duration) {
+    async fn always_failing(policy: Policy, err: Failure) -> (Result<(), Failure>, u32, Duration) {
         let start = tokio::time::Instant::now();
         let mut calls = 0;
-        let result = transient(
-            "test",
-            attempts,
-            |_| transient_err,
-            || {
-                calls += 1;
-                std::future::ready(Err(err))
-            },
-        )
+        let result = transient("test", policy, || {
+            calls += 1;
+            std::future::ready(Err(err))
+        })
         .await;
         (result, calls, start.elapsed())
     }
 
     #[tokio::test(start_paused = true)]
     async fn retries_transient_errors_with_cockpits_pauses_then_gives_up() {
-        let (result, calls, took) = always_failing(COCKPIT, "503", true).await;
-        assert_eq!((result, calls), (Err("503"), 5));
+        let (result, calls, took) = always_failing(COCKPIT, Failure(true, None)).await;
+        assert_eq!((result, calls), (Err(Failure(true, None)), 5));
         assert_eq!(took, Duration::from_secs(1 + 2 + 4 + 8));
     }
 
     #[tokio::test(start_paused = true)]
     async fn permanent_errors_fail_at_once_and_success_stops_retrying() {
-        let (result, calls, _) = always_failing(COCKPIT, "404", false).await;
-        assert_eq!((result, calls), (Err("404"), 1));
+        let (_, calls, _) = always_failing(COCKPIT, Failure(false, None)).await;
+        assert_eq!(calls, 1);
         let mut calls = 0;
-        let result: Result<u32, &str> = transient(
-            "test",
-            COCKPIT,
-            |_| true,
-            || {
-                calls += 1;
-                std::future::ready(if calls < 3 { Err("502") } else { Ok(calls) })
-            },
-        )
+        let result: Result<u32, Failure> = transient("test", COCKPIT, || {
+            calls += 1;
+            std::future::ready(if calls < 3 { Err(Failure(true, None)) } else { Ok(calls) })
+        })
         .await;
         assert_eq!(result, Ok(3));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_final_status_is_tried_for_about_a_quarter_of_an_hour() {
-        let (result, calls, took) = always_failing(FINAL_STATUS, "502", true).await;
-        assert_eq!((result, calls), (Err("502"), 20));
+        let (_, calls, took) = always_failing(FINAL_STATUS, Failure(true, None)).await;
+        assert_eq!(calls, 20);
         // 1 + 2 + ... + 32, then 64 s thirteen times.
         assert_eq!(took, Duration::from_secs(63 + 13 * 64));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_rate_limit_is_waited_out_a_long_one_is_the_callers() {
+        let (_, calls, took) = always_failing(COCKPIT, Failure(true, Some(Duration::from_secs(30)))).await;
+        assert_eq!((calls, took), (5, Duration::from_secs(4 * 30)));
+        let (_, calls, took) = always_failing(COCKPIT, Failure(true, Some(Duration::from_secs(3600)))).await;
+        assert_eq!((calls, took), (1, Duration::ZERO));
+    }
+
+    #[test]
+    fn put_off_doubles_to_ten_minutes_and_waits_for_a_rate_limit() {
+        let waits: Vec<u64> = (0..MAX_RETRIES).map(|n| put_off(n, None).as_secs()).collect();
+        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 320, 600, 600, 600, 600, 600]);
+        assert_eq!(waits.iter().sum::<u64>(), 3635, "about an hour in all");
+        assert_eq!(put_off(0, Some(Duration::from_secs(42))), Duration::from_secs(42));
     }
 }

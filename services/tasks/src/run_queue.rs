@@ -1,8 +1,10 @@
 //! run-queue: the worker loop. Unlike Cockpit's one-message-per-process polling, it holds
-//! consumers on `webhook`, `statistics` (when asked) and the job queues it may take, gives
-//! webhook events precedence, and acknowledges a message only once its work is done (for a
-//! job: once its final status is posted), so a worker killed in the middle leaves the message
-//! to be redelivered.
+//! consumers on `webhook`, `statistics` (when asked) and the job queues it may take, and runs
+//! the work of their messages at the same time, each in a task of its own: an event becomes a
+//! scan (`tests_scan`), a job runs in a process of its own (`job_runner`), so that a slow GitHub
+//! under one scan delays nothing else. A message is settled only when its work is done: it is
+//! acknowledged, or (its work having failed for a reason that may pass) put off on a delay
+//! queue and tried again later, and after too many tries parked in the dead-letter queue.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,19 +14,19 @@ use std::time::{Duration, Instant};
 
 use amqp::{CommandMessage, Delivery, JobMessage, Session, WebhookMessage};
 use anyhow::Context;
-use serde::Deserialize;
-use tokio::sync::watch;
+use events::Work;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::container;
 use crate::job::{self, Outcome};
 use crate::job_runner::{Ended, Report};
 use crate::metrics::Metrics;
+use crate::retry::{self, MAX_RETRIES, Transient};
 use crate::runner_config::{RunnerConfig, SandboxKind};
-use crate::sandbox::Cancel;
-use crate::tests_scan::{self, ScanArgs, Scanner};
+use crate::tests_scan::{Mode, Request, ScanArgs, Scanner, Target};
 
-#[derive(clap::Args, Debug, Clone, Default)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     /// How tests-scan runs for webhook events (test map, GitHub).
     #[command(flatten)]
@@ -35,12 +37,16 @@ pub struct Args {
     /// The name shown in statuses and logs ("In progress [HOSTNAME]") [default: the host name].
     #[arg(long)]
     pub hostname: Option<String>,
-    /// Where jobs get their scratch directories [default: the temporary directory].
+    /// Where jobs get their scratch directories (made if missing) [default: the temporary
+    /// directory].
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
     /// How many jobs to run at once.
     #[arg(long, default_value_t = 1)]
     pub jobs: u16,
+    /// How many webhook events to scan at once.
+    #[arg(long, default_value_t = 4)]
+    pub scans: u16,
     /// Also take jobs from the `rhel` queue (workers inside the internal network).
     #[arg(long)]
     pub internal: bool,
@@ -51,9 +57,11 @@ pub struct Args {
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     pub grace: u64,
     /// Scan every open pull request of the test map's repositories at start and then this
-    /// often, so that events missed while nothing listened are made up for.
-    #[arg(long, value_name = "SECONDS")]
-    pub rescan_interval: Option<u64>,
+    /// often (0: never), so that events missed while nothing listened are made up for. A scan
+    /// queues nothing already queued or running; it costs a request per repository and per open
+    /// pull request, of GitHub's 5,000 an hour.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    pub rescan_interval: u64,
     /// Serve Prometheus metrics at http://ADDRESS/metrics (e.g. 127.0.0.1:9101).
     #[arg(long, value_name = "ADDRESS")]
     pub metrics_listen: Option<SocketAddr>,
@@ -62,41 +70,29 @@ pub struct Args {
     pub job_program: Option<PathBuf>,
 }
 
-/// The fields of a queued GitHub event that decide what to do with it.
-#[derive(Deserialize)]
-struct Request {
-    action: Option<String>,
-    pull_request: Option<PullRequest>,
-    repository: Option<Repository>,
-    sha: Option<String>,
-    context: Option<String>,
+impl Default for Args {
+    fn default() -> Args {
+        Args {
+            scan: ScanArgs::default(),
+            job_runner_config: None,
+            hostname: None,
+            work_dir: None,
+            jobs: 1,
+            scans: 4,
+            internal: false,
+            statistics: false,
+            grace: 600,
+            rescan_interval: 3600,
+            metrics_listen: None,
+            job_program: None,
+        }
+    }
 }
 
-#[derive(Deserialize)]
-struct PullRequest {
-    base: Branch,
-    head: Head,
-    #[serde(default)]
-    merged: bool,
-}
-
-#[derive(Deserialize)]
-struct Branch {
-    repo: Repository,
-}
-
-#[derive(Deserialize)]
-struct Head {
-    sha: String,
-}
-
-#[derive(Deserialize)]
-struct Repository {
-    full_name: String,
-}
-
-/// What the worker holds while it runs.
+/// What the worker holds while it runs; its tasks share it.
 struct Worker {
+    session: Session,
+    scanner: Scanner,
     runner: Option<Arc<RunnerConfig>>,
     /// The file `runner` was read from (none for Cockpit's defaults), for the job processes.
     runner_file: Option<PathBuf>,
@@ -105,12 +101,13 @@ struct Worker {
     hostname: String,
     work_dir: PathBuf,
     metrics: Arc<Metrics>,
-    cancel: Cancel,
+    /// Cancels the jobs and commands running (past the grace period on shutdown).
+    cancel: CancellationToken,
 }
 
 /// A queue this worker takes work from, besides `webhook`.
-struct Work {
-    queue: &'static str,
+struct Queue {
+    name: &'static str,
     consumer: amqp::Consumer,
 }
 
@@ -118,6 +115,32 @@ struct Work {
 /// tries (about 2 minutes): the containers of a pod, or of a Kubernetes deployment, start in any
 /// order.
 const BROKER_ATTEMPTS: u32 = 30;
+
+/// How many tries a job gets. A job that never comes to an end (it stops its job process or its
+/// worker each time, as a job that eats all memory does) is given up after that many, with an
+/// error status saying so. Its tries are counted in the message (`x-workbench-attempts`) when
+/// its job process died, and on GitHub ("In progress" statuses linking to its log) when its
+/// worker did: a message is also delivered again when somebody only looked at it
+/// (`inspect-queue`), which is no try.
+pub const MAX_TRIES: u32 = 5;
+
+/// What to do with a message once its work is over.
+#[derive(Debug, PartialEq, Eq)]
+enum Done {
+    /// Its work came to an end: acknowledge it.
+    Ack,
+    /// Its work did not come to an end (its job process stopped): publish it again at once,
+    /// with this many failed tries recorded.
+    Again(u32),
+    /// Its work failed for a reason that may pass: try it again in `delay`, unless it failed
+    /// so too often already.
+    Later { delay: Duration, error: String },
+    /// Its work failed for good: park it for an operator, with why.
+    Park(String),
+}
+
+/// The result of a task: the queue and message it worked on, and what became of it.
+type Settled = (&'static str, Delivery, Done);
 
 /// Serves the queues until `shutdown` resolves, then finishes (or, past the grace period,
 /// cancels) the work in hand and returns.
@@ -127,115 +150,139 @@ pub async fn run(config: &amqp::Config, args: &Args, shutdown: impl Future<Outpu
         None if std::path::Path::new("/dev/kvm").exists() => Some(Arc::new(RunnerConfig::load(None)?)),
         None => None,
     };
-    let scanner = Scanner::load(&args.scan)?;
-    let metrics = Arc::new(Metrics::default());
-    let (cancel_all, cancel) = watch::channel(false);
     let job_program = match &args.job_program {
         Some(program) => program.clone(),
         None => std::env::current_exe().context("cannot find this program, to run jobs with")?,
     };
-    let worker = Arc::new(Worker {
-        runner,
-        runner_file: args.job_runner_config.clone(),
-        job_program,
-        hostname: args.hostname.clone().unwrap_or_else(crate::job_runner::host_name),
-        work_dir: args.work_dir.clone().unwrap_or_else(std::env::temp_dir),
-        metrics,
-        cancel,
-    });
-    if let Some(runner) = worker.runner.as_ref().filter(|r| r.container.sandbox == SandboxKind::Container) {
-        match container::remove_leftovers(&runner.container.socket(), &worker.hostname).await {
+    let hostname = args.hostname.clone().unwrap_or_else(crate::job_runner::host_name);
+    let work_dir = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&work_dir)
+        .with_context(|| format!("cannot make the work directory {}", work_dir.display()))?;
+    if let Some(runner) = runner.as_ref().filter(|r| r.container.sandbox == SandboxKind::Container) {
+        match container::remove_leftovers(&runner.container.socket(), &hostname).await {
             Ok(0) => {}
             Ok(removed) => tracing::warn!(removed, "removed job containers left by an earlier run of this worker"),
             Err(err) => tracing::warn!(%err, "cannot look for job containers left by an earlier run"),
         }
     }
-    let session = Arc::new(amqp::connect_with_backoff(config, BROKER_ATTEMPTS).await?);
-    for queue in amqp::ALL_QUEUES {
+    let session = amqp::connect_with_backoff(config, BROKER_ATTEMPTS).await?;
+    for queue in amqp::ALL_QUEUES.into_iter().chain([amqp::DEAD_LETTER]) {
         session.declare(queue).await?;
     }
-    let mut events = session.consume(amqp::WEBHOOK.name, 1).await?;
-    let slots = args.jobs.max(1);
-    // In order of precedence after `webhook`. The broker hands each consumer at most `slots`
-    // unacknowledged messages; the loop runs at most `slots` at once.
-    let mut queues = Vec::new();
+    let scan_slots = args.scans.max(1);
+    let mut events = session.consume(amqp::WEBHOOK.name, scan_slots).await?;
+    let job_slots = args.jobs.max(1);
+    // In order of precedence. The broker hands each consumer at most `job_slots` unacknowledged
+    // messages; the loop runs at most `job_slots` at once.
+    let mut names = Vec::new();
     if args.statistics {
-        queues.push(amqp::STATISTICS.name);
+        names.push(amqp::STATISTICS.name);
     }
-    if worker.runner.is_some() {
-        queues.push(amqp::PUBLIC.name);
+    if runner.is_some() {
+        names.push(amqp::PUBLIC.name);
         if args.internal {
-            queues.push(amqp::RHEL.name);
+            names.push(amqp::RHEL.name);
         }
     }
-    let mut work = Vec::new();
-    for queue in queues {
-        work.push(Work { queue, consumer: session.consume(queue, slots).await? });
+    let mut queues = Vec::new();
+    for name in names {
+        queues.push(Queue { name, consumer: session.consume(name, job_slots).await? });
     }
+    let worker = Arc::new(Worker {
+        session,
+        scanner: Scanner::load(&args.scan)?,
+        runner,
+        runner_file: args.job_runner_config.clone(),
+        job_program,
+        hostname,
+        work_dir,
+        metrics: Arc::new(Metrics::default()),
+        cancel: CancellationToken::new(),
+    });
+    let stop_serving = CancellationToken::new();
     // Serving metrics is also the sign that the worker is ready: its consumers are in place.
-    if let Some(address) = args.metrics_listen {
-        serve_metrics(address, worker.metrics.clone()).await?;
-    }
-    tracing::info!(hostname = worker.hostname, queues = ?work.iter().map(|w| w.queue).collect::<Vec<_>>(), slots, "run-queue started");
+    let metrics_server = match args.metrics_listen {
+        Some(address) => Some(serve_metrics(address, worker.metrics.clone(), stop_serving.clone()).await?),
+        None => None,
+    };
+    tracing::info!(
+        hostname = worker.hostname,
+        queues = ?queues.iter().map(|q| q.name).collect::<Vec<_>>(),
+        job_slots,
+        scan_slots,
+        "run-queue started"
+    );
 
-    let mut rescan = args.rescan_interval.map(|seconds| tokio::time::interval(Duration::from_secs(seconds.max(1))));
-    let mut running = JoinSet::new();
+    let mut rescan =
+        (args.rescan_interval > 0).then(|| tokio::time::interval(Duration::from_secs(args.rescan_interval)));
+    let (mut scans, mut jobs, mut rescans) = (JoinSet::new(), JoinSet::new(), JoinSet::new());
     tokio::pin!(shutdown);
-    loop {
+    let served = loop {
         tokio::select! {
             biased;
-            () = &mut shutdown => break,
-            event = events.next() => {
-                let delivery = event.context("the broker closed the webhook consumer")??;
+            () = &mut shutdown => break Ok(()),
+            Some(done) = scans.join_next(), if !scans.is_empty() => settle(&worker, done).await?,
+            Some(done) = jobs.join_next(), if !jobs.is_empty() => settle(&worker, done).await?,
+            Some(_) = rescans.join_next(), if !rescans.is_empty() => {}
+            event = events.next(), if scans.len() < usize::from(scan_slots) => {
+                let Some(delivery) = event else { break Err(anyhow::anyhow!("the broker closed the webhook consumer")) };
+                let delivery = delivery?;
                 worker.metrics.taken(amqp::WEBHOOK.name, delivery.timestamp, delivery.redelivered);
-                handle_event(&session, &scanner, &delivery).await;
-                delivery.ack().await?;
+                let worker = worker.clone();
+                scans.spawn(async move {
+                    let done = unbroken(handle_event(&worker, &delivery)).await;
+                    (amqp::WEBHOOK.name, delivery, done)
+                });
             }
-            Some(done) = running.join_next(), if !running.is_empty() => finish(&session, &worker, done).await?,
-            _ = async { rescan.as_mut().expect("guarded").tick().await }, if rescan.is_some() => {
-                rescan_all(&session, &scanner).await;
+            _ = async { rescan.as_mut().expect("guarded").tick().await }, if rescan.is_some() && rescans.is_empty() => {
+                let worker = worker.clone();
+                rescans.spawn(async move { rescan_all(&worker).await });
             }
-            (queue, taken) = next_work(&mut work), if running.len() < usize::from(slots) && !work.is_empty() => {
-                let delivery = taken.with_context(|| format!("the broker closed the {queue} consumer"))??;
+            (queue, taken) = next_work(&mut queues), if jobs.len() < usize::from(job_slots) && !queues.is_empty() => {
+                let Some(delivery) = taken else { break Err(anyhow::anyhow!("the broker closed the {queue} consumer")) };
+                let delivery = delivery?;
                 worker.metrics.taken(queue, delivery.timestamp, delivery.redelivered);
                 let worker = worker.clone();
-                running.spawn(async move {
-                    let result = handle_work(&worker, queue, &delivery).await;
-                    (queue, delivery, result)
+                jobs.spawn(async move {
+                    let done = unbroken(handle_work(&worker, queue, &delivery)).await;
+                    (queue, delivery, done)
                 });
             }
         }
-    }
+    };
     // Take no more work; let what is in hand finish, or cancel it past the grace period.
-    drop(work);
+    drop((queues, events));
+    rescans.shutdown().await;
     let grace = tokio::time::sleep(Duration::from_secs(args.grace));
     tokio::pin!(grace);
-    loop {
+    while !scans.is_empty() || !jobs.is_empty() {
         tokio::select! {
-            done = running.join_next() => match done {
-                Some(done) => finish(&session, &worker, done).await?,
-                None => break,
-            },
-            () = &mut grace, if !*cancel_all.borrow() => {
-                tracing::warn!(jobs = running.len(), "grace period over: cancelling the running jobs");
-                cancel_all.send_replace(true);
+            Some(done) = scans.join_next(), if !scans.is_empty() => settle(&worker, done).await?,
+            Some(done) = jobs.join_next(), if !jobs.is_empty() => settle(&worker, done).await?,
+            () = &mut grace, if !worker.cancel.is_cancelled() => {
+                tracing::warn!(jobs = jobs.len(), "grace period over: cancelling the running jobs");
+                worker.cancel.cancel();
             }
         }
     }
-    drop(events);
-    match Arc::try_unwrap(session) {
-        Ok(session) => session.close().await,
+    stop_serving.cancel();
+    if let Some(server) = metrics_server {
+        let _ = server.await;
+    }
+    match Arc::try_unwrap(worker) {
+        Ok(worker) => worker.session.close().await,
         Err(_) => tracing::warn!("the broker session is still in use; leaving it to close with the process"),
     }
-    Ok(())
+    served
 }
 
 /// The next message of the first work queue that has one.
-async fn next_work(work: &mut [Work]) -> (&'static str, Option<Result<Delivery, amqp::Error>>) {
+async fn next_work(queues: &mut [Queue]) -> (&'static str, Option<Result<Delivery, amqp::Error>>) {
     std::future::poll_fn(|cx| {
-        work.iter_mut()
-            .find_map(|w| match w.consumer.poll_next(cx) {
-                std::task::Poll::Ready(taken) => Some((w.queue, taken)),
+        queues
+            .iter_mut()
+            .find_map(|q| match q.consumer.poll_next(cx) {
+                std::task::Poll::Ready(taken) => Some((q.name, taken)),
                 std::task::Poll::Pending => None,
             })
             .map_or(std::task::Poll::Pending, std::task::Poll::Ready)
@@ -243,90 +290,91 @@ async fn next_work(work: &mut [Work]) -> (&'static str, Option<Result<Delivery, 
     .await
 }
 
-/// How many tries the work of one message gets. A message whose work never comes to an end
-/// (it stops its job process or its worker each time, as a job that eats all memory does) is
-/// given up after that many: a job ends with an error status saying so.
-pub const MAX_TRIES: u32 = 5;
-
-/// What to do with a message once its work is over.
-#[derive(Debug, PartialEq, Eq)]
-enum Done {
-    /// Its work came to an end (or never will): acknowledge it.
-    Ack,
-    /// Try again later: publish it again, recording this many failed tries, then acknowledge
-    /// the delivery.
-    Again(u32),
+/// The work of a message, a panic in it parking the message rather than losing it.
+async fn unbroken(work: impl Future<Output = Done>) -> Done {
+    use futures_util::FutureExt;
+    std::panic::AssertUnwindSafe(work).catch_unwind().await.unwrap_or_else(|panic| {
+        let what =
+            panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+        Done::Park(format!("the work panicked: {}", what.unwrap_or_default()))
+    })
 }
 
-/// Settles a message once its work has run to the end (a job: its final status). Work that
-/// failed is acknowledged too, as Cockpit's run-queue does whatever the exit status: a message
-/// that fails every worker must not go round forever, and the worker keeps serving. Work that
-/// is to be tried again goes back to the queue first.
-async fn finish(
-    session: &Session,
-    worker: &Worker,
-    done: Result<(&'static str, Delivery, anyhow::Result<Done>), tokio::task::JoinError>,
-) -> anyhow::Result<()> {
-    let (queue, delivery, result) = done?;
-    match result {
-        Ok(Done::Ack) => delivery.ack().await?,
-        Ok(Done::Again(tries)) => {
-            session.republish(queue, &delivery, tries).await?;
-            delivery.ack().await?;
+/// Settles a message whose work is over, as its task decided: acknowledged, published again,
+/// put off, or parked. The broker failing here stops the worker: the message stays
+/// unacknowledged, and comes back when the connection closes.
+async fn settle(worker: &Worker, done: Result<Settled, tokio::task::JoinError>) -> anyhow::Result<()> {
+    let (queue, delivery, done) = done?;
+    let session = &worker.session;
+    match done {
+        Done::Ack => {}
+        Done::Again(tries) => session.republish(queue, &delivery, tries).await?,
+        Done::Later { error, .. } if delivery.retries >= MAX_RETRIES => {
+            let why = format!("tried {} times, each failing for a while: {error}", delivery.retries + 1);
+            tracing::error!(queue, why, "parking a message in {}", amqp::DEAD_LETTER.name);
+            worker.metrics.parked(queue);
+            session.park(queue, &delivery, &why).await?;
         }
-        Err(err) => {
-            tracing::error!(err = format!("{err:#}"), "the work of a message failed; acknowledging it all the same");
-            worker.metrics.given_up(queue);
-            delivery.ack().await?;
+        Done::Later { delay, error } => {
+            tracing::warn!(queue, retries = delivery.retries, ?delay, error, "putting a message off");
+            worker.metrics.put_off(queue);
+            session.retry_later(queue, &delivery, delay, delivery.retries + 1, &error).await?;
+        }
+        Done::Park(why) => {
+            tracing::error!(queue, why, "parking a message in {}", amqp::DEAD_LETTER.name);
+            worker.metrics.parked(queue);
+            session.park(queue, &delivery, &why).await?;
         }
     }
+    delivery.ack().await?;
     Ok(())
 }
 
-/// A webhook event becomes a tests-scan or a statistics command, as in Cockpit's run-queue;
-/// anything else is logged.
-async fn handle_event(session: &Session, scanner: &Scanner, delivery: &Delivery) {
+/// What becomes of work that failed with `err`: put off when it may pass (until a rate limit's
+/// end, at least), parked when it will not.
+fn failed(err: &(impl Transient + ?Sized), retries: u32) -> Done {
+    match err.is_transient() {
+        true => Done::Later { delay: retry::put_off(retries, err.retry_after()), error: err.to_string() },
+        false => Done::Park(err.to_string()),
+    }
+}
+
+/// A webhook event becomes what `events::decide` says (as in Cockpit's run-queue): a scan, a
+/// statistics command, or nothing.
+async fn handle_event(worker: &Worker, delivery: &Delivery) -> Done {
     let parsed = serde_json::from_slice::<WebhookMessage>(&delivery.body)
         .map_err(|e| e.to_string())
-        .and_then(|m| serde_json::from_str::<Request>(m.request.get()).map(|r| (m, r)).map_err(|e| e.to_string()));
-    let (message, request) = match parsed {
-        Ok(parsed) => parsed,
-        Err(err) => return tracing::error!(%err, "dropping a webhook message that is not a GitHub event"),
+        .and_then(|message| events::Event::parse(&message.event, message.request.get()).map_err(|e| e.to_string()));
+    let event = match parsed {
+        Ok(event) => event,
+        Err(err) => return Done::Park(format!("not a GitHub event: {err}")),
     };
-    let event = message.event.as_str();
-    let mut args = tests_scan::Args { publish: true, ..tests_scan::Args::default() };
-    match (event, request.action.as_deref(), &request.pull_request) {
-        ("pull_request", Some("opened" | "synchronize"), Some(pull)) => {
-            args.repo = pull.base.repo.full_name.clone();
-            args.pull_data = Some(message.request.get().to_owned());
+    let request = match events::decide(&event).work {
+        Work::ScanPull { repo, pull } => {
+            Request { repo, target: Target::Pull(Box::new(pull)), contexts: vec![], mode: Mode::Queue }
         }
-        ("pull_request", Some("closed"), Some(pull)) if pull.merged => {
-            let command = CommandMessage::statistics(&statistics_db(), &pull.base.repo.full_name, &pull.head.sha);
+        Work::ScanSha { repo, sha, context } => {
+            Request { repo, target: Target::Sha(sha), contexts: vec![context], mode: Mode::Queue }
+        }
+        Work::Statistics { repo, head } => {
+            let command = CommandMessage::statistics(&statistics_db(), &repo, &head);
             let body = serde_json::to_vec(&command).expect("a command encodes");
-            if let Err(err) = session.publish(amqp::STATISTICS.name, &body, Some(amqp::MAX_PRIORITY)).await {
-                tracing::error!(%err, "cannot queue the statistics of a merged pull request");
-            }
-            return;
-        }
-        ("status", _, _) => {
-            let (Some(repository), Some(sha), Some(context)) = (&request.repository, &request.sha, &request.context)
-            else {
-                return tracing::error!("dropping a status event without repository, sha or context");
+            return match worker.session.publish(amqp::STATISTICS.name, &body, Some(amqp::MAX_PRIORITY)).await {
+                Ok(()) => Done::Ack,
+                Err(err) => Done::Later { delay: retry::put_off(delivery.retries, None), error: err.to_string() },
             };
-            args.repo = repository.full_name.clone();
-            args.sha = Some(sha.clone());
-            args.contexts = vec![context.clone()];
         }
-        _ => {
-            return tracing::info!(
-                event,
-                action = request.action,
-                "Webhook message interpretation generated no command"
-            );
+        Work::Nothing(reason) => {
+            tracing::info!(reason, "Webhook message interpretation generated no command");
+            return Done::Ack;
         }
-    }
-    if let Err(err) = scanner.scan(&args, Some(session)).await {
-        tracing::error!(err = format!("{err:#}"), repo = args.repo, "tests-scan failed");
+    };
+    match worker.scanner.scan(&request, Some(&worker.session)).await {
+        Ok(_) => Done::Ack,
+        Err(err) => {
+            tracing::warn!(repo = request.repo, %err, "tests-scan failed");
+            failed(&err, delivery.retries)
+        }
     }
 }
 
@@ -339,11 +387,11 @@ fn statistics_db() -> String {
 }
 
 /// Scans every open pull request of every repository of the test map.
-async fn rescan_all(session: &Session, scanner: &Scanner) {
-    for repo in scanner.projects() {
-        let args = tests_scan::Args { repo, publish: true, ..tests_scan::Args::default() };
-        if let Err(err) = scanner.scan(&args, Some(session)).await {
-            tracing::error!(err = format!("{err:#}"), repo = args.repo, "rescan failed");
+async fn rescan_all(worker: &Worker) {
+    for repo in worker.scanner.projects() {
+        let request = Request { repo, target: Target::Open, contexts: vec![], mode: Mode::Queue };
+        if let Err(err) = worker.scanner.scan(&request, Some(&worker.session)).await {
+            tracing::error!(%err, repo = request.repo, "rescan failed");
         }
     }
 }
@@ -352,75 +400,62 @@ async fn rescan_all(session: &Session, scanner: &Scanner) {
 pub const ALREADY_REPORTED: &str = "redelivered job already has its final status: not running it again";
 
 /// Runs a job to its final status, or a command to its end. A message that is neither is
-/// logged and dropped.
-async fn handle_work(worker: &Worker, queue: &'static str, delivery: &Delivery) -> anyhow::Result<Done> {
-    let tries = delivery.failed_tries();
-    if let Ok(message) = serde_json::from_slice::<JobMessage>(&delivery.body) {
-        let runner = worker.runner.as_ref().context("a job arrived at a worker that runs no jobs")?;
-        if delivery.redelivered {
-            // When GitHub cannot say, the job runs again: two final statuses beat none.
-            match job::already_reported(runner, &message.job).await {
-                Ok(true) => {
-                    tracing::warn!(job = message.human, "{ALREADY_REPORTED}");
-                    return Ok(Done::Ack);
-                }
-                Ok(false) => {}
-                Err(err) => tracing::warn!(job = message.human, %err, "cannot tell whether a redelivered job ended"),
-            }
-        }
-        if tries >= MAX_TRIES {
-            return give_up(worker, runner, queue, &message, tries).await;
-        }
-        if delivery.redelivered {
-            // The try that was lost is recorded in the message before the job runs again.
-            tracing::warn!(job = message.human, tries, "a job whose work did not come to an end: queued again");
-            return Ok(Done::Again(tries));
-        }
-        let started = Instant::now();
-        return match run_job(worker, &message.job).await? {
-            Ok(Report { ended, peak_memory }) => {
-                worker.metrics.job_memory(peak_memory);
-                match ended {
-                    Ended::Reported(outcome) => {
-                        worker.metrics.job(&outcome, started.elapsed());
-                        tracing::info!(job = message.human, ?outcome, peak_memory, "job finished");
-                        if outcome == Outcome::Cancelled {
-                            tracing::warn!(job = message.human, "cancelled; a rescan queues it again");
-                        }
-                        Ok(Done::Ack)
-                    }
-                    Ended::Transient(err) => {
-                        tracing::warn!(
-                            job = message.human,
-                            err,
-                            "GitHub or S3 is away; the job goes back to the queue"
-                        );
-                        Ok(Done::Again(tries))
-                    }
-                    Ended::Failed(err) => anyhow::bail!("job {}: {err}", message.human),
-                }
-            }
-            Err(died) if tries + 1 >= MAX_TRIES => {
-                tracing::error!(job = message.human, died, "the job process died");
-                give_up(worker, runner, queue, &message, tries + 1).await
-            }
-            Err(died) => {
-                tracing::warn!(job = message.human, died, tries = tries + 1, "the job process died; queued again");
-                Ok(Done::Again(tries + 1))
-            }
+/// parked.
+async fn handle_work(worker: &Worker, queue: &'static str, delivery: &Delivery) -> Done {
+    let Ok(message) = serde_json::from_slice::<JobMessage>(&delivery.body) else {
+        return match serde_json::from_slice::<CommandMessage>(&delivery.body) {
+            Ok(message) => run_command(worker, &message.command).await,
+            Err(err) => Done::Park(format!("neither a job nor a command: {err}")),
         };
+    };
+    let Some(runner) = worker.runner.as_ref() else {
+        return Done::Park("a job arrived at a worker that runs no jobs".into());
+    };
+    let mut tries = delivery.attempts;
+    if delivery.redelivered {
+        // When GitHub cannot say, the job runs again: two final statuses beat none.
+        match job::earlier(runner, &message.job).await {
+            Ok(earlier) if earlier.reported => {
+                tracing::warn!(job = message.human, "{ALREADY_REPORTED}");
+                return Done::Ack;
+            }
+            Ok(earlier) => tries = tries.max(earlier.starts),
+            Err(err) => tracing::warn!(job = message.human, %err, "cannot tell whether a redelivered job ended"),
+        }
     }
     if tries >= MAX_TRIES {
-        worker.metrics.given_up(queue);
-        tracing::error!(queue, tries, "giving up a message whose work never came to an end");
-        return Ok(Done::Ack);
+        return give_up(worker, runner, queue, &message, tries, delivery.retries).await;
     }
-    match serde_json::from_slice::<CommandMessage>(&delivery.body) {
-        Ok(message) => run_command(worker, &message.command).await.map(|()| Done::Ack),
-        Err(err) => {
-            tracing::error!(%err, "dropping a message that is neither a job nor a command");
-            Ok(Done::Ack)
+    let started = Instant::now();
+    match run_job(worker, &message.job).await {
+        Ok(Ok(Report { ended, peak_memory })) => {
+            worker.metrics.job_memory(peak_memory);
+            match ended {
+                Ended::Reported(outcome) => {
+                    worker.metrics.job(&outcome, started.elapsed());
+                    tracing::info!(job = message.human, ?outcome, peak_memory, "job finished");
+                    if outcome == Outcome::Cancelled {
+                        tracing::warn!(job = message.human, "cancelled; a rescan queues it again");
+                    }
+                    Done::Ack
+                }
+                Ended::Transient { error, retry_after } => {
+                    tracing::warn!(job = message.human, error, "GitHub or S3 is away; the job is put off");
+                    let not_before = retry_after.map(Duration::from_secs);
+                    Done::Later { delay: retry::put_off(delivery.retries, not_before), error }
+                }
+                Ended::Failed(err) => Done::Park(format!("job {}: {err}", message.human)),
+            }
         }
+        Ok(Err(died)) if tries + 1 >= MAX_TRIES => {
+            tracing::error!(job = message.human, died, "the job process died");
+            give_up(worker, runner, queue, &message, tries + 1, delivery.retries).await
+        }
+        Ok(Err(died)) => {
+            tracing::warn!(job = message.human, died, tries = tries + 1, "the job process died; queued again");
+            Done::Again(tries + 1)
+        }
+        Err(err) => Done::Park(format!("job {}: {err:#}", message.human)),
     }
 }
 
@@ -431,14 +466,14 @@ async fn give_up(
     queue: &str,
     message: &JobMessage,
     tries: u32,
-) -> anyhow::Result<Done> {
+    retries: u32,
+) -> Done {
     tracing::error!(job = message.human, tries, "giving up a job whose work never came to an end");
     worker.metrics.given_up(queue);
     match job::give_up(runner, &message.job, &worker.hostname, tries).await {
-        Ok(()) => Ok(Done::Ack),
+        Ok(()) => Done::Ack,
         // Its end must be reported: later, when GitHub or S3 is back.
-        Err(err) if err.is_transient() => Ok(Done::Again(tries)),
-        Err(err) => Err(err).context("cannot report a job that was given up"),
+        Err(err) => failed(&err, retries),
     }
 }
 
@@ -472,10 +507,9 @@ async fn run_job(worker: &Worker, job: &amqp::Job) -> anyhow::Result<Result<Repo
     let pid = child.id();
     let output = child.wait_with_output();
     tokio::pin!(output);
-    let mut cancel = worker.cancel.clone();
     let output = tokio::select! {
         output = &mut output => output?,
-        () = crate::sandbox::cancelled(&mut cancel) => {
+        () = worker.cancel.cancelled() => {
             if let Some(pid) = pid.and_then(|pid| rustix::process::Pid::from_raw(pid as i32)) {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
             }
@@ -491,33 +525,35 @@ async fn run_job(worker: &Worker, job: &amqp::Job) -> anyhow::Result<Result<Repo
 
 /// Runs a queued command (Cockpit: a string through `sh -c`, a list directly) in the work
 /// directory; its exit status is logged, as Cockpit's run-queue does.
-async fn run_command(worker: &Worker, command: &amqp::Command) -> anyhow::Result<()> {
+async fn run_command(worker: &Worker, command: &amqp::Command) -> Done {
     let argv: Vec<String> = match command {
         amqp::Command::Shell(line) => vec!["sh".into(), "-c".into(), line.clone()],
         amqp::Command::Argv(argv) => argv.clone(),
     };
-    let Some((program, rest)) = argv.split_first() else { return Ok(()) };
-    let mut child = tokio::process::Command::new(program)
-        .args(rest)
-        .current_dir(&worker.work_dir)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot start {program}"))?;
-    let mut cancel = worker.cancel.clone();
+    let Some((program, rest)) = argv.split_first() else { return Done::Ack };
+    let spawned =
+        tokio::process::Command::new(program).args(rest).current_dir(&worker.work_dir).kill_on_drop(true).spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(err) => return Done::Park(format!("cannot start {program}: {err}")),
+    };
     tokio::select! {
-        status = child.wait() => {
-            let status = status?;
-            if !status.success() {
-                tracing::error!(?argv, %status, "queued command failed");
-            }
-        }
-        () = crate::sandbox::cancelled(&mut cancel) => tracing::warn!(?argv, "queued command cancelled"),
+        status = child.wait() => match status {
+            Ok(status) if !status.success() => tracing::error!(?argv, %status, "queued command failed"),
+            Ok(_) => {}
+            Err(err) => tracing::error!(?argv, %err, "cannot wait for a queued command"),
+        },
+        () = worker.cancel.cancelled() => tracing::warn!(?argv, "queued command cancelled"),
     }
-    Ok(())
+    Done::Ack
 }
 
-/// Serves `GET /metrics` on `address` for as long as the process lives.
-async fn serve_metrics(address: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+/// Serves `GET /metrics` on `address` until `stop` is cancelled; the handle ends with it.
+async fn serve_metrics(
+    address: SocketAddr,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot listen on {address} for metrics"))?;
@@ -528,10 +564,9 @@ async fn serve_metrics(address: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Re
             async move { ([("content-type", "text/plain; version=0.0.4")], metrics.render()) }
         }),
     );
-    tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app).await {
+    Ok(tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await {
             tracing::error!(%err, "the metrics server stopped");
         }
-    });
-    Ok(())
+    }))
 }

@@ -366,6 +366,9 @@ mod tests {
         assert_eq!(found.len(), 2, "the shell's two sleeps: {found:?}");
         assert!(found.iter().all(|pid| parent(*pid) == Some(shell)), "{found:?}");
         assert_eq!(parent(shell), Some(std::process::id() as i32));
+        for pid in found.into_iter().filter_map(rustix::process::Pid::from_raw) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
         let _ = child.kill();
         let _ = child.wait();
     }

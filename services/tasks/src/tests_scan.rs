@@ -1,13 +1,19 @@
 //! `tests-scan`: Cockpit's scan of pull requests into statuses and jobs (cockpit-protocol.md 3),
-//! driving the decisions of `scan` with GitHub and the broker.
+//! driving the decisions of `scan` with GitHub and the broker. [`Scanner::scan`] takes a typed
+//! [`Request`]; the `tasks tests-scan` command line is a thin shell that makes one.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use crate::retry;
+use amqp::JobMessage;
+use anyhow::Context;
+use events::PullRequest;
+use github::GitHub;
+
+use crate::retry::{self, Transient};
 use crate::scan::{self, Action, Existing, Pull, Scan};
+use crate::status::{Commit, State};
 use crate::testmap::TestMap;
-use anyhow::{Context, bail};
-use github::{GitHub, StatusUpdate};
 
 /// Organisations and users whose pull requests are tested without a manual trigger
 /// (Cockpit's `lib/allowlist.py`, plus this project's own).
@@ -60,11 +66,91 @@ pub struct ScanArgs {
     pub testmap_inject: Option<String>,
 }
 
-/// Scans as `args` say; prints jobs (or their summaries) unless publishing them.
+/// What to scan.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The repository, OWNER/NAME.
+    pub repo: String,
+    pub target: Target,
+    /// Only these contexts (none: all the test map's).
+    pub contexts: Vec<String>,
+    /// What to do with the jobs.
+    pub mode: Mode,
+}
+
+/// Which pull requests (or commit) a scan looks at.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// This pull request, as an event brought it: GitHub is not asked for it.
+    Pull(Box<PullRequest>),
+    /// Pull request number N.
+    Number(u64),
+    /// The open pull request with this head, or the bare commit when none has it.
+    Sha(String),
+    /// Every open pull request (a rescan).
+    Open,
+}
+
+/// What a scan does with what it decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Post statuses, publish jobs ("Not yet tested").
+    Queue,
+    /// Post statuses, hand the jobs back (Cockpit's tests-scan without `--amqp`: "Not yet
+    /// tested (direct trigger)").
+    Print,
+    /// Change nothing; hand the jobs back.
+    Dry,
+}
+
+/// Why a scan failed, and whether trying later can help.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error(transparent)]
+    GitHub(#[from] github::Error),
+    #[error(transparent)]
+    Broker(#[from] amqp::Error),
+    #[error("Can't find pull request {0}")]
+    NoPull(u64),
+}
+
+impl Transient for ScanError {
+    fn is_transient(&self) -> bool {
+        match self {
+            ScanError::GitHub(err) => err.is_transient(),
+            ScanError::Broker(err) => err.is_transient(),
+            ScanError::NoPull(_) => false,
+        }
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ScanError::GitHub(err) => err.retry_after(),
+            _ => None,
+        }
+    }
+}
+
+/// `tasks tests-scan`: scans as `args` say; prints jobs (or their summaries) unless publishing.
 pub async fn run(config: &amqp::Config, args: &Args) -> anyhow::Result<()> {
     let scanner = Scanner::load(&args.scan)?;
-    let session = match args.publish && !args.dry {
-        true => {
+    let target = match (&args.pull_data, args.pull, &args.sha) {
+        (Some(data), _, _) => {
+            let event: events::PullRequestEvent =
+                serde_json::from_str(data).context("--pull-data is not a pull_request event")?;
+            Target::Pull(Box::new(event.pull_request))
+        }
+        (None, Some(number), _) => Target::Number(number),
+        (None, None, Some(sha)) => Target::Sha(sha.clone()),
+        (None, None, None) => Target::Open,
+    };
+    let mode = match (args.dry, args.publish) {
+        (true, _) => Mode::Dry,
+        (false, true) => Mode::Queue,
+        (false, false) => Mode::Print,
+    };
+    let request = Request { repo: args.repo.clone(), target, contexts: args.contexts.clone(), mode };
+    let session = match mode {
+        Mode::Queue => {
             let session = amqp::Session::connect(config).await?;
             // The queues jobs go to, declared once, as Cockpit's tests-scan does.
             for queue in [amqp::RHEL, amqp::PUBLIC] {
@@ -72,14 +158,21 @@ pub async fn run(config: &amqp::Config, args: &Args) -> anyhow::Result<()> {
             }
             Some(session)
         }
-        false => None,
+        Mode::Print | Mode::Dry => None,
     };
-    let printed = scanner.scan(args, session.as_ref()).await;
+    let scanned = scanner.scan(&request, session.as_ref()).await;
     if let Some(session) = session {
         session.close().await;
     }
-    for line in printed? {
-        println!("{line}");
+    let jobs = scanned?;
+    if args.human_readable {
+        let mut human: Vec<&String> = jobs.iter().map(|message| &message.human).collect();
+        human.sort();
+        human.into_iter().for_each(|line| println!("{line}"));
+    } else if mode != Mode::Queue {
+        for message in &jobs {
+            println!("{}", serde_json::to_string_pretty(&message.job)?);
+        }
     }
     Ok(())
 }
@@ -108,99 +201,87 @@ impl Scanner {
         self.map.projects().into_iter().map(str::to_owned).collect()
     }
 
-    /// Posts statuses and publishes jobs to `session` (if any) as `args` say; returns what
-    /// tests-scan prints: the sorted summaries, or the jobs when not publishing.
-    pub async fn scan(&self, args: &Args, session: Option<&amqp::Session>) -> anyhow::Result<Vec<String>> {
+    /// Scans as `request` says: posts statuses and, queueing, publishes jobs to `session`.
+    /// Returns the jobs decided, in order.
+    pub async fn scan(&self, request: &Request, session: Option<&amqp::Session>) -> Result<Vec<JobMessage>, ScanError> {
         let github = &self.github;
-        let pulls = pulls(github, args).await?;
+        let pulls = self.pulls(request).await?;
         let format = time::macros::format_description!("[year][month][day]-[hour][minute][second]");
-        let timestamp = time::OffsetDateTime::now_utc().format(&format)?;
+        let timestamp = time::OffsetDateTime::now_utc().format(&format).expect("a formattable time");
         let allowlist: Vec<String> = ALLOWLIST.map(String::from).to_vec();
         let scan = Scan {
             map: &self.map,
-            repo: &args.repo,
+            repo: &request.repo,
             allowlist: &allowlist,
-            amqp: args.publish,
+            amqp: request.mode == Mode::Queue,
             bots_pr_head: &|_| None,
             timestamp: &timestamp,
-            requeue_pending: args.pull.is_some() || args.pull_data.is_some() || args.sha.is_some(),
+            requeue_pending: !matches!(request.target, Target::Open),
         };
-        let (mut human, mut jobs) = (Vec::new(), Vec::new());
+        let mut jobs = Vec::new();
         for pull in &pulls {
-            let existing: Vec<Existing> = github
-                .statuses(&args.repo, &pull.sha)
-                .await?
-                .into_iter()
-                .map(|s| Existing { context: s.context, state: s.state, description: s.description })
-                .collect();
-            for action in scan::plan(&scan, pull, &existing, &args.contexts) {
+            let existing: Vec<Existing> =
+                retry::transient("statuses", retry::COCKPIT, || github.statuses(&request.repo, &pull.sha))
+                    .await?
+                    .into_iter()
+                    .map(|s| Existing { context: s.context, state: s.state, description: s.description })
+                    .collect();
+            let commit = Commit { github, repo: &request.repo, sha: &pull.sha };
+            for action in scan::plan(&scan, pull, &existing, &request.contexts) {
                 let (context, description) = match &action {
                     Action::Refuse { context, description } => (context.clone(), Some(*description)),
                     Action::Queue { description, message, .. } => {
                         (message.job.context.clone().unwrap_or_default(), *description)
                     }
                 };
-                if let (Some(description), false) = (description, args.dry) {
-                    let status = StatusUpdate {
-                        context,
-                        state: "pending".into(),
-                        description: description.into(),
-                        target_url: None,
-                    };
-                    retry::transient("status", retry::COCKPIT, github::Error::is_transient, || {
-                        github.post_status(&args.repo, &pull.sha, &status)
-                    })
-                    .await?;
+                if let (Some(description), false) = (description, request.mode == Mode::Dry) {
+                    commit.post(&context, State::Pending, description, None, retry::COCKPIT).await?;
                 }
                 let Action::Queue { queue, priority, message, .. } = action else { continue };
-                if let Some(session) = session {
-                    session.publish(queue.name, &serde_json::to_vec(&*message)?, Some(priority)).await?;
+                if let (Some(session), Mode::Queue) = (session, request.mode) {
+                    let body = serde_json::to_vec(&*message).expect("a job message encodes");
+                    session.publish(queue.name, &body, Some(priority)).await?;
                 }
-                if args.human_readable {
-                    human.push(message.human.clone());
-                } else if session.is_none() {
-                    jobs.push(serde_json::to_string_pretty(&message.job)?);
-                }
+                jobs.push(*message);
             }
         }
-        human.sort();
-        Ok(if args.human_readable { human } else { jobs })
+        Ok(jobs)
     }
-}
 
-async fn pulls(github: &GitHub, args: &Args) -> anyhow::Result<Vec<Pull>> {
-    let convert = |pull: github::Pull| Pull {
-        number: pull.number,
-        title: pull.title,
-        sha: pull.head.sha,
-        login: pull.head.user.login,
-        base: Some(pull.base.branch),
-        labels: pull.labels.into_iter().map(|label| label.name).collect(),
-    };
-    if let Some(data) = &args.pull_data {
-        #[derive(serde::Deserialize)]
-        struct Event {
-            pull_request: github::Pull,
-        }
-        let event: Event = serde_json::from_str(data).context("--pull-data is not a pull_request event")?;
-        return Ok(vec![convert(event.pull_request)]);
-    }
-    if let Some(number) = args.pull {
-        let Some(pull) = github.pull(&args.repo, number).await? else { bail!("Can't find pull request {number}") };
-        return Ok(vec![convert(pull)]);
-    }
-    let open: Vec<Pull> = github.open_pulls(&args.repo).await?.into_iter().map(convert).collect();
-    match &args.sha {
-        None => Ok(open),
-        Some(sha) => {
-            Ok(vec![open.into_iter().find(|pull| pull.sha.starts_with(sha.as_str())).unwrap_or_else(|| Pull {
-                number: 0,
-                title: sha.clone(),
-                sha: sha.clone(),
-                login: "cockpit-project".into(),
-                base: None,
-                labels: Vec::new(),
-            })])
-        }
+    /// The pull requests (or bare commit) `request` is about, with Cockpit's retries.
+    async fn pulls(&self, request: &Request) -> Result<Vec<Pull>, ScanError> {
+        let (github, repo) = (&self.github, request.repo.as_str());
+        let convert = |pull: PullRequest| Pull {
+            number: pull.number,
+            title: pull.title,
+            sha: pull.head.sha,
+            login: pull.head.user.login,
+            base: Some(pull.base.branch),
+            labels: pull.labels.into_iter().map(|label| label.name).collect(),
+        };
+        Ok(match &request.target {
+            Target::Pull(pull) => vec![convert((**pull).clone())],
+            Target::Number(number) => {
+                let pull = retry::transient("pull", retry::COCKPIT, || github.pull(repo, *number)).await?;
+                vec![convert(pull.ok_or(ScanError::NoPull(*number))?)]
+            }
+            Target::Open => retry::transient("pulls", retry::COCKPIT, || github.open_pulls(repo))
+                .await?
+                .into_iter()
+                .map(convert)
+                .collect(),
+            Target::Sha(sha) => {
+                let open = retry::transient("pulls", retry::COCKPIT, || github.open_pulls(repo)).await?;
+                let found = open.into_iter().map(convert).find(|pull| pull.sha.starts_with(sha.as_str()));
+                vec![found.unwrap_or_else(|| Pull {
+                    number: 0,
+                    title: sha.clone(),
+                    sha: sha.clone(),
+                    login: "cockpit-project".into(),
+                    base: None,
+                    labels: Vec::new(),
+                })]
+            }
+        })
     }
 }

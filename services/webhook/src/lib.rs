@@ -1,8 +1,7 @@
 //! The GitHub webhook receiver: verifies each delivery's signature, filters it like Cockpit's
-//! webhook, and publishes `{event, request}` to the durable `webhook` queue, answering 200 only
+//! webhook (`events::decide`), and publishes `{event, request}` to the durable `webhook` queue, answering 200 only
 //! once the broker confirmed it stored the message.
 
-mod event;
 mod metrics;
 mod publisher;
 mod recent;
@@ -14,7 +13,7 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use event::Decision;
+pub use events::Publish;
 pub use publisher::PublishError;
 pub use routes::{
     MAX_BODY, MAX_DELIVERY_ID, OWN_BODY_BYTES, READ_TIMEOUT, Received, Refusal, SHARED_BODY_BYTES, judge,

@@ -13,11 +13,11 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::event::{Decision, Payload, decide};
 use crate::metrics::Metrics;
 use crate::publisher::{PublishError, Publisher};
 use crate::recent::{self, Recent};
 use crate::signature::{self, SignatureError};
+use events::{Event, Publish};
 
 /// GitHub caps deliveries at 25 MiB; a larger body is refused before it is read.
 pub const MAX_BODY: usize = 25 * 1024 * 1024;
@@ -92,6 +92,8 @@ pub enum Refusal {
     NoEvent,
     #[error("body is not JSON: {0}")]
     NotJson(serde_json::Error),
+    #[error("body is not a {event} event: {source}")]
+    NotAnEvent { event: String, source: serde_json::Error },
     #[error("body is not UTF-8, as GitHub's JSON always is")]
     NotUtf8,
     #[error("body has no repository")]
@@ -107,6 +109,7 @@ impl Refusal {
             Refusal::BadSignature => StatusCode::FORBIDDEN,
             Refusal::NoEvent
             | Refusal::NotJson(_)
+            | Refusal::NotAnEvent { .. }
             | Refusal::NotUtf8
             | Refusal::NoRepository
             | Refusal::DeliveryId
@@ -124,6 +127,7 @@ impl Refusal {
             Refusal::Unsigned | Refusal::BadSignature => "unauthorized",
             Refusal::NoEvent
             | Refusal::NotJson(_)
+            | Refusal::NotAnEvent { .. }
             | Refusal::NotUtf8
             | Refusal::NoRepository
             | Refusal::TooLarge
@@ -261,22 +265,25 @@ pub struct Received<'a> {
 }
 
 /// Judges a delivery as the webhook does before it publishes anything: its signature under
-/// `secret`, its event, its body as UTF-8 JSON, and Cockpit's filter. Touches nothing else
-/// (the fuzz target drives it).
-pub fn judge(secret: &[u8], received: &Received) -> Result<Decision, Refusal> {
+/// `secret`, its event, its body as UTF-8 JSON of that event, and Cockpit's filter
+/// (`events::decide`). Touches nothing else (the fuzz target drives it).
+pub fn judge(secret: &[u8], received: &Received) -> Result<Publish, Refusal> {
     signature::verify(secret, received.sha256, received.sha1, received.body).map_err(|err| match err {
         SignatureError::Missing => Refusal::Unsigned,
         SignatureError::Mismatch => Refusal::BadSignature,
     })?;
-    let event = received.event.ok_or(Refusal::NoEvent)?;
-    // Checked whole: the parser does not look inside the values the filter skips.
+    let name = received.event.ok_or(Refusal::NoEvent)?;
+    // Checked whole: the parser does not look inside the values CI skips.
     let text = std::str::from_utf8(received.body).map_err(|_| Refusal::NotUtf8)?;
-    let payload: Payload = serde_json::from_str(text).map_err(Refusal::NotJson)?;
-    let decision = decide(event, &payload);
-    if decision != Decision::Ping && !payload.has_repository() {
+    let event = Event::parse(name, text).map_err(|source| match source.classify() {
+        serde_json::error::Category::Data => Refusal::NotAnEvent { event: name.to_owned(), source },
+        _ => Refusal::NotJson(source),
+    })?;
+    let publish = events::decide(&event).publish;
+    if publish != Publish::Ping && !event.has_repository() {
         return Err(Refusal::NoRepository);
     }
-    Ok(decision)
+    Ok(publish)
 }
 
 async fn accept(state: &AppState, headers: &HeaderMap, event: Option<&str>, body: &[u8]) -> Result<Accepted, Refusal> {
@@ -286,12 +293,12 @@ async fn accept(state: &AppState, headers: &HeaderMap, event: Option<&str>, body
         event,
         body,
     };
-    let decision = judge(&state.secret, &received)?;
+    let publish = judge(&state.secret, &received)?;
     let event = event.expect("judged to have an event");
-    match decision {
-        Decision::Ping => Ok(Accepted::Ping),
-        Decision::Ignore(reason) => Ok(Accepted::Ignored(reason)),
-        Decision::Publish => {
+    match publish {
+        Publish::Ping => Ok(Accepted::Ping),
+        Publish::No(reason) => Ok(Accepted::Ignored(reason)),
+        Publish::Yes => {
             let fingerprint = recent::fingerprint(body);
             if !state.recent.claim(fingerprint) {
                 return Ok(Accepted::Replayed);
