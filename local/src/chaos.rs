@@ -279,6 +279,174 @@ pub async fn worker_crashes(
     })
 }
 
+/// What [`github_outage`] saw.
+#[derive(Debug, Clone)]
+pub struct GitHubOutage {
+    pub pulls: usize,
+    /// Final statuses posted, one per context of each pull request.
+    pub final_statuses: usize,
+    /// Contexts without a final status (zero, or the run fails).
+    pub lost: usize,
+    /// Contexts with more than one final status (zero, or the run fails).
+    pub duplicated: usize,
+    /// Messages put off (and tried again later) by the workers.
+    pub put_off: u64,
+    /// Jobs queued twice for one run (an event's scan and a rescan's) that found the other
+    /// running and stopped without a status.
+    pub superseded: u64,
+    pub seconds: f64,
+}
+
+/// Opens `pulls` pull requests through the webhook while GitHub refuses every request with
+/// 502 for `refused`, then limits the rate (403, `x-ratelimit-remaining: 0`, its reset at the
+/// end) for `limited`; two `tasks run-queue` workers take them. Once GitHub is back, every pull
+/// request must end with exactly one final status per context of the test map, the queues
+/// (Cockpit's, the delay queues and the dead-letter queue) empty.
+pub async fn github_outage(
+    dir: &Path,
+    tasks: &Path,
+    pulls: usize,
+    refused: Duration,
+    limited: Duration,
+) -> Result<GitHubOutage, ChaosError> {
+    const REPO: &str = "workbench-ci/demo";
+    let started = Instant::now();
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |source| ChaosError::Io { what, source }
+    };
+    let rig = Rig::start(dir).await?;
+    let broker = rig.broker.as_ref().expect("the broker runs");
+    let secrets = crate::Secrets::at(dir.join("secrets"));
+    let token = std::fs::read_to_string(secrets.github_token()).map_err(io("read the GitHub token"))?;
+    let mock = crate::MockGitHub::start(&dir.join("github"), &token).await?;
+    let s3 = crate::S3Server::start(&dir.join("s3"), &secrets, false).await?;
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+    mock.add_repo(REPO, &fixtures.join("repos/passing"))?;
+    let heads: Vec<String> = (1..=pulls as u64)
+        .map(|n| mock.open_pull(REPO, n, &format!("Change {n}"), "workbench-ci"))
+        .collect::<Result<_, _>>()?;
+    let test_map = fixtures.join("testmap.toml");
+    let contexts =
+        tasks::testmap::TestMap::load(&test_map).map_err(|e| ChaosError::Lost(e.to_string()))?.contexts(REPO, "main");
+    let forge = crate::worker::Forge::mock(&mock, &secrets);
+    let runner_config = crate::worker::RunnerConfig::local(&forge, &s3, &secrets, crate::worker::Sandbox::Process)
+        .write(dir)
+        .map_err(io("write the job-runner configuration"))?;
+    let work_dir = dir.join("work");
+    std::fs::create_dir_all(&work_dir).map_err(io("create the work directory"))?;
+    let config = crate::service::WorkerConfig {
+        broker,
+        secrets: &secrets,
+        test_map: &test_map,
+        forge: &forge,
+        runner_config: &runner_config,
+        work_dir: &work_dir,
+        jobs: 2,
+    };
+    let mut workers = Vec::new();
+    for name in ["worker-a", "worker-b"] {
+        workers.push(crate::service::Worker::start(tasks, dir, name, &config).await?);
+    }
+
+    use crate::github::{ApiFaults, Outage};
+    mock.set_api_faults(ApiFaults::outage(&[(refused, Outage::Status(502)), (limited, Outage::RateLimit)]));
+    for n in 1..=pulls as u64 {
+        let delivery = mock.pull_request_event(REPO, n, "opened")?;
+        let status = deliver(rig.address, &delivery, &rig.secret).await;
+        if status != 200 {
+            return Err(ChaosError::Lost(format!("the webhook answered delivery {n} with {status}")));
+        }
+    }
+    // Jobs that ended, by the logs their outcomes link to: an outcome posted again by a job
+    // that found another had run (`tasks::status::owner`) is no second job.
+    let finals = |head: &str, context: &str| {
+        let statuses = mock.statuses(REPO, head);
+        let ended = statuses.iter().filter(|s| s.context == context && s.state != "pending");
+        ended.map(|s| s.target_url.clone()).collect::<std::collections::BTreeSet<_>>().len()
+    };
+    let deadline = Instant::now() + refused + limited + Duration::from_secs(300);
+    let all_done = || heads.iter().all(|head| contexts.iter().all(|context| finals(head, context) > 0));
+    while !all_done() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (mut put_off, mut superseded) = (0, 0);
+    for worker in &workers {
+        let metrics = crate::service::get(worker.metrics, "/metrics").await.unwrap_or_default();
+        let sum = |prefix: &str| {
+            metrics
+                .lines()
+                .filter(|line| line.starts_with(prefix))
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum::<u64>()
+        };
+        put_off += sum("tasks_messages_put_off_total");
+        superseded += sum("tasks_jobs_total{outcome=\"superseded\"}");
+    }
+    // Every queue drained: nothing waiting, nothing parked, nothing unacknowledged.
+    let queues_done = || -> Result<Vec<String>, ChaosError> {
+        let listing = broker.ctl(&["list_queues", "--quiet", "--no-table-headers", "name", "messages"])?;
+        Ok(listing
+            .lines()
+            .filter(|line| line.split_whitespace().nth(1).is_some_and(|count| count != "0"))
+            .map(str::to_owned)
+            .collect())
+    };
+    let mut left = queues_done()?;
+    while !left.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        left = queues_done()?;
+    }
+    for worker in &mut workers {
+        worker.service.stop();
+    }
+    let counts: Vec<usize> = heads
+        .iter()
+        .flat_map(|head| contexts.iter().map(move |context| (head, context)))
+        .map(|(h, c)| finals(h, c))
+        .collect();
+    let run = GitHubOutage {
+        pulls,
+        final_statuses: counts.iter().sum(),
+        lost: counts.iter().filter(|n| **n == 0).count(),
+        duplicated: counts.iter().filter(|n| **n > 1).count(),
+        put_off,
+        superseded,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    if run.lost > 0 || run.duplicated > 0 || !left.is_empty() {
+        return Err(ChaosError::Lost(format!(
+            "github-outage: {} lost, {} duplicated, messages left in {left:?} ({run:?})",
+            run.lost, run.duplicated
+        )));
+    }
+    Ok(run)
+}
+
+/// POSTs a signed delivery to the webhook; its HTTP status, or 0 when there was no answer.
+async fn deliver(address: SocketAddr, delivery: &crate::Delivery, secret: &[u8]) -> u16 {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await?;
+        let mut head = format!("POST / HTTP/1.0\r\nHost: {address}\r\nContent-Length: {}\r\n", delivery.body.len());
+        for (name, value) in delivery.headers(secret) {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        stream.write_all(format!("{head}\r\n").as_bytes()).await?;
+        stream.write_all(&delivery.body).await?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    match tokio::time::timeout(Duration::from_secs(30), exchange).await {
+        Ok(Ok(answer)) => String::from_utf8_lossy(&answer)
+            .split_whitespace()
+            .nth(1)
+            .and_then(|status| status.parse().ok())
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
 /// A small random number generator (xorshift64), enough to pick moments and victims.
 struct Random(u64);
 

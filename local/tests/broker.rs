@@ -106,3 +106,37 @@ async fn two_brokers_side_by_side_and_nothing_left_after_stop() {
         assert!(fixture.broker.process_ids().is_empty());
     }
 }
+
+/// Work put off goes to a delay queue of its queue's, and comes back to that queue when its
+/// time is up, with its tries and last error recorded and its priority kept; a parked message
+/// says where it came from. Cockpit's queues keep their arguments.
+#[tokio::test]
+async fn a_message_put_off_comes_back_to_its_queue_after_its_delay() {
+    let fixture = start().await;
+    let session = Session::connect(&fixture.broker.client_config()).await.unwrap();
+    session.declare(PUBLIC).await.unwrap();
+    session.publish(PUBLIC.name, br#"{"job": "x"}"#, Some(9)).await.unwrap();
+    let taken = session.get(PUBLIC.name).await.unwrap().unwrap();
+    assert_eq!(taken.retries, 0);
+    session.retry_later(PUBLIC.name, &taken, std::time::Duration::from_secs(3), 1, "GitHub is away").await.unwrap();
+    taken.ack().await.unwrap();
+    assert!(session.get(PUBLIC.name).await.unwrap().is_none(), "away while it waits");
+    let delay_queue = amqp::delay_queue_name(PUBLIC.name, 5);
+    assert_eq!(fixture.broker.messages(&delay_queue).unwrap(), Some((1, 0)), "waiting in {delay_queue}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let back = loop {
+        if let Some(back) = session.get(PUBLIC.name).await.unwrap() {
+            break back;
+        }
+        assert!(std::time::Instant::now() < deadline, "not back after 30 s");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!((back.body.as_slice(), back.priority, back.retries), (&br#"{"job": "x"}"#[..], Some(9), 1));
+    assert_eq!(back.header(amqp::ERROR_HEADER).as_deref(), Some("GitHub is away"));
+    session.park(PUBLIC.name, &back, "given up").await.unwrap();
+    back.ack().await.unwrap();
+    let parked = session.get(amqp::DEAD_LETTER.name).await.unwrap().unwrap();
+    assert_eq!(parked.header(amqp::QUEUE_HEADER).as_deref(), Some("public"));
+    assert_eq!(parked.header(amqp::ERROR_HEADER).as_deref(), Some("given up"));
+    assert_eq!(session.declare(PUBLIC).await.unwrap(), 0, "Cockpit's arguments, unchanged");
+}

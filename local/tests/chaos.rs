@@ -32,3 +32,17 @@ async fn workers_killed_at_random_moments_end_every_job_with_exactly_one_final_s
     let run = local::chaos::worker_crashes(dir.path(), &tasks, 20, 5, None).await.unwrap();
     assert_eq!((run.jobs, run.kills), (20, 5), "{run:?}");
 }
+
+/// GitHub refusing every request for longer than a request's own tries (so the scans are put
+/// off and tried again later), then limiting the rate: once it is back, every pull request
+/// opened meanwhile ends with exactly one final status per context, and every queue is empty.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_github_outage_loses_no_pull_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = local::Binaries::of_test_build().tasks;
+    let (refused, limited) = (std::time::Duration::from_secs(18), std::time::Duration::from_secs(5));
+    // The run itself fails on a lost or duplicated status, or a message left in any queue.
+    let run = local::chaos::github_outage(dir.path(), &tasks, 5, refused, limited).await.unwrap();
+    assert_eq!((run.pulls, run.final_statuses, run.lost, run.duplicated), (5, 5, 0, 0), "{run:?}");
+    assert!(run.put_off > 0, "the outage outlasted a request's own tries: {run:?}");
+}

@@ -419,3 +419,64 @@ async fn metrics_text(port: u16) -> String {
     assert!(answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"), "{answer}");
     answer
 }
+
+/// An event whose scan fails for good (its repository is not on GitHub: 404) is parked in the
+/// dead-letter queue with why, and the event behind it is scanned all the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_that_fails_for_good_is_parked_and_holds_nothing_up() {
+    let world = world().await;
+    let session = Session::connect(&world.broker.client_config()).await.unwrap();
+    session.declare(WEBHOOK).await.unwrap();
+    let event = world.mock.pull_request_event(REPO, 1, "opened").unwrap();
+    let gone = String::from_utf8(event.body.clone()).unwrap().replace(REPO, "workbench-ci/gone");
+    let gone = local::Delivery { body: gone.into_bytes(), ..event.clone() };
+    session.publish(WEBHOOK.name, &gone.queue_message(), None).await.unwrap();
+    session.publish(WEBHOOK.name, &event.queue_message(), None).await.unwrap();
+    let (stop, worker) = world.worker_with(Args { hostname: Some("worker-1".into()), scans: 1, ..world.args.clone() });
+    world.wait_for_statuses(3).await;
+    world.wait_until_done(WEBHOOK.name).await;
+    let _ = stop.send(());
+    worker.await.unwrap().unwrap();
+
+    let parked = session.get(amqp::DEAD_LETTER.name).await.unwrap().expect("the failed event, parked");
+    assert_eq!(parked.body, gone.queue_message(), "parked as it was queued");
+    assert_eq!(parked.header(amqp::QUEUE_HEADER).as_deref(), Some("webhook"));
+    let error = parked.header(amqp::ERROR_HEADER).unwrap_or_default();
+    assert!(error.contains("workbench-ci/gone") && error.contains("404"), "{error}");
+    parked.ack().await.unwrap();
+    assert!(session.get(amqp::DEAD_LETTER.name).await.unwrap().is_none(), "only that one");
+    assert_eq!(world.posted().last().map(|(state, _)| state.as_str()), Some("success"), "{:?}", world.posted());
+}
+
+/// With GitHub answering every request 2 s late, scans take seconds each: a queued job starts
+/// all the same before they are done, as scans run beside jobs, not in front of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_github_under_scans_does_not_hold_queued_jobs_up() {
+    let world = world().await;
+    let session = Session::connect(&world.broker.client_config()).await.unwrap();
+    session.declare(WEBHOOK).await.unwrap();
+    session.declare(PUBLIC).await.unwrap();
+    for number in 2..5 {
+        world.mock.open_pull(REPO, number, "Another change", "workbench-ci").unwrap();
+        let event = world.mock.pull_request_event(REPO, number, "opened").unwrap();
+        session.publish(WEBHOOK.name, &event.queue_message(), None).await.unwrap();
+    }
+    world.publish_job(&session, "queued-job", Some(&["true"])).await;
+    let faults = local::github::ApiFaults { delay: Duration::from_secs(2), ..Default::default() };
+    world.mock.set_api_faults(faults);
+    let (stop, worker) = world.worker_with(Args { hostname: Some("worker-1".into()), scans: 1, ..world.args.clone() });
+    world.wait_until(|statuses| statuses.iter().any(|s| s.context == "queued-job" && s.state == "success")).await;
+    world.wait_until_done(WEBHOOK.name).await;
+    let _ = stop.send(());
+    worker.await.unwrap().unwrap();
+
+    // The mock records each request as it arrives, before its delay.
+    let requests = world.mock.requests();
+    let job_started =
+        requests.iter().position(|r| r.path == format!("/repos/{REPO}/pulls/1")).expect("the job's first request");
+    let scans_done = requests
+        .iter()
+        .rposition(|r| r.method == "POST" && r.body.contains("Not yet tested"))
+        .expect("the scans' last status");
+    assert!(job_started < scans_done, "the job waited for the scans: {requests:#?}");
+}

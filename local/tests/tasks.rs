@@ -92,3 +92,37 @@ async fn a_pull_request_event_becomes_a_pending_status_and_a_job() {
     delivery.ack().await.unwrap();
     assert!(session.get(PUBLIC.name).await.unwrap().is_none(), "no context queued twice");
 }
+
+/// A repository with more open pull requests than a page of GitHub's list holds: a scan of
+/// them all follows the `Link` header to every page and tests every one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scan_of_every_open_pull_request_reads_every_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let (secrets, _) = secrets::generate(&dir.path().join("secrets"), false).unwrap();
+    let token = std::fs::read_to_string(secrets.github_token()).unwrap();
+    let mock = MockGitHub::start(&dir.path().join("github"), &token).await.unwrap();
+    mock.add_repo(REPO, &workspace("fixtures/repos/passing")).unwrap();
+    let heads: Vec<String> = (1..=25)
+        .map(|number| mock.open_pull(REPO, number, &format!("Change {number}"), "workbench-ci").unwrap())
+        .collect();
+    mock.set_api_faults(local::github::ApiFaults { page_limit: Some(10), ..Default::default() });
+    let args = Args {
+        repo: REPO.into(),
+        human_readable: true,
+        scan: ScanArgs {
+            test_map: workspace("fixtures/testmap.toml"),
+            github_api: mock.api_url(),
+            github_token_file: Some(secrets.github_token()),
+            testmap_inject: None,
+        },
+        ..Args::default()
+    };
+    let config = amqp::Config::new(amqp::Address::PlainLocalhost, dir.path());
+    tests_scan::run(&config, &args).await.unwrap();
+    for head in &heads {
+        let posted = mock.statuses(REPO, head);
+        assert_eq!(posted.len(), 1, "pull request at {head}: {posted:?}");
+    }
+    let pages = mock.requests().iter().filter(|r| r.path == format!("/repos/{REPO}/pulls")).count();
+    assert_eq!(pages, 3, "three pages of ten");
+}

@@ -140,9 +140,16 @@ async fn repository(State(state): State<Shared>, Path((owner, repo)): Path<(Stri
 
 /// One page of a list, as GitHub serves lists: `per_page` items (30 unless asked, at most 100)
 /// from `page` (1 unless asked), and a `Link` header to the next and last pages, when there are.
-fn page_of(items: Vec<Value>, query: &HashMap<String, String>, uri: &axum::http::Uri, host: &str) -> Response {
+fn page_of(
+    items: Vec<Value>,
+    query: &HashMap<String, String>,
+    uri: &axum::http::Uri,
+    host: &str,
+    limit: Option<usize>,
+) -> Response {
     let page: usize = query.get("page").and_then(|p| p.parse().ok()).unwrap_or(1).max(1);
-    let per_page: usize = query.get("per_page").and_then(|p| p.parse().ok()).unwrap_or(30).clamp(1, 100);
+    let per_page: usize =
+        query.get("per_page").and_then(|p| p.parse().ok()).unwrap_or(30).clamp(1, limit.unwrap_or(100));
     let last = items.len().div_ceil(per_page).max(1);
     let link = |to: usize, rel: &str| {
         let mut pairs: Vec<String> =
@@ -190,7 +197,7 @@ async fn list_pulls(
         .filter(|pull| wanted == "all" || pull.state == wanted)
         .map(|pull| pull_json(&state, &name, entry, pull))
         .collect();
-    page_of(pulls, &query, &uri, &host_of(&headers))
+    page_of(pulls, &query, &uri, &host_of(&headers), state.api_faults.page_limit)
 }
 
 /// Every status of a commit, newest first (GitHub's list of statuses for a reference).
@@ -217,7 +224,7 @@ async fn list_statuses(
             })
         })
         .collect();
-    page_of(statuses, &query, &uri, &host_of(&headers))
+    page_of(statuses, &query, &uri, &host_of(&headers), state.api_faults.page_limit)
 }
 
 async fn pull(State(state): State<Shared>, Path((owner, repo, number)): Path<(String, String, u64)>) -> Response {

@@ -76,6 +76,9 @@ pub struct StatusFaults {
 #[derive(Debug, Clone, Default)]
 pub struct ApiFaults {
     pub delay: std::time::Duration,
+    /// The most items a page of a list holds, whatever `per_page` asks (GitHub's is 100): a
+    /// few items then take several pages.
+    pub page_limit: Option<usize>,
     /// `(until, how)`: refused so until each moment, the first period first.
     pub outage: Vec<(std::time::Instant, Outage)>,
 }
@@ -101,7 +104,7 @@ impl ApiFaults {
                 (until, *how)
             })
             .collect();
-        ApiFaults { delay: std::time::Duration::ZERO, outage }
+        ApiFaults { outage, ..ApiFaults::default() }
     }
 }
 

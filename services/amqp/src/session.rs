@@ -335,6 +335,15 @@ fn number(headers: &FieldTable, name: &str) -> u32 {
 }
 
 impl Delivery {
+    /// A text header of the message ([`ERROR_HEADER`], [`QUEUE_HEADER`], ...), if it has it.
+    pub fn header(&self, name: &str) -> Option<String> {
+        match self.properties.headers().as_ref()?.inner().get(&ShortString::from(name))? {
+            AMQPValue::LongString(text) => Some(text.to_string()),
+            AMQPValue::ShortString(text) => Some(text.to_string()),
+            _ => None,
+        }
+    }
+
     /// Tells the broker the message is handled and may be deleted.
     pub async fn ack(self) -> Result<(), Error> {
         self.acker.ack(BasicAckOptions::default()).await.map(drop).map_err(Error::Ack)

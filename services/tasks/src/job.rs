@@ -35,6 +35,9 @@ pub enum Outcome {
     Cancelled,
     /// The log could not be stored (the S3 error), whatever the test did: nobody could see why.
     LogNotStored(String),
+    /// Another job of the same context runs this run (its log's URL): this one stopped without
+    /// a status (`status::owner`).
+    Superseded(String),
 }
 
 /// The description of a job's final status when its log could not be stored.
@@ -92,6 +95,11 @@ pub async fn run(
     let (shown_context, short_sha) = (context.as_deref().unwrap_or("-"), &subject.sha[..12.min(subject.sha.len())]);
     let title = job.title.clone().unwrap_or_else(|| format!("{shown_context}@{}#{short_sha}", job.repo));
     let Place { prefix, log_url } = place(config, job, &subject.sha);
+    let reporter = Reporter { forge, github: &github, subject: &subject, job, hostname, log_url: &log_url };
+    if let Some(owner) = reporter.other_owner().await {
+        tracing::info!(owner = owner.target_url, "another job runs this context's tests; not running them again");
+        return Ok(Outcome::Superseded(owner.target_url.unwrap_or_default()));
+    }
     let store = log_store(config, &prefix)?;
     let header = format!(
         "{title}\n\nRunning on: {hostname}\n\nJob({})\n\n",
@@ -100,7 +108,6 @@ pub async fn run(
     let mut log = LogStream::start(store, &header, scratch, config.limits.log_size.0)
         .await
         .map_err(|source| JobError::Scratch { path: scratch.to_owned(), source })?;
-    let reporter = Reporter { forge, github: &github, subject: &subject, job, hostname, log_url: &log_url };
     let post = |state: State, description: String, policy: Policy| reporter.post(state, description, policy);
     // Unlike Cockpit's job-runner, a job whose "In progress" GitHub would not take still runs:
     // its outcome is what must arrive.
@@ -108,9 +115,20 @@ pub async fn run(
         tracing::warn!(%err, "cannot post the job's \"In progress\" status; running it all the same");
     }
 
-    let outcome = match log.failure() {
-        Some(err) => Outcome::LogNotStored(err.to_string()),
-        None => {
+    let outcome = match (reporter.other_owner().await, log.failure()) {
+        // Two jobs started at once: the one GitHub lists first runs.
+        (Some(owner), _) => {
+            if owner.state != State::Pending.as_str() {
+                // The owner ended before this job said "In progress": its outcome is the latest
+                // status again.
+                if let Err(err) = reporter.repost(&owner).await {
+                    tracing::warn!(%err, "cannot post the outcome of the job that ran these tests again");
+                }
+            }
+            Outcome::Superseded(owner.target_url.unwrap_or_default())
+        }
+        (None, Some(err)) => Outcome::LogNotStored(err.to_string()),
+        (None, None) => {
             let run_context = Run {
                 config,
                 github: &github,
@@ -137,8 +155,9 @@ pub async fn run(
     if let Outcome::LogNotStored(err) = &outcome {
         tracing::error!(%err, "the job's log could not be stored");
     }
-    let (state, description) = status(&outcome);
-    post(state, description, retry::FINAL_STATUS).await?;
+    if let Some((state, description)) = status(&outcome) {
+        post(state, description, retry::FINAL_STATUS).await?;
+    }
     Ok(outcome)
 }
 
@@ -194,6 +213,32 @@ impl Reporter<'_> {
         let commit = Commit { github: self.github, repo: &self.subject.repo, sha: &self.subject.sha };
         commit.post(context, state, &format!("{description} [{}]", self.hostname), Some(self.log_url), policy).await
     }
+
+    /// The status of the job that owns this run of the context when it is another job's (its
+    /// log is elsewhere). None when GitHub cannot say: two final statuses beat none.
+    async fn other_owner(&self) -> Option<github::Status> {
+        let (Some(context), true) = (&self.job.context, self.forge.post) else { return None };
+        let (repo, sha) = (&self.subject.repo, &self.subject.sha);
+        let history = match retry::transient("statuses", retry::COCKPIT, || self.github.status_history(repo, sha)).await
+        {
+            Ok(history) => history,
+            Err(err) => {
+                tracing::warn!(%err, "cannot tell whether another job runs these tests; running them");
+                return None;
+            }
+        };
+        crate::status::owner(&history, context)
+            .filter(|owner| owner.target_url.as_deref() != Some(self.log_url))
+            .cloned()
+    }
+
+    /// Posts `status` again, as it was.
+    async fn repost(&self, status: &github::Status) -> Result<(), github::Error> {
+        let state = State::parse(&status.state).unwrap_or(State::Error);
+        let commit = Commit { github: self.github, repo: &self.subject.repo, sha: &self.subject.sha };
+        let description = status.description.as_deref().unwrap_or_default();
+        commit.post(&status.context, state, description, status.target_url.as_deref(), retry::FINAL_STATUS).await
+    }
 }
 
 /// The store of a job's log: the configured S3 URL and key, under the job's prefix.
@@ -238,18 +283,21 @@ fn ending(outcome: &Outcome) -> String {
         Outcome::Failure(message) => format!("\n*** Failure: {message}\n"),
         Outcome::Error(message) | Outcome::LogNotStored(message) => format!("\n*** Internal error: {message}\n"),
         Outcome::Cancelled => "*** Job cancelled\n".into(),
+        Outcome::Superseded(owner) => format!("\n*** Not run: {owner} runs these tests\n"),
     }
 }
 
-/// The final status of the job: its state and description (before " [host]").
-fn status(outcome: &Outcome) -> (State, String) {
-    match outcome {
+/// The final status of the job: its state and description (before " [host]"); none when
+/// another job reports.
+fn status(outcome: &Outcome) -> Option<(State, String)> {
+    Some(match outcome {
         Outcome::Success => (State::Success, "Success".into()),
         Outcome::Failure(message) => (State::Failure, message.clone()),
         Outcome::Error(_) => (State::Error, "Internal error".into()),
         Outcome::LogNotStored(_) => (State::Error, LOG_NOT_STORED.into()),
         Outcome::Cancelled => (State::Error, "Cancelled".into()),
-    }
+        Outcome::Superseded(_) => return None,
+    })
 }
 
 /// What GitHub says of this very job's earlier tries, for a message delivered again.

@@ -42,7 +42,7 @@ pub async fn run(args: &Args, cancel: impl Future<Output = ()>) -> anyhow::Resul
     let hostname = args.hostname.clone().unwrap_or_else(host_name);
     let request = Request { job, hostname, config: args.job_runner_config.clone(), work_dir: std::env::temp_dir() };
     match run_request(&config, &request, cancel).await? {
-        Outcome::Success | Outcome::Failure(_) => Ok(()),
+        Outcome::Success | Outcome::Failure(_) | Outcome::Superseded(_) => Ok(()),
         Outcome::Error(reason) | Outcome::LogNotStored(reason) => anyhow::bail!("Internal error: {reason}"),
         Outcome::Cancelled => anyhow::bail!("Job cancelled"),
     }

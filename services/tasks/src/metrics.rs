@@ -39,6 +39,7 @@ impl Metrics {
             Outcome::Failure(_) => "failure",
             Outcome::Error(_) | Outcome::LogNotStored(_) => "error",
             Outcome::Cancelled => "cancelled",
+            Outcome::Superseded(_) => "superseded",
         };
         let mut inner = self.inner.lock().expect("metrics lock");
         *inner.jobs.entry(label).or_default() += 1;
