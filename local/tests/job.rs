@@ -451,3 +451,57 @@ async fn the_job_runner_command_runs_a_job_to_its_final_status() {
         assert_eq!((last.state.as_str(), last.description.ends_with("[cli]")), (state, true), "{fixture}");
     }
 }
+
+/// A job queued twice for one run (an event's scan and a rescan's) whose twin already said "In
+/// progress": it runs nothing, posts nothing, and says whose run it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_run_another_job_owns_posts_nothing_and_runs_nothing() {
+    let World { mock, config, dir, token_file, .. } = world(Sandbox::Process, None).await.unwrap();
+    let repo = "workbench-ci/twins";
+    mock.add_repo(repo, &workspace("fixtures/repos/passing")).unwrap();
+    let head = mock.open_pull(repo, 1, "A change", "workbench-ci").unwrap();
+    let token = std::fs::read_to_string(token_file).unwrap();
+    let github = github::GitHub::new(&mock.api_url(), token.trim()).unwrap();
+    let twin = "https://logs.example/pull-1-twin/log.html";
+    for (description, target_url) in [("Not yet tested", None), ("In progress [worker-2]", Some(twin))] {
+        let status = StatusUpdate {
+            context: "unit-tests".into(),
+            state: "pending".into(),
+            description: description.into(),
+            target_url: target_url.map(Into::into),
+        };
+        github.post_status(repo, &head, &status).await.unwrap();
+    }
+    let marker = dir.path().join("ran");
+    let command = format!("touch {}", marker.display());
+    let job = job(repo, &head, serde_json::json!({"command": ["sh", "-c", command]}));
+    let scratch = dir.path().join("scratch-twin");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let outcome = job::run(&config, &job, HOST, &scratch, tokio::sync::watch::channel(false).1).await.unwrap();
+    assert_eq!(outcome, Outcome::Superseded(twin.into()));
+    assert_eq!(mock.statuses(repo, &head).len(), 2, "nothing posted");
+    assert!(!marker.exists(), "the tests did not run");
+}
+
+/// GitHub away when the job asks which image to use: the job is put off (a transient error for
+/// its worker) before it says "In progress", rather than ended with an internal error.
+#[tokio::test(flavor = "multi_thread")]
+async fn container_github_away_before_a_job_starts_puts_it_off_without_a_status() {
+    use tasks::retry::Transient;
+    let Some(World { mock, config, dir, .. }) = world(Sandbox::Container, None).await else { return };
+    let repo = "workbench-ci/image-outage";
+    mock.add_repo(repo, &workspace("fixtures/repos/container")).unwrap();
+    let head = mock.open_pull(repo, 1, "A change", "workbench-ci").unwrap();
+    // Without a pull request to read, the image is the first thing asked of GitHub.
+    let job = job(repo, &head, serde_json::json!({"pull": null}));
+    let outage = std::time::Duration::from_secs(120);
+    mock.set_api_faults(local::github::ApiFaults::outage(&[(outage, local::github::Outage::Status(502))]));
+    let scratch = dir.path().join("scratch-image-outage");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let run = job::run(&config, &job, HOST, &scratch, tokio::sync::watch::channel(false).1).await;
+    let err = run.expect_err("GitHub answered 502 throughout");
+    assert!(err.is_transient(), "{err}");
+    assert!(mock.statuses(repo, &head).is_empty(), "no status while GitHub is away");
+    let asked = mock.requests().iter().filter(|r| r.path.contains("/contents/.cockpit-ci/container")).count();
+    assert_eq!(asked, 5, "Cockpit's five tries");
+}

@@ -90,6 +90,12 @@ pub async fn run(
 ) -> Result<Outcome, JobError> {
     let (forge, github) = forge(config, job)?;
     let subject = resolve(&github, job).await?;
+    // Everything asked of GitHub before the job starts, so that GitHub being away puts the job
+    // off (`JobError::is_transient`) before it says "In progress".
+    let image = match config.container.sandbox {
+        SandboxKind::Container => Some(image(config, &github, job, &subject).await?),
+        SandboxKind::Process => None,
+    };
 
     let context = job.context.clone();
     let (shown_context, short_sha) = (context.as_deref().unwrap_or("-"), &subject.sha[..12.min(subject.sha.len())]);
@@ -132,6 +138,7 @@ pub async fn run(
             let run_context = Run {
                 config,
                 github: &github,
+                image: image.as_deref(),
                 job,
                 subject: &subject,
                 clone_url: &forge.clone_url,
@@ -399,6 +406,8 @@ async fn resolve(github: &GitHub, job: &Job) -> Result<Subject, JobError> {
 struct Run<'a> {
     config: &'a RunnerConfig,
     github: &'a GitHub,
+    /// The container image, in the container sandbox.
+    image: Option<&'a str>,
     job: &'a Job,
     subject: &'a Subject,
     clone_url: &'a str,
@@ -478,7 +487,7 @@ async fn execute(
             sandbox::process(&command, &checkout, &env, log, deadline, cancel).await?
         }
         SandboxKind::Container => {
-            let image = image(run).await?;
+            let image = run.image.ok_or("no container image")?;
             env.push(("TEST_ATTACHMENTS".into(), container::ATTACHMENTS.to_owned()));
             log.write(format!("Using container image: {image}\n\n+ {}\n", command.join(" ")).as_bytes()).await;
             let slug = job.slug.as_deref().unwrap_or_default();
@@ -505,8 +514,7 @@ async fn execute(
 
 /// The job's image, else the one `.cockpit-ci/container` names in the tested project at the
 /// tested revision, else the configured default (cockpit-protocol.md 4.5).
-async fn image(run: &Run<'_>) -> Result<String, String> {
-    let Run { config, github, job, subject, .. } = *run;
+async fn image(config: &RunnerConfig, github: &GitHub, job: &Job, subject: &Subject) -> Result<String, JobError> {
     if let Some(image) = &job.container {
         return Ok(image.trim().to_owned());
     }
@@ -514,7 +522,8 @@ async fn image(run: &Run<'_>) -> Result<String, String> {
         Some(other) => (other.repo.as_str(), other.branch.as_deref().unwrap_or("main")),
         None => (subject.repo.as_str(), subject.sha.as_str()),
     };
-    let named = github.file(repo, ".cockpit-ci/container", revision).await.map_err(|e| e.to_string())?;
+    let named =
+        retry::transient("file", retry::COCKPIT, || github.file(repo, ".cockpit-ci/container", revision)).await?;
     let named = named.map(|text| text.trim().to_owned()).filter(|image| !image.is_empty());
     Ok(named.unwrap_or_else(|| config.container.default_image.trim().to_owned()))
 }
