@@ -315,7 +315,7 @@ pub async fn github_outage(
         let what = what.to_owned();
         move |source| ChaosError::Io { what, source }
     };
-    let rig = Rig::start(dir).await?;
+    let mut rig = Rig::start(dir).await?;
     let broker = rig.broker.as_ref().expect("the broker runs");
     let secrets = crate::Secrets::at(dir.join("secrets"));
     let token = std::fs::read_to_string(secrets.github_token()).map_err(io("read the GitHub token"))?;
@@ -400,6 +400,8 @@ pub async fn github_outage(
     for worker in &mut workers {
         worker.service.stop();
     }
+    // Before the broker, so that the webhook's leaving is not a lost connection.
+    rig.stop_webhook().await;
     let counts: Vec<usize> = heads
         .iter()
         .flat_map(|head| contexts.iter().map(move |context| (head, context)))

@@ -438,6 +438,15 @@ async fn an_event_that_fails_for_good_is_parked_and_holds_nothing_up() {
     let _ = stop.send(());
     worker.await.unwrap().unwrap();
 
+    // inspect-queue shows it, with where it came from and why, and leaves it where it is.
+    let mut shown = Vec::new();
+    let args = tasks::queue_tools::InspectArgs { human: false };
+    tasks::queue_tools::inspect(&world.broker.client_config(), &args, &mut shown).await.unwrap();
+    let shown = String::from_utf8(shown).unwrap();
+    let parked_line =
+        shown.lines().skip_while(|line| *line != "workbench.dead-letter queue:").nth(1).unwrap_or_default();
+    assert!(parked_line.contains("workbench-ci/gone") && parked_line.contains("(parked from webhook: "), "{shown}");
+    assert!(shown.contains("queue webhook does not exist or is empty"), "{shown}");
     let parked = session.get(amqp::DEAD_LETTER.name).await.unwrap().expect("the failed event, parked");
     assert_eq!(parked.body, gone.queue_message(), "parked as it was queued");
     assert_eq!(parked.header(amqp::QUEUE_HEADER).as_deref(), Some("webhook"));

@@ -1,12 +1,17 @@
 //! `cargo xtask chaos`: the fault runs of `local::chaos` in their full form, with the figures
 //! docs/reliability.md records. Each run is bounded and stops by itself.
 
+use std::time::Duration;
+
 use anyhow::Context;
 
 use crate::packages::{self, RABBITMQ};
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// The run to do [default: every one, in this order].
+    #[arg(value_enum)]
+    run: Option<Run>,
     /// Deliveries sent before the broker restarts.
     #[arg(long, default_value_t = 500)]
     before: usize,
@@ -28,13 +33,55 @@ pub struct Args {
     /// Seed of the kills' moments and victims, to run the same again [default: from the clock].
     #[arg(long)]
     seed: Option<u64>,
+    /// Pull requests opened while GitHub is away.
+    #[arg(long, default_value_t = 20)]
+    pulls: usize,
+    /// Seconds GitHub answers every request with 502: longer than a request's own tries
+    /// (about 15 s), so that scans are put off and tried again later.
+    #[arg(long, default_value_t = 20)]
+    refused: u64,
+    /// Seconds GitHub then answers 403 with `x-ratelimit-remaining: 0`, its reset at the end.
+    #[arg(long, default_value_t = 10)]
+    limited: u64,
+}
+
+/// The fault runs.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Run {
+    /// The broker restarted while deliveries arrive: every delivery answered 200 is stored.
+    BrokerRestart,
+    /// The webhook stopped while deliveries arrive: every delivery answered 200 is stored.
+    WebhookStop,
+    /// Workers killed at random moments: every job ends with exactly one final status.
+    WorkerKills,
+    /// GitHub refusing, then rate-limiting, while pull requests are opened: each ends with
+    /// exactly one final status per context.
+    GithubOutage,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     packages::ensure(&[RABBITMQ])?;
     let runs = crate::runs_dir();
     std::fs::create_dir_all(&runs).with_context(|| format!("creating {}", runs.display()))?;
-    let dir = tempfile::Builder::new().prefix("chaos-").tempdir_in(&runs).context("creating a scratch directory")?;
+    let scratch =
+        || tempfile::Builder::new().prefix("chaos-").tempdir_in(&runs).context("creating a scratch directory");
+    let wanted = |run: Run| args.run.is_none_or(|only| only == run);
+    if wanted(Run::BrokerRestart) {
+        broker_restart(&args, &scratch()?)?;
+    }
+    if wanted(Run::WebhookStop) {
+        webhook_stop(&args, &scratch()?)?;
+    }
+    if wanted(Run::WorkerKills) {
+        worker_kills(&args, &scratch()?)?;
+    }
+    if wanted(Run::GithubOutage) {
+        github_outage(&args, &scratch()?)?;
+    }
+    Ok(())
+}
+
+fn broker_restart(args: &Args, dir: &tempfile::TempDir) -> anyhow::Result<()> {
     let spinner = crate::progress::Spinner::start(&format!(
         "broker restart under load: {} deliveries before, {} stored after, {}/s",
         args.before, args.after, args.rate
@@ -53,8 +100,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         run.stored - run.accepted,
         run.seconds
     );
+    Ok(())
+}
 
-    let dir = tempfile::Builder::new().prefix("chaos-").tempdir_in(&runs).context("creating a scratch directory")?;
+fn webhook_stop(args: &Args, dir: &tempfile::TempDir) -> anyhow::Result<()> {
     let spinner = crate::progress::Spinner::start(&format!(
         "webhook stopped under load: {} deliveries, {}/s",
         args.shutdown_deliveries, args.rate
@@ -68,9 +117,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
          after the stop, lost 0 ({:.1} s)",
         run.sent, run.accepted, run.stored, run.unanswered, run.seconds
     );
+    Ok(())
+}
 
+fn worker_kills(args: &Args, dir: &tempfile::TempDir) -> anyhow::Result<()> {
     let binaries = crate::run_local::build_binaries()?;
-    let dir = tempfile::Builder::new().prefix("chaos-").tempdir_in(&runs).context("creating a scratch directory")?;
     let spinner = crate::progress::Spinner::start(&format!("workers killed: {} jobs, {} kills", args.jobs, args.kills));
     let run = local::chaos::worker_crashes(dir.path(), &binaries.tasks, args.jobs, args.kills, args.seed);
     let run = crate::runtime()?.block_on(run);
@@ -80,6 +131,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "workers killed: {} jobs, {} kills (seed {}), each job one final status; {} jobs run again after a kill, \
          {} redelivered after their final status and not run again; nothing left in the queue ({:.1} s)",
         run.jobs, run.kills, run.seed, run.reruns, run.already_reported, run.seconds
+    );
+    Ok(())
+}
+
+fn github_outage(args: &Args, dir: &tempfile::TempDir) -> anyhow::Result<()> {
+    let binaries = crate::run_local::build_binaries()?;
+    let spinner = crate::progress::Spinner::start(&format!(
+        "GitHub outage: {} pull requests, {} s of 502, {} s rate-limited",
+        args.pulls, args.refused, args.limited
+    ));
+    let (refused, limited) = (Duration::from_secs(args.refused), Duration::from_secs(args.limited));
+    let run = local::chaos::github_outage(dir.path(), &binaries.tasks, args.pulls, refused, limited);
+    let run = crate::runtime()?.block_on(run);
+    spinner.finish(run.is_ok());
+    let run = run?;
+    println!(
+        "github-outage: {} messages put off and tried again later, {} jobs queued twice stopped for their twin",
+        run.put_off, run.superseded
+    );
+    println!(
+        "github-outage: {} pull requests, {} final statuses, {} lost, {} duplicated, {:.1} s",
+        run.pulls, run.final_statuses, run.lost, run.duplicated, run.seconds
     );
     Ok(())
 }

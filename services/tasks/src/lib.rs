@@ -8,6 +8,7 @@ pub mod job;
 pub mod job_runner;
 pub mod log_stream;
 pub mod metrics;
+pub mod queue_tools;
 pub mod retry;
 pub mod run_queue;
 pub mod runner_config;

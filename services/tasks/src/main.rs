@@ -1,9 +1,7 @@
 //! `tasks`: the worker's command line, named like Cockpit's tools. Each subcommand lives in its
 //! own module; this file parses and dispatches.
 
-mod queue_tools;
-
-use tasks::{job_runner, run_queue, tests_scan};
+use tasks::{job_runner, queue_tools, run_queue, tests_scan};
 
 use std::path::PathBuf;
 
@@ -76,7 +74,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         }
         Command::RunJob => job_runner::serve(shutdown_signal()).await,
         Command::PublishQueue(args) => queue_tools::publish(&config, args).await,
-        Command::InspectQueue(args) => queue_tools::inspect(&config, args).await,
+        Command::InspectQueue(args) => queue_tools::inspect(&config, args, &mut std::io::stdout()).await,
     }
 }
 

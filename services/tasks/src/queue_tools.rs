@@ -20,7 +20,7 @@ pub struct PublishArgs {
 pub struct InspectArgs {
     /// Show only each job's one-line summary.
     #[arg(long)]
-    human: bool,
+    pub human: bool,
 }
 
 pub async fn publish(config: &amqp::Config, args: &PublishArgs) -> anyhow::Result<()> {
@@ -44,21 +44,28 @@ pub async fn publish(config: &amqp::Config, args: &PublishArgs) -> anyhow::Resul
     Ok(())
 }
 
-pub async fn inspect(config: &amqp::Config, args: &InspectArgs) -> anyhow::Result<()> {
+/// Writes every message of Cockpit's queues to `out` as Cockpit's `inspect-queue` does, then
+/// those parked in our dead-letter queue, each with the queue it came from and why. Messages
+/// are only looked at: each goes back to its queue untouched.
+pub async fn inspect(config: &amqp::Config, args: &InspectArgs, out: &mut impl std::io::Write) -> anyhow::Result<()> {
     let session = Session::connect(config).await?;
     let mut taken = Vec::new();
-    for queue in ["public", "rhel", "statistics", "webhook"] {
-        println!("{queue} queue:");
+    for queue in ["public", "rhel", "statistics", "webhook", amqp::DEAD_LETTER.name] {
+        writeln!(out, "{queue} queue:")?;
         if session.depth(queue).await?.is_none_or(|depth| depth == 0) {
-            println!("queue {queue} does not exist or is empty");
+            writeln!(out, "queue {queue} does not exist or is empty")?;
             continue;
         }
         while let Some(delivery) = session.get(queue).await? {
             let body: serde_json::Value = serde_json::from_slice(&delivery.body)
                 .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&delivery.body).into_owned()));
             match body.get("human").and_then(|human| human.as_str()) {
-                Some(human) if args.human => println!("{human}"),
-                _ => println!("{body}"),
+                Some(human) if args.human => write!(out, "{human}")?,
+                _ => write!(out, "{body}")?,
+            }
+            match (delivery.header(amqp::QUEUE_HEADER), delivery.header(amqp::ERROR_HEADER)) {
+                (Some(from), error) => writeln!(out, "  (parked from {from}: {})", error.unwrap_or_default())?,
+                _ => writeln!(out)?,
             }
             // Held unacknowledged until the session closes, then redelivered untouched.
             taken.push(delivery);

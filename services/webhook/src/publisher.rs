@@ -13,7 +13,8 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the queue depths asked of the broker are shown before it is asked again.
 pub const DEPTHS_FOR: Duration = Duration::from_secs(2);
 
-/// The Cockpit queues' depths (`None` for one that does not exist), in run-queue's order.
+/// The depths of Cockpit's queues, in run-queue's order, then of our dead-letter queue
+/// (`None` for one that does not exist).
 pub type Depths = Vec<(&'static str, Option<u32>)>;
 
 type Slot = Arc<RwLock<Option<Arc<Session>>>>;
@@ -74,8 +75,8 @@ impl Publisher {
             return Ok(depths.clone());
         }
         let session = self.current().ok_or(PublishError::Disconnected)?;
-        let names = amqp::ALL_QUEUES.map(|queue| queue.name);
-        let depths: Depths = names.into_iter().zip(session.depths(&names).await?).collect();
+        let names: Vec<&str> = amqp::ALL_QUEUES.iter().chain([&amqp::DEAD_LETTER]).map(|queue| queue.name).collect();
+        let depths: Depths = names.iter().copied().zip(session.depths(&names).await?).collect();
         *cached = Some((Instant::now(), depths.clone()));
         Ok(depths)
     }
