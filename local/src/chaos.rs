@@ -294,6 +294,8 @@ pub struct GitHubOutage {
     /// Jobs queued twice for one run (an event's scan and a rescan's) that found the other
     /// running and stopped without a status.
     pub superseded: u64,
+    /// Requests GitHub refused to limit the rate, as the workers counted them.
+    pub rate_limited: u64,
     pub seconds: f64,
 }
 
@@ -370,7 +372,7 @@ pub async fn github_outage(
     while !all_done() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let (mut put_off, mut superseded) = (0, 0);
+    let (mut put_off, mut superseded, mut rate_limited) = (0, 0, 0);
     for worker in &workers {
         let metrics = crate::service::get(worker.metrics, "/metrics").await.unwrap_or_default();
         let sum = |prefix: &str| {
@@ -382,6 +384,7 @@ pub async fn github_outage(
         };
         put_off += sum("tasks_messages_put_off_total");
         superseded += sum("tasks_jobs_total{outcome=\"superseded\"}");
+        rate_limited += sum("tasks_github_rate_limited_total");
     }
     // Every queue drained: nothing waiting, nothing parked, nothing unacknowledged.
     let queues_done = || -> Result<Vec<String>, ChaosError> {
@@ -414,6 +417,7 @@ pub async fn github_outage(
         duplicated: counts.iter().filter(|n| **n > 1).count(),
         put_off,
         superseded,
+        rate_limited,
         seconds: started.elapsed().as_secs_f64(),
     };
     if run.lost > 0 || run.duplicated > 0 || !left.is_empty() {

@@ -147,8 +147,9 @@ fn github_outage(args: &Args, dir: &tempfile::TempDir) -> anyhow::Result<()> {
     spinner.finish(run.is_ok());
     let run = run?;
     println!(
-        "github-outage: {} messages put off and tried again later, {} jobs queued twice stopped for their twin",
-        run.put_off, run.superseded
+        "github-outage: {} requests refused for the rate, {} messages put off and tried again later, \
+         {} jobs queued twice stopped for their twin",
+        run.rate_limited, run.put_off, run.superseded
     );
     println!(
         "github-outage: {} pull requests, {} final statuses, {} lost, {} duplicated, {:.1} s",

@@ -23,6 +23,8 @@ struct Inner {
     put_off: BTreeMap<String, u64>,
     parked: BTreeMap<String, u64>,
     peak_job_memory: u64,
+    /// Rate-limit refusals met by the jobs (each in a process of its own).
+    jobs_rate_limited: u64,
 }
 
 /// A Prometheus summary without quantiles: a sum and a count.
@@ -73,6 +75,11 @@ impl Metrics {
     /// A message parked in the dead-letter queue.
     pub fn parked(&self, queue: &str) {
         *self.inner.lock().expect("metrics lock").parked.entry(queue.to_owned()).or_default() += 1;
+    }
+
+    /// Rate-limit refusals a job process reported.
+    pub fn rate_limited(&self, refusals: u64) {
+        self.inner.lock().expect("metrics lock").jobs_rate_limited += refusals;
     }
 
     /// The peak memory a job process reported.
@@ -128,6 +135,10 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{queue=\"{queue}\"}} {count}");
             }
         }
+        let name = "tasks_github_rate_limited_total";
+        let _ = write!(out, "# HELP {name} Requests GitHub refused to limit our rate (each waited out or put off).\n");
+        let _ =
+            writeln!(out, "# TYPE {name} counter\n{name} {}", inner.jobs_rate_limited + crate::retry::rate_limited());
         out.push_str("# HELP tasks_job_process_peak_memory_bytes The most memory one job process held at once.\n");
         out.push_str("# TYPE tasks_job_process_peak_memory_bytes gauge\n");
         let _ = writeln!(out, "tasks_job_process_peak_memory_bytes {}", inner.peak_job_memory);
@@ -150,7 +161,10 @@ mod tests {
         metrics.given_up("public");
         metrics.job_memory(3000);
         metrics.job_memory(2000);
+        metrics.rate_limited(2);
         let text = metrics.render();
+        // This process's own refusals (none here, but tests share a process under cargo test).
+        let rate_limited = format!("tasks_github_rate_limited_total {}", 2 + crate::retry::rate_limited());
         for line in [
             "tasks_jobs_total{outcome=\"success\"} 2",
             "tasks_jobs_total{outcome=\"failure\"} 1",
@@ -160,6 +174,7 @@ mod tests {
             "tasks_messages_redelivered_total{queue=\"public\"} 1",
             "tasks_messages_given_up_total{queue=\"public\"} 1",
             "tasks_job_process_peak_memory_bytes 3000",
+            &rate_limited,
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

@@ -4,6 +4,7 @@
 //! work that still fails is put off: its message goes back to the broker to be tried again
 //! later ([`put_off`]), and after [`MAX_RETRIES`] it is parked where an operator sees it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How often a request is tried before its failure goes to the caller.
@@ -20,6 +21,15 @@ pub const FINAL_STATUS: Policy = Policy { attempts: 20 };
 /// The longest pause between two tries, rate limits included: a longer wait is the caller's,
 /// who puts the work off rather than hold a worker's slot.
 const LONGEST_PAUSE: Duration = Duration::from_secs(64);
+
+/// Refusals that named a wait (GitHub limiting our rate) this process saw. A process-wide
+/// count, as a rate limit is: the worker's `/metrics` shows its own and its job processes'.
+static RATE_LIMITED: AtomicU64 = AtomicU64::new(0);
+
+/// How many refusals named a wait (rate limits) in this process so far.
+pub fn rate_limited() -> u64 {
+    RATE_LIMITED.load(Ordering::Relaxed)
+}
 
 /// An error that may pass, and may say when to try again.
 pub trait Transient: std::fmt::Display {
@@ -55,7 +65,11 @@ pub async fn transient<T, E: Transient, F: Future<Output = Result<T, E>>>(
 ) -> Result<T, E> {
     let mut attempt = 1;
     loop {
-        match op().await {
+        let result = op().await;
+        if result.as_ref().is_err_and(|err| err.retry_after().is_some()) {
+            RATE_LIMITED.fetch_add(1, Ordering::Relaxed);
+        }
+        match result {
             Err(err) if attempt < policy.attempts && err.is_transient() => {
                 let backoff = Duration::from_secs(1 << (attempt - 1).min(6)).min(LONGEST_PAUSE);
                 let pause = backoff.max(err.retry_after().unwrap_or_default());

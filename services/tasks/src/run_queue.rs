@@ -428,8 +428,9 @@ async fn handle_work(worker: &Worker, queue: &'static str, delivery: &Delivery) 
     }
     let started = Instant::now();
     match run_job(worker, &message.job).await {
-        Ok(Ok(Report { ended, peak_memory })) => {
+        Ok(Ok(Report { ended, peak_memory, rate_limited })) => {
             worker.metrics.job_memory(peak_memory);
+            worker.metrics.rate_limited(rate_limited);
             match ended {
                 Ended::Reported(outcome) => {
                     worker.metrics.job(&outcome, started.elapsed());
