@@ -493,7 +493,7 @@ async fn execute(
             let slug = job.slug.as_deref().unwrap_or_default();
             let spec = container::Spec {
                 worker: hostname,
-                image: &image,
+                image,
                 argv: &command,
                 checkout: &checkout,
                 attachments: &attachments,

@@ -136,7 +136,7 @@ impl Metrics {
             }
         }
         let name = "tasks_github_rate_limited_total";
-        let _ = write!(out, "# HELP {name} Requests GitHub refused to limit our rate (each waited out or put off).\n");
+        let _ = writeln!(out, "# HELP {name} Requests GitHub refused to limit our rate (each waited out or put off).");
         let _ =
             writeln!(out, "# TYPE {name} counter\n{name} {}", inner.jobs_rate_limited + crate::retry::rate_limited());
         out.push_str("# HELP tasks_job_process_peak_memory_bytes The most memory one job process held at once.\n");
