@@ -457,6 +457,42 @@ async fn an_event_that_fails_for_good_is_parked_and_holds_nothing_up() {
     assert_eq!(world.posted().last().map(|(state, _)| state.as_str()), Some("success"), "{:?}", world.posted());
 }
 
+/// An event whose scan failed for a while too often (its message put off the last time it may
+/// be, and back from its delay queue) that fails so once more is parked, not put off again.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_put_off_too_often_is_parked_after_its_last_try() {
+    let world = world().await;
+    let session = Session::connect(&world.broker.client_config()).await.unwrap();
+    session.declare(WEBHOOK).await.unwrap();
+    let event = world.mock.pull_request_event(REPO, 1, "opened").unwrap();
+    session.publish(WEBHOOK.name, &event.queue_message(), None).await.unwrap();
+    let taken = session.get(WEBHOOK.name).await.unwrap().expect("the event");
+    let last = tasks::retry::MAX_RETRIES;
+    session.retry_later(WEBHOOK.name, &taken, Duration::ZERO, last, "GitHub away").await.unwrap();
+    taken.ack().await.unwrap();
+    session.declare(amqp::DEAD_LETTER).await.unwrap();
+    let outage = local::github::ApiFaults::outage(&[(Duration::from_secs(600), local::github::Outage::Status(502))]);
+    world.mock.set_api_faults(outage);
+    let (stop, worker) = world.worker_with(Args { hostname: Some("worker-1".into()), ..world.args.clone() });
+    // Back after 5 s, then Cockpit's five tries (about 15 s).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let parked = loop {
+        if let Some(parked) = session.get(amqp::DEAD_LETTER.name).await.unwrap() {
+            break parked;
+        }
+        assert!(Instant::now() < deadline, "never parked");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let _ = stop.send(());
+    worker.await.unwrap().unwrap();
+    assert_eq!(parked.body, event.queue_message());
+    assert_eq!(parked.retries, last, "back from its delay queue with its count");
+    let error = parked.header(amqp::ERROR_HEADER).unwrap_or_default();
+    assert!(error.starts_with(&format!("tried {} times, each failing for a while", last + 1)), "{error}");
+    assert!(error.contains("502"), "{error}");
+    assert!(world.mock.statuses(REPO, &world.head).is_empty(), "nothing posted while GitHub was away");
+}
+
 /// With GitHub answering every request 2 s late, scans take seconds each: a queued job starts
 /// all the same before they are done, as scans run beside jobs, not in front of them.
 #[tokio::test(flavor = "multi_thread")]
