@@ -347,8 +347,8 @@ async fn a_stopping_worker_cancels_jobs_past_its_grace_period_and_acknowledges_t
     let world = world().await;
     let session = Session::connect(&world.broker.client_config()).await.unwrap();
     session.declare(PUBLIC).await.unwrap();
-    // First a job the worker cannot even start (an unknown forge): acknowledged, and the worker
-    // goes on to the next.
+    // First a job the worker cannot even start (an unknown forge): parked, and the worker goes
+    // on to the next.
     let broken = serde_json::json!({"job": {"repo": REPO, "sha": world.head, "context": "broken", "forge": "nowhere",
         "pull": null, "report": null, "command_subject": null, "env": {}, "secrets": []}, "human": "broken"});
     session.publish(PUBLIC.name, broken.to_string().as_bytes(), Some(5)).await.unwrap();
@@ -360,6 +360,9 @@ async fn a_stopping_worker_cancels_jobs_past_its_grace_period_and_acknowledges_t
     let last = world.mock.statuses(REPO, &world.head).pop().unwrap();
     assert_eq!((last.state.as_str(), last.description.as_str()), ("error", "Cancelled [worker-1]"));
     assert_eq!(session.declare(PUBLIC).await.unwrap(), 0, "a cancelled job is acknowledged: a rescan queues it again");
+    let parked = session.get(amqp::DEAD_LETTER.name).await.unwrap().expect("the job that could not start, parked");
+    assert_eq!(parked.body, broken.to_string().into_bytes());
+    assert!(parked.header(amqp::ERROR_HEADER).unwrap_or_default().contains("nowhere"), "says why");
 }
 
 #[tokio::test(flavor = "multi_thread")]
