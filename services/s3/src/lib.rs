@@ -144,6 +144,8 @@ pub enum Error {
     Status { method: Method, url: String, status: u16, body: String },
     #[error("S3 {method} {url} failed: {detail}")]
     Transport { method: Method, url: String, detail: String },
+    #[error("S3 listing of {url} is not a ListBucketResult: {detail}")]
+    Listing { url: String, detail: String },
 }
 
 impl Error {
@@ -251,14 +253,15 @@ impl Store {
             }
             let body =
                 self.send_to(Method::GET, &format!("/{}/", self.bucket), &query, &[], Body::from(Vec::new())).await?;
-            let xml = String::from_utf8_lossy(&body);
-            for contents in xml.split("<Contents>").skip(1) {
-                let key = unescape(element(contents, "Key").unwrap_or_default());
-                let size = element(contents, "Size").and_then(|size| size.parse().ok()).unwrap_or(0);
+            let page = Listing::parse(&body).map_err(|detail| Error::Listing {
+                url: format!("{}://{}/{}/", self.scheme, self.host, self.bucket),
+                detail,
+            })?;
+            for Contents { key, size } in page.contents {
                 objects.push(Object { name: key.strip_prefix(&self.prefix).unwrap_or(&key).to_owned(), size });
             }
-            token = element(&xml, "NextContinuationToken").map(unescape);
-            if element(&xml, "IsTruncated") != Some("true") || token.is_none() {
+            token = page.next_continuation_token;
+            if !page.is_truncated || token.is_none() {
                 return Ok(objects);
             }
         }
@@ -385,15 +388,42 @@ fn connector(ca_pem: Option<&[u8]>, resolver: Resolver) -> Result<HttpsConnector
         .wrap_connector(http))
 }
 
-/// The text of the first `<name>…</name>` element in `xml`.
-fn element<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
-    let start = xml.find(&format!("<{name}>"))? + name.len() + 2;
-    let end = xml[start..].find(&format!("</{name}>"))? + start;
-    Some(&xml[start..end])
+/// A page of `ListObjectsV2`'s answer (`ListBucketResult`), the parts we read.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Listing {
+    #[serde(default)]
+    contents: Vec<Contents>,
+    #[serde(default)]
+    is_truncated: bool,
+    next_continuation_token: Option<String>,
 }
 
-fn unescape(text: &str) -> String {
-    text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&apos;", "'").replace("&amp;", "&")
+#[derive(Debug, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Contents {
+    key: String,
+    size: u64,
+}
+
+impl Listing {
+    fn parse(xml: &[u8]) -> Result<Listing, String> {
+        let text = std::str::from_utf8(xml).map_err(|err| err.to_string())?;
+        // Every field may be absent, so another document (an <Error>) would read as an empty
+        // page: the root element is checked first.
+        let mut reader = quick_xml::Reader::from_str(text);
+        let root = loop {
+            match reader.read_event().map_err(|err| err.to_string())? {
+                quick_xml::events::Event::Start(start) => break start.local_name().as_ref().to_vec(),
+                quick_xml::events::Event::Eof => return Err("no element".into()),
+                _ => {}
+            }
+        };
+        if root != b"ListBucketResult" {
+            return Err(format!("the root element is <{}>", String::from_utf8_lossy(&root)));
+        }
+        quick_xml::de::from_str(text).map_err(|err| err.to_string())
+    }
 }
 
 #[cfg(test)]
@@ -415,6 +445,26 @@ mod tests {
         assert!(Key::for_host(&dir, "s3.localdomain").is_none(), "`localdomain` has no dot: not tried");
         assert!(Key::parse("only-one-field").is_none());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn reads_a_listing_page_as_s3_writes_it() {
+        let xml = br#"<?xml version="1.0" encoding="UTF-8"?>
+<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>logs</Name><Prefix>ci/</Prefix>
+<KeyCount>2</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>true</IsTruncated>
+<Contents><Key>ci/a&amp;b &lt;c&gt;.txt</Key><LastModified>2026-11-30T00:00:00.000Z</LastModified>
+<ETag>&quot;x&quot;</ETag><Size>12</Size><StorageClass>STANDARD</StorageClass></Contents>
+<Contents><Key>ci/log</Key><Size>0</Size></Contents>
+<NextContinuationToken>a&amp;b</NextContinuationToken></ListBucketResult>"#;
+        let page = Listing::parse(xml).unwrap();
+        let keys: Vec<(&str, u64)> = page.contents.iter().map(|c| (c.key.as_str(), c.size)).collect();
+        assert_eq!(keys, [("ci/a&b <c>.txt", 12), ("ci/log", 0)]);
+        assert!(page.is_truncated);
+        assert_eq!(page.next_continuation_token.as_deref(), Some("a&b"));
+        let empty = Listing::parse(b"<ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>").unwrap();
+        assert!(empty.contents.is_empty() && !empty.is_truncated);
+        let error = Listing::parse(b"<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code></Error>").unwrap_err();
+        assert_eq!(error, "the root element is <Error>");
     }
 
     #[test]
