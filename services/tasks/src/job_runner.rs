@@ -71,7 +71,7 @@ pub struct Report {
     pub ended: Ended,
     /// The most memory the job process held at once (its peak resident set), in bytes.
     pub peak_memory: u64,
-    /// Refusals of GitHub limiting our rate the job met (`retry::rate_limited`).
+    /// Refusals of GitHub limiting our rate the job met (`retry::RATE_LIMITED`).
     #[serde(default)]
     pub rate_limited: u64,
 }
@@ -110,7 +110,8 @@ pub async fn serve(cancel: impl Future<Output = ()>) -> anyhow::Result<()> {
         },
         Err(err) => Ended::Failed(err.to_string()),
     };
-    let report = Report { ended, peak_memory: peak_memory().unwrap_or(0), rate_limited: crate::retry::rate_limited() };
+    let report =
+        Report { ended, peak_memory: peak_memory().unwrap_or(0), rate_limited: crate::retry::RATE_LIMITED.get() };
     let mut stdout = std::io::stdout().lock();
     serde_json::to_writer(&mut stdout, &report).context("writing the job report")?;
     stdout.write_all(b"\n").and_then(|()| stdout.flush()).context("writing the job report")

@@ -1,149 +1,168 @@
-//! The worker's Prometheus metrics: jobs by outcome, how long they ran, how long their
-//! messages waited in the queue, and how many messages came back redelivered.
+//! The worker's Prometheus metrics (prometheus-client), served in the OpenMetrics text format:
+//! jobs by outcome and how long they ran, how long messages waited in their queue, messages
+//! redelivered, put off, parked and given up, GitHub's rate limits, job processes' memory.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
 use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 
 use crate::job::Outcome;
 
-#[derive(Default)]
+/// The content type of [`Metrics::render`]'s text, which Prometheus asks for.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabel {
+    queue: String,
+}
+
 pub struct Metrics {
-    inner: Mutex<Inner>,
+    registry: Registry,
+    jobs: Family<OutcomeLabel, Counter>,
+    job_seconds: Histogram,
+    queue_wait_seconds: Histogram,
+    redelivered: Family<QueueLabel, Counter>,
+    given_up: Family<QueueLabel, Counter>,
+    put_off: Family<QueueLabel, Counter>,
+    parked: Family<QueueLabel, Counter>,
+    peak_job_memory: Gauge,
 }
 
-#[derive(Default)]
-struct Inner {
-    jobs: BTreeMap<&'static str, u64>,
-    job_seconds: Summary,
-    queue_wait_seconds: Summary,
-    redelivered: BTreeMap<String, u64>,
-    given_up: BTreeMap<String, u64>,
-    put_off: BTreeMap<String, u64>,
-    parked: BTreeMap<String, u64>,
-    peak_job_memory: u64,
-    /// Rate-limit refusals met by the jobs (each in a process of its own).
-    jobs_rate_limited: u64,
-}
-
-/// A Prometheus summary without quantiles: a sum and a count.
-#[derive(Default)]
-struct Summary {
-    sum: f64,
-    count: u64,
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let jobs = Family::default();
+        registry.register("tasks_jobs", "Jobs run to their end, by outcome", jobs.clone());
+        // A second to 2.3 hours, doubling: jobs run up to Cockpit's two-hour timeout.
+        let job_seconds = Histogram::new(exponential_buckets(1.0, 2.0, 14));
+        registry.register("tasks_job_seconds", "How long jobs ran", job_seconds.clone());
+        // A second to 18 hours, doubling (the timestamp has whole seconds).
+        let queue_wait_seconds = Histogram::new(exponential_buckets(1.0, 2.0, 17));
+        registry.register(
+            "tasks_queue_wait_seconds",
+            "How long messages waited in their queue",
+            queue_wait_seconds.clone(),
+        );
+        let redelivered = Family::default();
+        registry.register(
+            "tasks_messages_redelivered",
+            "Messages the broker delivered again, by queue",
+            redelivered.clone(),
+        );
+        let given_up = Family::default();
+        registry.register(
+            "tasks_messages_given_up",
+            "Messages whose work was given up after too many tries, by queue",
+            given_up.clone(),
+        );
+        let put_off = Family::default();
+        registry.register(
+            "tasks_messages_put_off",
+            "Messages whose work failed for a while and was put off, by queue",
+            put_off.clone(),
+        );
+        let parked = Family::default();
+        registry.register(
+            "tasks_messages_parked",
+            "Messages parked in the dead-letter queue, by the queue they came from",
+            parked.clone(),
+        );
+        registry.register(
+            "tasks_github_rate_limited",
+            "Requests GitHub refused to limit our rate (each waited out or put off)",
+            crate::retry::RATE_LIMITED.clone(),
+        );
+        let peak_job_memory = Gauge::default();
+        registry.register(
+            "tasks_job_process_peak_memory_bytes",
+            "The most memory one job process held at once",
+            peak_job_memory.clone(),
+        );
+        Metrics {
+            registry,
+            jobs,
+            job_seconds,
+            queue_wait_seconds,
+            redelivered,
+            given_up,
+            put_off,
+            parked,
+            peak_job_memory,
+        }
+    }
 }
 
 impl Metrics {
     pub fn job(&self, outcome: &Outcome, ran: Duration) {
-        let label = match outcome {
+        let outcome = match outcome {
             Outcome::Success => "success",
             Outcome::Failure(_) => "failure",
             Outcome::Error(_) | Outcome::LogNotStored(_) => "error",
             Outcome::Cancelled => "cancelled",
             Outcome::Superseded(_) => "superseded",
         };
-        let mut inner = self.inner.lock().expect("metrics lock");
-        *inner.jobs.entry(label).or_default() += 1;
-        inner.job_seconds.sum += ran.as_secs_f64();
-        inner.job_seconds.count += 1;
+        self.jobs.get_or_create(&OutcomeLabel { outcome }).inc();
+        self.job_seconds.observe(ran.as_secs_f64());
     }
 
     /// A message taken from `queue`; `published` is its timestamp (Unix seconds), if any.
     pub fn taken(&self, queue: &str, published: Option<u64>, redelivered: bool) {
-        let mut inner = self.inner.lock().expect("metrics lock");
         if redelivered {
-            *inner.redelivered.entry(queue.to_owned()).or_default() += 1;
+            self.redelivered.get_or_create(&queue_label(queue)).inc();
         }
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         if let Some(published) = published {
-            inner.queue_wait_seconds.sum += now.as_secs().saturating_sub(published) as f64;
-            inner.queue_wait_seconds.count += 1;
+            self.queue_wait_seconds.observe(now.as_secs().saturating_sub(published) as f64);
         }
     }
 
     /// A message whose work was given up after too many tries.
     pub fn given_up(&self, queue: &str) {
-        *self.inner.lock().expect("metrics lock").given_up.entry(queue.to_owned()).or_default() += 1;
+        self.given_up.get_or_create(&queue_label(queue)).inc();
     }
 
     /// A message whose work was put off, to be tried again later.
     pub fn put_off(&self, queue: &str) {
-        *self.inner.lock().expect("metrics lock").put_off.entry(queue.to_owned()).or_default() += 1;
+        self.put_off.get_or_create(&queue_label(queue)).inc();
     }
 
     /// A message parked in the dead-letter queue.
     pub fn parked(&self, queue: &str) {
-        *self.inner.lock().expect("metrics lock").parked.entry(queue.to_owned()).or_default() += 1;
+        self.parked.get_or_create(&queue_label(queue)).inc();
     }
 
-    /// Rate-limit refusals a job process reported.
+    /// Rate-limit refusals a job process met, added to this process's own.
     pub fn rate_limited(&self, refusals: u64) {
-        self.inner.lock().expect("metrics lock").jobs_rate_limited += refusals;
+        crate::retry::RATE_LIMITED.inc_by(refusals);
     }
 
     /// The peak memory a job process reported.
     pub fn job_memory(&self, bytes: u64) {
-        let mut inner = self.inner.lock().expect("metrics lock");
-        inner.peak_job_memory = inner.peak_job_memory.max(bytes);
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        if bytes > self.peak_job_memory.get() {
+            self.peak_job_memory.set(bytes);
+        }
     }
 
     pub fn render(&self) -> String {
-        let inner = self.inner.lock().expect("metrics lock");
         let mut out = String::new();
-        out.push_str("# HELP tasks_jobs_total Jobs run to their end, by outcome.\n# TYPE tasks_jobs_total counter\n");
-        for (outcome, count) in &inner.jobs {
-            let _ = writeln!(out, "tasks_jobs_total{{outcome=\"{outcome}\"}} {count}");
-        }
-        for (name, help, summary) in [
-            ("tasks_job_seconds", "How long jobs ran.", &inner.job_seconds),
-            (
-                "tasks_queue_wait_seconds",
-                "How long messages waited in their queue (1 s resolution).",
-                &inner.queue_wait_seconds,
-            ),
-        ] {
-            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} summary\n");
-            let _ = write!(out, "{name}_sum {}\n{name}_count {}\n", summary.sum, summary.count);
-        }
-        out.push_str("# HELP tasks_messages_redelivered_total Messages the broker delivered again, by queue.\n");
-        out.push_str("# TYPE tasks_messages_redelivered_total counter\n");
-        for (queue, count) in &inner.redelivered {
-            let _ = writeln!(out, "tasks_messages_redelivered_total{{queue=\"{queue}\"}} {count}");
-        }
-        out.push_str(
-            "# HELP tasks_messages_given_up_total Messages whose work was given up after too many tries, by queue.\n",
-        );
-        out.push_str("# TYPE tasks_messages_given_up_total counter\n");
-        for (queue, count) in &inner.given_up {
-            let _ = writeln!(out, "tasks_messages_given_up_total{{queue=\"{queue}\"}} {count}");
-        }
-        for (name, help, counts) in [
-            (
-                "tasks_messages_put_off_total",
-                "Messages whose work failed for a while and was put off, by queue.",
-                &inner.put_off,
-            ),
-            (
-                "tasks_messages_parked_total",
-                "Messages parked in the dead-letter queue, by the queue they came from.",
-                &inner.parked,
-            ),
-        ] {
-            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} counter\n");
-            for (queue, count) in counts {
-                let _ = writeln!(out, "{name}{{queue=\"{queue}\"}} {count}");
-            }
-        }
-        let name = "tasks_github_rate_limited_total";
-        let _ = writeln!(out, "# HELP {name} Requests GitHub refused to limit our rate (each waited out or put off).");
-        let _ =
-            writeln!(out, "# TYPE {name} counter\n{name} {}", inner.jobs_rate_limited + crate::retry::rate_limited());
-        out.push_str("# HELP tasks_job_process_peak_memory_bytes The most memory one job process held at once.\n");
-        out.push_str("# TYPE tasks_job_process_peak_memory_bytes gauge\n");
-        let _ = writeln!(out, "tasks_job_process_peak_memory_bytes {}", inner.peak_job_memory);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out
     }
+}
+
+fn queue_label(queue: &str) -> QueueLabel {
+    QueueLabel { queue: queue.to_owned() }
 }
 
 #[cfg(test)]
@@ -151,7 +170,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_prometheus_text() {
+    fn renders_openmetrics_text() {
         let metrics = Metrics::default();
         metrics.job(&Outcome::Success, Duration::from_millis(1500));
         metrics.job(&Outcome::Failure("x".into()), Duration::from_millis(500));
@@ -161,20 +180,23 @@ mod tests {
         metrics.given_up("public");
         metrics.job_memory(3000);
         metrics.job_memory(2000);
+        let before = crate::retry::RATE_LIMITED.get();
         metrics.rate_limited(2);
         let text = metrics.render();
-        // This process's own refusals (none here, but tests share a process under cargo test).
-        let rate_limited = format!("tasks_github_rate_limited_total {}", 2 + crate::retry::rate_limited());
+        // This process's own refusals count too (tests share a process under cargo test).
+        let rate_limited = format!("tasks_github_rate_limited_total {}", before + 2);
         for line in [
             "tasks_jobs_total{outcome=\"success\"} 2",
             "tasks_jobs_total{outcome=\"failure\"} 1",
-            "tasks_job_seconds_sum 3",
+            "tasks_job_seconds_sum 3.0",
             "tasks_job_seconds_count 3",
+            "tasks_job_seconds_bucket{le=\"1.0\"} 2",
             "tasks_queue_wait_seconds_count 0",
             "tasks_messages_redelivered_total{queue=\"public\"} 1",
             "tasks_messages_given_up_total{queue=\"public\"} 1",
             "tasks_job_process_peak_memory_bytes 3000",
             &rate_limited,
+            "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

@@ -4,8 +4,10 @@
 //! work that still fails is put off: its message goes back to the broker to be tried again
 //! later ([`put_off`]), and after [`MAX_RETRIES`] it is parked where an operator sees it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
 use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
 
 /// How often a request is tried before its failure goes to the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,13 +25,8 @@ pub const FINAL_STATUS: Policy = Policy { attempts: 20 };
 const LONGEST_PAUSE: Duration = Duration::from_secs(64);
 
 /// Refusals that named a wait (GitHub limiting our rate) this process saw. A process-wide
-/// count, as a rate limit is: the worker's `/metrics` shows its own and its job processes'.
-static RATE_LIMITED: AtomicU64 = AtomicU64::new(0);
-
-/// How many refusals named a wait (rate limits) in this process so far.
-pub fn rate_limited() -> u64 {
-    RATE_LIMITED.load(Ordering::Relaxed)
-}
+/// count, as a rate limit is: the worker's `/metrics` shows it, its job processes' added.
+pub static RATE_LIMITED: LazyLock<Counter> = LazyLock::new(Counter::default);
 
 /// An error that may pass, and may say when to try again.
 pub trait Transient: std::fmt::Display {
@@ -67,7 +64,7 @@ pub async fn transient<T, E: Transient, F: Future<Output = Result<T, E>>>(
     loop {
         let result = op().await;
         if result.as_ref().is_err_and(|err| err.retry_after().is_some()) {
-            RATE_LIMITED.fetch_add(1, Ordering::Relaxed);
+            RATE_LIMITED.inc();
         }
         match result {
             Err(err) if attempt < policy.attempts && err.is_transient() => {

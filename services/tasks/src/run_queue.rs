@@ -562,7 +562,7 @@ async fn serve_metrics(
         "/metrics",
         axum::routing::get(move || {
             let metrics = metrics.clone();
-            async move { ([("content-type", "text/plain; version=0.0.4")], metrics.render()) }
+            async move { ([("content-type", crate::metrics::CONTENT_TYPE)], metrics.render()) }
         }),
     );
     Ok(tokio::spawn(async move {

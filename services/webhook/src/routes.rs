@@ -325,7 +325,7 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, &'static str) {
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let text = state.metrics.render(state.publisher.is_connected());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text)
 }
 
 /// Cockpit's `inspect-queue` summary: each queue and how many messages it holds, as the
