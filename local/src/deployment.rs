@@ -269,11 +269,11 @@ impl Deployment {
         };
         // The workers' view: the secrets where the pod mounts them, this machine through the
         // host alias, jobs in containers of the pod; status links stay this machine's.
-        let inside = pod::secrets_inside();
         let forge_inside = Forge {
             api_url: pod::seen_from_pod(&github.api_url()),
             clone_url: pod::seen_from_pod(&github.clone_url()),
-            token_file: inside.github_token(),
+            // Read now, into the configuration.
+            token_file: secrets.github_token(),
         };
         let run_args = [format!("--pod={name}")];
         let runner_config = RunnerConfig {
@@ -282,7 +282,7 @@ impl Deployment {
             s3_url: s3.url(),
             logs_link: Some(format!("{}logs", s3.link_url())),
             s3_hosts: Default::default(),
-            secrets: &inside,
+            secrets: &secrets,
             sandbox: Sandbox::Container {
                 socket: Path::new(pod::PODMAN_SOCKET),
                 image: tasks_image,

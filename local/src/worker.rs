@@ -67,51 +67,38 @@ impl<'a> RunnerConfig<'a> {
         RunnerConfig { forge, s3_url: s3.url(), logs_link, s3_hosts: s3.hosts(), secrets, sandbox }
     }
 
-    /// Writes it as `job-runner.toml` into `dir`; returns its path.
+    /// Writes it as `job-runner.toml` into `dir` (readable by its owner only: the token and
+    /// the S3 key are in it, read from the secrets now); returns its path.
     pub fn write(&self, dir: &Path) -> std::io::Result<PathBuf> {
-        let string = |value: &str| format!("{value:?}");
-        let mut toml = format!(
-            r#"[logs]
-driver = "s3"
-[logs.s3]
-url = {url}
-key = [{{file = {key}}}]
-ca = [{{file = {ca}}}]
-{link}{resolve}[forge.github]
-api-url = {api}
-clone-url = {clone}
-post = true
-token = [{{file = {token}}}]
-"#,
-            url = string(&format!("{}logs", self.s3_url)),
-            key = string(&self.secrets.s3_keys_dir().join(crate::secrets::S3_HOST).display().to_string()),
-            ca = string(&self.secrets.webhook_dir().join("ca.pem").display().to_string()),
-            api = string(&self.forge.api_url),
-            clone = string(&self.forge.clone_url),
-            token = string(&self.forge.token_file.display().to_string()),
-            link = self.logs_link.as_deref().map(|link| format!("proxy_url = {}\n", string(link))).unwrap_or_default(),
-            resolve = match self.s3_hosts.is_empty() {
-                true => String::new(),
-                false => format!(
-                    "resolve = {{ {} }}\n",
-                    self.s3_hosts
-                        .iter()
-                        .map(|(host, address)| format!("{} = {}", string(host), string(&address.to_string())))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            },
-        );
+        use tasks::runner_config::{LogsDriver, RunnerConfig as Config, S3Key, SandboxKind};
+        let read = |path: &Path| {
+            std::fs::read_to_string(path)
+                .map_err(|err| std::io::Error::new(err.kind(), format!("{}: {err}", path.display())))
+        };
+        let mut config = Config::load(None).expect("job-runner's defaults load");
+        config.logs.driver = LogsDriver::S3;
+        let s3 = &mut config.logs.s3;
+        s3.url = format!("{}logs", self.s3_url);
+        s3.key = S3Key::Text(read(&self.secrets.s3_keys_dir().join(crate::secrets::S3_HOST))?);
+        s3.ca = Some(read(&self.secrets.webhook_dir().join("ca.pem"))?);
+        s3.proxy_url = self.logs_link.clone();
+        s3.resolve = self.s3_hosts.clone();
+        let github = config.forge.forges.get_mut("github").expect("job-runner's defaults have GitHub");
+        github.api_url = self.forge.api_url.clone();
+        github.clone_url = self.forge.clone_url.clone();
+        github.post = true;
+        github.token = Some(read(&self.forge.token_file)?);
         match self.sandbox {
-            Sandbox::Process => toml.push_str("[container]\nsandbox = \"process\"\n"),
-            Sandbox::Container { socket, image, run_args } => toml.push_str(&format!(
-                "[container]\nsandbox = \"container\"\ncommand = [\"podman-remote\", {}]\ndefault-image = {}\nrun-args = {run_args:?}\n",
-                string(&format!("--url=unix://{}", socket.display())),
-                string(image),
-            )),
+            Sandbox::Process => config.container.sandbox = SandboxKind::Process,
+            Sandbox::Container { socket, image, run_args } => {
+                config.container.sandbox = SandboxKind::Container;
+                config.container.command = vec!["podman-remote".into(), format!("--url=unix://{}", socket.display())];
+                config.container.default_image = image.to_owned();
+                config.container.run_args = run_args.to_vec();
+            }
         }
         let path = dir.join("job-runner.toml");
-        std::fs::write(&path, toml)?;
+        crate::secrets::write_private(&path, config.to_toml().as_bytes())?;
         Ok(path)
     }
 }

@@ -65,8 +65,9 @@ async fn world(sandbox: Sandbox) -> World {
         None => local::worker::Sandbox::Process,
     };
     let config = local::worker::RunnerConfig::local(&forge, &s3, &secrets, sandbox).write(dir.path()).unwrap();
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, format!("{text}[limits]\nlog-size = {LOG_LIMIT}\n")).unwrap();
+    let mut limited = tasks::runner_config::RunnerConfig::load(Some(&config)).unwrap();
+    limited.limits.log_size = tasks::runner_config::Size(LOG_LIMIT);
+    std::fs::write(&config, limited.to_toml()).unwrap();
     let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let args = Args {
         scan: ScanArgs {

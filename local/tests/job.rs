@@ -505,3 +505,31 @@ async fn container_github_away_before_a_job_starts_puts_it_off_without_a_status(
     let asked = mock.requests().iter().filter(|r| r.path.contains("/contents/.cockpit-ci/container")).count();
     assert_eq!(asked, 5, "Cockpit's five tries");
 }
+
+/// `[logs] driver = "local"` (Cockpit's default): the log and its viewer go into a directory of
+/// this machine, and the statuses link to where `[logs.local] link` serves it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_with_local_logs_writes_them_into_their_directory() {
+    let World { mock, mut config, dir, .. } = world(Sandbox::Process, None).await.unwrap();
+    let logs = dir.path().join("logs");
+    config.logs.driver = tasks::runner_config::LogsDriver::Local;
+    config.logs.local =
+        tasks::runner_config::LogsLocal { dir: logs.display().to_string(), link: "http://127.0.0.1:8000/".into() };
+    let repo = "workbench-ci/local-logs";
+    mock.add_repo(repo, &workspace("fixtures/repos/passing")).unwrap();
+    let head = mock.open_pull(repo, 1, "A change", "workbench-ci").unwrap();
+    let job = job(repo, &head, serde_json::json!({}));
+    let slug = job.slug.clone().unwrap();
+    let scratch = dir.path().join("scratch-local-logs");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let outcome = job::run(&config, &job, HOST, &scratch, tokio::sync::watch::channel(false).1).await.unwrap();
+    assert_eq!(outcome, Outcome::Success);
+    let log = std::fs::read_to_string(logs.join(&slug).join("log")).unwrap();
+    assert!(log.ends_with("Job ran successfully.  :)\n"), "{log}");
+    for name in ["log.html", "index.html"] {
+        assert!(logs.join(&slug).join(name).is_file(), "{name}");
+    }
+    assert!(!logs.join(&slug).join("log.chunks").exists(), "a complete log has no chunk list");
+    let last = mock.statuses(repo, &head).pop().unwrap();
+    assert_eq!(last.target_url.as_deref(), Some(&*format!("http://127.0.0.1:8000/{slug}/log.html")));
+}

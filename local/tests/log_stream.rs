@@ -19,7 +19,8 @@ async fn streams_ranges_then_leaves_the_complete_log() {
     let header = "unit-tests@workbench-ci/demo#5f3a9d2c\n\nRunning on: worker\n\n";
     let output = b"1..1\nok 1 demo\n";
     let length = header.len() + output.len();
-    let mut stream = LogStream::start(writer, header, dir.path(), 1 << 20).await.unwrap();
+    let mut stream =
+        LogStream::start(tasks::log_store::LogStore::S3(writer), header, dir.path(), 1 << 20).await.unwrap();
     stream.write(output).await;
     stream.flush().await;
     // While running, a reader finds the chunk list and the ranges it names.

@@ -165,9 +165,15 @@ async fn a_queued_pull_request_event_is_tested_to_a_final_status() {
     let scraped = metrics_text(metrics).await;
     let _ = stop.send(());
     worker.await.unwrap().unwrap();
-    for line in ["tasks_jobs_total{outcome=\"success\"} 1", "tasks_job_seconds_count 1"] {
-        assert!(scraped.lines().any(|l| l == line), "{line:?} in\n{scraped}");
-    }
+    let value = |name: &str| {
+        scraped.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok()).unwrap_or(0)
+    };
+    assert_eq!(value("tasks_jobs_total{outcome=\"success\"}"), 1, "{scraped}");
+    // The rescan at the worker's start may queue the job before the event's scan queues it
+    // again (Cockpit's rule for a pending context): that twin stops without a status.
+    let twins = value("tasks_jobs_total{outcome=\"superseded\"}");
+    assert!(twins <= 1, "{scraped}");
+    assert_eq!(value("tasks_job_seconds_count"), 1 + twins, "{scraped}");
 
     let posted: Vec<String> =
         world.mock.statuses(REPO, &world.head).iter().map(|s| serde_json::to_string(s).unwrap()).collect();

@@ -168,6 +168,7 @@ pub struct Store {
     prefix: String,
     key: Option<Key>,
     acl: Option<String>,
+    user_agent: Option<String>,
     ca_pem: Option<Vec<u8>>,
     client: Client<HttpsConnector<HttpConnector<Resolver>>, HttpBody>,
 }
@@ -193,6 +194,7 @@ impl Store {
             prefix,
             key,
             acl: None,
+            user_agent: None,
             ca_pem: ca_pem.map(<[u8]>::to_vec),
             client: Client::builder(TokioExecutor::new()).build(connector(ca_pem, Resolver::default())?),
         })
@@ -210,6 +212,12 @@ impl Store {
     /// Sends `x-amz-acl: <acl>` with every PUT.
     pub fn with_acl(mut self, acl: &str) -> Store {
         self.acl = Some(acl.to_owned());
+        self
+    }
+
+    /// Sends `User-Agent: <agent>` with every request.
+    pub fn with_user_agent(mut self, agent: &str) -> Store {
+        self.user_agent = Some(agent.to_owned());
         self
     }
 
@@ -292,6 +300,9 @@ impl Store {
         let target = if query.is_empty() { path.clone() } else { format!("{path}?{query}") };
         let url = format!("{}://{}{target}", self.scheme, self.host);
         let mut request = hyper::Request::builder().method(method.clone()).uri(&url).header("host", &self.host);
+        if let Some(agent) = &self.user_agent {
+            request = request.header("user-agent", agent);
+        }
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
@@ -482,6 +493,24 @@ mod tests {
 #[cfg(test)]
 mod resolving_tests {
     use super::*;
+
+    #[tokio::test]
+    async fn requests_carry_the_user_agent() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/logs/", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = vec![0; 4096];
+            let read = stream.read(&mut head).await.unwrap();
+            stream.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n").await.unwrap();
+            String::from_utf8_lossy(&head[..read]).into_owned()
+        });
+        let store = Store::new(&url, None, None).unwrap().with_user_agent("job-runner (test)");
+        assert_eq!(store.get("x").await.unwrap(), None);
+        let head = server.await.unwrap().to_ascii_lowercase();
+        assert!(head.contains("\r\nuser-agent: job-runner (test)\r\n"), "{head}");
+    }
 
     #[tokio::test]
     async fn a_name_from_the_table_is_not_asked_of_the_system() {

@@ -192,7 +192,7 @@ mod tests {
     struct Uploads(Mutex<Vec<(String, u64)>>);
 
     impl Sink for &Uploads {
-        async fn put(&self, name: &str, body: Body, _: &str) -> Result<(), s3::Error> {
+        async fn put(&self, name: &str, body: Body, _: &str) -> Result<(), crate::log_store::StoreError> {
             let size = match body {
                 Body::Bytes(bytes) => bytes.len() as u64,
                 Body::File { len, .. } => len,
@@ -200,7 +200,7 @@ mod tests {
             self.0.lock().unwrap().push((name.to_owned(), size));
             Ok(())
         }
-        async fn delete(&self, _: &str) -> Result<(), s3::Error> {
+        async fn delete(&self, _: &str) -> Result<(), crate::log_store::StoreError> {
             Ok(())
         }
     }

@@ -20,6 +20,7 @@ use podman_api::opts::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::log_store::LogStore;
 use crate::log_stream::LogStream;
 use crate::sandbox::{Cancel, Ended, RunArgs, pump};
 
@@ -62,7 +63,7 @@ pub struct Spec<'a> {
 pub async fn run(
     socket: &Path,
     spec: &Spec<'_>,
-    log: &mut LogStream<s3::Store>,
+    log: &mut LogStream<LogStore>,
     deadline: Option<Instant>,
     cancel: &mut Cancel,
 ) -> Result<Ended, String> {

@@ -11,9 +11,10 @@ use amqp::Job;
 use github::GitHub;
 use tokio::time::Instant;
 
+use crate::log_store::{LogStore, StoreError};
 use crate::log_stream::LogStream;
 use crate::retry::{self, Policy, Transient};
-use crate::runner_config::{Forge, RunnerConfig, S3Key, SandboxKind};
+use crate::runner_config::{Forge, RunnerConfig, SandboxKind};
 use crate::sandbox::{self, Cancel, Ended, RunArgs};
 use crate::status::{Commit, State};
 use crate::{attachments, container};
@@ -50,7 +51,7 @@ pub enum JobError {
     #[error(transparent)]
     GitHub(#[from] github::Error),
     #[error(transparent)]
-    S3(#[from] s3::Error),
+    Store(#[from] StoreError),
     #[error("job-runner: cannot use the scratch directory {}: {source}", path.display())]
     Scratch { path: PathBuf, source: std::io::Error },
 }
@@ -61,7 +62,7 @@ impl Transient for JobError {
         match self {
             JobError::Config(_) | JobError::Scratch { .. } => false,
             JobError::GitHub(err) => err.is_transient(),
-            JobError::S3(err) => err.is_transient(),
+            JobError::Store(err) => err.is_transient(),
         }
     }
     fn retry_after(&self) -> Option<Duration> {
@@ -100,13 +101,12 @@ pub async fn run(
     let context = job.context.clone();
     let (shown_context, short_sha) = (context.as_deref().unwrap_or("-"), &subject.sha[..12.min(subject.sha.len())]);
     let title = job.title.clone().unwrap_or_else(|| format!("{shown_context}@{}#{short_sha}", job.repo));
-    let Place { prefix, log_url } = place(config, job, &subject.sha);
+    let (store, log_url) = LogStore::for_job(config, &prefix(job, &subject.sha))?;
     let reporter = Reporter { forge, github: &github, subject: &subject, job, hostname, log_url: &log_url };
     if let Some(owner) = reporter.other_owner().await {
         tracing::info!(owner = owner.target_url, "another job runs this context's tests; not running them again");
         return Ok(Outcome::Superseded(owner.target_url.unwrap_or_default()));
     }
-    let store = log_store(config, &prefix)?;
     let header = format!(
         "{title}\n\nRunning on: {hostname}\n\nJob({})\n\n",
         serde_json::to_string_pretty(job).unwrap_or_default()
@@ -174,8 +174,7 @@ pub async fn run(
 pub async fn give_up(config: &RunnerConfig, job: &Job, hostname: &str, tries: u32) -> Result<(), JobError> {
     let (forge, github) = forge(config, job)?;
     let subject = resolve(&github, job).await?;
-    let Place { prefix, log_url } = place(config, job, &subject.sha);
-    let store = log_store(config, &prefix)?;
+    let (store, log_url) = LogStore::for_job(config, &prefix(job, &subject.sha))?;
     let reason = format!("gave up after {tries} tries");
     let mut note = format!(
         "*** Internal error: {reason}: each one stopped before the job ended, \
@@ -248,21 +247,9 @@ impl Reporter<'_> {
     }
 }
 
-/// The store of a job's log: the configured S3 URL and key, under the job's prefix.
-fn log_store(config: &RunnerConfig, prefix: &str) -> Result<s3::Store, JobError> {
-    let s3 = &config.logs.s3;
-    let key = match &s3.key {
-        S3Key::Text(text) => s3::Key::parse(text),
-        S3Key::Table { access, secret } => Some(s3::Key { access: access.clone(), secret: secret.clone() }),
-    };
-    let url = format!("{}/{prefix}/", s3.url.trim_end_matches('/'));
-    let store = s3::Store::new(&url, key, s3.ca.as_deref().map(str::as_bytes))?.resolving(&s3.resolve)?;
-    Ok(if s3.acl.is_empty() { store } else { store.with_acl(&s3.acl) })
-}
-
 /// Runs the job until it ends, the worker cancels it, or its pull request is closed or changes
 /// (a failure, as in Cockpit).
-async fn watched(run: &Run<'_>, scratch: &Path, log: &mut LogStream<s3::Store>, cancel: &mut Cancel) -> Outcome {
+async fn watched(run: &Run<'_>, scratch: &Path, log: &mut LogStream<LogStore>, cancel: &mut Cancel) -> Outcome {
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let mut reason = None;
     let watch = async {
@@ -325,7 +312,7 @@ pub async fn earlier(config: &RunnerConfig, job: &Job) -> Result<Earlier, JobErr
     let Some(context) = &job.context else { return Ok(Earlier { reported: false, starts: 0 }) };
     let (_, github) = forge(config, job)?;
     let subject = resolve(&github, job).await?;
-    let Place { log_url, .. } = place(config, job, &subject.sha);
+    let (_, log_url) = LogStore::for_job(config, &prefix(job, &subject.sha))?;
     let history =
         retry::transient("statuses", retry::COCKPIT, || github.status_history(&subject.repo, &subject.sha)).await?;
     let own: Vec<&github::Status> = history.iter().filter(|s| &s.context == context).collect();
@@ -345,21 +332,12 @@ fn forge<'c>(config: &'c RunnerConfig, job: &Job) -> Result<(&'c Forge, GitHub),
     Ok((forge, GitHub::new(forge.api_url.trim_end_matches('/'), token.trim())?))
 }
 
-/// Where a job's log goes: the S3 object prefix, and the URL its statuses link to.
-struct Place {
-    prefix: String,
-    log_url: String,
-}
-
-/// Cockpit's slug (tests-scan's, else `<repo>/<context or ->/<sha[:12]>`) made an object prefix,
-/// under the proxy URL when there is one (cockpit-protocol.md 4.4).
-fn place(config: &RunnerConfig, job: &Job, sha: &str) -> Place {
+/// Where a job's objects go in its log store: Cockpit's slug (tests-scan's, else
+/// `<repo>/<context or ->/<sha[:12]>`) made an object prefix (cockpit-protocol.md 4.4).
+fn prefix(job: &Job, sha: &str) -> String {
     let context = job.context.as_deref().unwrap_or("-");
     let slug = job.slug.clone().unwrap_or_else(|| format!("{}/{context}/{}", job.repo, &sha[..12.min(sha.len())]));
-    let prefix = slug.replace("//", "--").replace(':', "-");
-    let s3 = &config.logs.s3;
-    let link = s3.proxy_url.as_deref().unwrap_or(&s3.url).trim_end_matches('/');
-    Place { log_url: format!("{link}/{prefix}/log.html"), prefix }
+    slug.replace("//", "--").replace(':', "-")
 }
 
 /// Returns, as Cockpit's job-runner's poller, `<repo>#<pull> is closed` or `<repo>#<pull>
@@ -420,7 +398,7 @@ struct Run<'a> {
 async fn execute(
     run: &Run<'_>,
     scratch: &Path,
-    log: &mut LogStream<s3::Store>,
+    log: &mut LogStream<LogStore>,
     cancel: &mut Cancel,
 ) -> Result<Outcome, String> {
     let Run { config, job, subject, clone_url, log_url, hostname, .. } = *run;

@@ -6,6 +6,7 @@ pub mod attachments;
 pub mod container;
 pub mod job;
 pub mod job_runner;
+pub mod log_store;
 pub mod log_stream;
 pub mod metrics;
 pub mod queue_tools;

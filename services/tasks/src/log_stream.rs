@@ -1,4 +1,4 @@
-//! Streaming a job's log to S3 while it runs, in Cockpit's object layout (cockpit-protocol.md
+//! Streaming a job's log to its store (`log_store`) while it runs, in Cockpit's object layout (cockpit-protocol.md
 //! 4.8), so that Cockpit's viewer and ours can follow it: growing ranges `log.<A>-<B>` listed in
 //! `log.chunks`, then the complete `log`, the chunks deleted, and an `index.html`.
 
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use s3::Body;
 
-use crate::retry;
+use crate::log_store::StoreError;
 
 /// Flush when this much is buffered...
 const FLUSH_BYTES: u64 = 1_000_000;
@@ -34,18 +34,8 @@ fn is_number(text: &str) -> bool {
 
 /// Where the log's objects go (an S3 prefix, or a directory).
 pub trait Sink {
-    fn put(&self, name: &str, body: Body, content_type: &str) -> impl Future<Output = Result<(), s3::Error>> + Send;
-    fn delete(&self, name: &str) -> impl Future<Output = Result<(), s3::Error>> + Send;
-}
-
-/// A store URL that already ends in the job's `<slug>/`. Transient failures are retried.
-impl Sink for s3::Store {
-    async fn put(&self, name: &str, body: Body, content_type: &str) -> Result<(), s3::Error> {
-        retry::transient(name, retry::COCKPIT, || s3::Store::put(self, name, body.clone(), content_type)).await
-    }
-    async fn delete(&self, name: &str) -> Result<(), s3::Error> {
-        retry::transient(name, retry::COCKPIT, || s3::Store::delete(self, name)).await
-    }
+    fn put(&self, name: &str, body: Body, content_type: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn delete(&self, name: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// A byte range of the log, made of `blocks` flushes.
@@ -78,7 +68,7 @@ pub struct LogStream<S> {
     /// Files for `index.html`.
     files: Vec<String>,
     /// The first upload that failed.
-    failure: Option<s3::Error>,
+    failure: Option<StoreError>,
 }
 
 impl<S: Sink> LogStream<S> {
@@ -200,13 +190,13 @@ impl<S: Sink> LogStream<S> {
     }
 
     /// The upload that failed, if one did: nothing after it was stored.
-    pub fn failure(&self) -> Option<&s3::Error> {
+    pub fn failure(&self) -> Option<&StoreError> {
         self.failure.as_ref()
     }
 
     /// Writes the complete `log`, deletes the chunk list and ranges (the viewer's sign that the
     /// log is complete), then the index. Fails if any upload of the log failed.
-    pub async fn close(mut self) -> Result<(), s3::Error> {
+    pub async fn close(mut self) -> Result<(), StoreError> {
         self.put("log", self.range(0, self.len), TEXT).await;
         self.files.push("log".to_owned());
         self.delete("log.chunks").await;
@@ -294,14 +284,14 @@ mod tests {
     }
 
     impl Sink for &Recorder {
-        async fn put(&self, name: &str, body: Body, content_type: &str) -> Result<(), s3::Error> {
+        async fn put(&self, name: &str, body: Body, content_type: &str) -> Result<(), StoreError> {
             let body = bytes(&body);
             let body = String::from_utf8_lossy(&body);
             let shown = if name == "log.html" { "<viewer>".into() } else { body.into_owned() };
             self.0.lock().unwrap().push(format!("PUT {name} ({content_type}) {shown}"));
             Ok(())
         }
-        async fn delete(&self, name: &str) -> Result<(), s3::Error> {
+        async fn delete(&self, name: &str) -> Result<(), StoreError> {
             self.0.lock().unwrap().push(format!("DELETE {name}"));
             Ok(())
         }
@@ -349,22 +339,22 @@ mod tests {
     struct FailingFrom(usize, Recorder);
 
     impl Sink for &FailingFrom {
-        async fn put(&self, name: &str, body: Body, content_type: &str) -> Result<(), s3::Error> {
+        async fn put(&self, name: &str, body: Body, content_type: &str) -> Result<(), StoreError> {
             self.fail()?;
             (&self.1).put(name, body, content_type).await
         }
-        async fn delete(&self, name: &str) -> Result<(), s3::Error> {
+        async fn delete(&self, name: &str) -> Result<(), StoreError> {
             self.fail()?;
             (&self.1).delete(name).await
         }
     }
 
     impl FailingFrom {
-        fn fail(&self) -> Result<(), s3::Error> {
+        fn fail(&self) -> Result<(), StoreError> {
             if self.1.0.lock().unwrap().len() < self.0 {
                 return Ok(());
             }
-            Err(s3::Error::Url("refused".into()))
+            Err(StoreError::Name { name: "refused".into() })
         }
     }
 

@@ -1,12 +1,14 @@
 //! job-runner's configuration, compatible with Cockpit's (cockpit-protocol.md 4.1, 4.2):
 //! built-in defaults, then one TOML (or JSON) file merged over them as an RFC 7396 merge patch,
-//! where `[{file = "PATH"}]` anywhere stands for the text of that file.
+//! where `[{file = "PATH"}]` anywhere stands for the text of that file. Every key is honoured
+//! or refused by name: nothing is read and then ignored. The same type is written back as TOML
+//! ([`RunnerConfig::to_toml`]) by whoever prepares a worker.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// Cockpit's built-in `job-runner.toml`, the base every configuration is merged over.
@@ -54,15 +56,19 @@ post = false
 user-agent = "job-runner (cockpit-project/bots)"
 "#;
 
+/// The user agent Cockpit's job-runner names itself with, the only one our GitHub client may
+/// be given: octocrab names itself, and cannot be told otherwise.
+pub const COCKPIT_USER_AGENT: &str = "job-runner (cockpit-project/bots)";
+
 /// The merged configuration.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct RunnerConfig {
     pub logs: Logs,
     pub container: Container,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Secrets::is_empty")]
     pub secrets: Secrets,
-    #[serde(deserialize_with = "forges")]
+    #[serde(deserialize_with = "forges", serialize_with = "write_forges")]
     pub forge: Forges,
     pub limits: Limits,
 }
@@ -72,8 +78,8 @@ pub struct RunnerConfig {
 /// others are not uploaded; either is said in the log. The defaults are far above what Cockpit's
 /// projects write (logs of a few MB; screenshots, journals and coverage reports of a few hundred
 /// MB at most) and far below what would fill a worker's disk or memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Limits {
     pub log_size: Size,
     /// How many files.
@@ -96,7 +102,7 @@ impl Limits {
 }
 
 /// Bytes, written as a number or as podman writes sizes (`512k`, `256m`, `1g`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Size(pub u64);
 
 impl<'de> Deserialize<'de> for Size {
@@ -115,62 +121,78 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct Logs {
-    pub driver: String,
+    pub driver: LogsDriver,
     pub s3: LogsS3,
     pub local: LogsLocal,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+/// Where job logs go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogsDriver {
+    /// An S3 store, `[logs.s3]`.
+    S3,
+    /// A directory of this machine, `[logs.local]` (Cockpit's default, for a developer).
+    Local,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct LogsS3 {
     pub url: String,
     /// Cockpit spells this one key with an underscore.
-    #[serde(rename = "proxy_url")]
+    #[serde(rename = "proxy_url", skip_serializing_if = "Option::is_none")]
     pub proxy_url: Option<String>,
     pub key: S3Key,
     /// `""` sends no `x-amz-acl` header.
     pub acl: String,
     /// PEM of the CA to trust for HTTPS to the store.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ca: Option<String>,
+    /// Sent with every request to the store.
     pub user_agent: String,
     /// Host names reached at these addresses rather than through the system's resolver, as an
     /// `/etc/hosts` of job-runner's own (a key of ours: a store named under `.localdomain`
     /// for Cockpit's tools, on a machine whose resolver does not know the name).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub resolve: BTreeMap<String, std::net::IpAddr>,
 }
 
 /// `"ACCESS SECRET [TOKEN]"`, or a table.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum S3Key {
     Text(String),
     Table { access: String, secret: String },
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// Logs written into `dir/<slug>/` (`~` is the home directory), linked from statuses as
+/// `link<slug>/log.html`: what a web server serving `dir` at `link` shows.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogsLocal {
     pub dir: String,
     pub link: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Container {
     pub command: Vec<String>,
     pub run_args: Vec<String>,
     pub default_image: String,
     /// Extra `run` arguments per secret a job may ask for, in configuration order.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub secrets: IndexMap<String, Vec<String>>,
     /// Where jobs run (this project's key; Cockpit always uses containers).
     #[serde(default)]
     pub sandbox: SandboxKind,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SandboxKind {
     /// A podman container per job, through the podman API.
@@ -191,7 +213,8 @@ impl Container {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct Secrets {
     #[serde(default)]
     pub external: BTreeMap<String, String>,
@@ -206,19 +229,32 @@ pub struct Forges {
     pub forges: BTreeMap<String, Forge>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Forge {
-    pub driver: String,
+    pub driver: ForgeDriver,
     pub clone_url: String,
     pub api_url: String,
     pub post: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// Cockpit's; any other is refused ([`COCKPIT_USER_AGENT`]).
     pub user_agent: String,
-    pub ca: Option<String>,
+}
+
+/// The API a forge speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForgeDriver {
+    /// GitHub's REST API (GitHub, and Forgejo's compatible subset: Codeberg).
+    Github,
 }
 
 impl Secrets {
+    fn is_empty(&self) -> bool {
+        self.external.is_empty() && self.inline.is_empty()
+    }
+
     /// The path of every secret `wanted` names: external ones as configured (`~` expanded),
     /// inline ones written under `dir` (a string as a file, a table as a directory of files),
     /// readable by their owner only. Secrets nobody asked for are not written.
@@ -277,17 +313,29 @@ impl Secrets {
     }
 }
 
-/// Keys `default` and `driver` directly under `[forge]` are not forges.
+/// The key `default` directly under `[forge]` is not a forge.
 fn forges<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Forges, D::Error> {
     let table = Map::<String, Value>::deserialize(deserializer)?;
     let default = table.get("default").and_then(Value::as_str).unwrap_or("github").to_owned();
     let mut forges = BTreeMap::new();
     for (name, value) in table {
-        if name != "default" && name != "driver" {
-            forges.insert(name, Forge::deserialize(value).map_err(serde::de::Error::custom)?);
+        if name != "default" {
+            let forge =
+                Forge::deserialize(value).map_err(|err| serde::de::Error::custom(format!("[forge.{name}]: {err}")))?;
+            forges.insert(name, forge);
         }
     }
     Ok(Forges { default, forges })
+}
+
+fn write_forges<S: serde::Serializer>(forges: &Forges, serializer: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = serializer.serialize_map(Some(forges.forges.len() + 1))?;
+    map.serialize_entry("default", &forges.default)?;
+    for (name, forge) in &forges.forges {
+        map.serialize_entry(name, forge)?;
+    }
+    map.end()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -349,8 +397,19 @@ impl RunnerConfig {
             if forge.post && forge.token.is_none() {
                 return Err(ConfigError::Invalid(format!("[forge.{name}] post = true needs a token")));
             }
+            if forge.user_agent != COCKPIT_USER_AGENT {
+                return Err(ConfigError::Invalid(format!(
+                    "[forge.{name}] user-agent {:?}: the GitHub client names itself; remove the key",
+                    forge.user_agent
+                )));
+            }
         }
         Ok(config)
+    }
+
+    /// The configuration as a TOML file that [`RunnerConfig::load`] reads back the same.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a configuration is representable in TOML")
     }
 }
 
@@ -397,7 +456,7 @@ mod tests {
     #[test]
     fn defaults_are_cockpits() {
         let config = RunnerConfig::load(None).unwrap();
-        assert_eq!(config.logs.driver, "local");
+        assert_eq!(config.logs.driver, LogsDriver::Local);
         assert_eq!(config.logs.s3.acl, "public-read");
         assert_eq!(config.container.command, ["podman"]);
         assert_eq!(config.container.default_image, "ghcr.io/cockpit-project/tasks:latest");
@@ -463,7 +522,7 @@ github-token = ['--volume=/run/secrets/webhook/.config--github-token:/run/secret
         let config = RunnerConfig::load(Some(&file)).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
 
-        assert_eq!(config.logs.driver, "s3");
+        assert_eq!(config.logs.driver, LogsDriver::S3);
         assert_eq!(config.logs.s3.url, "https://localhost:9000/logs");
         assert_eq!(config.logs.s3.proxy_url.as_deref(), Some("https://logs.example.com/"));
         assert_eq!(config.logs.s3.key, S3Key::Text("cockpituous foobarfoo\n".into()));
@@ -499,8 +558,49 @@ github-token = ['--volume=/run/secrets/webhook/.config--github-token:/run/secret
         let json = dir.join("c.json");
         std::fs::write(&json, r#"{"logs": {"driver": "s3", "s3": {"acl": ""}}, "forge": {"codeberg": null}}"#).unwrap();
         let config = RunnerConfig::load(Some(&json)).unwrap();
-        assert_eq!((config.logs.driver.as_str(), config.logs.s3.acl.as_str()), ("s3", ""));
+        assert_eq!((config.logs.driver, config.logs.s3.acl.as_str()), (LogsDriver::S3, ""));
         assert!(!config.forge.forges.contains_key("codeberg"), "null deletes");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// What we do not do is refused by name, not read and ignored.
+    #[test]
+    fn settings_we_do_not_honour_are_refused_by_name() {
+        let refused = |text: &str| RunnerConfig::parse(text, Format::Toml, |_| unreachable!()).unwrap_err().to_string();
+        let err = refused("[logs]\ndriver = 'gcs'\n");
+        assert!(err.contains("unknown variant `gcs`, expected `s3` or `local`"), "{err}");
+        let err = refused("[forge.github]\ndriver = 'gitlab'\n");
+        assert!(err.contains("[forge.github]") && err.contains("unknown variant `gitlab`"), "{err}");
+        let err = refused("[forge.github]\nca = 'PEM'\n");
+        assert!(err.contains("[forge.github]") && err.contains("unknown field `ca`"), "{err}");
+        let err = refused("[forge.github]\nuser-agent = 'me'\n");
+        assert_eq!(
+            err,
+            "Configuration error: [forge.github] user-agent \"me\": the GitHub client names itself; remove the key"
+        );
+        let err = refused("[logs.s3]\nurl = 'https://x/logs'\nregion = 'eu'\n");
+        assert!(err.contains("unknown field `region`"), "{err}");
+        let err = refused("[container]\nnetwork = 'host'\n");
+        assert!(err.contains("unknown field `network`"), "{err}");
+    }
+
+    /// What a worker's preparer writes is what the worker reads.
+    #[test]
+    fn a_configuration_written_as_toml_reads_back_the_same() {
+        let mut config = RunnerConfig::load(None).unwrap();
+        config.logs.driver = LogsDriver::S3;
+        config.logs.s3.url = "https://localhost.localdomain:9000/logs".into();
+        config.logs.s3.key = S3Key::Text("ACCESS SECRET".into());
+        config.logs.s3.ca = Some("-----BEGIN CERTIFICATE-----\n".into());
+        config.logs.s3.proxy_url = Some("https://localhost:9000/logs".into());
+        config.logs.s3.resolve = [("localhost.localdomain".to_owned(), std::net::Ipv4Addr::LOCALHOST.into())].into();
+        config.container.sandbox = SandboxKind::Process;
+        config.container.secrets.insert("image-upload".into(), vec!["--env=A=%{image-upload}".into()]);
+        config.secrets.inline.insert("image-upload".into(), Value::String("secret".into()));
+        let github = config.forge.forges.get_mut("github").unwrap();
+        (github.post, github.token) = (true, Some("token".into()));
+        let text = config.to_toml();
+        let read = RunnerConfig::parse(&text, Format::Toml, |_| unreachable!()).unwrap();
+        assert_eq!(read, config, "{text}");
     }
 }

@@ -12,6 +12,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::log_store::LogStore;
 use crate::log_stream::LogStream;
 
 /// Set to `true` to cancel the jobs that hold a receiver.
@@ -132,7 +133,7 @@ pub async fn process(
     argv: &[String],
     dir: &Path,
     env: &[(String, String)],
-    log: &mut LogStream<s3::Store>,
+    log: &mut LogStream<LogStore>,
     deadline: Option<Instant>,
     cancel: &mut Cancel,
 ) -> Result<Ended, String> {
@@ -264,7 +265,7 @@ fn forward(mut reader: impl tokio::io::AsyncRead + Unpin + Send + 'static, sende
 /// the job is cancelled. Flushes the log while output is quiet, so it keeps streaming.
 pub async fn pump(
     mut output: mpsc::Receiver<Vec<u8>>,
-    log: &mut LogStream<s3::Store>,
+    log: &mut LogStream<LogStore>,
     deadline: Option<Instant>,
     cancel: &mut Cancel,
 ) -> Result<Option<Ended>, String> {
