@@ -20,7 +20,7 @@ async fn streams_ranges_then_leaves_the_complete_log() {
     let output = b"1..1\nok 1 demo\n";
     let length = header.len() + output.len();
     let mut stream =
-        LogStream::start(tasks::log_store::LogStore::S3(writer), header, dir.path(), 1 << 20).await.unwrap();
+        LogStream::start(tasks::log_store::LogStore::S3(Box::new(writer)), header, dir.path(), 1 << 20).await.unwrap();
     stream.write(output).await;
     stream.flush().await;
     // While running, a reader finds the chunk list and the ranges it names.

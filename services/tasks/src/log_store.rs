@@ -15,7 +15,7 @@ use crate::runner_config::{LogsDriver, RunnerConfig, S3Key};
 /// A job's log store: every name is relative to the job's place in it.
 #[derive(Clone)]
 pub enum LogStore {
-    S3(s3::Store),
+    S3(Box<s3::Store>),
     /// The job's directory.
     Local(PathBuf),
 }
@@ -58,7 +58,7 @@ impl LogStore {
                     .with_user_agent(&s3.user_agent);
                 let store = if s3.acl.is_empty() { store } else { store.with_acl(&s3.acl) };
                 let link = s3.proxy_url.as_deref().unwrap_or(&s3.url).trim_end_matches('/');
-                Ok((LogStore::S3(store), format!("{link}/{prefix}/log.html")))
+                Ok((LogStore::S3(Box::new(store)), format!("{link}/{prefix}/log.html")))
             }
             LogsDriver::Local => {
                 let dir = match (logs.local.dir.strip_prefix("~/"), std::env::var_os("HOME")) {
