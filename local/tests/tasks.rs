@@ -126,3 +126,33 @@ async fn a_scan_of_every_open_pull_request_reads_every_page() {
     let pages = mock.requests().iter().filter(|r| r.path == format!("/repos/{REPO}/pulls")).count();
     assert_eq!(pages, 3, "three pages of ten");
 }
+
+/// A `@bots#N` context is tested with the head of bots pull request N, which the scan asks
+/// GitHub for (Cockpit's `COCKPIT_BOTS_REF`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bots_pull_request_context_is_tested_with_that_pull_requests_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let (secrets, _) = secrets::generate(&dir.path().join("secrets"), false).unwrap();
+    let token = std::fs::read_to_string(secrets.github_token()).unwrap();
+    let mock = MockGitHub::start(&dir.path().join("github"), &token).await.unwrap();
+    mock.add_repo(REPO, &workspace("fixtures/repos/passing")).unwrap();
+    mock.add_repo("cockpit-project/bots", &workspace("fixtures/repos/failing")).unwrap();
+    let bots_head = mock.open_pull("cockpit-project/bots", 1234, "New bots", "cockpit-project").unwrap();
+    mock.open_pull(REPO, 1, "A change", "workbench-ci").unwrap();
+    let scanner = tests_scan::Scanner::load(&ScanArgs {
+        test_map: workspace("fixtures/testmap.toml"),
+        github_api: mock.api_url(),
+        github_token_file: Some(secrets.github_token()),
+        testmap_inject: Some("main/fedora-44@bots#1234".into()),
+    })
+    .unwrap();
+    let request = tests_scan::Request {
+        repo: REPO.into(),
+        target: tests_scan::Target::Number(1),
+        contexts: vec!["fedora-44@bots#1234".into()],
+        mode: tests_scan::Mode::Dry,
+    };
+    let jobs = scanner.scan(&request, None).await.unwrap();
+    let refs: Vec<&str> = jobs.iter().map(|message| message.job.env["COCKPIT_BOTS_REF"].as_str()).collect();
+    assert_eq!(refs, [bots_head.as_str()]);
+}

@@ -74,9 +74,11 @@ pub struct Args {
     /// trust.
     #[arg(long, requires = "pr")]
     pub allow_unsandboxed_pr: bool,
-    /// Make scenario NAME fail, to test what a failed run leaves behind.
-    #[arg(long, value_name = "NAME", hide = true)]
-    pub fail_on_purpose: Option<String>,
+    /// The fixture projects and test map the scenarios use [default: the repository's
+    /// fixtures/]: copy the directory and change a project to see what the deployment makes
+    /// of it.
+    #[arg(long, value_name = "DIR")]
+    pub fixtures: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Default, PartialEq, Eq)]
@@ -169,7 +171,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         binaries,
         secrets: args.secrets.clone(),
         workers: args.workers,
-        fixtures: crate::workspace_root().join("fixtures"),
+        fixtures: args.fixtures.clone().unwrap_or_else(|| crate::workspace_root().join("fixtures")),
         real_github_token: args.github_token.clone(),
         runtime,
     };
@@ -250,15 +252,9 @@ async fn check(deployment: &Arc<Deployment>, run_dir: &Path, args: &Args, starte
         let spinner = Spinner::start(&format!("scenario {name}"));
         let began = Instant::now();
         // Each scenario in a task of its own: one that panics fails alone, and teardown still runs.
-        let fail = args.fail_on_purpose.as_ref() == Some(&name);
         let task = tokio::spawn({
             let (deployment, name) = (deployment.clone(), name.clone());
-            async move {
-                match fail {
-                    true => Err("failed on purpose (--fail-on-purpose)".to_owned()),
-                    false => scenario::run(&name, &deployment).await.map_err(|err| err.to_string()),
-                }
-            }
+            async move { scenario::run(&name, &deployment).await.map_err(|err| err.to_string()) }
         });
         let ran = task.await.unwrap_or_else(|panic| Err(format!("the scenario panicked: {panic}")));
         spinner.finish(ran.is_ok());

@@ -73,14 +73,27 @@ fn a_failed_run_on_podman_leaves_no_pod_behind() {
 
 fn failed_run_leaves_nothing_behind(runtime: &str) {
     let report = tempfile::NamedTempFile::new().unwrap();
+    // The fixtures, with the project that must pass broken.
+    let fixtures = tempfile::tempdir().unwrap();
+    let copied = Command::new("cp")
+        .args(["-r", "--"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/."))
+        .arg(fixtures.path())
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let run = fixtures.path().join("repos/passing/.cockpit-ci/run");
+    std::fs::write(&run, "#!/bin/sh\necho 'not ok 1 broken on purpose'\nexit 1\n").unwrap();
     let output = run_local(runtime)
-        .args(["--scenario", "queue", "--scenario", "s3", "--fail-on-purpose", "s3", "--json"])
+        .args(["--scenario", "queue", "--scenario", "pr-success", "--fixtures"])
+        .arg(fixtures.path())
+        .arg("--json")
         .arg(report.path())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
-    assert!(stderr.contains("scenario s3 failed: failed on purpose"), "{stderr}");
+    assert!(stderr.contains("scenario pr-success failed: "), "{stderr}");
     assert!(stderr.contains("rabbitmq (") && stderr.contains("webhook (") && stderr.contains("worker-1 ("), "{stderr}");
     let dir = run_dir(&stderr);
     assert!(Path::new(&dir).join("webhook.log").is_file(), "the logs are kept in {dir}");
@@ -93,7 +106,7 @@ fn failed_run_leaves_nothing_behind(runtime: &str) {
         .iter()
         .map(|s| (s["name"].as_str().unwrap(), s["status"].as_str().unwrap()))
         .collect();
-    assert_eq!(statuses, [("queue", "pass"), ("s3", "fail")]);
+    assert_eq!(statuses, [("queue", "pass"), ("pr-success", "fail")]);
     assert!(report.get("stop").is_none(), "nothing is kept");
     let report_text = report.to_string();
     for value in local::Secrets::at(Path::new(&dir).join("secrets")).private_values().unwrap() {

@@ -3,6 +3,8 @@
 //! which jobs to queue where.
 
 use amqp::{BASELINE_PRIORITY, Job, JobMessage, MAX_PRIORITY, Subject};
+use std::collections::{BTreeMap, BTreeSet};
+
 use indexmap::IndexMap;
 
 use crate::testmap::{Context, TestMap};
@@ -50,14 +52,23 @@ pub struct Scan<'a> {
     pub allowlist: &'a [String],
     /// Publishing to AMQP (`--amqp`) rather than printing.
     pub amqp: bool,
-    /// `COCKPIT_BOTS_REF` for `@bots#N` contexts: the head of that bots pull request.
-    pub bots_pr_head: &'a (dyn Fn(u64) -> Option<String> + Sync),
+    /// `COCKPIT_BOTS_REF` for `@bots#N` contexts: the head of bots pull request N, for those
+    /// that exist ([`bots_pulls`] says which to look up).
+    pub bots_heads: &'a BTreeMap<u64, String>,
     /// `YYYYmmdd-HHMMSS` for the slug.
     pub timestamp: &'a str,
     /// Queue contexts that are already pending again, as Cockpit does for every scan. A rescan
     /// of all open pull requests sets this to `false`: a pending context is queued or running
     /// (queues are persistent), so only direct triggers are queued again.
     pub requeue_pending: bool,
+}
+
+/// The bots pull requests (`@bots#N`) that the contexts [`plan`] may queue for `pull` name: those
+/// requested, those with a status, and the test map's for its base branch.
+pub fn bots_pulls(scan: &Scan, pull: &Pull, existing: &[Existing], requested: &[String]) -> BTreeSet<u64> {
+    let mapped = pull.base.as_ref().map(|base| scan.map.contexts(scan.repo, base)).unwrap_or_default();
+    let statuses = existing.iter().map(|status| &status.context);
+    requested.iter().chain(statuses).chain(&mapped).filter_map(|context| Context::parse(context).bots_pr).collect()
 }
 
 /// Decides, for one pull request, every context's action, in order. `requested` are the `-c`
@@ -136,7 +147,7 @@ fn job(scan: &Scan, pull: &Pull, context: &str) -> JobMessage {
         branch: Some(spec.branch.clone().unwrap_or_else(|| scan.map.default_branch(&spec.project).to_owned())),
     });
     let bots_ref = match (parsed.bots_pr, &parsed.repo) {
-        (Some(number), _) => (scan.bots_pr_head)(number).unwrap_or_else(|| "xxx".to_owned()),
+        (Some(number), _) => scan.bots_heads.get(&number).cloned().unwrap_or_else(|| "xxx".to_owned()),
         (None, Some(_)) if scan.repo == "cockpit-project/bots" => pull.sha.clone(),
         _ => "main".to_owned(),
     };
@@ -189,6 +200,8 @@ mod tests {
     use super::*;
 
     const SHA: &str = "a4d25bb9d1d2e0a0b3c4d5e6f708192a3b4c5d6e";
+    static BOTS_HEADS: std::sync::LazyLock<BTreeMap<u64, String>> =
+        std::sync::LazyLock::new(|| [(1234, "b0b5".to_owned())].into());
 
     fn scan_with<'a>(map: &'a TestMap, repo: &'a str, allowlist: &'a [String], amqp: bool) -> Scan<'a> {
         Scan {
@@ -196,7 +209,7 @@ mod tests {
             repo,
             allowlist,
             amqp,
-            bots_pr_head: &|_| Some("b0b5".into()),
+            bots_heads: &BOTS_HEADS,
             timestamp: "20240315-135902",
             requeue_pending: true,
         }
@@ -234,6 +247,24 @@ mod tests {
             serde_json::to_string(message).unwrap(),
             r#"{"job":{"repo":"cockpit-project/bots","sha":"a4d25bb9d1d2e0a0b3c4d5e6f708192a3b4c5d6e","context":"unit-tests","pull":1,"report":null,"command_subject":null,"slug":"pull-1-a4d25bb9-20240315-135902-unit-tests","env":{"TEST_OS":"unit-tests","TEST_REVISION":"a4d25bb9d1d2e0a0b3c4d5e6f708192a3b4c5d6e","COCKPIT_BOTS_REF":"main","BASE_BRANCH":"main","TEST_PULL":"1"},"secrets":["github-token","image-download"]},"human":"pull-1      unit-tests                a4d25bb      (cockpit-project/bots) [bots@main]   {main}"}"#
         );
+    }
+
+    /// `@bots#N` tests with the head of bots pull request N, `xxx` when there is none (as
+    /// Cockpit's tests-scan says).
+    #[test]
+    fn a_bots_pull_request_context_tests_with_that_pull_requests_head() {
+        let map = TestMap::parse("[\"o/r\"]\nmain = [\"fedora-44@bots#1234\"]\n").unwrap();
+        let allowlist = allowlist();
+        let scan = scan_with(&map, "o/r", &allowlist, true);
+        let requested = ["debian-testing@bots#99".to_owned()];
+        let existing = [Existing { context: "arch@bots#7".into(), state: "error".into(), description: None }];
+        assert_eq!(bots_pulls(&scan, &pull("cockpit-project"), &existing, &requested), [7, 99, 1234].into());
+        let actions = plan(&scan, &pull("cockpit-project"), &[], &[]);
+        let [Action::Queue { message, .. }] = actions.as_slice() else { panic!("{actions:?}") };
+        assert_eq!(message.job.env["COCKPIT_BOTS_REF"], "b0b5");
+        let actions = plan(&scan, &pull("cockpit-project"), &[], &requested);
+        let [Action::Queue { message, .. }] = actions.as_slice() else { panic!("{actions:?}") };
+        assert_eq!(message.job.env["COCKPIT_BOTS_REF"], "xxx", "no such bots pull request");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! driving the decisions of `scan` with GitHub and the broker. [`Scanner::scan`] takes a typed
 //! [`Request`]; the `tasks tests-scan` command line is a thin shell that makes one.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -17,6 +18,8 @@ use crate::testmap::TestMap;
 
 /// Organisations and users whose pull requests are tested without a manual trigger
 /// (Cockpit's `lib/allowlist.py`, plus this project's own).
+/// Where `@bots#N` contexts find pull request N.
+const BOTS: &str = "cockpit-project/bots";
 const ALLOWLIST: [&str; 4] = ["cockpit-project", "cockpituous", "github-actions[bot]", "workbench-ci"];
 
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -209,12 +212,13 @@ impl Scanner {
         let format = time::macros::format_description!("[year][month][day]-[hour][minute][second]");
         let timestamp = time::OffsetDateTime::now_utc().format(&format).expect("a formattable time");
         let allowlist: Vec<String> = ALLOWLIST.map(String::from).to_vec();
-        let scan = Scan {
+        let no_heads = BTreeMap::new();
+        let base = Scan {
             map: &self.map,
             repo: &request.repo,
             allowlist: &allowlist,
             amqp: request.mode == Mode::Queue,
-            bots_pr_head: &|_| None,
+            bots_heads: &no_heads,
             timestamp: &timestamp,
             requeue_pending: !matches!(request.target, Target::Open),
         };
@@ -227,6 +231,14 @@ impl Scanner {
                     .map(|s| Existing { context: s.context, state: s.state, description: s.description })
                     .collect();
             let commit = Commit { github, repo: &request.repo, sha: &pull.sha };
+            let mut bots_heads = BTreeMap::new();
+            for number in scan::bots_pulls(&base, pull, &existing, &request.contexts) {
+                let bots = retry::transient("pull", retry::COCKPIT, || github.pull(BOTS, number)).await?;
+                if let Some(bots) = bots {
+                    bots_heads.insert(number, bots.head.sha);
+                }
+            }
+            let scan = Scan { bots_heads: &bots_heads, ..base };
             for action in scan::plan(&scan, pull, &existing, &request.contexts) {
                 let (context, description) = match &action {
                     Action::Refuse { context, description } => (context.clone(), Some(*description)),
