@@ -46,6 +46,8 @@ pub const NEEDED_PLUGINS: [&str; 22] = [
 const EPMD: &str = "/usr/bin/epmd";
 /// RabbitMQ takes 4-5 s to start on these machines; allow for a slow, loaded one.
 const START_TIMEOUT: Duration = Duration::from_secs(90);
+/// How often a start whose port was taken meanwhile is tried on other ports.
+const PORT_TRIES: u32 = 3;
 /// A clean stop takes about 3 s.
 const STOP_GRACE: Duration = Duration::from_secs(15);
 /// The Erlang distribution listens on loopback only, like everything else we start.
@@ -76,6 +78,19 @@ pub enum BrokerError {
     Ctl { args: String, output: String },
 }
 
+impl BrokerError {
+    /// Whether the broker did not start because one of its ports was in use.
+    fn port_taken(&self) -> bool {
+        match self {
+            BrokerError::Exited { tail, .. } | BrokerError::NotReady { tail, .. } => {
+                let tail = tail.to_ascii_lowercase();
+                tail.contains("eaddrinuse") || tail.contains("address already in use")
+            }
+            _ => false,
+        }
+    }
+}
+
 fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> BrokerError {
     let what = what.into();
     move |source| BrokerError::Io { what, source }
@@ -91,19 +106,31 @@ impl Broker {
             }
         }
         std::fs::create_dir_all(dir.join("home")).map_err(io_error(format!("create {}", dir.display())))?;
-        let port = free_port().map_err(io_error("find a free port"))?;
-        let mut broker = Broker {
-            dir: dir.to_owned(),
-            secrets: secrets.clone(),
-            port,
-            node: format!("workbench-{port}@localhost"),
-            epmd_port: free_port().map_err(io_error("find a free port"))?,
-            dist_port: free_port().map_err(io_error("find a free port"))?,
-            processes: ProcessGroup::new(),
-        };
-        broker.write_config()?;
-        broker.launch().await?;
-        Ok(broker)
+        // The ports are configuration, not a bind of ours: picked free, they can be taken by
+        // someone else before RabbitMQ binds them. Then it is started again on others.
+        let mut tries = 1;
+        loop {
+            let port = free_port().map_err(io_error("find a free port"))?;
+            let mut broker = Broker {
+                dir: dir.to_owned(),
+                secrets: secrets.clone(),
+                port,
+                node: format!("workbench-{port}@localhost"),
+                epmd_port: free_port().map_err(io_error("find a free port"))?,
+                dist_port: free_port().map_err(io_error("find a free port"))?,
+                processes: ProcessGroup::new(),
+            };
+            broker.write_config()?;
+            match broker.launch().await {
+                Ok(()) => return Ok(broker),
+                Err(err) if tries < PORT_TRIES && err.port_taken() => {
+                    tracing::warn!(port, tries, "a port of RabbitMQ was taken meanwhile; starting it on others");
+                    broker.stop();
+                    tries += 1;
+                }
+                Err(err) => return Err(err),
+            }
+        }
     }
 
     /// Stops the broker and starts it again on the same port with the same data: durable

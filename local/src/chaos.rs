@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::client::Check;
 use crate::{Broker, secrets};
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,13 @@ pub enum ChaosError {
     Io { what: String, source: std::io::Error },
     #[error("{0}")]
     Lost(String),
+}
+
+/// A wait that timed out: what was awaited was lost.
+impl From<crate::client::TimedOut> for ChaosError {
+    fn from(timed_out: crate::client::TimedOut) -> ChaosError {
+        ChaosError::Lost(timed_out.to_string())
+    }
 }
 
 /// What [`broker_restart_under_load`] saw.
@@ -229,6 +237,7 @@ pub async fn worker_crashes(
         runner_config: &runner_config,
         work_dir: &work_dir,
         jobs: 2,
+        rescan_interval: None,
     };
     let start = |name: &'static str| crate::service::Worker::start(tasks, dir, name, &config);
     let names = ["worker-a", "worker-b"];
@@ -236,22 +245,27 @@ pub async fn worker_crashes(
     let finals = || {
         mock.statuses(REPO, &head).into_iter().filter(|status| status.state != "pending").map(|status| status.context)
     };
+    // What each worker counted, read before it is killed or stopped.
+    let mut already_reported = 0;
     for _ in 0..kills {
         tokio::time::sleep(Duration::from_millis(300 + 100 * random.below(25))).await;
         let victim = random.below(2) as usize;
+        already_reported += metric(workers[victim].metrics, ALREADY_REPORTED).await;
         workers[victim].service.kill();
         workers[victim] = start(names[victim]).await?;
     }
-    let deadline = Instant::now() + Duration::from_secs(60 + 5 * jobs as u64);
-    while finals().collect::<BTreeSet<_>>().len() < jobs {
-        if Instant::now() > deadline {
-            let done = finals().collect::<BTreeSet<_>>();
-            let missing: Vec<&String> = contexts.iter().filter(|c| !done.contains(*c)).collect();
-            return Err(ChaosError::Lost(format!("jobs without a final status after {kills} kills: {missing:?}")));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let within = Duration::from_secs(60 + 5 * jobs as u64);
+    crate::client::wait_until(&format!("a final status of every job after {kills} kills"), within, || async {
+        let done = finals().collect::<BTreeSet<_>>();
+        let missing: Vec<&String> = contexts.iter().filter(|c| !done.contains(*c)).collect();
+        Ok::<_, ChaosError>(match missing.is_empty() {
+            true => Check::Done(()),
+            false => Check::NotYet(format!("jobs without one: {missing:?}")),
+        })
+    })
+    .await?;
     for worker in &mut workers {
+        already_reported += metric(worker.metrics, ALREADY_REPORTED).await;
         worker.service.stop();
     }
     let statuses = mock.statuses(REPO, &head);
@@ -267,13 +281,11 @@ pub async fn worker_crashes(
         return Err(ChaosError::Lost(format!("messages left in public (ready, unacknowledged): {left:?}")));
     }
     let in_progress = statuses.iter().filter(|s| s.description.starts_with("In progress")).count();
-    let logs: String =
-        names.iter().map(|name| std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()).collect();
     Ok(WorkerCrashes {
         jobs,
         kills,
         reruns: in_progress - jobs,
-        already_reported: logs.matches(tasks::run_queue::ALREADY_REPORTED).count(),
+        already_reported: usize::try_from(already_reported).unwrap_or(usize::MAX),
         seed,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -345,6 +357,7 @@ pub async fn github_outage(
         runner_config: &runner_config,
         work_dir: &work_dir,
         jobs: 2,
+        rescan_interval: None,
     };
     let mut workers = Vec::new();
     for name in ["worker-a", "worker-b"] {
@@ -355,7 +368,7 @@ pub async fn github_outage(
     mock.set_api_faults(ApiFaults::outage(&[(refused, Outage::Status(502)), (limited, Outage::RateLimit)]));
     for n in 1..=pulls as u64 {
         let delivery = mock.pull_request_event(REPO, n, "opened")?;
-        let status = deliver(rig.address, &delivery, &rig.secret).await;
+        let status = crate::client::deliver(rig.address, &delivery, &rig.secret).await.unwrap_or(0);
         if status != 200 {
             return Err(ChaosError::Lost(format!("the webhook answered delivery {n} with {status}")));
         }
@@ -367,24 +380,21 @@ pub async fn github_outage(
         let ended = statuses.iter().filter(|s| s.context == context && s.state != "pending");
         ended.map(|s| s.target_url.clone()).collect::<std::collections::BTreeSet<_>>().len()
     };
-    let deadline = Instant::now() + refused + limited + Duration::from_secs(300);
-    let all_done = || heads.iter().all(|head| contexts.iter().all(|context| finals(head, context) > 0));
-    while !all_done() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let within = refused + limited + Duration::from_secs(300);
+    // Until the deadline; what is missing then is counted below as lost.
+    let _ = crate::client::wait_until("a final status of every pull request", within, || async {
+        let waiting = heads.iter().filter(|head| contexts.iter().any(|context| finals(head, context) == 0)).count();
+        Ok::<_, crate::client::TimedOut>(match waiting {
+            0 => Check::Done(()),
+            waiting => Check::NotYet(format!("{waiting} pull requests without")),
+        })
+    })
+    .await;
     let (mut put_off, mut superseded, mut rate_limited) = (0, 0, 0);
     for worker in &workers {
-        let metrics = crate::service::get(worker.metrics, "/metrics").await.unwrap_or_default();
-        let sum = |prefix: &str| {
-            metrics
-                .lines()
-                .filter(|line| line.starts_with(prefix))
-                .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-                .sum::<u64>()
-        };
-        put_off += sum("tasks_messages_put_off_total");
-        superseded += sum("tasks_jobs_total{outcome=\"superseded\"}");
-        rate_limited += sum("tasks_github_rate_limited_total");
+        put_off += metric(worker.metrics, "tasks_messages_put_off_total").await;
+        superseded += metric(worker.metrics, "tasks_jobs_total{outcome=\"superseded\"}").await;
+        rate_limited += metric(worker.metrics, "tasks_github_rate_limited_total").await;
     }
     // Every queue drained: nothing waiting, nothing parked, nothing unacknowledged.
     let queues_done = || -> Result<Vec<String>, ChaosError> {
@@ -395,11 +405,16 @@ pub async fn github_outage(
             .map(str::to_owned)
             .collect())
     };
-    let mut left = queues_done()?;
-    while !left.is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        left = queues_done()?;
-    }
+    let drained = crate::client::wait_until("every queue empty", Duration::from_secs(60), || async {
+        let left = queues_done()?;
+        Ok::<_, ChaosError>(if left.is_empty() { Check::Done(left) } else { Check::NotYet(format!("{left:?}")) })
+    })
+    .await;
+    let left = match drained {
+        Ok(left) => left,
+        Err(ChaosError::Lost(_)) => queues_done()?,
+        Err(err) => return Err(err),
+    };
     for worker in &mut workers {
         worker.service.stop();
     }
@@ -429,29 +444,18 @@ pub async fn github_outage(
     Ok(run)
 }
 
-/// POSTs a signed delivery to the webhook; its HTTP status, or 0 when there was no answer.
-async fn deliver(address: SocketAddr, delivery: &crate::Delivery, secret: &[u8]) -> u16 {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(address).await?;
-        let mut head = format!("POST / HTTP/1.0\r\nHost: {address}\r\nContent-Length: {}\r\n", delivery.body.len());
-        for (name, value) in delivery.headers(secret) {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        stream.write_all(format!("{head}\r\n").as_bytes()).await?;
-        stream.write_all(&delivery.body).await?;
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).await?;
-        Ok::<_, std::io::Error>(answer)
-    };
-    match tokio::time::timeout(Duration::from_secs(30), exchange).await {
-        Ok(Ok(answer)) => String::from_utf8_lossy(&answer)
-            .split_whitespace()
-            .nth(1)
-            .and_then(|status| status.parse().ok())
-            .unwrap_or(0),
-        _ => 0,
-    }
+/// A counter of the worker whose metrics are at `address` (the sum over its labels when
+/// `name` leaves them out); 0 when it cannot be read.
+async fn metric(address: SocketAddr, name: &str) -> u64 {
+    let text = crate::client::get(address, "/metrics").await.map(|answer| answer.text()).unwrap_or_default();
+    text.lines()
+        .filter(|line| line.starts_with(name))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
+
+/// The counter of redelivered jobs a worker did not run again (their final status was there).
+const ALREADY_REPORTED: &str = "tasks_jobs_already_reported_total";
 
 /// A small random number generator (xorshift64), enough to pick moments and victims.
 struct Random(u64);
@@ -494,13 +498,13 @@ impl Rig {
         let server = tokio::spawn(webhook::serve(listener, config, async {
             let _ = stopped.await;
         }));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !crate::service::answers(address, "/healthz").await {
-            if Instant::now() > deadline {
-                return Err(ChaosError::Lost("the webhook never connected to the broker".into()));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        crate::client::wait_until("the webhook connected to the broker", Duration::from_secs(30), || async {
+            Ok::<_, ChaosError>(match crate::client::answers(address, "/healthz").await {
+                true => Check::Done(()),
+                false => Check::NotYet("/healthz is not 200".into()),
+            })
+        })
+        .await?;
         Ok(Rig { broker: Some(broker), amqp, secret, address, stop: Some(stop), server })
     }
 

@@ -215,6 +215,7 @@ impl Deployment {
             runner_config: &runner_config,
             work_dir: &jobs_dir,
             jobs: 1,
+            rescan_interval: None,
         };
         let workers_label = format!("starting {} tasks worker(s)", options.workers.max(1));
         let (webhook, workers) = tokio::join!(
@@ -261,19 +262,13 @@ impl Deployment {
         let World { secrets, s3, github, test_map, jobs_dir } = world;
         let workers = options.workers.max(1);
         let name = format!("workbench-{}", run_dir.file_name().unwrap_or_default().to_string_lossy());
-        let free = || crate::free_port().map_err(io("find a free port".into()));
-        let host_ports = HostPorts {
-            amqp: free()?,
-            webhook: free()?,
-            metrics: (0..workers).map(|_| free()).collect::<Result<_, _>>()?,
-        };
         // The workers' view: the secrets where the pod mounts them, this machine through the
         // host alias, jobs in containers of the pod; status links stay this machine's.
+        let inside = pod::secrets_inside();
         let forge_inside = Forge {
             api_url: pod::seen_from_pod(&github.api_url()),
             clone_url: pod::seen_from_pod(&github.clone_url()),
-            // Read now, into the configuration.
-            token_file: secrets.github_token(),
+            token_file: inside.github_token(),
         };
         let run_args = [format!("--pod={name}")];
         let runner_config = RunnerConfig {
@@ -282,7 +277,7 @@ impl Deployment {
             s3_url: s3.url(),
             logs_link: Some(format!("{}logs", s3.link_url())),
             s3_hosts: Default::default(),
-            secrets: &secrets,
+            secrets: &inside,
             sandbox: Sandbox::Container {
                 socket: Path::new(pod::PODMAN_SOCKET),
                 image: tasks_image,
@@ -297,60 +292,87 @@ impl Deployment {
             std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
         }
         let service_secrets = secrets.split(&config_dir.join("secrets"))?;
-        let spec = pod::deployment(&pod::Inputs {
-            name: &name,
-            rabbitmq_image,
-            tasks_image,
-            secrets: &secrets,
-            service_secrets: &service_secrets,
-            kvm: Path::new("/dev/kvm").exists(),
-            config_dir: &config_dir,
-            jobs_dir: &jobs_dir,
-            podman_socket: podman.socket(),
-            github_api: &forge_inside.api_url,
-            workers,
-            host_ports: &host_ports,
-        });
-        let amqp = amqp::Config::new(
-            amqp::Address::Tls { host: "127.0.0.1".into(), port: host_ports.amqp },
-            &secrets.webhook_dir(),
-        );
-        let webhook = SocketAddr::from(([127, 0, 0, 1], host_ports.webhook));
-        let pod = match via_kube {
-            true => {
-                let yaml = crate::kube::to_yaml(&crate::kube::manifests(&spec, crate::kube::Target::Podman));
-                let path = config_dir.join("kube.yaml");
-                std::fs::write(&path, &yaml).map_err(io(format!("write {}", path.display())))?;
-                let label = format!("podman kube play {} (pod {name})", path.display());
-                let pod = step(progress, &label, Pod::play(podman.socket(), &spec, &yaml, run_dir)).await?;
-                step(progress, "waiting for RabbitMQ in the pod", pod.wait_ready("RabbitMQ", || broker_answers(&amqp)))
-                    .await?;
-                pod
-            }
-            false => {
-                let mut pod = Pod::create(podman.socket(), &spec, run_dir).await?;
-                let (broker, services) = spec.containers.split_first().expect("the pod starts with RabbitMQ");
-                step(progress, &format!("starting RabbitMQ in pod {name}"), async {
-                    pod.start(broker).await?;
-                    pod.wait_ready("RabbitMQ", || broker_answers(&amqp)).await
+        // The published ports are the pod's configuration: picked free, one can be taken before
+        // podman binds it. Then the pod is made again on others.
+        let mut tries = 1;
+        let (pod, amqp, webhook) = loop {
+            let free = || crate::free_port().map_err(io("find a free port".into()));
+            let host_ports = HostPorts {
+                amqp: free()?,
+                webhook: free()?,
+                metrics: (0..workers).map(|_| free()).collect::<Result<_, _>>()?,
+            };
+            let started = async {
+                let spec = pod::deployment(&pod::Inputs {
+                    name: &name,
+                    rabbitmq_image,
+                    tasks_image,
+                    secrets: &secrets,
+                    service_secrets: &service_secrets,
+                    kvm: Path::new("/dev/kvm").exists(),
+                    config_dir: &config_dir,
+                    jobs_dir: &jobs_dir,
+                    podman_socket: podman.socket(),
+                    github_api: &forge_inside.api_url,
+                    workers,
+                    host_ports: &host_ports,
+                });
+                let amqp = amqp::Config::new(
+                    amqp::Address::Tls { host: "127.0.0.1".into(), port: host_ports.amqp },
+                    &secrets.webhook_dir(),
+                );
+                let webhook = SocketAddr::from(([127, 0, 0, 1], host_ports.webhook));
+                let pod = match via_kube {
+                    true => {
+                        let yaml = crate::kube::to_yaml(&crate::kube::manifests(&spec, crate::kube::Target::Podman));
+                        let path = config_dir.join("kube.yaml");
+                        std::fs::write(&path, &yaml).map_err(io(format!("write {}", path.display())))?;
+                        let label = format!("podman kube play {} (pod {name})", path.display());
+                        let pod = step(progress, &label, Pod::play(podman.socket(), &spec, &yaml, run_dir)).await?;
+                        step(
+                            progress,
+                            "waiting for RabbitMQ in the pod",
+                            pod.wait_ready("RabbitMQ", || broker_answers(&amqp)),
+                        )
+                        .await?;
+                        pod
+                    }
+                    false => {
+                        let mut pod = Pod::create(podman.socket(), &spec, run_dir).await?;
+                        let (broker, services) = spec.containers.split_first().expect("the pod starts with RabbitMQ");
+                        step(progress, &format!("starting RabbitMQ in pod {name}"), async {
+                            pod.start(broker).await?;
+                            pod.wait_ready("RabbitMQ", || broker_answers(&amqp)).await
+                        })
+                        .await?;
+                        for container in services {
+                            pod.start(container).await?;
+                        }
+                        pod
+                    }
+                };
+                let label = format!("waiting for the webhook and {workers} tasks worker(s) in the pod");
+                step(progress, &label, async {
+                    pod.wait_ready("the webhook", || crate::client::answers(webhook, "/healthz")).await?;
+                    for port in &host_ports.metrics {
+                        let metrics = SocketAddr::from(([127, 0, 0, 1], *port));
+                        pod.wait_ready("a tasks worker", || crate::client::answers(metrics, "/metrics")).await?;
+                    }
+                    Ok::<_, pod::PodError>(())
                 })
                 .await?;
-                for container in services {
-                    pod.start(container).await?;
+                Ok::<_, DeployError>((pod, amqp, webhook))
+            }
+            .await;
+            match started {
+                Ok(started) => break started,
+                Err(DeployError::Pod(err)) if tries < pod::PORT_TRIES && err.port_taken() => {
+                    tracing::warn!(%err, tries, "a port the pod publishes was taken meanwhile; making it again");
+                    tries += 1;
                 }
-                pod
+                Err(err) => return Err(err),
             }
         };
-        let label = format!("waiting for the webhook and {workers} tasks worker(s) in the pod");
-        step(progress, &label, async {
-            pod.wait_ready("the webhook", || crate::service::answers(webhook, "/healthz")).await?;
-            for port in &host_ports.metrics {
-                let metrics = SocketAddr::from(([127, 0, 0, 1], *port));
-                pod.wait_ready("a tasks worker", || crate::service::answers(metrics, "/metrics")).await?;
-            }
-            Ok::<_, pod::PodError>(())
-        })
-        .await?;
         // The forge as this machine's tools reach it (the workers' view is in their config).
         let forge = Forge::mock(&github, &secrets);
         Deployment {

@@ -3,10 +3,12 @@
 
 pub mod broker;
 pub mod chaos;
+pub mod client;
 pub mod deployment;
 pub mod github;
 pub mod images;
 pub mod kube;
+pub mod launch;
 pub mod pod;
 pub mod podman;
 pub mod s3_server;

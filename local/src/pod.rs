@@ -9,6 +9,7 @@
 //! loopback allowed) reaches them by the name [`HOST_ALIAS`]. Ports are published on 127.0.0.1
 //! only. Job containers join the pod (`--pod`), so removing the pod removes them too.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,6 +18,7 @@ use podman_api::Podman;
 use podman_api::models::{ContainerMount, LinuxDevice, Namespace, PortMapping};
 use podman_api::opts::{ContainerCreateOpts, PlayKubernetesYamlOpts, PodCreateOpts};
 
+use crate::client::Check;
 pub use crate::secrets::HOST_ALIAS;
 use crate::secrets::{POD_HOSTNAME, Secrets, Service};
 
@@ -56,8 +58,25 @@ pub enum PodError {
     Io { what: String, source: std::io::Error },
     #[error("container {name} exited before the pod was ready; its log ({}) ends with:\n{tail}", log.display())]
     Exited { name: String, log: PathBuf, tail: String },
-    #[error("{what} was not ready within {} s; the containers' logs are in {}", READY_WITHIN.as_secs(), logs.display())]
-    NotReady { what: String, logs: PathBuf },
+    #[error("{reason}; the containers' logs are in {}", logs.display())]
+    NotReady { reason: crate::client::TimedOut, logs: PathBuf },
+}
+
+/// A wait that timed out, before the logs are saved.
+impl From<crate::client::TimedOut> for PodError {
+    fn from(reason: crate::client::TimedOut) -> PodError {
+        PodError::NotReady { reason, logs: PathBuf::new() }
+    }
+}
+
+/// How often a pod whose published port was taken meanwhile is made again on other ports.
+pub const PORT_TRIES: u32 = 3;
+
+impl PodError {
+    /// Whether a port the pod publishes was in use.
+    pub fn port_taken(&self) -> bool {
+        self.to_string().to_ascii_lowercase().contains("address already in use")
+    }
 }
 
 /// A pod: its containers and the ports it publishes on 127.0.0.1.
@@ -158,7 +177,13 @@ pub fn worker_name(n: u16) -> String {
 /// inputs say), each with only its own secrets.
 pub fn deployment(inputs: &Inputs) -> PodSpec {
     let secrets = |service| Mount::secrets(inputs.service_secrets, service);
-    let log = ("RUST_LOG".to_owned(), "info".to_owned());
+    let webhook = crate::launch::Webhook {
+        broker: crate::launch::Broker::default(),
+        secret_file: &Path::new(WEBHOOK_SECRETS).join(".config--github-webhook-token"),
+        listen: crate::launch::Listen { address: SocketAddr::from(([0, 0, 0, 0], WEBHOOK_PORT)), address_file: None },
+        log: "info",
+    }
+    .launch();
     let mut containers = vec![
         ContainerSpec {
             name: RABBITMQ.into(),
@@ -177,13 +202,9 @@ pub fn deployment(inputs: &Inputs) -> PodSpec {
         ContainerSpec {
             name: "webhook".into(),
             image: inputs.tasks_image.into(),
-            command: ["webhook", "--listen", &format!("0.0.0.0:{WEBHOOK_PORT}"), "--secret-file"]
-                .into_iter()
-                .map(str::to_owned)
-                .chain([format!("{WEBHOOK_SECRETS}/.config--github-webhook-token")])
-                .collect(),
+            command: webhook.argv(),
             user: None,
-            env: vec![log.clone()],
+            env: webhook.env,
             mounts: vec![secrets(Service::Webhook)],
             devices: vec![],
             ports: vec![WEBHOOK_PORT],
@@ -192,32 +213,31 @@ pub fn deployment(inputs: &Inputs) -> PodSpec {
     for n in 1..=inputs.workers {
         let hostname = worker_name(n);
         let work_dir = inputs.jobs_dir.join(&hostname);
-        let command = [
-            "tasks",
-            "run-queue",
-            "--hostname",
-            &hostname,
-            "--jobs",
-            "1",
-            "--work-dir",
-            &work_dir.display().to_string(),
-            "--metrics-listen",
-            &format!("0.0.0.0:{}", METRICS_PORT + n),
-        ];
         // As in Cockpit's tasks container, the tools find everything through the environment:
         // `podman exec` shells into it work the same.
-        let env = [
-            ("JOB_RUNNER_CONFIG", format!("{TASKS_SECRETS}/job-runner.toml")),
-            ("WORKBENCH_TESTMAP", format!("{TASKS_SECRETS}/testmap.toml")),
-            ("GITHUB_API", inputs.github_api.to_owned()),
-            ("COCKPIT_GITHUB_TOKEN_FILE", format!("{WEBHOOK_SECRETS}/.config--github-token")),
-        ];
+        let worker = crate::launch::Worker {
+            broker: crate::launch::Broker::default(),
+            hostname: &hostname,
+            jobs: 1,
+            test_map: &Path::new(TASKS_SECRETS).join("testmap.toml"),
+            github_api: inputs.github_api,
+            github_token_file: &Path::new(WEBHOOK_SECRETS).join(".config--github-token"),
+            runner_config: Some(&Path::new(TASKS_SECRETS).join("job-runner.toml")),
+            work_dir: Some(&work_dir),
+            metrics: Some(crate::launch::Listen {
+                address: SocketAddr::from(([0, 0, 0, 0], METRICS_PORT + n)),
+                address_file: None,
+            }),
+            rescan_interval: None,
+            log: "info",
+        }
+        .launch();
         containers.push(ContainerSpec {
             name: hostname.clone(),
             image: inputs.tasks_image.into(),
-            command: command.into_iter().map(str::to_owned).collect(),
+            command: worker.argv(),
             user: None,
-            env: env.into_iter().map(|(name, value)| (name.to_owned(), value)).chain([log.clone()]).collect(),
+            env: worker.env,
             mounts: vec![
                 secrets(Service::Worker),
                 Mount::read_only(inputs.secrets.s3_keys_dir(), S3_KEYS),
@@ -356,11 +376,14 @@ impl Pod {
         ready: impl Fn() -> F,
     ) -> Result<(), PodError> {
         let podman = Podman::unix(&self.socket);
-        let deadline = Instant::now() + READY_WITHIN;
-        let mut checked = Instant::now();
-        while !ready().await {
-            if checked.elapsed() > Duration::from_millis(500) {
-                checked = Instant::now();
+        let checked = std::cell::Cell::new(Instant::now());
+        let waited = crate::client::wait_until(what, READY_WITHIN, || async {
+            if ready().await {
+                return Ok(Check::Done(()));
+            }
+            // The containers' states, every half second: asking costs the podman service.
+            if checked.get().elapsed() > Duration::from_millis(500) {
+                checked.set(Instant::now());
                 for name in &self.containers {
                     let full_name = self.container(name);
                     let state = podman.containers().get(&full_name).inspect().await.ok().and_then(|c| c.state);
@@ -371,13 +394,16 @@ impl Pod {
                     }
                 }
             }
-            if Instant::now() > deadline {
+            Ok(Check::NotYet("not answering yet; every container runs".into()))
+        })
+        .await;
+        waited.map_err(|err| match err {
+            PodError::NotReady { reason, .. } => {
                 self.save_logs();
-                return Err(PodError::NotReady { what: what.to_owned(), logs: self.log_dir.clone() });
+                PodError::NotReady { reason, logs: self.log_dir.clone() }
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(())
+            err => err,
+        })
     }
 
     /// Writes each container's log to `<log dir>/<name>.log` (`rabbitmq.log`, ...); returns

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::child::ProcessGroup;
 
@@ -31,8 +31,8 @@ pub enum PodmanError {
     NotInstalled,
     #[error("cannot {what}: {source}")]
     Io { what: String, source: std::io::Error },
-    #[error("the podman service did not answer on {} within {seconds} s; its log: {}", socket.display(), log.display())]
-    NotReady { socket: PathBuf, seconds: u64, log: PathBuf },
+    #[error("{reason} on {}; its log: {}", socket.display(), log.display())]
+    NotReady { socket: PathBuf, reason: crate::client::TimedOut, log: PathBuf },
     #[error("building {image} failed: {detail}")]
     Build { image: String, detail: String },
 }
@@ -76,12 +76,15 @@ impl PodmanService {
             .stdout(log.try_clone().map_err(io("duplicate the log file".into()))?)
             .stderr(log);
         process.spawn(&mut command).map_err(io("start podman system service".into()))?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while podman_api::Podman::unix(&socket).ping().await.is_err() {
-            if Instant::now() > deadline {
-                return Err(PodmanError::NotReady { socket, seconds: 30, log: log_path });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let answering = crate::client::wait_until("the podman service", Duration::from_secs(30), || async {
+            Ok::<_, crate::client::TimedOut>(match podman_api::Podman::unix(&socket).ping().await {
+                Ok(_) => crate::client::Check::Done(()),
+                Err(err) => crate::client::Check::NotYet(err.to_string()),
+            })
+        })
+        .await;
+        if let Err(reason) = answering {
+            return Err(PodmanError::NotReady { socket, reason, log: log_path });
         }
         Ok(PodmanService { socket, conf, _process: process })
     }

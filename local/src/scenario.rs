@@ -4,17 +4,14 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use amqp::{ALL_QUEUES, Session};
 use github::StatusUpdate;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 
+use crate::client::Check;
 use crate::deployment::Deployment;
-use crate::github::Delivery;
 use crate::secrets::Ca;
 
 /// Every scenario, in the order run-local runs them.
@@ -44,8 +41,17 @@ pub enum ScenarioError {
     GitHub(#[from] github::Error),
     #[error(transparent)]
     Mock(#[from] crate::github::MockError),
+    #[error(transparent)]
+    Http(#[from] crate::client::ClientError),
     #[error("{0}")]
     Assertion(String),
+}
+
+/// What was awaited did not come: the scenario failed.
+impl From<crate::client::TimedOut> for ScenarioError {
+    fn from(timed_out: crate::client::TimedOut) -> ScenarioError {
+        ScenarioError::Assertion(timed_out.to_string())
+    }
 }
 
 /// How a scenario that did not fail ended.
@@ -329,7 +335,7 @@ async fn direct_trigger(deployment: &Deployment) -> Result<Option<String>, Scena
     let token = std::fs::read_to_string(deployment.secrets.github_token()).unwrap_or_default();
     github::GitHub::new(&deployment.github.api_url(), token.trim())?.post_status(repo, &head, &trigger).await?;
     let event = deployment.github.status_event(repo, &head, &trigger)?;
-    let answer = deliver(deployment, &event, &webhook_secret(deployment)?).await?;
+    let answer = crate::client::deliver(deployment.webhook, &event, &webhook_secret(deployment)?).await?;
     check(answer == 200, || format!("the webhook answered the status event with {answer}"))?;
     let statuses = final_statuses(deployment, repo, &head, context).await?;
     let states: Vec<(&str, &str)> = statuses.iter().map(|s| (s.state.as_str(), s.description.as_str())).collect();
@@ -351,7 +357,7 @@ async fn bad_signature(deployment: &Deployment) -> Result<Option<String>, Scenar
     let event = deployment.github.pull_request_event(repo, 3, "opened")?;
     let published = r#"webhook_deliveries_total{event="pull_request",outcome="published"}"#;
     let before = webhook_metric(deployment, published).await?;
-    let answer = deliver(deployment, &event, b"not the webhook's secret").await?;
+    let answer = crate::client::deliver(deployment.webhook, &event, b"not the webhook's secret").await?;
     let after = webhook_metric(deployment, published).await?;
     check(answer == 403, || format!("a mis-signed delivery was answered {answer}, not 403"))?;
     check(before == after, || format!("published deliveries went from {before} to {after}"))?;
@@ -360,9 +366,7 @@ async fn bad_signature(deployment: &Deployment) -> Result<Option<String>, Scenar
 
 /// The value of the webhook's metric line starting with `name` (0 when absent).
 async fn webhook_metric(deployment: &Deployment, name: &str) -> Result<u64, ScenarioError> {
-    let request = hyper::Request::get("/metrics").body(Full::new(Bytes::new())).map_err(|e| failed("GET", &e))?;
-    let (_, body) = http(deployment, request).await?;
-    let text = String::from_utf8_lossy(&body);
+    let text = crate::client::get(deployment.webhook, "/metrics").await?.text();
     Ok(text.lines().find_map(|line| line.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0))
 }
 
@@ -412,21 +416,16 @@ pub async fn scan_pull_request(
         let description = s.description.as_deref().unwrap_or_default();
         description.starts_with("Not yet tested") || description.ends_with(']')
     };
-    let deadline = Instant::now() + within;
-    loop {
+    let what = format!("final statuses of {repo}#{number}");
+    crate::client::wait_until_every(&what, within, Duration::from_secs(1), || async {
         let statuses: Vec<github::Status> =
             client.statuses(repo, &pull.head.sha).await?.into_iter().filter(ours).collect();
-        if !statuses.is_empty() && statuses.iter().all(|s| s.state != "pending") {
-            return Ok(statuses);
-        }
-        if Instant::now() > deadline {
-            return Err(ScenarioError::Assertion(format!(
-                "{repo}#{number} has no final statuses within {} s: {statuses:?}",
-                within.as_secs()
-            )));
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+        Ok(match !statuses.is_empty() && statuses.iter().all(|s| s.state != "pending") {
+            true => Check::Done(statuses),
+            false => Check::NotYet(format!("{statuses:?}")),
+        })
+    })
+    .await
 }
 
 fn status(context: &str, state: &str, description: &str) -> StatusUpdate {
@@ -447,37 +446,10 @@ async fn open_and_deliver(
 ) -> Result<(String, Vec<StatusUpdate>), ScenarioError> {
     let head = deployment.github.open_pull(repo, number, "A change", "workbench-ci")?;
     let event = deployment.github.pull_request_event(repo, number, "opened")?;
-    let answer = deliver(deployment, &event, &webhook_secret(deployment)?).await?;
+    let answer = crate::client::deliver(deployment.webhook, &event, &webhook_secret(deployment)?).await?;
     check(answer == 200, || format!("the webhook answered the pull_request delivery with {answer}"))?;
     let statuses = final_statuses(deployment, repo, &head, context).await?;
     Ok((head, statuses))
-}
-
-/// POSTs `delivery` to the webhook, signed with `secret`; returns the HTTP status.
-async fn deliver(deployment: &Deployment, delivery: &Delivery, secret: &[u8]) -> Result<u16, ScenarioError> {
-    let mut request = hyper::Request::post("/");
-    for (name, value) in delivery.headers(secret) {
-        request = request.header(name, value);
-    }
-    let request = request.body(Full::new(Bytes::from(delivery.body.clone()))).map_err(|e| failed("POST", &e))?;
-    Ok(http(deployment, request).await?.0)
-}
-
-/// Sends `request` to the webhook; returns the status and the body.
-async fn http(deployment: &Deployment, request: hyper::Request<Full<Bytes>>) -> Result<(u16, Vec<u8>), ScenarioError> {
-    let method = request.method().to_string();
-    let stream = tokio::net::TcpStream::connect(deployment.webhook).await.map_err(|e| failed(&method, &e))?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| failed(&method, &e))?;
-    tokio::spawn(connection);
-    let response = sender.send_request(request).await.map_err(|e| failed(&method, &e))?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.map_err(|e| failed(&method, &e))?.to_bytes();
-    Ok((status, body.to_vec()))
-}
-
-fn failed(method: &str, err: &dyn std::fmt::Display) -> ScenarioError {
-    ScenarioError::Assertion(format!("{method} to the webhook: {err}"))
 }
 
 /// The statuses of `context` on `repo@sha`, once the last one is no longer pending.
@@ -487,21 +459,16 @@ async fn final_statuses(
     sha: &str,
     context: &str,
 ) -> Result<Vec<StatusUpdate>, ScenarioError> {
-    let deadline = Instant::now() + JOB_WITHIN;
-    loop {
+    let what = format!("a final status of {context} on {repo}@{sha}");
+    crate::client::wait_until(&what, JOB_WITHIN, || async {
         let statuses: Vec<StatusUpdate> =
             deployment.github.statuses(repo, sha).into_iter().filter(|s| s.context == context).collect();
-        if statuses.last().is_some_and(|s| s.state != "pending") {
-            return Ok(statuses);
-        }
-        if Instant::now() > deadline {
-            return Err(ScenarioError::Assertion(format!(
-                "no final status of {context} on {repo}@{sha} within {} s; statuses so far: {statuses:?}",
-                JOB_WITHIN.as_secs()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Ok::<_, ScenarioError>(match statuses.last().is_some_and(|s| s.state != "pending") {
+            true => Check::Done(statuses),
+            false => Check::NotYet(format!("statuses so far: {statuses:?}")),
+        })
+    })
+    .await
 }
 
 /// Whether Cockpit's tools trust the custom CA (`COCKPIT_CA_PEM`) for `host`: only for names

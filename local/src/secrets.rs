@@ -331,13 +331,6 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), SecretsE
         .map_err(|source| SecretsError::Write { path: path.to_owned(), source })
 }
 
-/// Writes `contents` to `path`, replacing what was there, readable by its owner only.
-pub(crate) fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    file.write_all(contents)
-}
-
 fn random_hex(bytes: usize) -> Result<String, SecretsError> {
     let mut buf = vec![0u8; bytes];
     getrandom::getrandom(&mut buf).map_err(SecretsError::Random)?;

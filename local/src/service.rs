@@ -1,13 +1,16 @@
 //! The production services as child processes of the local deployment: the webhook and the
-//! tasks workers run from their binaries, each logging to a file of the run directory, checked
-//! ready by asking them (never by sleeping), and stopped with their whole process group.
+//! tasks workers run from their binaries as `launch` says, each logging to a file of the run
+//! directory, listening on a port of 127.0.0.1 they chose and named in a file (no port is
+//! picked for them, so none is taken twice), checked ready by asking them (never by sleeping),
+//! and stopped with their whole process group.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::child::ProcessGroup;
+use crate::client::Check;
 use crate::{Broker, Secrets};
 
 #[derive(Debug, thiserror::Error)]
@@ -16,10 +19,17 @@ pub enum ServiceError {
     Spawn { name: String, binary: PathBuf, source: std::io::Error },
     #[error("{name} exited before it was ready; the last lines of {}:\n{tail}", log.display())]
     Exited { name: String, log: PathBuf, tail: String },
-    #[error("{name} was not ready within {seconds} s; the last lines of {}:\n{tail}", log.display())]
-    NotReady { name: String, seconds: u64, log: PathBuf, tail: String },
+    #[error("{reason}; the last lines of {}:\n{tail}", log.display())]
+    NotReady { reason: crate::client::TimedOut, log: PathBuf, tail: String },
     #[error("cannot prepare {name}: {source}")]
     Io { name: String, source: std::io::Error },
+}
+
+/// A wait that timed out, before its log is known.
+impl From<crate::client::TimedOut> for ServiceError {
+    fn from(reason: crate::client::TimedOut) -> ServiceError {
+        ServiceError::NotReady { reason, log: PathBuf::new(), tail: String::new() }
+    }
 }
 
 /// How long a service may take to answer after it started.
@@ -44,24 +54,29 @@ impl Service {
         Ok(Service { name: name.to_owned(), log, process })
     }
 
-    /// Waits until `ready` answers true, failing early if the process exits.
-    async fn wait_ready<F: Future<Output = bool>>(&mut self, ready: impl Fn() -> F) -> Result<(), ServiceError> {
-        let deadline = Instant::now() + READY_WITHIN;
-        while !ready().await {
-            if self.process.exited(0).is_some() {
-                return Err(ServiceError::Exited {
-                    name: self.name.clone(),
-                    log: self.log.clone(),
-                    tail: self.log_tail(20),
-                });
+    /// Waits until the service named the address it listens on in `file` and answers `GET path`
+    /// there with 200, failing early if the process exits; returns the address.
+    async fn wait_listening(&mut self, file: &Path, path: &str) -> Result<SocketAddr, ServiceError> {
+        let what = format!("{} answering {path}", self.name);
+        let process = std::cell::RefCell::new(&mut self.process);
+        let (name, log) = (&self.name, &self.log);
+        let waited = crate::client::wait_until(&what, READY_WITHIN, || async {
+            let address = std::fs::read_to_string(file).ok().and_then(|text| text.trim().parse().ok());
+            match address {
+                Some(address) if crate::client::answers(address, path).await => return Ok(Check::Done(address)),
+                _ if process.borrow_mut().exited(0).is_some() => {}
+                Some(address) => return Ok(Check::NotYet(format!("{address} does not answer {path} yet"))),
+                None => return Ok(Check::NotYet(format!("{} names no address yet", file.display()))),
             }
-            if Instant::now() > deadline {
-                let (name, log, tail) = (self.name.clone(), self.log.clone(), self.log_tail(20));
-                return Err(ServiceError::NotReady { name, seconds: READY_WITHIN.as_secs(), log, tail });
+            Err(ServiceError::Exited { name: name.clone(), log: log.clone(), tail: tail(log, 20) })
+        })
+        .await;
+        waited.map_err(|err| match err {
+            ServiceError::NotReady { reason, .. } => {
+                ServiceError::NotReady { reason, log: self.log.clone(), tail: self.log_tail(20) }
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(())
+            err => err,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -107,17 +122,18 @@ impl Webhook {
         secrets: &Secrets,
         broker: &Broker,
     ) -> Result<Webhook, ServiceError> {
-        let address = SocketAddr::from(([127, 0, 0, 1], free_port("webhook")?));
-        let mut command = Command::new(binary);
-        command
-            .args(["--amqp", &broker.address().to_string(), "--listen", &address.to_string()])
-            .arg("--secrets-dir")
-            .arg(secrets.webhook_dir())
-            .arg("--secret-file")
-            .arg(secrets.webhook_token())
-            .env("RUST_LOG", "info");
-        let mut service = Service::spawn("webhook", command, run_dir.join("webhook.log"))?;
-        service.wait_ready(|| answers(address, "/healthz")).await?;
+        let address_file = run_dir.join("webhook.address");
+        let broker_address = broker.address().to_string();
+        let webhook_dir = secrets.webhook_dir();
+        let launch = crate::launch::Webhook {
+            broker: crate::launch::Broker { address: Some(&broker_address), secrets_dir: Some(&webhook_dir) },
+            secret_file: &secrets.webhook_token(),
+            listen: crate::launch::Listen::loopback(&address_file),
+            log: "info",
+        }
+        .launch();
+        let mut service = Service::spawn("webhook", launch.command(binary), run_dir.join("webhook.log"))?;
+        let address = service.wait_listening(&address_file, "/healthz").await?;
         Ok(Webhook { service, address })
     }
 
@@ -135,6 +151,8 @@ pub struct WorkerConfig<'a> {
     pub runner_config: &'a Path,
     pub work_dir: &'a Path,
     pub jobs: u16,
+    /// Seconds between rescans (0: none); `None` for the worker's default.
+    pub rescan_interval: Option<u64>,
 }
 
 /// A `tasks run-queue` process.
@@ -153,24 +171,26 @@ impl Worker {
         hostname: &str,
         config: &WorkerConfig<'_>,
     ) -> Result<Worker, ServiceError> {
-        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port(hostname)?));
-        let mut command = Command::new(binary);
-        command
-            .args(["--amqp", &config.broker.address().to_string(), "--secrets-dir"])
-            .arg(config.secrets.webhook_dir())
-            .args(["run-queue", "--hostname", hostname, "--jobs", &config.jobs.to_string()])
-            .arg("--test-map")
-            .arg(config.test_map)
-            .args(["--github-api", &config.forge.api_url, "--github-token-file"])
-            .arg(&config.forge.token_file)
-            .arg("--job-runner-config")
-            .arg(config.runner_config)
-            .arg("--work-dir")
-            .arg(config.work_dir)
-            .args(["--metrics-listen", &metrics.to_string()])
-            .env("RUST_LOG", "info");
-        let mut service = Service::spawn(hostname, command, run_dir.join(format!("{hostname}.log")))?;
-        service.wait_ready(|| answers(metrics, "/metrics")).await?;
+        let address_file = run_dir.join(format!("{hostname}.metrics-address"));
+        let broker_address = config.broker.address().to_string();
+        let webhook_dir = config.secrets.webhook_dir();
+        let launch = crate::launch::Worker {
+            broker: crate::launch::Broker { address: Some(&broker_address), secrets_dir: Some(&webhook_dir) },
+            hostname,
+            jobs: config.jobs,
+            test_map: config.test_map,
+            github_api: &config.forge.api_url,
+            github_token_file: &config.forge.token_file,
+            runner_config: Some(config.runner_config),
+            work_dir: Some(config.work_dir),
+            metrics: Some(crate::launch::Listen::loopback(&address_file)),
+            rescan_interval: config.rescan_interval,
+            log: "info",
+        }
+        .launch();
+        let log = run_dir.join(format!("{hostname}.log"));
+        let mut service = Service::spawn(hostname, launch.command(binary), log)?;
+        let metrics = service.wait_listening(&address_file, "/metrics").await?;
         Ok(Worker { service, hostname: hostname.to_owned(), metrics })
     }
 }
@@ -180,26 +200,4 @@ pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-fn free_port(name: &str) -> Result<u16, ServiceError> {
-    crate::free_port().map_err(|source| ServiceError::Io { name: name.to_owned(), source })
-}
-
-/// Whether `GET path` on `address` answers 200.
-pub(crate) async fn answers(address: SocketAddr, path: &str) -> bool {
-    get(address, path).await.is_some()
-}
-
-/// `GET path` on `address`: the body of its answer, if it is a 200.
-pub(crate) async fn get(address: SocketAddr, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.ok()?;
-    let answer = String::from_utf8_lossy(&answer);
-    let (head, body) = answer.split_once("\r\n\r\n")?;
-    (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_owned())
 }

@@ -67,27 +67,20 @@ impl<'a> RunnerConfig<'a> {
         RunnerConfig { forge, s3_url: s3.url(), logs_link, s3_hosts: s3.hosts(), secrets, sandbox }
     }
 
-    /// Writes it as `job-runner.toml` into `dir` (readable by its owner only: the token and
-    /// the S3 key are in it, read from the secrets now); returns its path.
+    /// Writes it as `job-runner.toml` into `dir`, the secrets as references to their files
+    /// (Cockpit's `[{file = ...}]`); returns its path.
     pub fn write(&self, dir: &Path) -> std::io::Result<PathBuf> {
-        use tasks::runner_config::{LogsDriver, RunnerConfig as Config, S3Key, SandboxKind};
-        let read = |path: &Path| {
-            std::fs::read_to_string(path)
-                .map_err(|err| std::io::Error::new(err.kind(), format!("{}: {err}", path.display())))
-        };
+        use tasks::runner_config::{LogsDriver, RunnerConfig as Config, SandboxKind};
         let mut config = Config::load(None).expect("job-runner's defaults load");
         config.logs.driver = LogsDriver::S3;
         let s3 = &mut config.logs.s3;
         s3.url = format!("{}logs", self.s3_url);
-        s3.key = S3Key::Text(read(&self.secrets.s3_keys_dir().join(crate::secrets::S3_HOST))?);
-        s3.ca = Some(read(&self.secrets.webhook_dir().join("ca.pem"))?);
         s3.proxy_url = self.logs_link.clone();
         s3.resolve = self.s3_hosts.clone();
         let github = config.forge.forges.get_mut("github").expect("job-runner's defaults have GitHub");
         github.api_url = self.forge.api_url.clone();
         github.clone_url = self.forge.clone_url.clone();
         github.post = true;
-        github.token = Some(read(&self.forge.token_file)?);
         match self.sandbox {
             Sandbox::Process => config.container.sandbox = SandboxKind::Process,
             Sandbox::Container { socket, image, run_args } => {
@@ -98,7 +91,14 @@ impl<'a> RunnerConfig<'a> {
             }
         }
         let path = dir.join("job-runner.toml");
-        crate::secrets::write_private(&path, config.to_toml().as_bytes())?;
+        let (key, ca) =
+            (self.secrets.s3_keys_dir().join(crate::secrets::S3_HOST), self.secrets.webhook_dir().join("ca.pem"));
+        let from_files: [(&[&str], &Path); 3] = [
+            (&["logs", "s3", "key"], &key),
+            (&["logs", "s3", "ca"], &ca),
+            (&["forge", "github", "token"], &self.forge.token_file),
+        ];
+        std::fs::write(&path, config.to_toml(&from_files))?;
         Ok(path)
     }
 }

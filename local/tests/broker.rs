@@ -123,14 +123,13 @@ async fn a_message_put_off_comes_back_to_its_queue_after_its_delay() {
     assert!(session.get(PUBLIC.name).await.unwrap().is_none(), "away while it waits");
     let delay_queue = amqp::delay_queue_name(PUBLIC.name, 5);
     assert_eq!(fixture.broker.messages(&delay_queue).unwrap(), Some((1, 0)), "waiting in {delay_queue}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let back = loop {
-        if let Some(back) = session.get(PUBLIC.name).await.unwrap() {
-            break back;
-        }
-        assert!(std::time::Instant::now() < deadline, "not back after 30 s");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
+    let back = local::client::wait_until("the message back in public", std::time::Duration::from_secs(30), || async {
+        Ok::<_, local::client::TimedOut>(match session.get(PUBLIC.name).await.unwrap() {
+            Some(back) => local::client::Check::Done(back),
+            None => local::client::Check::NotYet("public is empty".into()),
+        })
+    });
+    let back = back.await.unwrap();
     assert_eq!((back.body.as_slice(), back.priority, back.retries), (&br#"{"job": "x"}"#[..], Some(9), 1));
     assert_eq!(back.header(amqp::ERROR_HEADER).as_deref(), Some("GitHub is away"));
     session.park(PUBLIC.name, &back, "given up").await.unwrap();

@@ -6,7 +6,7 @@
 //! worker runs the next job. The container tests run where podman is installed.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use amqp::{JobMessage, PUBLIC, Session};
 use local::images::BASE as BASE_IMAGE;
@@ -67,8 +67,7 @@ async fn world(sandbox: Sandbox) -> World {
     let config = local::worker::RunnerConfig::local(&forge, &s3, &secrets, sandbox).write(dir.path()).unwrap();
     let mut limited = tasks::runner_config::RunnerConfig::load(Some(&config)).unwrap();
     limited.limits.log_size = tasks::runner_config::Size(LOG_LIMIT);
-    std::fs::write(&config, limited.to_toml()).unwrap();
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    std::fs::write(&config, limited.to_toml(&[])).unwrap();
     let args = Args {
         scan: ScanArgs {
             test_map: workspace("fixtures/testmap.toml"),
@@ -81,7 +80,8 @@ async fn world(sandbox: Sandbox) -> World {
         work_dir: Some(dir.path().to_owned()),
         jobs: 1,
         grace: 600,
-        metrics_listen: Some(metrics),
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        metrics_address_file: Some(dir.path().join("metrics.address")),
         job_program: Some(local::Binaries::of_test_build().tasks),
         rescan_interval: 0,
         ..Args::default()
@@ -107,14 +107,14 @@ impl World {
 
     /// Waits for the final status of `repo` at `head`: (state, description).
     async fn final_status(&self, repo: &str, head: &str) -> (String, String) {
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            if let Some(last) = self.mock.statuses(repo, head).pop().filter(|s| s.state != "pending") {
-                return (last.state, last.description);
-            }
-            assert!(Instant::now() < deadline, "no final status: {:?}", self.mock.statuses(repo, head));
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let ended = local::client::wait_until("a final status", Duration::from_secs(300), || async {
+            let statuses = self.mock.statuses(repo, head);
+            Ok::<_, local::client::TimedOut>(match statuses.last().filter(|s| s.state != "pending") {
+                Some(last) => local::client::Check::Done((last.state.clone(), last.description.clone())),
+                None => local::client::Check::NotYet(format!("{statuses:?}")),
+            })
+        });
+        ended.await.unwrap()
     }
 
     /// Every object of both buckets, read with the key.
@@ -207,7 +207,8 @@ async fn leftovers(sandbox: Sandbox) {
     let left = processes_with(&format!("sleep {linger}"));
     assert!(left.is_empty(), "the process the job left behind still runs: {left:?}");
 
-    let metrics = metrics_text(world.args.metrics_listen.unwrap()).await;
+    let address = std::fs::read_to_string(world.args.metrics_address_file.as_ref().unwrap()).unwrap();
+    let metrics = local::client::get(address.parse().unwrap(), "/metrics").await.unwrap().text();
     let peak: u64 = metrics
         .lines()
         .find_map(|line| line.strip_prefix("tasks_job_process_peak_memory_bytes "))
@@ -229,15 +230,6 @@ fn processes_with(needle: &str) -> Vec<String> {
         .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
         .filter(|cmdline| cmdline.contains(needle))
         .collect()
-}
-
-async fn metrics_text(address: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
-    answer
 }
 
 #[tokio::test(flavor = "multi_thread")]

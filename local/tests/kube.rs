@@ -400,14 +400,13 @@ async fn container_rabbitmq_runs_as_its_production_manifest_says() {
     let port = podman.command().args(["port", &id, "5671"]).output().unwrap();
     let port: u16 = String::from_utf8_lossy(&port.stdout).trim().rsplit(':').next().unwrap().parse().unwrap();
     let config = amqp::Config::new(amqp::Address::Tls { host: "127.0.0.1".into(), port }, &secrets.webhook_dir());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
-    let logged_in = loop {
-        match amqp::Session::connect(&config).await {
-            Ok(session) => break Ok(session),
-            Err(err) if std::time::Instant::now() > deadline => break Err(err),
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
-        }
-    };
+    let logged_in = local::client::wait_until("a login to RabbitMQ", std::time::Duration::from_secs(90), || async {
+        Ok::<_, local::client::TimedOut>(match amqp::Session::connect(&config).await {
+            Ok(session) => local::client::Check::Done(session),
+            Err(err) => local::client::Check::NotYet(err.to_string()),
+        })
+    });
+    let logged_in = logged_in.await;
     let logs = podman.command().args(["logs", &id]).output().unwrap();
     let _ = podman.command().args(["rm", "--force", "--time=0", &id]).output();
     logged_in.unwrap_or_else(|err| panic!("{err}\n{}", String::from_utf8_lossy(&[logs.stdout, logs.stderr].concat())));

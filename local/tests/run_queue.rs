@@ -8,9 +8,10 @@
 //! request becomes a statistics command.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use amqp::{JobMessage, PUBLIC, STATISTICS, Session, WEBHOOK};
+use local::client::{Check, TimedOut, wait_until};
 use local::github::StatusFaults;
 use local::{Broker, MockGitHub, S3Server, Secrets, secrets};
 use tasks::run_queue::{self, Args};
@@ -90,28 +91,31 @@ impl World {
     }
 
     async fn wait_until(&self, done: impl Fn(&[github::StatusUpdate]) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !done(&self.mock.statuses(REPO, &self.head)) {
-            assert!(Instant::now() < deadline, "statuses so far: {:?}", self.mock.statuses(REPO, &self.head));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let waited = wait_until("the statuses awaited", Duration::from_secs(120), || async {
+            let statuses = self.mock.statuses(REPO, &self.head);
+            Ok::<_, TimedOut>(if done(&statuses) { Check::Done(()) } else { Check::NotYet(format!("{statuses:?}")) })
+        });
+        waited.await.unwrap();
     }
 
     /// Starts a worker called `hostname` as a process of its own, to be killed.
     fn worker_process(&self, hostname: &str) -> std::process::Child {
-        std::process::Command::new(tasks_binary())
-            .args(["--amqp", &self.broker.address().to_string(), "--secrets-dir"])
-            .arg(self.secrets.webhook_dir())
-            .args(["run-queue", "--hostname", hostname, "--rescan-interval", "0", "--test-map"])
-            .arg(&self.args.scan.test_map)
-            .args(["--github-api", &self.args.scan.github_api, "--github-token-file"])
-            .arg(self.args.scan.github_token_file.as_ref().unwrap())
-            .arg("--job-runner-config")
-            .arg(self.args.job_runner_config.as_ref().unwrap())
-            .arg("--work-dir")
-            .arg(self.args.work_dir.as_ref().unwrap())
-            .spawn()
-            .unwrap()
+        let address = self.broker.address().to_string();
+        let launch = local::launch::Worker {
+            broker: local::launch::Broker { address: Some(&address), secrets_dir: Some(&self.secrets.webhook_dir()) },
+            hostname,
+            jobs: 1,
+            test_map: &self.args.scan.test_map,
+            github_api: &self.args.scan.github_api,
+            github_token_file: self.args.scan.github_token_file.as_ref().unwrap(),
+            runner_config: self.args.job_runner_config.as_deref(),
+            work_dir: self.args.work_dir.as_deref(),
+            metrics: None,
+            rescan_interval: Some(0),
+            log: "info",
+        }
+        .launch();
+        launch.command(&tasks_binary()).spawn().unwrap()
     }
 
     /// Every status posted to the pull request's head, as (state, description).
@@ -121,15 +125,14 @@ impl World {
 
     /// Waits until `queue` holds no message, neither ready nor unacknowledged, per the broker.
     async fn wait_until_done(&self, queue: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.broker.messages(queue).unwrap() != Some((0, 0)) {
-            let left = self.broker.messages(queue).unwrap();
-            assert!(
-                Instant::now() < deadline,
-                "the messages of {queue} were not done (ready, unacknowledged): {left:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let what = format!("every message of {queue} done");
+        let waited = wait_until(&what, Duration::from_secs(60), || async {
+            Ok::<_, TimedOut>(match self.broker.messages(queue).unwrap() {
+                Some((0, 0)) => Check::Done(()),
+                left => Check::NotYet(format!("(ready, unacknowledged): {left:?}")),
+            })
+        });
+        waited.await.unwrap();
     }
 
     /// Publishes a job for `context` whose command is `command`.
@@ -152,17 +155,28 @@ async fn a_queued_pull_request_event_is_tested_to_a_final_status() {
     let event = world.mock.pull_request_event(REPO, 1, "opened").unwrap();
     session.publish(WEBHOOK.name, &event.queue_message(), None).await.unwrap();
 
-    let metrics = local::free_port().unwrap();
+    let address_file = world.args.work_dir.as_ref().unwrap().join("metrics.address");
     let (stop, worker) = world.worker_with(Args {
         hostname: Some("worker-1".into()),
         // Rescans while the job is queued and running must not queue it again.
         rescan_interval: 1,
-        metrics_listen: Some(format!("127.0.0.1:{metrics}").parse().unwrap()),
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        metrics_address_file: Some(address_file.clone()),
         ..world.args.clone()
     });
     world.wait_for_statuses(3).await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let scraped = metrics_text(metrics).await;
+    // Every job done (a twin included), its figures counted.
+    world.wait_until_done(WEBHOOK.name).await;
+    world.wait_until_done(PUBLIC.name).await;
+    let metrics: std::net::SocketAddr = std::fs::read_to_string(&address_file).unwrap().parse().unwrap();
+    let counted = wait_until("the job counted", Duration::from_secs(30), || async {
+        let scraped = local::client::get(metrics, "/metrics").await.unwrap().text();
+        Ok::<_, TimedOut>(match scraped.contains("\ntasks_jobs_total{outcome=\"success\"} ") {
+            true => Check::Done(scraped),
+            false => Check::NotYet(scraped),
+        })
+    });
+    let scraped = counted.await.unwrap();
     let _ = stop.send(());
     worker.await.unwrap().unwrap();
     let value = |name: &str| {
@@ -330,17 +344,23 @@ async fn a_job_that_kills_its_worker_every_time_is_given_up_after_its_tries() {
     // The job process's parent is the worker.
     let kill_worker = "kill -9 $(cut -d' ' -f4 /proc/$PPID/stat)";
     world.publish_job(&session, "unit-tests", Some(&["sh", "-c", kill_worker])).await;
-    let deadline = Instant::now() + Duration::from_secs(180);
     let mut deaths = 0;
     let mut worker = world.worker_process("worker-1");
-    while world.posted().last().is_none_or(|(state, _)| state == "pending") {
-        assert!(Instant::now() < deadline, "no final status after {deaths} deaths: {:?}", world.posted());
+    // Each death of the worker, a new one: until the job has its final status.
+    let ended = wait_until("a final status", Duration::from_secs(180), || {
         if worker.try_wait().unwrap().is_some() {
             deaths += 1;
             worker = world.worker_process("worker-1");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let posted = world.posted();
+        async move {
+            Ok::<_, TimedOut>(match posted.last().is_some_and(|(state, _)| state != "pending") {
+                true => Check::Done(()),
+                false => Check::NotYet(format!("{posted:?}")),
+            })
+        }
+    });
+    ended.await.unwrap();
     assert_given_up(&world, &session, "worker-1").await;
     assert!(worker.try_wait().unwrap().is_none(), "the worker that gave the job up goes on");
     worker.kill().unwrap();
@@ -383,11 +403,13 @@ async fn a_merged_pull_request_becomes_cockpits_statistics_command() {
 
     // A worker without --statistics leaves the command for one that has it.
     let (stop, worker) = world.worker("worker-1", 1);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while session.declare(STATISTICS).await.unwrap() == 0 {
-        assert!(Instant::now() < deadline, "no statistics command queued");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let queued = wait_until("a statistics command queued", Duration::from_secs(60), || async {
+        Ok::<_, TimedOut>(match session.declare(STATISTICS).await.unwrap() {
+            0 => Check::NotYet("statistics is empty".into()),
+            _ => Check::Done(()),
+        })
+    });
+    queued.await.unwrap();
     let _ = stop.send(());
     worker.await.unwrap().unwrap();
     let delivery = session.get(STATISTICS.name).await.unwrap().unwrap();
@@ -417,16 +439,6 @@ fn tasks_binary() -> PathBuf {
     let binary = local::Binaries::of_test_build().tasks;
     assert!(binary.is_file(), "{} is missing: build it with `cargo build -p tasks`", binary.display());
     binary
-}
-
-async fn metrics_text(port: u16) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
-    assert!(answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"), "{answer}");
-    answer
 }
 
 /// An event whose scan fails for good (its repository is not on GitHub: 404) is parked in the
@@ -484,14 +496,13 @@ async fn an_event_put_off_too_often_is_parked_after_its_last_try() {
     world.mock.set_api_faults(outage);
     let (stop, worker) = world.worker_with(Args { hostname: Some("worker-1".into()), ..world.args.clone() });
     // Back after 5 s, then Cockpit's five tries (about 15 s).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let parked = loop {
-        if let Some(parked) = session.get(amqp::DEAD_LETTER.name).await.unwrap() {
-            break parked;
-        }
-        assert!(Instant::now() < deadline, "never parked");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let parked = wait_until("the event parked", Duration::from_secs(120), || async {
+        Ok::<_, TimedOut>(match session.get(amqp::DEAD_LETTER.name).await.unwrap() {
+            Some(parked) => Check::Done(parked),
+            None => Check::NotYet("the dead-letter queue is empty".into()),
+        })
+    });
+    let parked = parked.await.unwrap();
     let _ = stop.send(());
     worker.await.unwrap().unwrap();
     assert_eq!(parked.body, event.queue_message());

@@ -79,11 +79,14 @@ impl Fixture {
     }
 
     async fn wait_healthy(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while request(self.webhook, "GET /healthz HTTP/1.1\r\n", b"").await.0 != 200 {
-            assert!(Instant::now() < deadline, "the webhook did not connect to the broker");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let healthy =
+            local::client::wait_until("the webhook connected to the broker", Duration::from_secs(60), || async {
+                Ok::<_, local::client::TimedOut>(match local::client::answers(self.webhook, "/healthz").await {
+                    true => local::client::Check::Done(()),
+                    false => local::client::Check::NotYet("/healthz is not 200".into()),
+                })
+            });
+        healthy.await.unwrap();
     }
 
     /// Every message in the `webhook` queue, taken out.

@@ -116,19 +116,10 @@ async fn webhook(binary: &Path, clients: usize, deliveries: usize, rate: usize) 
     let dir = tempfile::tempdir().context("creating a scratch directory")?;
     let (secrets, _) = local::secrets::generate(&dir.path().join("secrets"), false)?;
     let broker = step("starting RabbitMQ", Broker::start(&dir.path().join("broker"), &secrets)).await?;
-    let listen = SocketAddr::from(([127, 0, 0, 1], local::free_port()?));
-    let mut child = tokio::process::Command::new(binary)
-        .args(["--amqp", &broker.address().to_string(), "--listen", &listen.to_string()])
-        .arg("--secrets-dir")
-        .arg(secrets.webhook_dir())
-        .arg("--secret-file")
-        .arg(secrets.webhook_token())
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", binary.display()))?;
-    let pid = child.id().context("the webhook exited at once")?;
-    step("starting the webhook", wait_healthy(listen)).await?;
+    let mut webhook =
+        step("starting the webhook", local::service::Webhook::start(binary, dir.path(), &secrets, &broker)).await?;
+    let listen = webhook.address;
+    let pid = *webhook.service.process_ids().first().context("the webhook exited at once")?;
 
     let payload = std::fs::read(crate::workspace_root().join("fixtures/payloads/pull_request-opened.json"))?;
     let secret = webhook::read_secret(&secrets.webhook_token())?;
@@ -164,7 +155,7 @@ async fn webhook(binary: &Path, clients: usize, deliveries: usize, rate: usize) 
     session.close().await;
 
     let rss = peak_rss_mb(pid)?;
-    child.kill().await?;
+    webhook.service.stop();
     println!(
         "webhook: {webhook_rate:.0} deliveries/s, {:.2} of raw broker, p99 {:.2} ms, rss {rss:.1} MB",
         webhook_rate / raw_rate,
@@ -238,22 +229,21 @@ async fn worker(binary: &Path, events: usize, jobs: usize) -> anyhow::Result<()>
     for queue in amqp::ALL_QUEUES {
         session.declare(queue).await?;
     }
+    let test_map = crate::workspace_root().join("fixtures/testmap.toml");
+    let config = local::service::WorkerConfig {
+        broker: &broker,
+        secrets: &secrets,
+        test_map: &test_map,
+        forge: &forge,
+        runner_config: &runner_config,
+        work_dir: dir.path(),
+        jobs: 1,
+        rescan_interval: Some(0),
+    };
+    let run_dir = dir.path();
     let start_worker = |name: String| {
-        let mut command = tokio::process::Command::new(binary);
-        command
-            .args(["--amqp", &broker.address().to_string(), "--secrets-dir"])
-            .arg(secrets.webhook_dir())
-            .args(["run-queue", "--hostname", &name, "--test-map"])
-            .arg(crate::workspace_root().join("fixtures/testmap.toml"))
-            .args(["--github-api", &github.api_url(), "--github-token-file"])
-            .arg(secrets.github_token())
-            .arg("--job-runner-config")
-            .arg(&runner_config)
-            .arg("--work-dir")
-            .arg(dir.path())
-            .env("RUST_LOG", "warn")
-            .kill_on_drop(true);
-        command.spawn().with_context(|| format!("starting {}", binary.display()))
+        let config = &config;
+        async move { local::service::Worker::start(binary, run_dir, &name, config).await }
     };
     // Each status the mock received, by commit and description prefix, and when.
     let posted = |sha: &str, prefix: &str| -> Vec<Instant> {
@@ -268,21 +258,20 @@ async fn worker(binary: &Path, events: usize, jobs: usize) -> anyhow::Result<()>
     let wait_for = |sha: String, prefix: &'static str, count: usize| {
         let posted = &posted;
         async move {
-            let deadline = Instant::now() + Duration::from_secs(120);
-            loop {
+            let what = format!("{count} \"{prefix}\" statuses on {sha}");
+            // Looking often: the figures are these statuses' times.
+            local::client::wait_until_every(&what, Duration::from_secs(120), Duration::from_millis(5), || async {
                 let times = posted(&sha, prefix);
-                if times.len() >= count {
-                    return Ok::<_, anyhow::Error>(times);
-                }
-                if Instant::now() > deadline {
-                    bail!("no {count} \"{prefix}\" statuses on {sha} within 120 s");
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+                Ok::<_, local::client::TimedOut>(match times.len() >= count {
+                    true => local::client::Check::Done(times),
+                    false => local::client::Check::NotYet(format!("{} of them", times.len())),
+                })
+            })
+            .await
         }
     };
 
-    let mut first = start_worker("bench-1".into())?;
+    let mut first = start_worker("bench-1".into()).await?;
     let (mut to_scan, mut to_start) = (Vec::new(), Vec::new());
     for number in 1..=events as u64 {
         let head = github.open_pull(REPO, number, "A change", "workbench-ci")?;
@@ -301,7 +290,7 @@ async fn worker(binary: &Path, events: usize, jobs: usize) -> anyhow::Result<()>
         to_start.push(started.saturating_duration_since(published));
         wait_for(head, "Success", 1).await?;
     }
-    first.kill().await?;
+    first.service.kill();
     for (what, mut latencies) in
         [("webhook event to \"Not yet tested\"", to_scan), ("public job to \"In progress\"", to_start)]
     {
@@ -321,12 +310,12 @@ async fn worker(binary: &Path, events: usize, jobs: usize) -> anyhow::Result<()>
         let started = Instant::now();
         let mut running = Vec::new();
         for n in 0..workers {
-            running.push(start_worker(format!("bench-{workers}-{n}"))?);
+            running.push(start_worker(format!("bench-{workers}-{n}")).await?);
         }
         wait_for(head, "Success", jobs).await?;
         let elapsed = started.elapsed();
         for mut worker in running {
-            worker.kill().await?;
+            worker.service.kill();
         }
         println!(
             "worker throughput, {workers} worker(s): {jobs} no-op jobs in {:.1} s: {:.1} jobs/s",
@@ -460,26 +449,6 @@ async fn raw_publish(
         }
     })
     .await
-}
-
-async fn wait_healthy(addr: SocketAddr) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let healthy = async {
-            let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
-            tokio::spawn(connection);
-            let request = hyper::Request::get("/healthz").body(Full::new(Bytes::new())).ok()?;
-            Some(sender.send_request(request).await.ok()?.status() == 200)
-        };
-        if healthy.await == Some(true) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("the webhook did not become healthy within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// User and system CPU time a process has used so far (fields 14 and 15 of /proc/PID/stat, in

@@ -35,6 +35,7 @@ pub struct Metrics {
     given_up: Family<QueueLabel, Counter>,
     put_off: Family<QueueLabel, Counter>,
     parked: Family<QueueLabel, Counter>,
+    already_reported: Counter,
     peak_job_memory: Gauge,
 }
 
@@ -77,6 +78,12 @@ impl Default for Metrics {
             "Messages parked in the dead-letter queue, by the queue they came from",
             parked.clone(),
         );
+        let already_reported = Counter::default();
+        registry.register(
+            "tasks_jobs_already_reported",
+            "Redelivered jobs not run again: their final status was posted already",
+            already_reported.clone(),
+        );
         registry.register(
             "tasks_github_rate_limited",
             "Requests GitHub refused to limit our rate (each waited out or put off)",
@@ -97,6 +104,7 @@ impl Default for Metrics {
             given_up,
             put_off,
             parked,
+            already_reported,
             peak_job_memory,
         }
     }
@@ -139,6 +147,11 @@ impl Metrics {
     /// A message parked in the dead-letter queue.
     pub fn parked(&self, queue: &str) {
         self.parked.get_or_create(&queue_label(queue)).inc();
+    }
+
+    /// A redelivered job not run again, its final status posted already.
+    pub fn already_reported(&self) {
+        self.already_reported.inc();
     }
 
     /// Rate-limit refusals a job process met, added to this process's own.

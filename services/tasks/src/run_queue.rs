@@ -65,6 +65,10 @@ pub struct Args {
     /// Serve Prometheus metrics at http://ADDRESS/metrics (e.g. 127.0.0.1:9101).
     #[arg(long, value_name = "ADDRESS")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Write the address metrics are served at to FILE once serving: with port 0, the port it
+    /// got.
+    #[arg(long, value_name = "FILE", requires = "metrics_listen")]
+    pub metrics_address_file: Option<PathBuf>,
     /// The `tasks` program whose `run-job` runs each job [default: this program].
     #[arg(long, hide = true)]
     pub job_program: Option<PathBuf>,
@@ -84,6 +88,7 @@ impl Default for Args {
             grace: 600,
             rescan_interval: 3600,
             metrics_listen: None,
+            metrics_address_file: None,
             job_program: None,
         }
     }
@@ -202,7 +207,10 @@ pub async fn run(config: &amqp::Config, args: &Args, shutdown: impl Future<Outpu
     let stop_serving = CancellationToken::new();
     // Serving metrics is also the sign that the worker is ready: its consumers are in place.
     let metrics_server = match args.metrics_listen {
-        Some(address) => Some(serve_metrics(address, worker.metrics.clone(), stop_serving.clone()).await?),
+        Some(address) => Some(
+            serve_metrics(address, args.metrics_address_file.as_deref(), worker.metrics.clone(), stop_serving.clone())
+                .await?,
+        ),
         None => None,
     };
     tracing::info!(
@@ -417,6 +425,7 @@ async fn handle_work(worker: &Worker, queue: &'static str, delivery: &Delivery) 
         match job::earlier(runner, &message.job).await {
             Ok(earlier) if earlier.reported => {
                 tracing::warn!(job = message.human, "{ALREADY_REPORTED}");
+                worker.metrics.already_reported();
                 return Done::Ack;
             }
             Ok(earlier) => tries = tries.max(earlier.starts),
@@ -549,15 +558,24 @@ async fn run_command(worker: &Worker, command: &amqp::Command) -> Done {
     Done::Ack
 }
 
-/// Serves `GET /metrics` on `address` until `stop` is cancelled; the handle ends with it.
+/// Serves `GET /metrics` on `address` until `stop` is cancelled; the handle ends with it. The
+/// address served at is written to `address_file` (whole: a temporary file renamed over it).
 async fn serve_metrics(
     address: SocketAddr,
+    address_file: Option<&std::path::Path>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot listen on {address} for metrics"))?;
+    if let Some(file) = address_file {
+        let serving = listener.local_addr()?;
+        let partial = file.with_extension("partial");
+        std::fs::write(&partial, serving.to_string())
+            .and_then(|()| std::fs::rename(&partial, file))
+            .with_context(|| format!("cannot write {}", file.display()))?;
+    }
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {

@@ -2,7 +2,8 @@
 //! built-in defaults, then one TOML (or JSON) file merged over them as an RFC 7396 merge patch,
 //! where `[{file = "PATH"}]` anywhere stands for the text of that file. Every key is honoured
 //! or refused by name: nothing is read and then ignored. The same type is written back as TOML
-//! ([`RunnerConfig::to_toml`]) by whoever prepares a worker.
+//! ([`RunnerConfig::to_toml`]) by whoever prepares a worker, secrets as references to their
+//! files.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -407,9 +408,21 @@ impl RunnerConfig {
         Ok(config)
     }
 
-    /// The configuration as a TOML file that [`RunnerConfig::load`] reads back the same.
-    pub fn to_toml(&self) -> String {
-        toml::to_string(self).expect("a configuration is representable in TOML")
+    /// The configuration as a TOML file that [`RunnerConfig::load`] reads back the same, but
+    /// for the keys of `from_files` (each a path of keys, such as `["forge", "github",
+    /// "token"]`): they are written as `[{file = "PATH"}]`, so that a secret stays in its file.
+    pub fn to_toml(&self, from_files: &[(&[&str], &Path)]) -> String {
+        let mut value = serde_json::to_value(self).expect("a configuration is representable in JSON");
+        for (keys, file) in from_files {
+            let (last, tables) = keys.split_last().expect("a path of at least one key");
+            let mut table = &mut value;
+            for key in tables {
+                table = table.as_object_mut().and_then(|t| t.get_mut(*key)).expect("a table of the configuration");
+            }
+            let reference = serde_json::json!([{"file": file.display().to_string()}]);
+            table.as_object_mut().expect("a table of the configuration").insert((*last).to_owned(), reference);
+        }
+        toml::to_string(&value).expect("a configuration is representable in TOML")
     }
 }
 
@@ -599,8 +612,17 @@ github-token = ['--volume=/run/secrets/webhook/.config--github-token:/run/secret
         config.secrets.inline.insert("image-upload".into(), Value::String("secret".into()));
         let github = config.forge.forges.get_mut("github").unwrap();
         (github.post, github.token) = (true, Some("token".into()));
-        let text = config.to_toml();
+        let text = config.to_toml(&[]);
         let read = RunnerConfig::parse(&text, Format::Toml, |_| unreachable!()).unwrap();
         assert_eq!(read, config, "{text}");
+        // A secret written as a reference to its file is read from it.
+        let text = config.to_toml(&[(&["forge", "github", "token"], Path::new("/secrets/token"))]);
+        assert!(text.contains("token = [{ file = \"/secrets/token\" }]") && !text.contains("\"token\""), "{text}");
+        let read = RunnerConfig::parse(&text, Format::Toml, |file| {
+            assert_eq!(file, "/secrets/token");
+            Ok("from the file".into())
+        })
+        .unwrap();
+        assert_eq!(read.forge.forges["github"].token.as_deref(), Some("from the file"));
     }
 }

@@ -44,6 +44,14 @@ pub fn read_secret(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(std::fs::read_to_string(path)?.trim().as_bytes().to_vec())
 }
 
+/// Writes `address` to `file` whole (a temporary file renamed over it), for whoever started
+/// the server with port 0 and waits to learn the port.
+pub fn write_address(file: &std::path::Path, address: std::net::SocketAddr) -> std::io::Result<()> {
+    let partial = file.with_extension("partial");
+    std::fs::write(&partial, address.to_string())?;
+    std::fs::rename(&partial, file)
+}
+
 /// Serves deliveries on `listener` until `shutdown` resolves, then finishes the requests in
 /// flight. The broker connection is made in the background: until it is up, deliveries get 503.
 pub async fn serve(

@@ -20,15 +20,18 @@ struct Args {
     amqp: String,
     /// Directory with ca.pem, amqp-client.pem and amqp-client.key
     /// [default: /run/secrets/webhook, or $XDG_RUNTIME_DIR/secrets/webhook if only that exists]
-    #[arg(long)]
+    #[arg(long, env = "WORKBENCH_SECRETS_DIR")]
     secrets_dir: Option<PathBuf>,
     /// File holding the HMAC secret GitHub signs deliveries with
     /// [default: ~/.config/github-webhook-token]
     #[arg(long, env = "COCKPIT_GITHUB_WEBHOOK_TOKEN_FILE")]
     secret_file: Option<PathBuf>,
-    /// Address to listen on (0.0.0.0:8080 inside a pod).
+    /// Address to listen on (0.0.0.0:8080 inside a pod; port 0 for any free one).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Write the address listened on to FILE once listening: with port 0, the port it got.
+    #[arg(long, value_name = "FILE")]
+    address_file: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -54,7 +57,11 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}: is another webhook running? pass --listen", args.listen))?;
-    tracing::info!(listen = %args.listen, amqp = %address, "webhook ready");
+    let listening = listener.local_addr().context("reading the address listened on")?;
+    if let Some(file) = &args.address_file {
+        webhook::write_address(file, listening)?;
+    }
+    tracing::info!(listen = %listening, amqp = %address, "webhook ready");
     let config = webhook::Config::new(amqp::Config::new(address, &secrets_dir), secret);
     webhook::serve(listener, config, shutdown_signal()).await.context("serving HTTP")?;
     tracing::info!("stopped");
