@@ -487,7 +487,7 @@ async fn a_job_whose_run_another_job_owns_posts_nothing_and_runs_nothing() {
 /// its worker) before it says "In progress", rather than ended with an internal error.
 #[tokio::test(flavor = "multi_thread")]
 async fn container_github_away_before_a_job_starts_puts_it_off_without_a_status() {
-    use tasks::retry::Transient;
+    use retry::Transient;
     let Some(World { mock, config, dir, .. }) = world(Sandbox::Container, None).await else { return };
     let repo = "workbench-ci/image-outage";
     mock.add_repo(repo, &workspace("fixtures/repos/container")).unwrap();

@@ -488,7 +488,7 @@ async fn an_event_put_off_too_often_is_parked_after_its_last_try() {
     let event = world.mock.pull_request_event(REPO, 1, "opened").unwrap();
     session.publish(WEBHOOK.name, &event.queue_message(), None).await.unwrap();
     let taken = session.get(WEBHOOK.name).await.unwrap().expect("the event");
-    let last = tasks::retry::MAX_RETRIES;
+    let last = retry::MAX_RETRIES;
     session.retry_later(WEBHOOK.name, &taken, Duration::ZERO, last, "GitHub away").await.unwrap();
     taken.ack().await.unwrap();
     session.declare(amqp::DEAD_LETTER).await.unwrap();

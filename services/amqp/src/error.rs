@@ -41,9 +41,9 @@ pub enum Error {
     Ack(lapin::Error),
 }
 
-impl Error {
+impl retry::Transient for Error {
     /// Whether retrying later can help: the broker was unreachable or the connection broke.
-    pub fn is_transient(&self) -> bool {
+    fn is_transient(&self) -> bool {
         match self {
             Error::Connect { .. } | Error::ConnectTimeout { .. } | Error::Nacked { .. } => true,
             Error::Queue { source, .. } | Error::Ack(source) => reply_code(source).is_none(),

@@ -355,22 +355,9 @@ impl Delivery {
     }
 }
 
-/// Connects, retrying transient failures with exponential backoff (0.1 s doubling up to 5 s),
-/// at most `attempts` times.
+/// Connects, retrying transient failures as [`retry::BROKER`] says, at most `attempts` times.
 pub async fn connect_with_backoff(config: &Config, attempts: u32) -> Result<Session, Error> {
-    let mut delay = Duration::from_millis(100);
-    let mut attempt = 1;
-    loop {
-        match Session::connect(config).await {
-            Err(err) if err.is_transient() && attempt < attempts => {
-                tracing::debug!(attempt, %err, "broker not reachable yet, retrying in {delay:?}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-                attempt += 1;
-            }
-            result => return result,
-        }
-    }
+    retry::transient("connecting to the broker", retry::BROKER.attempts(attempts), || Session::connect(config)).await
 }
 
 async fn open_connection(address: &Address, tls: Option<ClientConfig>) -> lapin::Result<Connection> {

@@ -46,10 +46,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether GitHub limited our rate.
+    pub fn is_rate_limit(&self) -> bool {
+        matches!(self, Error::Status { retry_at: Some(_), .. })
+    }
+}
+
+/// The verdict of GitHub's answer: a failure that may pass, and a rate limit's end.
+impl retry::Transient for Error {
     /// Whether trying later can help: GitHub was unreachable, failed (5xx), timed out (408),
     /// or limited our rate (429, or 403 with no requests left). Other refusals are about the
     /// request, and would be refused again.
-    pub fn is_transient(&self) -> bool {
+    fn is_transient(&self) -> bool {
         match self {
             Error::Transport { .. } => true,
             Error::Status { status, retry_at, .. } => {
@@ -60,16 +68,11 @@ impl Error {
     }
 
     /// How long to wait before trying again, when GitHub said (a rate limit).
-    pub fn retry_after(&self) -> Option<Duration> {
+    fn retry_after(&self) -> Option<Duration> {
         match self {
             Error::Status { retry_at: Some(at), .. } => Some(at.duration_since(SystemTime::now()).unwrap_or_default()),
             _ => None,
         }
-    }
-
-    /// Whether GitHub limited our rate.
-    pub fn is_rate_limit(&self) -> bool {
-        matches!(self, Error::Status { retry_at: Some(_), .. })
     }
 }
 
@@ -309,6 +312,7 @@ impl GitHub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use retry::Transient;
 
     fn headers(pairs: &[(&'static str, &str)]) -> http::HeaderMap {
         pairs.iter().map(|(name, value)| (http::HeaderName::from_static(name), value.parse().unwrap())).collect()

@@ -148,9 +148,9 @@ pub enum Error {
     Listing { url: String, detail: String },
 }
 
-impl Error {
+impl retry::Transient for Error {
     /// Whether retrying can help: the store was unreachable or answered 5xx.
-    pub fn is_transient(&self) -> bool {
+    fn is_transient(&self) -> bool {
         match self {
             Error::Status { status, .. } => *status >= 500,
             Error::Transport { .. } => true,

@@ -13,11 +13,11 @@ use tokio::time::Instant;
 
 use crate::log_store::{LogStore, StoreError};
 use crate::log_stream::LogStream;
-use crate::retry::{self, Policy, Transient};
 use crate::runner_config::{Forge, RunnerConfig, SandboxKind};
 use crate::sandbox::{self, Cancel, Ended, RunArgs};
 use crate::status::{Commit, State};
 use crate::{attachments, container};
+use retry::{Policy, Transient};
 
 /// Cockpit polls a job's pull request this often, the first time at once.
 const PULL_POLL: Duration = Duration::from_secs(60);

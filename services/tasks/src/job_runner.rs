@@ -12,8 +12,8 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::job::{self, JobError, Outcome};
-use crate::retry::Transient;
 use crate::runner_config::RunnerConfig;
+use retry::Transient;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -110,8 +110,7 @@ pub async fn serve(cancel: impl Future<Output = ()>) -> anyhow::Result<()> {
         },
         Err(err) => Ended::Failed(err.to_string()),
     };
-    let report =
-        Report { ended, peak_memory: peak_memory().unwrap_or(0), rate_limited: crate::retry::RATE_LIMITED.get() };
+    let report = Report { ended, peak_memory: peak_memory().unwrap_or(0), rate_limited: retry::RATE_LIMITED.get() };
     let mut stdout = std::io::stdout().lock();
     serde_json::to_writer(&mut stdout, &report).context("writing the job report")?;
     stdout.write_all(b"\n").and_then(|()| stdout.flush()).context("writing the job report")

@@ -10,7 +10,6 @@ pub mod log_store;
 pub mod log_stream;
 pub mod metrics;
 pub mod queue_tools;
-pub mod retry;
 pub mod run_queue;
 pub mod runner_config;
 pub mod sandbox;

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use s3::Body;
 
 use crate::log_stream::Sink;
-use crate::retry::{self, Transient};
 use crate::runner_config::{LogsDriver, RunnerConfig, S3Key};
+use retry::Transient;
 
 /// A job's log store: every name is relative to the job's place in it.
 #[derive(Clone)]

@@ -87,7 +87,7 @@ impl Default for Metrics {
         registry.register(
             "tasks_github_rate_limited",
             "Requests GitHub refused to limit our rate (each waited out or put off)",
-            crate::retry::RATE_LIMITED.clone(),
+            retry::RATE_LIMITED.clone(),
         );
         let peak_job_memory = Gauge::default();
         registry.register(
@@ -156,7 +156,7 @@ impl Metrics {
 
     /// Rate-limit refusals a job process met, added to this process's own.
     pub fn rate_limited(&self, refusals: u64) {
-        crate::retry::RATE_LIMITED.inc_by(refusals);
+        retry::RATE_LIMITED.inc_by(refusals);
     }
 
     /// The peak memory a job process reported.
@@ -193,7 +193,7 @@ mod tests {
         metrics.given_up("public");
         metrics.job_memory(3000);
         metrics.job_memory(2000);
-        let before = crate::retry::RATE_LIMITED.get();
+        let before = retry::RATE_LIMITED.get();
         metrics.rate_limited(2);
         let text = metrics.render();
         // This process's own refusals count too (tests share a process under cargo test).

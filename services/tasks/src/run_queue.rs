@@ -22,9 +22,9 @@ use crate::container;
 use crate::job::{self, Outcome};
 use crate::job_runner::{Ended, Report};
 use crate::metrics::Metrics;
-use crate::retry::{self, MAX_RETRIES, Transient};
 use crate::runner_config::{RunnerConfig, SandboxKind};
 use crate::tests_scan::{Mode, Request, ScanArgs, Scanner, Target};
+use retry::{MAX_RETRIES, Transient};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {

@@ -3,7 +3,7 @@
 
 use github::{GitHub, StatusUpdate};
 
-use crate::retry::{self, Policy};
+use retry::Policy;
 
 /// A status's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,10 +11,10 @@ use anyhow::Context;
 use events::PullRequest;
 use github::GitHub;
 
-use crate::retry::{self, Transient};
 use crate::scan::{self, Action, Existing, Pull, Scan};
 use crate::status::{Commit, State};
 use crate::testmap::TestMap;
+use retry::Transient;
 
 /// Organisations and users whose pull requests are tested without a manual trigger
 /// (Cockpit's `lib/allowlist.py`, plus this project's own).

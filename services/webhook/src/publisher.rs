@@ -103,9 +103,12 @@ async fn keep_connected(config: amqp::Config, slot: Slot, broken: Arc<Notify>) {
         };
         let session = match connected.await {
             Ok(session) => Arc::new(session),
+            // Refused for good (a certificate the broker does not take): said, and tried again
+            // at the policy's slowest pace, as an operator may fix it meanwhile.
             Err(err) => {
-                tracing::error!(%err, "cannot connect to the broker; retrying in 5 s");
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                let pause = retry::BROKER.longest;
+                tracing::error!(%err, ?pause, "cannot connect to the broker; trying again");
+                tokio::time::sleep(pause).await;
                 continue;
             }
         };

@@ -1,24 +1,52 @@
-//! Riding out GitHub and S3 failing, in one place: a request is tried again at once a few times
-//! (Cockpit's job-runner tries a GitHub write 5 times, 1, 2, 4 and 8 s apart, on 5xx answers and
-//! transport errors: cockpit-protocol.md 4.7; we also honour rate limits, up to a minute), and
-//! work that still fails is put off: its message goes back to the broker to be tried again
-//! later ([`put_off`]), and after [`MAX_RETRIES`] it is parked where an operator sees it.
+//! The one retry policy of every service, in one place. A request that fails for a reason that
+//! may pass ([`Transient`], said by each error type from its source) is tried again at once a
+//! few times, the pauses doubling (backon's exponential backoff; Cockpit's job-runner tries a
+//! GitHub write 5 times, 1, 2, 4 and 8 s apart: cockpit-protocol.md 4.7), and never sooner than
+//! a rate limit's end. Work that still fails is put off: its message goes back to the broker to
+//! be tried again later ([`put_off`]), and after [`MAX_RETRIES`] it is parked where an operator
+//! sees it.
 
+use std::future::Future;
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use prometheus_client::metrics::counter::Counter;
 
-/// How often a request is tried before its failure goes to the caller.
+/// A failure that may pass, and may say when to try again.
+pub trait Transient: std::fmt::Display {
+    fn is_transient(&self) -> bool;
+    /// At the earliest (a rate limit's end), if the failure says.
+    fn retry_after(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// How a request is tried: pauses from `first`, doubling up to `longest`, `attempts` tries in
+/// all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
+    pub first: Duration,
+    pub longest: Duration,
     pub attempts: u32,
 }
 
-/// Cockpit's number of tries: about 15 s of outage.
-pub const COCKPIT: Policy = Policy { attempts: 5 };
-/// Tries of a job's final status: pauses double up to a minute, about 15 minutes of outage.
-pub const FINAL_STATUS: Policy = Policy { attempts: 20 };
+impl Policy {
+    /// This policy with `attempts` tries in all.
+    pub const fn attempts(self, attempts: u32) -> Policy {
+        Policy { attempts, ..self }
+    }
+}
+
+/// Cockpit's: five tries, 1, 2, 4 and 8 s apart, about 15 s of outage.
+pub const COCKPIT: Policy = Policy { first: Duration::from_secs(1), longest: LONGEST_PAUSE, attempts: 5 };
+/// A job's final status, all that is left of its outcome: pauses double up to a minute, about
+/// 15 minutes of outage.
+pub const FINAL_STATUS: Policy = COCKPIT.attempts(20);
+/// Reaching the broker, which starts in seconds: from 0.1 s doubling up to 5 s (give the
+/// attempts).
+pub const BROKER: Policy =
+    Policy { first: Duration::from_millis(100), longest: Duration::from_secs(5), attempts: u32::MAX };
 
 /// The longest pause between two tries, rate limits included: a longer wait is the caller's,
 /// who puts the work off rather than hold a worker's slot.
@@ -28,58 +56,38 @@ const LONGEST_PAUSE: Duration = Duration::from_secs(64);
 /// count, as a rate limit is: the worker's `/metrics` shows it, its job processes' added.
 pub static RATE_LIMITED: LazyLock<Counter> = LazyLock::new(Counter::default);
 
-/// An error that may pass, and may say when to try again.
-pub trait Transient: std::fmt::Display {
-    fn is_transient(&self) -> bool;
-    /// At the earliest (a rate limit's end), if the error says.
-    fn retry_after(&self) -> Option<Duration> {
-        None
-    }
-}
-
-impl Transient for github::Error {
-    fn is_transient(&self) -> bool {
-        github::Error::is_transient(self)
-    }
-    fn retry_after(&self) -> Option<Duration> {
-        github::Error::retry_after(self)
-    }
-}
-
-impl Transient for s3::Error {
-    fn is_transient(&self) -> bool {
-        s3::Error::is_transient(self)
-    }
-}
-
 /// Runs `op` until it succeeds, fails for good, has been tried as `policy` says, or is rate
-/// limited for longer than [`LONGEST_PAUSE`]. Pauses double from a second, and wait for a rate
-/// limit's end.
+/// limited for longer than a minute. `what` names it in the log of each retry.
 pub async fn transient<T, E: Transient, F: Future<Output = Result<T, E>>>(
     what: &str,
     policy: Policy,
     mut op: impl FnMut() -> F,
 ) -> Result<T, E> {
-    let mut attempt = 1;
-    loop {
-        let result = op().await;
-        if result.as_ref().is_err_and(|err| err.retry_after().is_some()) {
-            RATE_LIMITED.inc();
-        }
-        match result {
-            Err(err) if attempt < policy.attempts && err.is_transient() => {
-                let backoff = Duration::from_secs(1 << (attempt - 1).min(6)).min(LONGEST_PAUSE);
-                let pause = backoff.max(err.retry_after().unwrap_or_default());
-                if pause > LONGEST_PAUSE {
-                    return Err(err);
-                }
-                tracing::warn!(what, attempt, %err, ?pause, "retrying");
-                tokio::time::sleep(pause).await;
-                attempt += 1;
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(policy.first)
+        .with_max_delay(policy.longest)
+        .with_factor(2.0)
+        .with_max_times(usize::try_from(policy.attempts.saturating_sub(1)).unwrap_or(usize::MAX));
+    let counted = || {
+        let attempt = op();
+        async {
+            let result = attempt.await;
+            if result.as_ref().is_err_and(|err| err.retry_after().is_some()) {
+                RATE_LIMITED.inc();
             }
-            result => return result,
+            result
         }
-    }
+    };
+    counted
+        .retry(backoff)
+        .when(|err: &E| err.is_transient())
+        // Never before a rate limit's end; a limit longer than the longest pause ends the tries.
+        .adjust(|err: &E, pause| {
+            let pause = pause?.max(err.retry_after().unwrap_or_default());
+            (pause <= LONGEST_PAUSE).then_some(pause)
+        })
+        .notify(|err: &E, pause| tracing::warn!(what, %err, ?pause, "retrying"))
+        .await
 }
 
 /// How often a message's work is put off before it is parked: with [`put_off`]'s pauses, about
@@ -97,7 +105,7 @@ pub fn put_off(retries: u32, not_before: Option<Duration>) -> Duration {
 mod tests {
     use super::*;
 
-    /// An error that is transient or not, and may name a wait.
+    /// A failure that is transient or not, and may name a wait.
     #[derive(Debug, Clone, Copy, PartialEq)]
     struct Failure(bool, Option<Duration>);
 
@@ -158,11 +166,21 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_broker_is_asked_often_at_first() {
+        let (_, calls, took) = always_failing(BROKER.attempts(8), Failure(true, None)).await;
+        assert_eq!(calls, 8);
+        // 0.1 + 0.2 + 0.4 + 0.8 + 1.6 + 3.2, then 5 s (give or take the timer's milliseconds).
+        assert!(took >= Duration::from_millis(11_300) && took < Duration::from_millis(11_400), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_short_rate_limit_is_waited_out_a_long_one_is_the_callers() {
+        let before = RATE_LIMITED.get();
         let (_, calls, took) = always_failing(COCKPIT, Failure(true, Some(Duration::from_secs(30)))).await;
         assert_eq!((calls, took), (5, Duration::from_secs(4 * 30)));
         let (_, calls, took) = always_failing(COCKPIT, Failure(true, Some(Duration::from_secs(3600)))).await;
         assert_eq!((calls, took), (1, Duration::ZERO));
+        assert!(RATE_LIMITED.get() >= before + 6, "each refusal that named a wait is counted");
     }
 
     #[test]
