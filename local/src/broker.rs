@@ -125,7 +125,7 @@ impl Broker {
                 Ok(()) => return Ok(broker),
                 Err(err) if tries < PORT_TRIES && err.port_taken() => {
                     tracing::warn!(port, tries, "a port of RabbitMQ was taken meanwhile; starting it on others");
-                    broker.stop();
+                    broker.stop().await;
                     tries += 1;
                 }
                 Err(err) => return Err(err),
@@ -136,7 +136,7 @@ impl Broker {
     /// Stops the broker and starts it again on the same port with the same data: durable
     /// queues and persistent messages survive, as in a production restart.
     pub async fn restart(&mut self) -> Result<(), BrokerError> {
-        self.stop();
+        self.stop().await;
         self.processes = ProcessGroup::new();
         self.launch().await
     }
@@ -194,8 +194,8 @@ impl Broker {
     }
 
     /// Stops the broker (SIGTERM, then SIGKILL after a grace period) and its epmd.
-    pub fn stop(&mut self) {
-        self.processes.stop(STOP_GRACE);
+    pub async fn stop(&mut self) {
+        self.processes.stop_async(STOP_GRACE).await;
     }
 
     fn write_config(&self) -> Result<(), BrokerError> {
@@ -377,6 +377,6 @@ pub fn config_files(listener: Listener, certs: &Path, definitions: &Path) -> [(&
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        self.stop();
+        self.processes.stop(STOP_GRACE);
     }
 }

@@ -266,7 +266,7 @@ pub async fn worker_crashes(
     .await?;
     for worker in &mut workers {
         already_reported += metric(worker.metrics, ALREADY_REPORTED).await;
-        worker.service.stop();
+        worker.service.stop().await;
     }
     let statuses = mock.statuses(REPO, &head);
     let twice: Vec<&String> = contexts
@@ -416,7 +416,7 @@ pub async fn github_outage(
         Err(err) => return Err(err),
     };
     for worker in &mut workers {
-        worker.service.stop();
+        worker.service.stop().await;
     }
     // Before the broker, so that the webhook's leaving is not a lost connection.
     rig.stop_webhook().await;

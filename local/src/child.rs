@@ -8,6 +8,23 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal};
 
+/// How often a stopping child is looked at.
+const STOP_LOOK_EVERY: Duration = Duration::from_millis(20);
+
+/// Whether `child` still runs.
+fn running(child: &mut Child) -> bool {
+    child.try_wait().ok().flatten().is_none()
+}
+
+/// Tells `child` to stop (SIGTERM) if it runs.
+fn terminate(child: &mut Child) {
+    if running(child)
+        && let Some(pid) = Pid::from_raw(child.id() as i32)
+    {
+        let _ = rustix::process::kill_process(pid, Signal::TERM);
+    }
+}
+
 /// A set of processes sharing one process group, the first of them its leader.
 pub(crate) struct ProcessGroup {
     /// In start order; stopped in reverse.
@@ -55,18 +72,26 @@ impl ProcessGroup {
     }
 
     /// Stops the children in reverse start order with SIGTERM, each given `grace` to exit, then
-    /// kills whatever is left in the group and reaps every child.
+    /// kills whatever is left in the group and reaps every child. For `Drop`, which cannot wait
+    /// otherwise; async code calls [`ProcessGroup::stop_async`].
     pub(crate) fn stop(&mut self, grace: Duration) {
         for child in self.children.iter_mut().rev() {
-            if child.try_wait().ok().flatten().is_some() {
-                continue;
-            }
-            if let Some(pid) = Pid::from_raw(child.id() as i32) {
-                let _ = rustix::process::kill_process(pid, Signal::TERM);
-            }
+            terminate(child);
             let deadline = Instant::now() + grace;
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
+            while running(child) && Instant::now() < deadline {
+                std::thread::sleep(STOP_LOOK_EVERY);
+            }
+        }
+        self.kill();
+    }
+
+    /// [`ProcessGroup::stop`], waiting without holding a thread of the runtime.
+    pub(crate) async fn stop_async(&mut self, grace: Duration) {
+        for child in self.children.iter_mut().rev() {
+            terminate(child);
+            let deadline = Instant::now() + grace;
+            while running(child) && Instant::now() < deadline {
+                tokio::time::sleep(STOP_LOOK_EVERY).await;
             }
         }
         self.kill();

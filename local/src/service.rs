@@ -104,8 +104,8 @@ impl Service {
     }
 
     /// Stops the service: SIGTERM, then SIGKILL for whatever is left after the grace period.
-    pub fn stop(&mut self) {
-        self.process.stop(Duration::from_secs(10));
+    pub async fn stop(&mut self) {
+        self.process.stop_async(Duration::from_secs(10)).await;
     }
 }
 

@@ -100,7 +100,7 @@ async fn two_brokers_side_by_side_and_nothing_left_after_stop() {
     for fixture in [&mut first, &mut second] {
         let pids = fixture.broker.process_ids();
         assert!(pids.len() >= 2, "the node and its epmd run: {pids:?}");
-        fixture.broker.stop();
+        fixture.broker.stop().await;
         let alive: Vec<_> = pids.iter().filter(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists()).collect();
         assert!(alive.is_empty(), "left running after stop: {alive:?}");
         assert!(fixture.broker.process_ids().is_empty());

@@ -5,6 +5,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
 
 use amqp::Job;
 use github::StatusUpdate;
@@ -111,15 +112,15 @@ impl World {
         let job = job(&repo, &head, extra);
         let scratch = self.dir.path().join(format!("scratch-{}", unique()));
         std::fs::create_dir_all(&scratch).unwrap();
-        let (cancel_job, cancelled) = tokio::sync::watch::channel(false);
-        let run = job::run(&self.config, &job, HOST, &scratch, cancelled);
+        let cancel_job = CancellationToken::new();
+        let run = job::run(&self.config, &job, HOST, &scratch, cancel_job.clone());
         let canceller = async {
             if cancel {
                 while !self.mock.statuses(&repo, &head).iter().any(|s| s.description.starts_with("In progress")) {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
                 tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-                cancel_job.send_replace(true);
+                cancel_job.cancel();
             }
             std::future::pending::<()>().await
         };
@@ -193,7 +194,7 @@ async fn a_job_whose_pull_request_changed_fails_so() {
     let job = job(repo, &main, serde_json::json!({"command": ["sleep", "60"]}));
     let scratch = world.dir.path().join("scratch-moved-on");
     std::fs::create_dir_all(&scratch).unwrap();
-    let never = tokio::sync::watch::channel(false).1;
+    let never = CancellationToken::new();
     let outcome = job::run(&world.config, &job, HOST, &scratch, never).await.unwrap();
     let reason = format!("{repo}#1 changed");
     assert_eq!(outcome, Outcome::Failure(reason.clone()));
@@ -386,7 +387,7 @@ async fn a_job_whose_log_cannot_be_stored_still_ends_with_an_error_saying_so() {
     let job = job(repo, &head, serde_json::json!({"command": ["sh", "-c", "sleep 2; echo finished"]}));
     let scratch = dir.path().join("scratch-s3-away");
     std::fs::create_dir_all(&scratch).unwrap();
-    let never = tokio::sync::watch::channel(false).1;
+    let never = CancellationToken::new();
     let run = job::run(&config, &job, HOST, &scratch, never);
     let mut s3 = Some(s3);
     let outage = async {
@@ -477,7 +478,7 @@ async fn a_job_whose_run_another_job_owns_posts_nothing_and_runs_nothing() {
     let job = job(repo, &head, serde_json::json!({"command": ["sh", "-c", command]}));
     let scratch = dir.path().join("scratch-twin");
     std::fs::create_dir_all(&scratch).unwrap();
-    let outcome = job::run(&config, &job, HOST, &scratch, tokio::sync::watch::channel(false).1).await.unwrap();
+    let outcome = job::run(&config, &job, HOST, &scratch, CancellationToken::new()).await.unwrap();
     assert_eq!(outcome, Outcome::Superseded(twin.into()));
     assert_eq!(mock.statuses(repo, &head).len(), 2, "nothing posted");
     assert!(!marker.exists(), "the tests did not run");
@@ -498,7 +499,7 @@ async fn container_github_away_before_a_job_starts_puts_it_off_without_a_status(
     mock.set_api_faults(local::github::ApiFaults::outage(&[(outage, local::github::Outage::Status(502))]));
     let scratch = dir.path().join("scratch-image-outage");
     std::fs::create_dir_all(&scratch).unwrap();
-    let run = job::run(&config, &job, HOST, &scratch, tokio::sync::watch::channel(false).1).await;
+    let run = job::run(&config, &job, HOST, &scratch, CancellationToken::new()).await;
     let err = run.expect_err("GitHub answered 502 throughout");
     assert!(err.is_transient(), "{err}");
     assert!(mock.statuses(repo, &head).is_empty(), "no status while GitHub is away");
@@ -522,7 +523,7 @@ async fn a_job_with_local_logs_writes_them_into_their_directory() {
     let slug = job.slug.clone().unwrap();
     let scratch = dir.path().join("scratch-local-logs");
     std::fs::create_dir_all(&scratch).unwrap();
-    let outcome = job::run(&config, &job, HOST, &scratch, tokio::sync::watch::channel(false).1).await.unwrap();
+    let outcome = job::run(&config, &job, HOST, &scratch, CancellationToken::new()).await.unwrap();
     assert_eq!(outcome, Outcome::Success);
     let log = std::fs::read_to_string(logs.join(&slug).join("log")).unwrap();
     assert!(log.ends_with("Job ran successfully.  :)\n"), "{log}");

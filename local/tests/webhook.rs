@@ -351,7 +351,7 @@ async fn answers_503_while_the_broker_is_away_and_recovers_without_restart() {
     let body = fixture_payload("pull_request-opened.json");
     assert_eq!(fixture.deliver("pull_request", &body).await.0, 200);
 
-    fixture.broker.stop();
+    fixture.broker.stop().await;
     let asked = Instant::now();
     let next = fixture_payload("pull_request-synchronize.json");
     let (status, headers, text) = fixture.deliver("pull_request", &next).await;

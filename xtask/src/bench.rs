@@ -95,7 +95,7 @@ fn broker_start(runs: usize) -> anyhow::Result<()> {
         let elapsed = started.elapsed();
         // CPU time is steadier than wall time on a shared machine, and shows what the start costs.
         let cpu: f64 = broker.process_ids().into_iter().map(cpu_seconds).sum();
-        broker.stop();
+        runtime.block_on(broker.stop());
         println!("run {run}: {:.2} s, {cpu:.2} s of CPU", elapsed.as_secs_f64());
         times.push(elapsed);
         cpus.push(Duration::from_secs_f64(cpu));
@@ -155,7 +155,7 @@ async fn webhook(binary: &Path, clients: usize, deliveries: usize, rate: usize) 
     session.close().await;
 
     let rss = peak_rss_mb(pid)?;
-    webhook.service.stop();
+    webhook.service.stop().await;
     println!(
         "webhook: {webhook_rate:.0} deliveries/s, {:.2} of raw broker, p99 {:.2} ms, rss {rss:.1} MB",
         webhook_rate / raw_rate,

@@ -20,9 +20,11 @@ use podman_api::opts::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::log_store::LogStore;
 use crate::log_stream::LogStream;
-use crate::sandbox::{Cancel, Ended, RunArgs, pump};
+use crate::sandbox::{Ended, RunArgs, pump};
 
 /// Where the checkout is, inside the container (Cockpit's checkout-and-run directory).
 pub const CHECKOUT: &str = "/work/make-checkout-workdir";
@@ -65,7 +67,7 @@ pub async fn run(
     spec: &Spec<'_>,
     log: &mut LogStream<LogStore>,
     deadline: Option<Instant>,
-    cancel: &mut Cancel,
+    cancel: &CancellationToken,
 ) -> Result<Ended, String> {
     let podman = Podman::unix(socket);
     let created = podman.containers().create(&options(spec)).await.map_err(|e| {

@@ -11,10 +11,12 @@ use amqp::Job;
 use github::GitHub;
 use tokio::time::Instant;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::log_store::{LogStore, StoreError};
 use crate::log_stream::LogStream;
 use crate::runner_config::{Forge, RunnerConfig, SandboxKind};
-use crate::sandbox::{self, Cancel, Ended, RunArgs};
+use crate::sandbox::{self, Ended, RunArgs};
 use crate::status::{Commit, State};
 use crate::{attachments, container};
 use retry::{Policy, Transient};
@@ -87,7 +89,7 @@ pub async fn run(
     job: &Job,
     hostname: &str,
     scratch: &Path,
-    mut cancel: Cancel,
+    cancel: CancellationToken,
 ) -> Result<Outcome, JobError> {
     let (forge, github) = forge(config, job)?;
     let subject = resolve(&github, job).await?;
@@ -145,7 +147,7 @@ pub async fn run(
                 log_url: &log_url,
                 hostname,
             };
-            watched(&run_context, scratch, &mut log, &mut cancel).await
+            watched(&run_context, scratch, &mut log, &cancel).await
         }
     };
     attachments::upload(&scratch.join("attachments"), &config.limits.attachments(), &mut log).await;
@@ -249,19 +251,19 @@ impl Reporter<'_> {
 
 /// Runs the job until it ends, the worker cancels it, or its pull request is closed or changes
 /// (a failure, as in Cockpit).
-async fn watched(run: &Run<'_>, scratch: &Path, log: &mut LogStream<LogStore>, cancel: &mut Cancel) -> Outcome {
-    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+async fn watched(run: &Run<'_>, scratch: &Path, log: &mut LogStream<LogStore>, cancel: &CancellationToken) -> Outcome {
+    // Cancelled with the job, or by the pull request's change.
+    let stop = cancel.child_token();
     let mut reason = None;
     let watch = async {
-        tokio::select! {
-            () = sandbox::cancelled(cancel) => {}
-            why = watch_pull(run.github, run.job, &run.subject.sha) => reason = Some(why),
+        if let Some(why) = stop.run_until_cancelled(watch_pull(run.github, run.job, &run.subject.sha)).await {
+            reason = Some(why);
+            stop.cancel();
         }
-        stop.send_replace(true);
         std::future::pending::<()>().await
     };
     let executed = tokio::select! {
-        executed = execute(run, scratch, log, &mut stopped) => executed,
+        executed = execute(run, scratch, log, &stop) => executed,
         () = watch => unreachable!("watching never ends"),
     };
     match (executed, reason) {
@@ -399,7 +401,7 @@ async fn execute(
     run: &Run<'_>,
     scratch: &Path,
     log: &mut LogStream<LogStore>,
-    cancel: &mut Cancel,
+    cancel: &CancellationToken,
 ) -> Result<Outcome, String> {
     let Run { config, job, subject, clone_url, log_url, hostname, .. } = *run;
     let (checkout, attachments) = (scratch.join("checkout"), scratch.join("attachments"));

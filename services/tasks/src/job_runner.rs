@@ -124,13 +124,13 @@ async fn run_request(
     cancel: impl Future<Output = ()>,
 ) -> Result<Outcome, JobError> {
     let scratch = scratch_dir(&request.work_dir)?;
-    let (cancel_job, cancelled) = tokio::sync::watch::channel(false);
-    let run = job::run(config, &request.job, &request.hostname, scratch.path(), cancelled);
+    let cancel_job = tokio_util::sync::CancellationToken::new();
+    let run = job::run(config, &request.job, &request.hostname, scratch.path(), cancel_job.clone());
     tokio::pin!(run, cancel);
     tokio::select! {
         outcome = &mut run => outcome,
         () = &mut cancel => {
-            cancel_job.send_replace(true);
+            cancel_job.cancel();
             run.await
         }
     }

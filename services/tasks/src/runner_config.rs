@@ -617,7 +617,10 @@ github-token = ['--volume=/run/secrets/webhook/.config--github-token:/run/secret
         assert_eq!(read, config, "{text}");
         // A secret written as a reference to its file is read from it.
         let text = config.to_toml(&[(&["forge", "github", "token"], Path::new("/secrets/token"))]);
-        assert!(text.contains("token = [{ file = \"/secrets/token\" }]") && !text.contains("\"token\""), "{text}");
+        assert!(
+            text.contains("[[forge.github.token]]\nfile = \"/secrets/token\"") && !text.contains("\"token\""),
+            "{text}"
+        );
         let read = RunnerConfig::parse(&text, Format::Toml, |file| {
             assert_eq!(file, "/secrets/token");
             Ok("from the file".into())

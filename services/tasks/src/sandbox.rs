@@ -9,14 +9,13 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::io::AsyncReadExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
+
+use tokio_util::sync::CancellationToken;
 
 use crate::log_store::LogStore;
 use crate::log_stream::LogStream;
-
-/// Set to `true` to cancel the jobs that hold a receiver.
-pub type Cancel = watch::Receiver<bool>;
 
 /// How a command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,7 +134,7 @@ pub async fn process(
     env: &[(String, String)],
     log: &mut LogStream<LogStore>,
     deadline: Option<Instant>,
-    cancel: &mut Cancel,
+    cancel: &CancellationToken,
 ) -> Result<Ended, String> {
     let mut command = tokio::process::Command::new(&argv[0]);
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
@@ -170,7 +169,7 @@ pub async fn process(
         let _ = child.kill().await;
     }
     let status = child.wait().await.map_err(|e| e.to_string())?;
-    stop_orphans();
+    stop_orphans().await;
     Ok(ended.unwrap_or(Ended::Exited(status.code().unwrap_or(128))))
 }
 
@@ -190,7 +189,7 @@ pub fn adopt_orphans() -> std::io::Result<()> {
 
 /// Kills every process below this one and reaps it, until none is left (a fork bomb may keep
 /// forking between two looks), when this process adopts orphans.
-fn stop_orphans() {
+async fn stop_orphans() {
     if !ADOPTING.load(Ordering::SeqCst) {
         return;
     }
@@ -208,7 +207,7 @@ fn stop_orphans() {
         }
         if round > 0 {
             // A fork bomb may keep forking between two looks: give the kills time to land.
-            std::thread::sleep(std::time::Duration::from_millis(10));
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
     reap();
@@ -267,7 +266,7 @@ pub async fn pump(
     mut output: mpsc::Receiver<Vec<u8>>,
     log: &mut LogStream<LogStore>,
     deadline: Option<Instant>,
-    cancel: &mut Cancel,
+    cancel: &CancellationToken,
 ) -> Result<Option<Ended>, String> {
     loop {
         let expired = async {
@@ -285,15 +284,8 @@ pub async fn pump(
                 log.flush_if_due().await;
             }
             () = expired => return Ok(Some(Ended::TimedOut)),
-            () = cancelled(cancel) => return Ok(Some(Ended::Cancelled)),
+            () = cancel.cancelled() => return Ok(Some(Ended::Cancelled)),
         }
-    }
-}
-
-/// Resolves once the job is cancelled; never, if nobody can cancel it.
-pub async fn cancelled(cancel: &mut Cancel) {
-    if cancel.wait_for(|cancelled| *cancelled).await.is_err() {
-        std::future::pending::<()>().await;
     }
 }
 
