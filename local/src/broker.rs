@@ -301,7 +301,7 @@ impl Broker {
     pub fn log_tail(&self) -> String {
         [self.log_path(), self.dir.join("stdout.log")]
             .iter()
-            .map(|path| crate::service::tail(path, 20))
+            .map(|path| crate::child::tail(path, 20))
             .collect::<Vec<_>>()
             .join("\n")
     }

@@ -220,12 +220,13 @@ pub async fn worker_crashes(
     let contexts: Vec<String> = (0..jobs).map(|n| format!("chaos/{n}")).collect();
     for context in &contexts {
         let pause = format!("sleep {}.{}", random.below(2), random.below(10));
-        let message = serde_json::json!({"job": {
-            "repo": REPO, "sha": head, "context": context, "pull": 1, "report": null, "command_subject": null,
-            "slug": format!("pull-1-{}-20261124-000000-{}", &head[..8], context.replace('/', "-")),
-            "env": {"TEST_OS": "unit-tests"}, "secrets": [], "command": ["sh", "-c", pause],
-        }, "human": context});
-        session.publish(amqp::PUBLIC.name, message.to_string().as_bytes(), Some(5)).await?;
+        let job = amqp::Job {
+            command: Some(vec!["sh".into(), "-c".into(), pause]),
+            ..amqp::Job::for_pull(REPO, &head, 1, context, "20261124-000000")
+        };
+        let message =
+            serde_json::to_vec(&job.with_env(&[("TEST_OS", "unit-tests")]).message(context)).expect("a job encodes");
+        session.publish(amqp::PUBLIC.name, &message, Some(5)).await?;
     }
     session.close().await;
 

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+pub use crate::launch::Binaries;
 use crate::pod::{self, HostPorts, Pod};
 use crate::service::{ServiceError, Webhook, Worker, WorkerConfig};
 use crate::worker::{Forge, RunnerConfig, Sandbox};
@@ -18,31 +19,6 @@ pub const REPOS: [(&str, &str); 4] = [
     ("workbench-ci/library", "failing"),
     ("workbench-ci/kvm", "kvm"),
 ];
-
-/// Where the service binaries are.
-#[derive(Debug, Clone)]
-pub struct Binaries {
-    pub webhook: PathBuf,
-    pub tasks: PathBuf,
-}
-
-impl Binaries {
-    /// The binaries of a cargo profile's output directory.
-    pub fn in_dir(dir: &Path) -> Binaries {
-        Binaries { webhook: dir.join("webhook"), tasks: dir.join("tasks") }
-    }
-
-    /// The binaries of the build a test belongs to: tests run from `target/<profile>/deps/`.
-    pub fn of_test_build() -> Binaries {
-        let exe = std::env::current_exe().unwrap_or_default();
-        Binaries::in_dir(exe.parent().and_then(Path::parent).unwrap_or(Path::new(".")))
-    }
-
-    /// Their directory, for `PATH`.
-    pub fn dir(&self) -> &Path {
-        self.tasks.parent().unwrap_or(Path::new("."))
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -471,7 +447,7 @@ impl Deployment {
                 .save_logs()
                 .into_iter()
                 .map(|(name, path)| {
-                    let tail = crate::service::tail(&path, lines);
+                    let tail = crate::child::tail(&path, lines);
                     (name, path, tail)
                 })
                 .collect(),

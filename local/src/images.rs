@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
-use crate::deployment::Binaries;
+use crate::launch::Binaries;
 use crate::podman::{PodmanError, PodmanService};
 
 /// This machine's distribution from its packages: the base of the others, and an image jobs

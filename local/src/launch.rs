@@ -6,7 +6,32 @@
 //! goes on the command line.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Where the service binaries are.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub webhook: PathBuf,
+    pub tasks: PathBuf,
+}
+
+impl Binaries {
+    /// The binaries of a cargo profile's output directory.
+    pub fn in_dir(dir: &Path) -> Binaries {
+        Binaries { webhook: dir.join("webhook"), tasks: dir.join("tasks") }
+    }
+
+    /// The binaries of the build a test belongs to: tests run from `target/<profile>/deps/`.
+    pub fn of_test_build() -> Binaries {
+        let exe = std::env::current_exe().unwrap_or_default();
+        Binaries::in_dir(exe.parent().and_then(Path::parent).unwrap_or(Path::new(".")))
+    }
+
+    /// Their directory, for `PATH`.
+    pub fn dir(&self) -> &Path {
+        self.tasks.parent().unwrap_or(Path::new("."))
+    }
+}
 
 /// A service's command line and environment.
 #[derive(Debug, Clone, PartialEq, Eq)]

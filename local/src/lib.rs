@@ -21,8 +21,9 @@ mod child;
 mod port;
 
 pub use broker::{Broker, BrokerError};
-pub use deployment::{Binaries, Deployment, Endpoints};
+pub use deployment::{Deployment, Endpoints};
 pub use github::{Delivery, MockGitHub};
+pub use launch::Binaries;
 pub use podman::{PodmanError, PodmanService};
 pub use port::free_port;
 pub use s3_server::S3Server;

@@ -389,7 +389,7 @@ impl Pod {
                     let state = podman.containers().get(&full_name).inspect().await.ok().and_then(|c| c.state);
                     if state.and_then(|s| s.running) == Some(false) {
                         let log = self.save_log(name);
-                        let tail = crate::service::tail(&log, 20);
+                        let tail = crate::child::tail(&log, 20);
                         return Err(PodError::Exited { name: full_name, log, tail });
                     }
                 }

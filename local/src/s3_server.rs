@@ -17,7 +17,7 @@ use s3s::auth::SimpleAuth;
 use s3s::path::S3Path;
 use s3s::service::S3ServiceBuilder;
 use s3s::{S3Result, s3_error};
-use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::secrets::{S3_HOST, Secrets};
 
@@ -29,7 +29,8 @@ pub struct S3Server {
     address: SocketAddr,
     /// The CA of its certificate, when it serves HTTPS.
     ca: Option<Vec<u8>>,
-    stop: watch::Sender<bool>,
+    /// Stops the accept loop and every connection when the server is dropped.
+    _stop: DropGuard,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,17 +78,18 @@ impl S3Server {
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.map_err(io_error("listen"))?;
         let address = listener.local_addr().map_err(io_error("listen"))?;
         // Stopping closes the open connections too: clients keep theirs alive between requests.
-        let (stop, stopped) = watch::channel(false);
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
         tokio::spawn(async move {
             loop {
-                let mut stopping = stopped.clone();
                 let stream = tokio::select! {
                     accepted = listener.accept() => match accepted {
                         Ok((stream, _)) => stream,
                         Err(_) => continue,
                     },
-                    _ = stopping.wait_for(|stop| *stop) => return,
+                    () = stopped.cancelled() => return,
                 };
+                let stopping = stopped.clone();
                 let (service, acceptor) = (service.clone(), acceptor.clone());
                 tokio::spawn(async move {
                     let http = hyper::server::conn::http1::Builder::new();
@@ -102,12 +104,12 @@ impl S3Server {
                     };
                     tokio::select! {
                         () = serve => {}
-                        _ = stopping.wait_for(|stop| *stop) => {}
+                        () = stopping.cancelled() => {}
                     }
                 });
             }
         });
-        Ok(S3Server { address, ca, stop })
+        Ok(S3Server { address, ca, _stop: stop.drop_guard() })
     }
 
     /// The store's base URL, by the name Cockpit's tools accept ([`S3_HOST`], under
@@ -138,12 +140,6 @@ impl S3Server {
     /// `key` (anonymous without), trusting the store's CA, reaching it by [`S3Server::url`].
     pub fn store(&self, path: &str, key: Option<s3::Key>) -> Result<s3::Store, s3::Error> {
         s3::Store::new(&format!("{}{path}", self.url()), key, self.ca.as_deref())?.resolving(&self.hosts())
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        self.stop.send_replace(true);
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::child::ProcessGroup;
+use crate::child::{ProcessGroup, tail};
 use crate::client::Check;
 use crate::{Broker, Secrets};
 
@@ -193,11 +193,4 @@ impl Worker {
         let metrics = service.wait_listening(&address_file, "/metrics").await?;
         Ok(Worker { service, hostname: hostname.to_owned(), metrics })
     }
-}
-
-/// The last `lines` lines of the file at `path`.
-pub(crate) fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }

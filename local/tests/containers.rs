@@ -7,8 +7,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use local::Binaries;
 use local::broker::{self, Listener};
-use local::deployment::Binaries;
 use local::images;
 use local::{MockGitHub, PodmanService, secrets};
 use testcontainers::core::{AccessMode, Mount, WaitFor};

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use amqp::{JobMessage, PUBLIC, Session};
+use amqp::{Job, PUBLIC, Session};
 use local::images::BASE as BASE_IMAGE;
 use local::podman::PodmanService;
 use local::{Broker, MockGitHub, S3Server, Secrets, secrets};
@@ -92,15 +92,11 @@ async fn world(sandbox: Sandbox) -> World {
 impl World {
     /// Queues a job testing `fixture`'s pull request #1 with `env`; returns its repository and
     /// head.
-    async fn queue(&self, session: &Session, fixture: &str, env: serde_json::Value) -> (String, String) {
+    async fn queue(&self, session: &Session, fixture: &str, env: &[(&str, &str)]) -> (String, String) {
         let repo = format!("workbench-ci/{fixture}");
         self.mock.add_repo(&repo, &workspace(&format!("fixtures/repos/{fixture}"))).unwrap();
         let head = self.mock.open_pull(&repo, 1, "A change", "workbench-ci").unwrap();
-        let message = serde_json::json!({"job": {
-            "repo": repo, "sha": head, "context": "unit-tests", "pull": 1, "report": null, "command_subject": null,
-            "slug": format!("pull-1-{}-20261130-000000-unit-tests", &head[..8]), "env": env, "secrets": [],
-        }, "human": fixture});
-        let message: JobMessage = serde_json::from_value(message).unwrap();
+        let message = Job::for_pull(&repo, &head, 1, "unit-tests", "20261130-000000").with_env(env).message(fixture);
         session.publish(PUBLIC.name, &serde_json::to_vec(&message).unwrap(), Some(5)).await.unwrap();
         (repo, head)
     }
@@ -145,17 +141,17 @@ async fn leftovers(sandbox: Sandbox) {
     let session = Session::connect(&world.broker.client_config()).await.unwrap();
     // How long the process the job leaves behind would sleep: a number only it has.
     let linger = format!("600.{}{}", std::process::id(), sandbox as u8);
-    let env = serde_json::json!({
-        "TEST_OS": "unit-tests",
-        "PROBE_FILE": world.secrets.github_token(),
-        "PROBE_DIR": world.secrets.webhook_dir(),
-        "OUTPUT_BYTES": OUTPUT_BYTES.to_string(),
-        "LINGER": linger,
-    });
-    let (repo, head) = world.queue(&session, "leftovers", env).await;
+    let env = [
+        ("TEST_OS", "unit-tests"),
+        ("PROBE_FILE", &world.secrets.github_token().display().to_string()),
+        ("PROBE_DIR", &world.secrets.webhook_dir().display().to_string()),
+        ("OUTPUT_BYTES", &OUTPUT_BYTES.to_string()),
+        ("LINGER", &linger),
+    ];
+    let (repo, head) = world.queue(&session, "leftovers", &env).await;
     let status = world.final_status(&repo, &head).await;
     assert_eq!(status, ("success".to_owned(), format!("Success [{HOST}]")));
-    let (next_repo, next_head) = world.queue(&session, "passing", serde_json::json!({"TEST_OS": "unit-tests"})).await;
+    let (next_repo, next_head) = world.queue(&session, "passing", &[("TEST_OS", "unit-tests")]).await;
     assert_eq!(world.final_status(&next_repo, &next_head).await.0, "success", "the worker runs the next job");
 
     let objects = world.objects().await;

@@ -82,15 +82,24 @@ image-upload = "{SECRET}"
     Some(World { mock, s3, config, token_file: secrets.github_token(), dir, _podman: podman })
 }
 
-fn job(repo: &str, sha: &str, extra: serde_json::Value) -> Job {
-    let mut job = serde_json::json!({
-        "repo": repo, "sha": sha, "context": "unit-tests", "pull": 1, "report": null, "command_subject": null,
-        "slug": format!("pull-1-{}-20261123-000000-unit-tests", &sha[..8]),
-        "env": {"TEST_OS": "unit-tests", "TEST_REVISION": sha, "COCKPIT_BOTS_REF": "main", "BASE_BRANCH": "main", "TEST_PULL": "1"},
-        "secrets": ["github-token", "image-download"],
-    });
-    job.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-    serde_json::from_value(job).unwrap()
+/// The job tests-scan queues for pull request #1 of `repo` at `sha`, context `unit-tests`.
+fn job(repo: &str, sha: &str) -> Job {
+    let job = Job {
+        secrets: vec!["github-token".into(), "image-download".into()],
+        ..Job::for_pull(repo, sha, 1, "unit-tests", "20261123-000000")
+    };
+    job.with_env(&[
+        ("TEST_OS", "unit-tests"),
+        ("TEST_REVISION", sha),
+        ("COCKPIT_BOTS_REF", "main"),
+        ("BASE_BRANCH", "main"),
+        ("TEST_PULL", "1"),
+    ])
+}
+
+/// A job's argv.
+fn command(argv: &[&str]) -> Option<Vec<String>> {
+    Some(argv.iter().map(|arg| (*arg).to_owned()).collect())
 }
 
 struct Ran {
@@ -102,14 +111,15 @@ struct Ran {
 }
 
 impl World {
-    /// Runs the job for `fixture`'s pull request #1 (`extra` overrides job fields), cancelling
-    /// it once it is in progress if `cancel` says so.
-    async fn run(&self, fixture: &str, extra: serde_json::Value, cancel: bool) -> Ran {
+    /// Runs the job for `fixture`'s pull request #1 (changed by `edit`), cancelling it once it
+    /// is in progress if `cancel` says so.
+    async fn run(&self, fixture: &str, edit: impl FnOnce(&mut Job), cancel: bool) -> Ran {
         // A repository of its own for every run, so that runs do not see each other's statuses.
         let repo = format!("workbench-ci/{fixture}-{}", unique());
         self.mock.add_repo(&repo, &workspace(&format!("fixtures/repos/{fixture}"))).unwrap();
         let head = self.mock.open_pull(&repo, 1, "A change", "workbench-ci").unwrap();
-        let job = job(&repo, &head, extra);
+        let mut job = job(&repo, &head);
+        edit(&mut job);
         let scratch = self.dir.path().join(format!("scratch-{}", unique()));
         std::fs::create_dir_all(&scratch).unwrap();
         let cancel_job = CancellationToken::new();
@@ -146,7 +156,7 @@ fn last_status(ran: &Ran) -> Option<(&str, &str)> {
 
 async fn passing(sandbox: Sandbox) {
     let Some(world) = world(sandbox, None).await else { return };
-    let ran = world.run("passing", serde_json::json!({}), false).await;
+    let ran = world.run("passing", |_| {}, false).await;
     let log = &ran.log;
     assert_eq!(ran.outcome, Outcome::Success, "{log}");
     let target = Some(format!("{}log.html", ran.log_dir));
@@ -175,7 +185,7 @@ async fn passing(sandbox: Sandbox) {
 
 async fn failing(sandbox: Sandbox) {
     let Some(world) = world(sandbox, None).await else { return };
-    let ran = world.run("failing", serde_json::json!({}), false).await;
+    let ran = world.run("failing", |_| {}, false).await;
     let reason = "Container exited with code 1".to_owned();
     assert_eq!(ran.outcome, Outcome::Failure(reason.clone()));
     assert_eq!(last_status(&ran), Some(("failure", &*format!("{reason} [{HOST}]"))));
@@ -191,7 +201,7 @@ async fn a_job_whose_pull_request_changed_fails_so() {
     let main = world.mock.add_repo(repo, &workspace("fixtures/repos/passing")).unwrap();
     world.mock.open_pull(repo, 1, "A change", "workbench-ci").unwrap();
     // The job tests an older commit than the pull request's head.
-    let job = job(repo, &main, serde_json::json!({"command": ["sleep", "60"]}));
+    let job = Job { command: command(&["sleep", "60"]), ..job(repo, &main) };
     let scratch = world.dir.path().join("scratch-moved-on");
     std::fs::create_dir_all(&scratch).unwrap();
     let never = CancellationToken::new();
@@ -207,7 +217,7 @@ async fn a_job_whose_pull_request_changed_fails_so() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_project_without_an_entry_point_fails() {
     let world = world(Sandbox::Process, None).await.unwrap();
-    let ran = world.run("no-entry-point", serde_json::json!({}), false).await;
+    let ran = world.run("no-entry-point", |_| {}, false).await;
     assert_eq!(ran.outcome, Outcome::Failure("Container exited with code 1".into()));
     assert!(ran.log.contains("\n*** Failed to execute entry point.\n"), "{}", ran.log);
     assert!(!ran.log.contains("Internal error"), "{}", ran.log);
@@ -218,18 +228,14 @@ async fn secrets(sandbox: Sandbox) {
     let Some(world) = world(sandbox, None).await else { return };
     let token = std::fs::read_to_string(&world.token_file).unwrap();
     let probe = world.token_file.display().to_string();
-    let asked = world
-        .run(
-            "probe",
-            serde_json::json!({"secrets": ["image-upload"], "env": {"TEST_OS": "unit-tests", "PROBE": probe}}),
-            false,
-        )
-        .await;
+    let with_probe = |job: &mut Job, secrets: &[&str]| {
+        job.secrets = secrets.iter().map(|secret| (*secret).to_owned()).collect();
+        job.env.insert("PROBE".into(), probe.clone());
+    };
+    let asked = world.run("probe", |job| with_probe(job, &["image-upload"]), false).await;
     assert_eq!(asked.outcome, Outcome::Success, "{}", asked.log);
     assert!(asked.log.contains(&format!("secret: {SECRET}")), "{}", asked.log);
-    let not_asked = world
-        .run("probe", serde_json::json!({"secrets": [], "env": {"TEST_OS": "unit-tests", "PROBE": probe}}), false)
-        .await;
+    let not_asked = world.run("probe", |job| with_probe(job, &[]), false).await;
     assert!(not_asked.log.contains("secret file: none"), "{}", not_asked.log);
     assert!(!not_asked.log.contains(SECRET), "{}", not_asked.log);
     let environment = |log: &str| -> Vec<String> {
@@ -252,7 +258,7 @@ async fn secrets(sandbox: Sandbox) {
 
 async fn cancelled(sandbox: Sandbox) {
     let Some(world) = world(sandbox, None).await else { return };
-    let ran = world.run("passing", serde_json::json!({"command": ["sh", "-c", "echo started; sleep 600"]}), true).await;
+    let ran = world.run("passing", |job| job.command = command(&["sh", "-c", "echo started; sleep 600"]), true).await;
     assert_eq!(ran.outcome, Outcome::Cancelled, "{}", ran.log);
     assert_eq!(last_status(&ran), Some(("error", &*format!("Cancelled [{HOST}]"))));
     assert!(ran.log.ends_with("*** Job cancelled\n"), "{}", ran.log);
@@ -269,8 +275,9 @@ async fn container_a_hostile_job_gets_nothing_and_its_limits_hold() {
     std::fs::write(&file, text.replace("run-args = []", r#"run-args = ["--pids-limit=128"]"#)).unwrap();
     world.config = RunnerConfig::load(Some(&file)).unwrap();
     let probe = world.token_file.display().to_string();
-    let env = serde_json::json!({"TEST_OS": "unit-tests", "PROBE": probe});
-    let ran = world.run("hostile", serde_json::json!({"timeout": 1, "env": env}), false).await;
+    let ran = world
+        .run("hostile", |job| *job = Job { timeout: Some(1), ..job.clone().with_env(&[("PROBE", &probe)]) }, false)
+        .await;
     let log = &ran.log;
     assert_eq!(ran.outcome, Outcome::Failure("Timeout after 1 minutes".into()), "{log}");
     assert!(!log.contains("found: "), "{log}");
@@ -283,7 +290,7 @@ async fn container_a_hostile_job_gets_nothing_and_its_limits_hold() {
     let escaped: Vec<_> = walk(world.dir.path()).into_iter().filter(|path| path.ends_with("escaped")).collect();
     assert!(escaped.is_empty(), "written outside the checkout: {escaped:?}");
 
-    let next = world.run("passing", serde_json::json!({}), false).await;
+    let next = world.run("passing", |_| {}, false).await;
     assert_eq!(next.outcome, Outcome::Success, "{}", next.log);
     let socket = world.config.container.socket();
     assert_eq!(tasks::container::remove_leftovers(&socket, HOST).await, Ok(0), "no job container is left");
@@ -356,7 +363,7 @@ async fn statuses_ride_out_github_errors_and_slow_answers() {
     let world = world(Sandbox::Process, None).await.unwrap();
     let delay = std::time::Duration::from_millis(500);
     world.mock.set_status_faults(StatusFaults { refuse: [500, 502, 500, 502].into(), delay });
-    let ran = world.run("passing", serde_json::json!({}), false).await;
+    let ran = world.run("passing", |_| {}, false).await;
     assert_eq!(ran.outcome, Outcome::Success, "{}", ran.log);
     let posted: Vec<_> = ran.statuses.iter().map(|s| (s.state.as_str(), s.description.as_str())).collect();
     assert_eq!(posted, [("pending", &*format!("In progress [{HOST}]")), ("success", &*format!("Success [{HOST}]"))]);
@@ -369,7 +376,7 @@ async fn statuses_ride_out_github_errors_and_slow_answers() {
 async fn a_final_status_outlasts_a_github_outage_longer_than_cockpits_tries() {
     let world = world(Sandbox::Process, None).await.unwrap();
     world.mock.set_status_faults(StatusFaults { refuse: [502; 7].into(), ..StatusFaults::default() });
-    let ran = world.run("passing", serde_json::json!({}), false).await;
+    let ran = world.run("passing", |_| {}, false).await;
     assert_eq!(ran.outcome, Outcome::Success, "{}", ran.log);
     let posted: Vec<_> = ran.statuses.iter().map(|s| (s.state.as_str(), s.description.as_str())).collect();
     assert_eq!(posted, [("success", &*format!("Success [{HOST}]"))]);
@@ -384,7 +391,7 @@ async fn a_job_whose_log_cannot_be_stored_still_ends_with_an_error_saying_so() {
     let repo = "workbench-ci/s3-away";
     mock.add_repo(repo, &workspace("fixtures/repos/passing")).unwrap();
     let head = mock.open_pull(repo, 1, "A change", "workbench-ci").unwrap();
-    let job = job(repo, &head, serde_json::json!({"command": ["sh", "-c", "sleep 2; echo finished"]}));
+    let job = Job { command: command(&["sh", "-c", "sleep 2; echo finished"]), ..job(repo, &head) };
     let scratch = dir.path().join("scratch-s3-away");
     std::fs::create_dir_all(&scratch).unwrap();
     let never = CancellationToken::new();
@@ -409,7 +416,7 @@ async fn a_job_whose_log_cannot_be_stored_still_ends_with_an_error_saying_so() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_repository_is_an_internal_error() {
     let world = world(Sandbox::Process, Some("http://127.0.0.1:9/")).await.unwrap();
-    let ran = world.run("passing", serde_json::json!({}), false).await;
+    let ran = world.run("passing", |_| {}, false).await;
     assert!(matches!(ran.outcome, Outcome::Error(_)), "{:?}", ran.outcome);
     assert_eq!(last_status(&ran), Some(("error", &*format!("Internal error [{HOST}]"))));
     assert!(ran.log.contains("git clone failed"), "the log says why: {}", ran.log);
@@ -418,11 +425,11 @@ async fn an_unreachable_repository_is_an_internal_error() {
 #[tokio::test(flavor = "multi_thread")]
 async fn container_the_project_names_its_image_and_a_missing_image_is_an_internal_error() {
     let Some(world) = world(Sandbox::Container, None).await else { return };
-    let ran = world.run("container", serde_json::json!({}), false).await;
+    let ran = world.run("container", |_| {}, false).await;
     assert_eq!(ran.outcome, Outcome::Success, "{}", ran.log);
     assert!(ran.log.contains(&format!("Using container image: {BASE_IMAGE}\n")), "{}", ran.log);
 
-    let ran = world.run("passing", serde_json::json!({"container": "localhost/workbench/no-such-image"}), false).await;
+    let ran = world.run("passing", |job| job.container = Some("localhost/workbench/no-such-image".into()), false).await;
     assert!(matches!(ran.outcome, Outcome::Error(_)), "{:?}", ran.outcome);
     assert_eq!(last_status(&ran), Some(("error", &*format!("Internal error [{HOST}]"))));
     assert!(ran.log.contains("Failed to create container from localhost/workbench/no-such-image"), "{}", ran.log);
@@ -439,7 +446,7 @@ async fn the_job_runner_command_runs_a_job_to_its_final_status() {
         let repo = format!("workbench-ci/{fixture}-cli");
         world.mock.add_repo(&repo, &workspace(&format!("fixtures/repos/{fixture}"))).unwrap();
         let head = world.mock.open_pull(&repo, 1, "A change", "workbench-ci").unwrap();
-        let job = serde_json::to_string(&job(&repo, &head, serde_json::json!({}))).unwrap();
+        let job = serde_json::to_string(&job(&repo, &head)).unwrap();
         let status = tokio::process::Command::new(&binary)
             .args(["job-runner", "--hostname", "cli", "--job-runner-config"])
             .arg(world.dir.path().join("job-runner.toml"))
@@ -475,7 +482,7 @@ async fn a_job_whose_run_another_job_owns_posts_nothing_and_runs_nothing() {
     }
     let marker = dir.path().join("ran");
     let command = format!("touch {}", marker.display());
-    let job = job(repo, &head, serde_json::json!({"command": ["sh", "-c", command]}));
+    let job = Job { command: self::command(&["sh", "-c", &command]), ..job(repo, &head) };
     let scratch = dir.path().join("scratch-twin");
     std::fs::create_dir_all(&scratch).unwrap();
     let outcome = job::run(&config, &job, HOST, &scratch, CancellationToken::new()).await.unwrap();
@@ -494,7 +501,7 @@ async fn container_github_away_before_a_job_starts_puts_it_off_without_a_status(
     mock.add_repo(repo, &workspace("fixtures/repos/container")).unwrap();
     let head = mock.open_pull(repo, 1, "A change", "workbench-ci").unwrap();
     // Without a pull request to read, the image is the first thing asked of GitHub.
-    let job = job(repo, &head, serde_json::json!({"pull": null}));
+    let job = Job { pull: None, ..job(repo, &head) };
     let outage = std::time::Duration::from_secs(120);
     mock.set_api_faults(local::github::ApiFaults::outage(&[(outage, local::github::Outage::Status(502))]));
     let scratch = dir.path().join("scratch-image-outage");
@@ -519,7 +526,7 @@ async fn a_job_with_local_logs_writes_them_into_their_directory() {
     let repo = "workbench-ci/local-logs";
     mock.add_repo(repo, &workspace("fixtures/repos/passing")).unwrap();
     let head = mock.open_pull(repo, 1, "A change", "workbench-ci").unwrap();
-    let job = job(repo, &head, serde_json::json!({}));
+    let job = job(repo, &head);
     let slug = job.slug.clone().unwrap();
     let scratch = dir.path().join("scratch-local-logs");
     std::fs::create_dir_all(&scratch).unwrap();

@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use amqp::{JobMessage, PUBLIC, STATISTICS, Session, WEBHOOK};
+use amqp::{Job, PUBLIC, STATISTICS, Session, WEBHOOK};
 use local::client::{Check, TimedOut, wait_until};
 use local::github::StatusFaults;
 use local::{Broker, MockGitHub, S3Server, Secrets, secrets};
@@ -137,12 +137,11 @@ impl World {
 
     /// Publishes a job for `context` whose command is `command`.
     async fn publish_job(&self, session: &Session, context: &str, command: Option<&[&str]>) {
-        let job = serde_json::json!({"job": {
-            "repo": REPO, "sha": self.head, "context": context, "pull": 1, "report": null,
-            "command_subject": null, "slug": format!("pull-1-{}-20261123-000000-{}", &self.head[..8], context.replace('/', "-")),
-            "env": {"TEST_OS": "unit-tests"}, "secrets": [], "command": command,
-        }, "human": format!("job {context}")});
-        let message: JobMessage = serde_json::from_value(job).unwrap();
+        let job = Job {
+            command: command.map(|argv| argv.iter().map(|arg| (*arg).to_owned()).collect()),
+            ..Job::for_pull(REPO, &self.head, 1, context, "20261123-000000")
+        };
+        let message = job.with_env(&[("TEST_OS", "unit-tests")]).message(&format!("job {context}"));
         session.publish(PUBLIC.name, &serde_json::to_vec(&message).unwrap(), Some(5)).await.unwrap();
     }
 }
@@ -182,7 +181,8 @@ async fn a_queued_pull_request_event_is_tested_to_a_final_status() {
     let value = |name: &str| {
         scraped.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok()).unwrap_or(0)
     };
-    assert_eq!(value("tasks_jobs_total{outcome=\"success\"}"), 1, "{scraped}");
+    let statuses = world.mock.statuses(REPO, &world.head);
+    assert_eq!(value("tasks_jobs_total{outcome=\"success\"}"), 1, "{scraped}\n{statuses:#?}");
     // The rescan at the worker's start may queue the job before the event's scan queues it
     // again (Cockpit's rule for a pending context): that twin stops without a status.
     let twins = value("tasks_jobs_total{outcome=\"superseded\"}");
@@ -375,9 +375,10 @@ async fn a_stopping_worker_cancels_jobs_past_its_grace_period_and_acknowledges_t
     session.declare(PUBLIC).await.unwrap();
     // First a job the worker cannot even start (an unknown forge): parked, and the worker goes
     // on to the next.
-    let broken = serde_json::json!({"job": {"repo": REPO, "sha": world.head, "context": "broken", "forge": "nowhere",
-        "pull": null, "report": null, "command_subject": null, "env": {}, "secrets": []}, "human": "broken"});
-    session.publish(PUBLIC.name, broken.to_string().as_bytes(), Some(5)).await.unwrap();
+    let broken =
+        Job { forge: Some("nowhere".into()), ..Job::for_pull(REPO, &world.head, 0, "broken", "20261123-000000") };
+    let broken = serde_json::to_vec(&broken.message("broken")).unwrap();
+    session.publish(PUBLIC.name, &broken, Some(5)).await.unwrap();
     world.publish_job(&session, "unit-tests", Some(&["sh", "-c", "sleep 600"])).await;
     let (stop, worker) = world.worker_with(Args { hostname: Some("worker-1".into()), grace: 1, ..world.args.clone() });
     world.wait_until(|statuses| !statuses.is_empty()).await;
@@ -387,7 +388,7 @@ async fn a_stopping_worker_cancels_jobs_past_its_grace_period_and_acknowledges_t
     assert_eq!((last.state.as_str(), last.description.as_str()), ("error", "Cancelled [worker-1]"));
     assert_eq!(session.declare(PUBLIC).await.unwrap(), 0, "a cancelled job is acknowledged: a rescan queues it again");
     let parked = session.get(amqp::DEAD_LETTER.name).await.unwrap().expect("the job that could not start, parked");
-    assert_eq!(parked.body, broken.to_string().into_bytes());
+    assert_eq!(parked.body, broken);
     assert!(parked.header(amqp::ERROR_HEADER).unwrap_or_default().contains("nowhere"), "says why");
 }
 

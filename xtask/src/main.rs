@@ -15,8 +15,8 @@ mod secrets;
 mod smoke;
 #[cfg(test)]
 mod tidy;
+mod workspace;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -86,25 +86,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The workspace root (the directory of the top Cargo.toml).
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
-}
-
-/// Where run directories go: under cargo's target directory, never the source tree.
-fn runs_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from);
-    target.join("workbench")
-}
-
-/// Where tools xtask installs for itself (actionlint, cargo-fuzz) and their work go.
-fn tools_dir() -> PathBuf {
-    runs_dir().parent().expect("runs live in the target directory").join("tools")
-}
-
-/// A multi-threaded runtime for the async commands.
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }

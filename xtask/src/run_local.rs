@@ -126,7 +126,7 @@ struct Outcome {
 
 /// The file that names the kept deployment's process, for `cargo xtask down`.
 fn kept_file() -> PathBuf {
-    crate::runs_dir().join("kept.pid")
+    crate::workspace::runs_dir().join("kept.pid")
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -149,8 +149,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let binaries = match &args.binaries {
         Some(dir) => Binaries::in_dir(dir),
         // A given tasks image brings its own.
-        None if runtime == Runtime::Podman && args.tasks_image.is_some() => release_binaries(),
-        None => build_binaries()?,
+        None if runtime == Runtime::Podman && args.tasks_image.is_some() => crate::workspace::release_binaries(),
+        None => crate::workspace::build_binaries()?,
     };
     let runtime = match runtime {
         Runtime::Podman => {
@@ -164,18 +164,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         _ => local::deployment::Runtime::Process,
     };
-    let runs = crate::runs_dir();
+    let runs = crate::workspace::runs_dir();
     std::fs::create_dir_all(&runs).with_context(|| format!("creating {}", runs.display()))?;
     let run_dir = tempfile::Builder::new().prefix("run-").tempdir_in(&runs).context("creating the run directory")?;
     let options = Options {
         binaries,
         secrets: args.secrets.clone(),
         workers: args.workers,
-        fixtures: args.fixtures.clone().unwrap_or_else(|| crate::workspace_root().join("fixtures")),
+        fixtures: args.fixtures.clone().unwrap_or_else(|| crate::workspace::root().join("fixtures")),
         real_github_token: args.github_token.clone(),
         runtime,
     };
-    let result = crate::runtime()?.block_on(async {
+    let result = crate::workspace::runtime()?.block_on(async {
         tokio::select! {
             // A kept deployment waits for the same signal to end normally: it goes first.
             biased;
@@ -203,24 +203,6 @@ async fn interrupted() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-}
-
-/// Builds the service binaries with the release profile, as they ship.
-pub(crate) fn build_binaries() -> anyhow::Result<Binaries> {
-    let spinner = Spinner::start("building the service binaries (release)");
-    let output = crate::ci::cargo()
-        .args(["build", "--release", "--quiet", "-p", "webhook", "-p", "tasks"])
-        .output()
-        .context("running cargo build")?;
-    spinner.finish(output.status.success());
-    if !output.status.success() {
-        bail!("building the service binaries failed:\n{}", String::from_utf8_lossy(&output.stderr));
-    }
-    Ok(release_binaries())
-}
-
-fn release_binaries() -> Binaries {
-    Binaries::in_dir(&crate::runs_dir().parent().expect("runs live in the target directory").join("release"))
 }
 
 async fn deploy_and_check(run_dir: &Path, options: &Options, args: &Args) -> anyhow::Result<()> {

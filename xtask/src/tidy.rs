@@ -17,7 +17,7 @@ fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) {
 #[test]
 fn every_rust_file_starts_with_a_doc_comment() {
     let mut files = Vec::new();
-    rust_files(&crate::workspace_root(), &mut files);
+    rust_files(&crate::workspace::root(), &mut files);
     assert!(files.len() > 10, "found the sources: {files:?}");
     let undocumented: Vec<_> =
         files.iter().filter(|path| !std::fs::read_to_string(path).unwrap().starts_with("//!")).collect();
@@ -27,7 +27,7 @@ fn every_rust_file_starts_with_a_doc_comment() {
 #[test]
 fn no_unfinished_work_markers() {
     let mut files = Vec::new();
-    rust_files(&crate::workspace_root(), &mut files);
+    rust_files(&crate::workspace::root(), &mut files);
     let markers = [concat!("TO", "DO"), concat!("FIX", "ME"), concat!("todo", "!(")];
     let marked: Vec<_> = files
         .iter()

@@ -59,8 +59,9 @@ impl CommandMessage {
 }
 
 /// A job spec as Cockpit's tests-scan writes it and its job-runner reads it. The first nine
-/// fields are always written, in tests-scan's order; the rest only when set.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// fields are always written, in tests-scan's order; the rest only when set. Build one with
+/// [`Job::for_pull`] and struct update syntax for the rest.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub repo: String,
     #[serde(default)]
@@ -98,6 +99,39 @@ pub struct Job {
     pub title: Option<String>,
 }
 
+impl Job {
+    /// A job testing `context` on pull request `pull` (0: a branch or commit, no pull request)
+    /// at `sha` of `repo`, named as tests-scan names it; no environment, secrets or command.
+    pub fn for_pull(repo: &str, sha: &str, pull: u64, context: &str, timestamp: &str) -> Job {
+        Job {
+            repo: repo.to_owned(),
+            sha: Some(sha.to_owned()),
+            context: Some(context.to_owned()),
+            pull: (pull != 0).then_some(pull),
+            slug: Some(Job::slug(pull, sha, timestamp, context)),
+            ..Job::default()
+        }
+    }
+
+    /// tests-scan's slug: `pull-<N>-<first 8 of the SHA>-<timestamp>-<context, / and @ as ->`
+    /// (`timestamp` as `%Y%m%d-%H%M%S`), which names the job's log directory in S3.
+    pub fn slug(pull: u64, sha: &str, timestamp: &str, context: &str) -> String {
+        let suffix = context.replace(['/', '@'], "-");
+        format!("pull-{pull}-{}-{timestamp}-{suffix}", &sha[..sha.len().min(8)])
+    }
+
+    /// This job with `pairs` added to its environment.
+    pub fn with_env(mut self, pairs: &[(&str, &str)]) -> Job {
+        self.env.extend(pairs.iter().map(|(name, value)| ((*name).to_owned(), (*value).to_owned())));
+        self
+    }
+
+    /// This job with its `inspect-queue --human` summary.
+    pub fn message(self, human: &str) -> JobMessage {
+        JobMessage { job: self, human: human.to_owned() }
+    }
+}
+
 /// A repository on a forge, at a branch (`""` forge means the default one).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subject {
@@ -111,6 +145,17 @@ pub struct Subject {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// tests-scan's names: the pull request (0 for none), 8 hex digits, the time, the context
+    /// with `/` and `@` as `-`.
+    #[test]
+    fn job_slugs_are_tests_scans() {
+        let job = Job::for_pull("o/r", "a4d25bb9d1d2e0a0", 7, "fedora-40/devel@bots#12", "20240315-135902");
+        assert_eq!(job.slug.as_deref(), Some("pull-7-a4d25bb9-20240315-135902-fedora-40-devel-bots#12"));
+        assert_eq!(job.pull, Some(7));
+        assert_eq!(Job::for_pull("o/r", "abc", 0, "c", "t").slug.as_deref(), Some("pull-0-abc-t-c"));
+        assert_eq!(Job::for_pull("o/r", "abc", 0, "c", "t").pull, None);
+    }
 
     /// The job of Cockpit's own mock PR test as our tests-scan publishes it: Cockpit's keys, order
     /// and values, in compact JSON (Cockpit's has a space after each `,` and `:`).

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::log_store::LogStore;
 use crate::log_stream::LogStream;
@@ -158,8 +159,10 @@ pub async fn process(
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", argv[0]))?;
     let (sender, output) = mpsc::channel(16);
-    forward(child.stdout.take().expect("piped"), sender.clone());
-    forward(child.stderr.take().expect("piped"), sender);
+    let _forwarders = [
+        forward(child.stdout.take().expect("piped"), sender.clone()),
+        forward(child.stderr.take().expect("piped"), sender),
+    ];
     let ended = pump(output, log, deadline, cancel).await?;
     if ended.is_some() {
         // The whole process group: a test's own children must not outlive it.
@@ -248,16 +251,19 @@ fn parent(pid: i32) -> Option<i32> {
     stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Sends what `reader` reads to `sender` until either ends.
-fn forward(mut reader: impl tokio::io::AsyncRead + Unpin + Send + 'static, sender: mpsc::Sender<Vec<u8>>) {
-    tokio::spawn(async move {
+/// Sends what `reader` reads to `sender` until either ends; the caller owns the task.
+fn forward(
+    mut reader: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    sender: mpsc::Sender<Vec<u8>>,
+) -> AbortOnDropHandle<()> {
+    AbortOnDropHandle::new(tokio::spawn(async move {
         let mut buffer = vec![0u8; 65536];
         while let Ok(n @ 1..) = reader.read(&mut buffer).await {
             if sender.send(buffer[..n].to_vec()).await.is_err() {
                 break;
             }
         }
-    });
+    }))
 }
 
 /// Copies `output` into the log until every sender is gone (`None`), the deadline passes or

@@ -166,8 +166,6 @@ fn job(scan: &Scan, pull: &Pull, context: &str) -> JobMessage {
     if pull.number != 0 {
         env.insert("TEST_PULL".to_owned(), pull.number.to_string());
     }
-    let suffix = context.replace(['/', '@'], "-");
-    let short_sha = &pull.sha[..pull.sha.len().min(8)];
     let job = Job {
         repo: scan.repo.to_owned(),
         sha: Some(pull.sha.clone()),
@@ -176,16 +174,10 @@ fn job(scan: &Scan, pull: &Pull, context: &str) -> JobMessage {
         report: (pull.number == 0)
             .then(|| serde_json::json!({"title": format!("Tests failed on {}", pull.sha), "labels": ["nightly"]})),
         command_subject,
-        slug: Some(format!("pull-{}-{short_sha}-{}-{suffix}", pull.number, scan.timestamp)),
+        slug: Some(Job::slug(pull.number, &pull.sha, scan.timestamp, context)),
         env,
         secrets: vec!["github-token".to_owned(), "image-download".to_owned()],
-        forge: None,
-        branch: None,
-        target: None,
-        container: None,
-        command: None,
-        timeout: None,
-        title: None,
+        ..Job::default()
     };
     let project = parsed.repo.as_ref().map_or(scan.repo, |spec| spec.project.as_str());
     let name = format!("pull-{}", pull.number);
