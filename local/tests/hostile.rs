@@ -233,6 +233,7 @@ async fn process_what_a_hostile_job_leaves_behind_is_refused_or_bounded() {
     leftovers(Sandbox::Process).await;
 }
 
+#[cfg_attr(not(ci), ignore = "needs podman: cargo xtask ci installs it and runs this")]
 #[tokio::test(flavor = "multi_thread")]
 async fn container_what_a_hostile_job_leaves_behind_is_refused_or_bounded() {
     leftovers(Sandbox::Container).await;

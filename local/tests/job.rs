@@ -38,19 +38,14 @@ struct World {
     _podman: Option<PodmanService>,
 }
 
-/// The world for `sandbox`, or `None` (and a line saying why) when it cannot exist here.
-async fn world(sandbox: Sandbox, clone_url: Option<&str>) -> Option<World> {
+/// The world for `sandbox`.
+async fn world(sandbox: Sandbox, clone_url: Option<&str>) -> World {
     let dir = tempfile::tempdir().unwrap();
     let podman = match sandbox {
         Sandbox::Process => None,
-        Sandbox::Container => match PodmanService::start(&dir.path().join("podman")).await {
-            Ok(podman) => Some(podman),
-            Err(local::PodmanError::NotInstalled) => {
-                eprintln!("skipped: podman is not installed here (cargo xtask ci installs it)");
-                return None;
-            }
-            Err(err) => panic!("{err}"),
-        },
+        Sandbox::Container => {
+            Some(PodmanService::start(&dir.path().join("podman")).await.unwrap_or_else(|e| panic!("{e}")))
+        }
     };
     if let Some(podman) = &podman {
         local::images::ensure_base(podman).unwrap();
@@ -79,7 +74,7 @@ image-upload = "{SECRET}"
         std::fs::write(&file, text.replace(&mock.clone_url(), url)).unwrap();
     }
     let config = RunnerConfig::load(Some(&file)).unwrap();
-    Some(World { mock, s3, config, token_file: secrets.github_token(), dir, _podman: podman })
+    World { mock, s3, config, token_file: secrets.github_token(), dir, _podman: podman }
 }
 
 /// The job tests-scan queues for pull request #1 of `repo` at `sha`, context `unit-tests`.
@@ -155,7 +150,7 @@ fn last_status(ran: &Ran) -> Option<(&str, &str)> {
 }
 
 async fn passing(sandbox: Sandbox) {
-    let Some(world) = world(sandbox, None).await else { return };
+    let world = world(sandbox, None).await;
     let ran = world.run("passing", |_| {}, false).await;
     let log = &ran.log;
     assert_eq!(ran.outcome, Outcome::Success, "{log}");
@@ -184,7 +179,7 @@ async fn passing(sandbox: Sandbox) {
 }
 
 async fn failing(sandbox: Sandbox) {
-    let Some(world) = world(sandbox, None).await else { return };
+    let world = world(sandbox, None).await;
     let ran = world.run("failing", |_| {}, false).await;
     let reason = "Container exited with code 1".to_owned();
     assert_eq!(ran.outcome, Outcome::Failure(reason.clone()));
@@ -196,7 +191,7 @@ async fn failing(sandbox: Sandbox) {
 /// As Cockpit's job-runner, a job whose pull request moved on fails with "<repo>#<n> changed".
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_whose_pull_request_changed_fails_so() {
-    let world = world(Sandbox::Process, None).await.unwrap();
+    let world = world(Sandbox::Process, None).await;
     let repo = "workbench-ci/moved-on";
     let main = world.mock.add_repo(repo, &workspace("fixtures/repos/passing")).unwrap();
     world.mock.open_pull(repo, 1, "A change", "workbench-ci").unwrap();
@@ -216,7 +211,7 @@ async fn a_job_whose_pull_request_changed_fails_so() {
 /// checkout-and-run exits 1), not as an infrastructure error.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_project_without_an_entry_point_fails() {
-    let world = world(Sandbox::Process, None).await.unwrap();
+    let world = world(Sandbox::Process, None).await;
     let ran = world.run("no-entry-point", |_| {}, false).await;
     assert_eq!(ran.outcome, Outcome::Failure("Container exited with code 1".into()));
     assert!(ran.log.contains("\n*** Failed to execute entry point.\n"), "{}", ran.log);
@@ -225,7 +220,7 @@ async fn a_project_without_an_entry_point_fails() {
 
 /// A job gets a secret only when it asks for it, and never the worker's environment.
 async fn secrets(sandbox: Sandbox) {
-    let Some(world) = world(sandbox, None).await else { return };
+    let world = world(sandbox, None).await;
     let token = std::fs::read_to_string(&world.token_file).unwrap();
     let probe = world.token_file.display().to_string();
     let with_probe = |job: &mut Job, secrets: &[&str]| {
@@ -257,7 +252,7 @@ async fn secrets(sandbox: Sandbox) {
 }
 
 async fn cancelled(sandbox: Sandbox) {
-    let Some(world) = world(sandbox, None).await else { return };
+    let world = world(sandbox, None).await;
     let ran = world.run("passing", |job| job.command = command(&["sh", "-c", "echo started; sleep 600"]), true).await;
     assert_eq!(ran.outcome, Outcome::Cancelled, "{}", ran.log);
     assert_eq!(last_status(&ran), Some(("error", &*format!("Cancelled [{HOST}]"))));
@@ -267,9 +262,10 @@ async fn cancelled(sandbox: Sandbox) {
 /// A hostile project in a container with a process limit: it finds none of the worker's
 /// credentials, writes nothing outside its checkout on the host, its fork bomb stops at the
 /// limit, running forever ends at the job's timeout, and the next job runs as usual.
+#[cfg_attr(not(ci), ignore = "needs podman: cargo xtask ci installs it and runs this")]
 #[tokio::test(flavor = "multi_thread")]
 async fn container_a_hostile_job_gets_nothing_and_its_limits_hold() {
-    let Some(mut world) = world(Sandbox::Container, None).await else { return };
+    let mut world = world(Sandbox::Container, None).await;
     let file = world.dir.path().join("job-runner.toml");
     let text = std::fs::read_to_string(&file).unwrap();
     std::fs::write(&file, text.replace("run-args = []", r#"run-args = ["--pids-limit=128"]"#)).unwrap();
@@ -313,6 +309,7 @@ async fn process_a_passing_job_posts_cockpits_statuses_and_leaves_its_log_and_at
     passing(Sandbox::Process).await;
 }
 
+#[cfg_attr(not(ci), ignore = "needs podman: cargo xtask ci installs it and runs this")]
 #[tokio::test(flavor = "multi_thread")]
 async fn container_a_passing_job_posts_cockpits_statuses_and_leaves_its_log_and_attachments() {
     passing(Sandbox::Container).await;
@@ -323,6 +320,7 @@ async fn process_a_failing_job_ends_in_failure_with_its_reason() {
     failing(Sandbox::Process).await;
 }
 
+#[cfg_attr(not(ci), ignore = "needs podman: cargo xtask ci installs it and runs this")]
 #[tokio::test(flavor = "multi_thread")]
 async fn container_a_failing_job_ends_in_failure_with_its_reason() {
     failing(Sandbox::Container).await;
@@ -333,6 +331,7 @@ async fn process_a_job_sees_only_the_secrets_it_asks_for() {
     secrets(Sandbox::Process).await;
 }
 
+#[cfg_attr(not(ci), ignore = "needs podman: cargo xtask ci installs it and runs this")]
 #[tokio::test(flavor = "multi_thread")]
 async fn container_a_job_sees_only_the_secrets_it_asks_for() {
     secrets(Sandbox::Container).await;
@@ -343,6 +342,7 @@ async fn process_a_cancelled_job_says_so() {
     cancelled(Sandbox::Process).await;
 }
 
+#[cfg_attr(not(ci), ignore = "needs podman: cargo xtask ci installs it and runs this")]
 #[tokio::test(flavor = "multi_thread")]
 async fn container_a_cancelled_job_says_so() {
     cancelled(Sandbox::Container).await;
@@ -360,7 +360,7 @@ fn status_posts(mock: &MockGitHub, repo: &str) -> usize {
 /// back-off and all arrive.
 #[tokio::test(flavor = "multi_thread")]
 async fn statuses_ride_out_github_errors_and_slow_answers() {
-    let world = world(Sandbox::Process, None).await.unwrap();
+    let world = world(Sandbox::Process, None).await;
     let delay = std::time::Duration::from_millis(500);
     world.mock.set_status_faults(StatusFaults { refuse: [500, 502, 500, 502].into(), delay });
     let ran = world.run("passing", |_| {}, false).await;
@@ -374,7 +374,7 @@ async fn statuses_ride_out_github_errors_and_slow_answers() {
 /// the same, and its final status is tried until GitHub takes it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_final_status_outlasts_a_github_outage_longer_than_cockpits_tries() {
-    let world = world(Sandbox::Process, None).await.unwrap();
+    let world = world(Sandbox::Process, None).await;
     world.mock.set_status_faults(StatusFaults { refuse: [502; 7].into(), ..StatusFaults::default() });
     let ran = world.run("passing", |_| {}, false).await;
     assert_eq!(ran.outcome, Outcome::Success, "{}", ran.log);
@@ -387,7 +387,7 @@ async fn a_final_status_outlasts_a_github_outage_longer_than_cockpits_tries() {
 /// log could not be stored, and job-runner returns as after any job (the worker goes on).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_whose_log_cannot_be_stored_still_ends_with_an_error_saying_so() {
-    let World { mock, s3, config, dir, .. } = world(Sandbox::Process, None).await.unwrap();
+    let World { mock, s3, config, dir, .. } = world(Sandbox::Process, None).await;
     let repo = "workbench-ci/s3-away";
     mock.add_repo(repo, &workspace("fixtures/repos/passing")).unwrap();
     let head = mock.open_pull(repo, 1, "A change", "workbench-ci").unwrap();
@@ -415,16 +415,17 @@ async fn a_job_whose_log_cannot_be_stored_still_ends_with_an_error_saying_so() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_repository_is_an_internal_error() {
-    let world = world(Sandbox::Process, Some("http://127.0.0.1:9/")).await.unwrap();
+    let world = world(Sandbox::Process, Some("http://127.0.0.1:9/")).await;
     let ran = world.run("passing", |_| {}, false).await;
     assert!(matches!(ran.outcome, Outcome::Error(_)), "{:?}", ran.outcome);
     assert_eq!(last_status(&ran), Some(("error", &*format!("Internal error [{HOST}]"))));
     assert!(ran.log.contains("git clone failed"), "the log says why: {}", ran.log);
 }
 
+#[cfg_attr(not(ci), ignore = "needs podman: cargo xtask ci installs it and runs this")]
 #[tokio::test(flavor = "multi_thread")]
 async fn container_the_project_names_its_image_and_a_missing_image_is_an_internal_error() {
-    let Some(world) = world(Sandbox::Container, None).await else { return };
+    let world = world(Sandbox::Container, None).await;
     let ran = world.run("container", |_| {}, false).await;
     assert_eq!(ran.outcome, Outcome::Success, "{}", ran.log);
     assert!(ran.log.contains(&format!("Using container image: {BASE_IMAGE}\n")), "{}", ran.log);
@@ -439,7 +440,7 @@ async fn container_the_project_names_its_image_and_a_missing_image_is_an_interna
 /// end (exit 0), as in Cockpit.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_job_runner_command_runs_a_job_to_its_final_status() {
-    let world = world(Sandbox::Process, None).await.unwrap();
+    let world = world(Sandbox::Process, None).await;
     let binary = local::Binaries::of_test_build().tasks;
     assert!(binary.is_file(), "{} is missing: build it with `cargo build -p tasks`", binary.display());
     for (fixture, state) in [("passing", "success"), ("failing", "failure")] {
@@ -464,7 +465,7 @@ async fn the_job_runner_command_runs_a_job_to_its_final_status() {
 /// progress": it runs nothing, posts nothing, and says whose run it is.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_whose_run_another_job_owns_posts_nothing_and_runs_nothing() {
-    let World { mock, config, dir, token_file, .. } = world(Sandbox::Process, None).await.unwrap();
+    let World { mock, config, dir, token_file, .. } = world(Sandbox::Process, None).await;
     let repo = "workbench-ci/twins";
     mock.add_repo(repo, &workspace("fixtures/repos/passing")).unwrap();
     let head = mock.open_pull(repo, 1, "A change", "workbench-ci").unwrap();
@@ -493,10 +494,11 @@ async fn a_job_whose_run_another_job_owns_posts_nothing_and_runs_nothing() {
 
 /// GitHub away when the job asks which image to use: the job is put off (a transient error for
 /// its worker) before it says "In progress", rather than ended with an internal error.
+#[cfg_attr(not(ci), ignore = "needs podman: cargo xtask ci installs it and runs this")]
 #[tokio::test(flavor = "multi_thread")]
 async fn container_github_away_before_a_job_starts_puts_it_off_without_a_status() {
     use retry::Transient;
-    let Some(World { mock, config, dir, .. }) = world(Sandbox::Container, None).await else { return };
+    let World { mock, config, dir, .. } = world(Sandbox::Container, None).await;
     let repo = "workbench-ci/image-outage";
     mock.add_repo(repo, &workspace("fixtures/repos/container")).unwrap();
     let head = mock.open_pull(repo, 1, "A change", "workbench-ci").unwrap();
@@ -518,7 +520,7 @@ async fn container_github_away_before_a_job_starts_puts_it_off_without_a_status(
 /// this machine, and the statuses link to where `[logs.local] link` serves it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_with_local_logs_writes_them_into_their_directory() {
-    let World { mock, mut config, dir, .. } = world(Sandbox::Process, None).await.unwrap();
+    let World { mock, mut config, dir, .. } = world(Sandbox::Process, None).await;
     let logs = dir.path().join("logs");
     config.logs.driver = tasks::runner_config::LogsDriver::Local;
     config.logs.local =

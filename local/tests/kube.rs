@@ -336,6 +336,7 @@ fn the_local_manifest_is_the_pod_the_podman_runtime_makes() {
 /// cluster would (the user and group, a read-only root, no capability, no privilege escalation,
 /// the environment, an empty writable directory, the ConfigMap and the broker's Secret keys
 /// readable by the group only), and a client of the CA logs in over TLS.
+#[cfg_attr(not(ci), ignore = "needs podman: cargo xtask ci installs it and runs this")]
 #[tokio::test(flavor = "multi_thread")]
 async fn container_rabbitmq_runs_as_its_production_manifest_says() {
     let dir = tempfile::tempdir().unwrap();

@@ -20,9 +20,9 @@ pub fn run() -> anyhow::Result<()> {
     // does not build: they belong to other packages.
     cargo_step("service binaries", &["build", "--workspace", "--bins"])?;
     if has_nextest() {
-        cargo_step("tests", &["nextest", "run", "--workspace", "--no-fail-fast"])?;
+        cargo_step("tests", &["nextest", "run", "--workspace", "--no-fail-fast", "--run-ignored", "all"])?;
     } else {
-        cargo_step("tests", &["test", "--workspace", "--no-fail-fast"])?;
+        cargo_step("tests", &["test", "--workspace", "--no-fail-fast", "--", "--include-ignored"])?;
     }
     println!("==> fuzz: each target for {FUZZ_SMOKE_SECONDS} s");
     crate::fuzz::run(crate::fuzz::Args { seconds: FUZZ_SMOKE_SECONDS, targets: Vec::new() })?;

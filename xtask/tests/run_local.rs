@@ -16,13 +16,11 @@ fn run_local(runtime: &str) -> Command {
     command
 }
 
-/// Whether the podman runtime's packages are here (`cargo xtask ci` installs them).
-fn podman_here() -> bool {
-    let here = ["/usr/bin/podman", "/usr/bin/slirp4netns"].iter().all(|path| Path::new(path).exists());
-    if !here {
-        eprintln!("skipped: podman or slirp4netns is not installed (cargo xtask ci installs them)");
+/// Fails, naming them, when the podman runtime's packages are missing.
+fn require_podman() {
+    for tool in ["/usr/bin/podman", "/usr/bin/slirp4netns"] {
+        assert!(Path::new(tool).exists(), "{tool} is not installed: cargo xtask ci installs it");
     }
-    here
 }
 
 fn binaries_dir() -> String {
@@ -64,11 +62,11 @@ fn a_failed_run_reports_the_failure_and_leaves_nothing_behind() {
     failed_run_leaves_nothing_behind("process");
 }
 
+#[cfg_attr(not(ci), ignore = "needs podman: cargo xtask ci installs it and runs this")]
 #[test]
 fn a_failed_run_on_podman_leaves_no_pod_behind() {
-    if podman_here() {
-        failed_run_leaves_nothing_behind("podman");
-    }
+    require_podman();
+    failed_run_leaves_nothing_behind("podman");
 }
 
 fn failed_run_leaves_nothing_behind(runtime: &str) {
@@ -153,11 +151,11 @@ fn an_interrupted_run_leaves_nothing_behind() {
     interrupted_run_leaves_nothing_behind("process");
 }
 
+#[cfg_attr(not(ci), ignore = "needs podman: cargo xtask ci installs it and runs this")]
 #[test]
 fn an_interrupted_run_on_podman_leaves_no_pod_behind() {
-    if podman_here() {
-        interrupted_run_leaves_nothing_behind("podman");
-    }
+    require_podman();
+    interrupted_run_leaves_nothing_behind("podman");
 }
 
 fn interrupted_run_leaves_nothing_behind(runtime: &str) {
@@ -185,10 +183,7 @@ fn interrupted_run_leaves_nothing_behind(runtime: &str) {
 /// tools, and the S3 store by the name Cockpit's tools use, resolved to `store_address`
 /// without touching this machine's /etc/hosts), and `exit` tears it down.
 fn interactive(runtime: &str, store_address: &str) {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        eprintln!("skipped: tmux is not installed (cargo xtask ci installs it)");
-        return;
-    }
+    assert!(Command::new("tmux").arg("-V").output().is_ok(), "tmux is not installed: cargo xtask ci installs it");
     let system_hosts = std::fs::read("/etc/hosts").unwrap();
     let socket = format!("workbench-test-{}-{runtime}", std::process::id());
     let tmux = |args: &[&str]| Command::new("tmux").args(["-L", &socket]).args(args).output().unwrap();
@@ -244,16 +239,17 @@ fn interactive(runtime: &str, store_address: &str) {
     assert!(!Path::new(&dir).exists(), "a run that succeeded removes its directory");
 }
 
+#[cfg_attr(not(ci), ignore = "needs tmux: cargo xtask ci installs it and runs this")]
 #[test]
 fn process_the_interactive_shell_reaches_the_deployment_and_exit_tears_it_down() {
     interactive("process", "127.0.0.1");
 }
 
+#[cfg_attr(not(ci), ignore = "needs podman and tmux: cargo xtask ci installs them and runs this")]
 #[test]
 fn podman_the_interactive_shell_reaches_the_deployment_and_exit_tears_it_down() {
-    if podman_here() {
-        interactive("podman", "10.0.2.2");
-    }
+    require_podman();
+    interactive("podman", "10.0.2.2");
 }
 
 /// The real GitHub mode does not run a stranger's pull request unsandboxed unless told to:
