@@ -180,6 +180,8 @@ fn queue_label(queue: &str) -> QueueLabel {
 
 #[cfg(test)]
 mod tests {
+    use prometheus_parse::{LineInfo, Scrape, Value};
+
     use super::*;
 
     #[test]
@@ -214,5 +216,16 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
         assert!(!text.contains("queue=\"webhook\""), "only redelivered messages count");
+        // As a Prometheus server reads it: every line understood, the figures where they were put.
+        let ignored = text.lines().filter(|l| *l != "# EOF" && LineInfo::parse(l) == LineInfo::Ignored);
+        assert_eq!(ignored.collect::<Vec<_>>(), Vec::<&str>::new());
+        let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+        let sample = |name: &str| scrape.samples.iter().find(|s| s.metric == name).unwrap_or_else(|| panic!("{name}"));
+        let failures = scrape.samples.iter().find(|s| s.labels.get("outcome") == Some("failure")).unwrap();
+        assert_eq!((failures.metric.as_str(), &failures.value), ("tasks_jobs_total", &Value::Untyped(1.0)));
+        assert_eq!(sample("tasks_job_process_peak_memory_bytes").value, Value::Gauge(3000.0));
+        let Value::Histogram(buckets) = &sample("tasks_job_seconds").value else { panic!("a histogram") };
+        let count = |le: f64| buckets.iter().find(|b| b.less_than == le).map(|b| b.count);
+        assert_eq!((count(1.0), count(2.0), count(f64::INFINITY)), (Some(2.0), Some(3.0), Some(3.0)));
     }
 }

@@ -72,6 +72,8 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
+    use prometheus_parse::{LineInfo, Scrape, Value};
+
     use super::*;
 
     #[test]
@@ -97,5 +99,16 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
+        // As a Prometheus server reads it: every line understood, the figures where they were put.
+        let ignored = text.lines().filter(|l| *l != "# EOF" && LineInfo::parse(l) == LineInfo::Ignored);
+        assert_eq!(ignored.collect::<Vec<_>>(), Vec::<&str>::new());
+        let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+        let sample = |name: &str| scrape.samples.iter().find(|s| s.metric == name).unwrap_or_else(|| panic!("{name}"));
+        let published = scrape.samples.iter().find(|s| s.labels.get("outcome") == Some("published")).unwrap();
+        assert_eq!((published.metric.as_str(), &published.value), ("webhook_deliveries_total", &Value::Untyped(2.0)));
+        assert_eq!(sample("webhook_broker_connected").value, Value::Gauge(1.0));
+        let Value::Histogram(buckets) = &sample("webhook_publish_seconds").value else { panic!("a histogram") };
+        let count = |le: f64| buckets.iter().find(|b| b.less_than == le).map(|b| b.count);
+        assert_eq!((count(0.0005), count(0.001), count(f64::INFINITY)), (Some(0.0), Some(1.0), Some(2.0)));
     }
 }
