@@ -84,7 +84,8 @@ impl BrokerError {
         match self {
             BrokerError::Exited { tail, .. } | BrokerError::NotReady { tail, .. } => {
                 let tail = tail.to_ascii_lowercase();
-                tail.contains("eaddrinuse") || tail.contains("address already in use")
+                // The distribution port (Erlang's `dist_port_already_used`) as well as AMQP's.
+                ["eaddrinuse", "address already in use", "dist_port_already_used"].iter().any(|s| tail.contains(s))
             }
             _ => false,
         }

@@ -289,7 +289,11 @@ async fn container_a_hostile_job_gets_nothing_and_its_limits_hold() {
     let next = world.run("passing", |_| {}, false).await;
     assert_eq!(next.outcome, Outcome::Success, "{}", next.log);
     let socket = world.config.container.socket();
-    assert_eq!(tasks::container::remove_leftovers(&socket, HOST).await, Ok(0), "no job container is left");
+    assert_eq!(
+        tasks::container::remove_leftovers(&socket, HOST, world.dir.path()).await,
+        Ok(0),
+        "no job container is left"
+    );
 }
 
 /// Every file under `dir`.

@@ -20,7 +20,7 @@ pub fn run() -> anyhow::Result<()> {
     // does not build: they belong to other packages.
     cargo_step("service binaries", &["build", "--workspace", "--bins"])?;
     if has_nextest() {
-        cargo_step("tests", &["nextest", "run", "--workspace", "--no-fail-fast", "--run-ignored", "all"])?;
+        tests_twice_at_once()?;
     } else {
         cargo_step("tests", &["test", "--workspace", "--no-fail-fast", "--", "--include-ignored"])?;
     }
@@ -40,6 +40,56 @@ pub fn run() -> anyhow::Result<()> {
     let args = crate::smoke::Args { tasks_image: local::images::TASKS.to_owned(), rabbitmq_image: None, json: None };
     crate::smoke::run(args)?;
     println!("==> ci passed");
+    Ok(())
+}
+
+/// The whole test suite, twice at once: servers of ours listen on port 0 and RabbitMQ and the
+/// pod start again on other ports when theirs was taken, so two runs on one machine must not
+/// clash. The second run's output goes to a file, shown when it fails. It leaves out the image
+/// test, which rebuilds the images this machine shares on purpose to see what changes.
+fn tests_twice_at_once() -> anyhow::Result<()> {
+    const ALL: [&str; 6] = ["nextest", "run", "--workspace", "--no-fail-fast", "--run-ignored", "all"];
+    const SECOND: [&str; 8] = [
+        "nextest",
+        "run",
+        "--workspace",
+        "--no-fail-fast",
+        "--run-ignored",
+        "all",
+        "-E",
+        "not binary_id(local::images)",
+    ];
+    let log_path = crate::workspace::runs_dir().join("ci-second-test-run.log");
+    std::fs::create_dir_all(crate::workspace::runs_dir()).context("creating the runs directory")?;
+    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    println!(
+        "==> tests: cargo {} (and at once, into {}: cargo {})",
+        ALL.join(" "),
+        log_path.display(),
+        SECOND.join(" ")
+    );
+    let mut second = crate::workspace::cargo()
+        .args(SECOND)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting the second test run")?;
+    let first = crate::workspace::cargo().args(ALL).status();
+    let second = second.wait().context("waiting for the second test run")?;
+    if !first.context("starting cargo for the tests")?.success() {
+        bail!("tests failed (cargo {}): see the output above", ALL.join(" "));
+    }
+    if !second.success() {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(60).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        bail!(
+            "the second test run, beside the first, failed (cargo {}); its end:\n{}\n(all of it in {})",
+            SECOND.join(" "),
+            tail.join("\n"),
+            log_path.display()
+        );
+    }
     Ok(())
 }
 

@@ -30,10 +30,12 @@ use crate::sandbox::{Ended, RunArgs, pump};
 pub const CHECKOUT: &str = "/work/make-checkout-workdir";
 /// `TEST_ATTACHMENTS` inside the container, as in Cockpit.
 pub const ATTACHMENTS: &str = "/var/tmp/attachments";
-/// The labels of job containers: the job's slug, and the worker that runs it, so that teardown
-/// and a restarted worker can find them.
+/// The labels of job containers: the job's slug, the worker that runs it, and the checkout it
+/// mounts (in that worker's work directory), so that teardown and a restarted worker find
+/// theirs, and only theirs: two deployments on one machine may both have a `worker-1`.
 pub const JOB_LABEL: &str = "workbench.job";
 pub const WORKER_LABEL: &str = "workbench.worker";
+pub const CHECKOUT_LABEL: &str = "workbench.checkout";
 
 /// A job container's process limit unless `run-args` set one: Cockpit's production value.
 pub const DEFAULT_PIDS: i64 = 16384;
@@ -106,9 +108,9 @@ pub async fn run(
     ended
 }
 
-/// Removes the job containers a previous run of the worker `worker` left behind when it was
-/// killed (their messages went back to the queue). Returns how many.
-pub async fn remove_leftovers(socket: &Path, worker: &str) -> Result<usize, String> {
+/// Removes the job containers a previous run of the worker `worker`, working in `work_dir`,
+/// left behind when it was killed (their messages went back to the queue). Returns how many.
+pub async fn remove_leftovers(socket: &Path, worker: &str, work_dir: &Path) -> Result<usize, String> {
     let podman = Podman::unix(socket);
     let filter = ContainerListFilter::LabelKeyVal(WORKER_LABEL.into(), worker.into());
     let listed = podman
@@ -117,7 +119,11 @@ pub async fn remove_leftovers(socket: &Path, worker: &str) -> Result<usize, Stri
         .await
         .map_err(|e| format!("cannot list containers at {}: {e}", socket.display()))?;
     let mut removed = 0;
-    for id in listed.into_iter().filter_map(|container| container.id) {
+    let ours = |labels: &std::collections::HashMap<String, String>| {
+        labels.get(CHECKOUT_LABEL).is_some_and(|checkout| Path::new(checkout).starts_with(work_dir))
+    };
+    let listed = listed.into_iter().filter(|container| container.labels.as_ref().is_some_and(ours));
+    for id in listed.filter_map(|container| container.id) {
         let deleted = podman.containers().get(&id).delete(&ContainerDeleteOpts::builder().force(true).build()).await;
         removed += usize::from(deleted.is_ok());
     }
@@ -155,7 +161,11 @@ fn options(spec: &Spec) -> ContainerCreateOpts {
         .work_dir(CHECKOUT)
         .init(true)
         .env(env)
-        .labels([(JOB_LABEL, spec.slug), (WORKER_LABEL, spec.worker)])
+        .labels([
+            (JOB_LABEL, spec.slug),
+            (WORKER_LABEL, spec.worker),
+            (CHECKOUT_LABEL, &*spec.checkout.to_string_lossy()),
+        ])
         .mounts(mounts)
         .devices(devices.into_iter().map(|path| model::<LinuxDevice>(serde_json::json!({ "path": path }))))
         .resource_limits(model::<LinuxResources>(serde_json::json!({

@@ -164,7 +164,7 @@ pub async fn run(config: &amqp::Config, args: &Args, shutdown: impl Future<Outpu
     std::fs::create_dir_all(&work_dir)
         .with_context(|| format!("cannot make the work directory {}", work_dir.display()))?;
     if let Some(runner) = runner.as_ref().filter(|r| r.container.sandbox == SandboxKind::Container) {
-        match container::remove_leftovers(&runner.container.socket(), &hostname).await {
+        match container::remove_leftovers(&runner.container.socket(), &hostname, &work_dir).await {
             Ok(0) => {}
             Ok(removed) => tracing::warn!(removed, "removed job containers left by an earlier run of this worker"),
             Err(err) => tracing::warn!(%err, "cannot look for job containers left by an earlier run"),
