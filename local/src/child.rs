@@ -16,12 +16,23 @@ pub(crate) fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// How long killed processes below the group's members may take to end.
+const KILLED_WITHIN: Duration = Duration::from_secs(5);
+
 /// How often a stopping child is looked at.
 const STOP_LOOK_EVERY: Duration = Duration::from_millis(20);
 
 /// Whether `child` still runs.
 fn running(child: &mut Child) -> bool {
     child.try_wait().ok().flatten().is_none()
+}
+
+/// Whether process `pid` has ended: gone, or a zombie (its memory and files released) that its
+/// parent has yet to reap.
+fn ended(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return true };
+    // The state follows the command name, which ends at the last `)`.
+    stat.rsplit_once(')').is_none_or(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
 }
 
 /// Tells `child` to stop (SIGTERM) if it runs.
@@ -102,18 +113,46 @@ impl ProcessGroup {
                 tokio::time::sleep(STOP_LOOK_EVERY).await;
             }
         }
-        self.kill();
+        self.kill_async().await;
     }
 
-    /// Kills every process in the group with SIGKILL, at once, and reaps every child.
+    /// Kills every process in the group, and every process below its members (some make
+    /// groups of their own: Erlang's port helpers do), with SIGKILL, at once, reaps every child
+    /// and waits (up to 5 s) for the others to end.
     pub(crate) fn kill(&mut self) {
+        let below = self.signal_kill();
+        let deadline = Instant::now() + KILLED_WITHIN;
+        while below.iter().any(|pid| !ended(*pid)) && Instant::now() < deadline {
+            std::thread::sleep(STOP_LOOK_EVERY);
+        }
+    }
+
+    /// [`ProcessGroup::kill`], waiting without holding a thread of the runtime.
+    pub(crate) async fn kill_async(&mut self) {
+        let below = self.signal_kill();
+        let deadline = Instant::now() + KILLED_WITHIN;
+        while below.iter().any(|pid| !ended(*pid)) && Instant::now() < deadline {
+            tokio::time::sleep(STOP_LOOK_EVERY).await;
+        }
+    }
+
+    /// Sends SIGKILL to the group and to what is below its members, and reaps the members.
+    /// Returns the processes below them: not ours to reap, they end a moment after the signal,
+    /// and until then may hold what the run opened (the broker's ports).
+    fn signal_kill(&mut self) -> Vec<i32> {
+        let below: Vec<i32> =
+            self.children.iter().flat_map(|child| tasks::sandbox::descendants(child.id() as i32)).collect();
         if let Some(pgid) = self.pgid {
             let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
+        }
+        for pid in below.iter().filter_map(|pid| Pid::from_raw(*pid)) {
+            let _ = rustix::process::kill_process(pid, Signal::KILL);
         }
         for child in &mut self.children {
             let _ = child.wait();
         }
         self.children.clear();
+        below
     }
 }
 

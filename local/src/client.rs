@@ -1,6 +1,7 @@
 //! Talking to a running deployment as its users do, in one place: HTTP requests to our servers
-//! (the webhook, a worker's metrics), signed GitHub deliveries, and the one loop that waits for
-//! something to come true, with a deadline and what it last saw.
+//! (the webhook, a worker's metrics), signed GitHub deliveries, readiness probes that cannot
+//! hang, and the one loop that waits for something to come true, with a deadline and what it
+//! last saw.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,6 +17,12 @@ use crate::Delivery;
 const EXCHANGE_WITHIN: Duration = Duration::from_secs(30);
 /// How often [`wait_until`] looks again.
 const LOOK_EVERY: Duration = Duration::from_millis(50);
+/// How long one readiness probe may take. A ready server of ours answers on loopback within
+/// milliseconds; one that accepted the connection while it is still starting (RabbitMQ does,
+/// while it boots) must not hold the wait: the probe gives up and the next one is tried.
+pub const PROBE_WITHIN: Duration = Duration::from_millis(500);
+/// The longest a broker probe's deadline grows to (see [`BrokerProbe`]).
+const PROBE_LONGEST: Duration = Duration::from_secs(8);
 
 /// What a server answered.
 #[derive(Debug, Clone)]
@@ -42,6 +49,15 @@ pub struct ClientError {
 
 /// Sends `request` on a connection of its own to `address`; the answer, whatever its status.
 pub async fn send(address: SocketAddr, request: hyper::Request<Full<Bytes>>) -> Result<Answer, ClientError> {
+    send_within(address, request, EXCHANGE_WITHIN).await
+}
+
+/// [`send`], given up after `within`.
+async fn send_within(
+    address: SocketAddr,
+    request: hyper::Request<Full<Bytes>>,
+    within: Duration,
+) -> Result<Answer, ClientError> {
     let (method, path) = (request.method().to_string(), request.uri().to_string());
     let failed = |detail: String| ClientError { method: method.clone(), address, path: path.clone(), detail };
     let exchange = async {
@@ -61,9 +77,9 @@ pub async fn send(address: SocketAddr, request: hyper::Request<Full<Bytes>>) -> 
             Err(err) = connection => Err(err),
         }
     };
-    match tokio::time::timeout(EXCHANGE_WITHIN, exchange).await {
+    match tokio::time::timeout(within, exchange).await {
         Ok(answer) => answer.map_err(failed),
-        Err(_) => Err(failed(format!("no answer within {} s", EXCHANGE_WITHIN.as_secs()))),
+        Err(_) => Err(failed(format!("no answer within {} ms", within.as_millis()))),
     }
 }
 
@@ -77,9 +93,43 @@ pub async fn get(address: SocketAddr, path: &str) -> Result<Answer, ClientError>
     send(address, request("GET", address, path).body(Full::new(Bytes::new())).expect("a valid request")).await
 }
 
-/// Whether `GET path` from `address` answers 200.
+/// Whether `GET path` from `address` answers 200 within [`PROBE_WITHIN`]: a readiness probe.
 pub async fn answers(address: SocketAddr, path: &str) -> bool {
-    get(address, path).await.is_ok_and(|answer| answer.status == 200)
+    let probe = request("GET", address, path).body(Full::new(Bytes::new())).expect("a valid request");
+    send_within(address, probe, PROBE_WITHIN).await.is_ok_and(|answer| answer.status == 200)
+}
+
+/// Probes a broker as its clients use it: TLS, certificate login, a channel, within a deadline
+/// of the probe's own ([`PROBE_WITHIN`] at first). A probe that ran out of it doubles it for the
+/// next (up to 8 s), so that a handshake a loaded machine makes slow still gets through, while
+/// one held by a booting broker is cut short and tried again at once.
+pub struct BrokerProbe {
+    config: amqp::Config,
+    within_millis: std::sync::atomic::AtomicU64,
+}
+
+impl BrokerProbe {
+    pub fn new(config: amqp::Config) -> BrokerProbe {
+        BrokerProbe { config, within_millis: (PROBE_WITHIN.as_millis() as u64).into() }
+    }
+
+    /// Whether the broker took a connection; why not when it did not.
+    pub async fn answers(&self) -> Result<(), amqp::Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let within = Duration::from_millis(self.within_millis.load(Relaxed));
+        match amqp::Session::connect_within(&self.config, within).await {
+            Ok(session) => {
+                session.close().await;
+                Ok(())
+            }
+            Err(err) => {
+                if matches!(err, amqp::Error::ConnectTimeout { .. }) {
+                    self.within_millis.store((within * 2).min(PROBE_LONGEST).as_millis() as u64, Relaxed);
+                }
+                Err(err)
+            }
+        }
+    }
 }
 
 /// POSTs `delivery`, signed with `secret`, to the webhook at `address`, as GitHub does; the
@@ -164,5 +214,30 @@ mod tests {
         let err = get(address, "/healthz").await.unwrap_err().to_string();
         assert!(err.starts_with(&format!("GET http://{address}/healthz: ")), "{err}");
         assert!(!answers(address, "/healthz").await);
+    }
+
+    /// A listener whose backlog takes connections that nobody ever answers: what a server that
+    /// is still starting looks like to a probe.
+    fn silent_listener() -> (std::net::TcpListener, SocketAddr) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        (listener, address)
+    }
+
+    #[tokio::test]
+    async fn a_probe_of_a_server_that_never_answers_gives_up_on_its_own() {
+        let (_listener, address) = silent_listener();
+        let probed = tokio::time::timeout(Duration::from_secs(20), answers(address, "/healthz")).await;
+        assert_eq!(probed.ok(), Some(false), "the probe returned, saying no");
+
+        let dir = tempfile::tempdir().unwrap();
+        let (secrets, _) = crate::secrets::generate(dir.path(), false).unwrap();
+        let address = amqp::Address::Tls { host: "127.0.0.1".into(), port: address.port() };
+        let probe = BrokerProbe::new(amqp::Config::new(address, &secrets.webhook_dir()));
+        for within in ["500 ms", "1000 ms"] {
+            let probed = tokio::time::timeout(Duration::from_secs(20), probe.answers()).await;
+            let err = probed.expect("the probe returned").unwrap_err().to_string();
+            assert!(err.ends_with(&format!("did not complete the connection within {within}")), "{err}");
+        }
     }
 }

@@ -13,6 +13,10 @@ use crate::worker::{Forge, RunnerConfig, Sandbox};
 use crate::{Broker, MockGitHub, PodmanService, S3Server, Secrets};
 
 /// The fixture projects on the mock GitHub: repository and fixture directory.
+/// Jobs each local worker runs at once: the scenarios run side by side, and their jobs are
+/// small (production's workers run one, see `kube::production`).
+const JOBS_PER_WORKER: u16 = 4;
+
 pub const REPOS: [(&str, &str); 4] = [
     ("workbench-ci/demo", "passing"),
     ("workbench-ci/failing", "failing"),
@@ -190,7 +194,7 @@ impl Deployment {
             forge: &forge,
             runner_config: &runner_config,
             work_dir: &jobs_dir,
-            jobs: 1,
+            jobs: JOBS_PER_WORKER,
             rescan_interval: None,
         };
         let workers_label = format!("starting {} tasks worker(s)", options.workers.max(1));
@@ -291,6 +295,7 @@ impl Deployment {
                     podman_socket: podman.socket(),
                     github_api: &forge_inside.api_url,
                     workers,
+                    jobs: JOBS_PER_WORKER,
                     host_ports: &host_ports,
                 });
                 let amqp = amqp::Config::new(
@@ -298,6 +303,7 @@ impl Deployment {
                     &secrets.webhook_dir(),
                 );
                 let webhook = SocketAddr::from(([127, 0, 0, 1], host_ports.webhook));
+                let rabbitmq = crate::client::BrokerProbe::new(amqp.clone());
                 let pod = match via_kube {
                     true => {
                         let yaml = crate::kube::to_yaml(&crate::kube::manifests(&spec, crate::kube::Target::Podman));
@@ -308,7 +314,7 @@ impl Deployment {
                         step(
                             progress,
                             "waiting for RabbitMQ in the pod",
-                            pod.wait_ready("RabbitMQ", || broker_answers(&amqp)),
+                            pod.wait_ready("RabbitMQ", || async { rabbitmq.answers().await.is_ok() }),
                         )
                         .await?;
                         pod
@@ -318,7 +324,7 @@ impl Deployment {
                         let (broker, services) = spec.containers.split_first().expect("the pod starts with RabbitMQ");
                         step(progress, &format!("starting RabbitMQ in pod {name}"), async {
                             pod.start(broker).await?;
-                            pod.wait_ready("RabbitMQ", || broker_answers(&amqp)).await
+                            pod.wait_ready("RabbitMQ", || async { rabbitmq.answers().await.is_ok() }).await
                         })
                         .await?;
                         for container in services {
@@ -488,17 +494,6 @@ impl World {
             }),
         );
         Ok(World { secrets, s3: s3?, github: github?, test_map: options.fixtures.join("testmap.toml"), jobs_dir })
-    }
-}
-
-/// Whether a client of this machine can log in to the broker.
-async fn broker_answers(config: &amqp::Config) -> bool {
-    match amqp::Session::connect(config).await {
-        Ok(session) => {
-            session.close().await;
-            true
-        }
-        Err(_) => false,
     }
 }
 

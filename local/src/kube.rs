@@ -92,6 +92,8 @@ pub fn production(rabbitmq_image: &str, tasks_image: &str, workers: u16, kvm: bo
         podman_socket: Path::new(NODE_PODMAN_SOCKET),
         github_api: github::DEFAULT_API,
         workers,
+        // In production each job is a VM: one at a time per worker, as Cockpit's.
+        jobs: 1,
         host_ports: &ports,
     })
 }

@@ -156,6 +156,8 @@ pub struct Inputs<'a> {
     /// The mock GitHub's API, as the pod reaches it.
     pub github_api: &'a str,
     pub workers: u16,
+    /// Jobs each worker runs at once (`--jobs`).
+    pub jobs: u16,
     pub host_ports: &'a HostPorts,
 }
 
@@ -218,7 +220,7 @@ pub fn deployment(inputs: &Inputs) -> PodSpec {
         let worker = crate::launch::Worker {
             broker: crate::launch::Broker::default(),
             hostname: &hostname,
-            jobs: 1,
+            jobs: inputs.jobs,
             test_map: &Path::new(TASKS_SECRETS).join("testmap.toml"),
             github_api: inputs.github_api,
             github_token_file: &Path::new(WEBHOOK_SECRETS).join(".config--github-token"),
@@ -437,11 +439,12 @@ impl Pod {
 
 impl Drop for Pod {
     fn drop(&mut self) {
-        // Synchronous, so that it happens on every exit path, panics included.
+        // Synchronous, so that it happens on every exit path, panics included. The logs are
+        // saved first; what the containers hold is thrown away, so they are killed at once.
         self.save_logs();
         let _ = self
             .podman()
-            .args(["pod", "rm", "--force", "--time", "5", &self.name])
+            .args(["pod", "rm", "--force", "--time", "0", &self.name])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -77,10 +77,14 @@ impl PodmanService {
             .stderr(log);
         process.spawn(&mut command).map_err(io("start podman system service".into()))?;
         let answering = crate::client::wait_until("the podman service", Duration::from_secs(30), || async {
-            Ok::<_, crate::client::TimedOut>(match podman_api::Podman::unix(&socket).ping().await {
-                Ok(_) => crate::client::Check::Done(()),
-                Err(err) => crate::client::Check::NotYet(err.to_string()),
-            })
+            let podman = podman_api::Podman::unix(&socket);
+            Ok::<_, crate::client::TimedOut>(
+                match tokio::time::timeout(crate::client::PROBE_WITHIN, podman.ping()).await {
+                    Ok(Ok(_)) => crate::client::Check::Done(()),
+                    Ok(Err(err)) => crate::client::Check::NotYet(err.to_string()),
+                    Err(_) => crate::client::Check::NotYet("no answer to a ping yet".into()),
+                },
+            )
         })
         .await;
         if let Err(reason) = answering {

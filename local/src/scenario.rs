@@ -15,6 +15,7 @@ use crate::deployment::Deployment;
 use crate::secrets::Ca;
 
 /// Every scenario, in the order run-local runs them.
+/// Scenarios run side by side, each on pull requests of its own, except those of [`ALONE`].
 pub const ALL: [&str; 9] = [
     "queue",
     "amqp-refusals",
@@ -26,6 +27,10 @@ pub const ALL: [&str; 9] = [
     "bad-signature",
     "kvm",
 ];
+
+/// Scenarios that assert on the deployment as a whole (the webhook's count of published
+/// deliveries must not move), run after the others, one at a time.
+pub const ALONE: [&str; 1] = ["bad-signature"];
 
 /// How long a job may take from delivery to final status.
 const JOB_WITHIN: Duration = Duration::from_secs(120);
@@ -266,7 +271,7 @@ async fn s3(deployment: &Deployment) -> Result<Option<String>, ScenarioError> {
 /// the log and attachment are in S3, the log URL answering with the log page.
 async fn pr_success(deployment: &Deployment) -> Result<Option<String>, ScenarioError> {
     let repo = "workbench-ci/demo";
-    let (head, statuses) = open_and_deliver(deployment, repo, 1, "unit-tests").await?;
+    let (head, statuses) = open_and_deliver(deployment, repo, "unit-tests").await?;
     let bodies: Vec<String> = statuses.iter().map(|s| serde_json::to_string(s).unwrap_or_default()).collect();
     check(bodies.len() == 3, || format!("expected 3 statuses on {repo}@{head}, got {bodies:#?}"))?;
     check(bodies[0] == r#"{"context":"unit-tests","state":"pending","description":"Not yet tested"}"#, || {
@@ -298,7 +303,7 @@ async fn pr_success(deployment: &Deployment) -> Result<Option<String>, ScenarioE
 
 /// `pr-failure`: the failing project's pull request ends in state failure, with its log.
 async fn pr_failure(deployment: &Deployment) -> Result<Option<String>, ScenarioError> {
-    let (_, statuses) = open_and_deliver(deployment, "workbench-ci/failing", 1, "unit-tests").await?;
+    let (_, statuses) = open_and_deliver(deployment, "workbench-ci/failing", "unit-tests").await?;
     let last = statuses.last().cloned().unwrap_or_else(|| status("", "", ""));
     check(last.state == "failure" && last.description.starts_with("Container exited with code 1 [worker-"), || {
         format!("final status: {last:?}")
@@ -316,7 +321,7 @@ async fn pr_failure(deployment: &Deployment) -> Result<Option<String>, ScenarioE
 /// tests against the library's pull request, whose own tests fail; statuses go to the library.
 async fn cross_project(deployment: &Deployment) -> Result<Option<String>, ScenarioError> {
     let context = "unit-tests@workbench-ci/demo";
-    let (_, statuses) = open_and_deliver(deployment, "workbench-ci/library", 1, context).await?;
+    let (_, statuses) = open_and_deliver(deployment, "workbench-ci/library", context).await?;
     let last = statuses.last().cloned().unwrap_or_else(|| status("", "", ""));
     check(last.state == "success", || format!("final status of {context} on the library: {last:?}"))?;
     let log = read_log(deployment, last.target_url.as_deref().unwrap_or_default()).await?;
@@ -330,7 +335,7 @@ async fn cross_project(deployment: &Deployment) -> Result<Option<String>, Scenar
 /// tests-trigger causes, runs that (manual) context.
 async fn direct_trigger(deployment: &Deployment) -> Result<Option<String>, ScenarioError> {
     let (repo, context) = ("workbench-ci/demo", "unit-tests/devel");
-    let head = deployment.github.open_pull(repo, 2, "Trigger by hand", "workbench-ci")?;
+    let (_, head) = deployment.github.open_next_pull(repo, "Trigger by hand", "workbench-ci")?;
     let trigger = status(context, "pending", "Not yet tested (direct trigger)");
     let token = std::fs::read_to_string(deployment.secrets.github_token()).unwrap_or_default();
     github::GitHub::new(&deployment.github.api_url(), token.trim())?.post_status(repo, &head, &trigger).await?;
@@ -353,8 +358,8 @@ async fn direct_trigger(deployment: &Deployment) -> Result<Option<String>, Scena
 /// published (the webhook's own count of published deliveries does not move).
 async fn bad_signature(deployment: &Deployment) -> Result<Option<String>, ScenarioError> {
     let repo = "workbench-ci/demo";
-    deployment.github.open_pull(repo, 3, "Forged", "workbench-ci")?;
-    let event = deployment.github.pull_request_event(repo, 3, "opened")?;
+    let (number, _) = deployment.github.open_next_pull(repo, "Forged", "workbench-ci")?;
+    let event = deployment.github.pull_request_event(repo, number, "opened")?;
     let published = r#"webhook_deliveries_total{event="pull_request",outcome="published"}"#;
     let before = webhook_metric(deployment, published).await?;
     let answer = crate::client::deliver(deployment.webhook, &event, b"not the webhook's secret").await?;
@@ -375,7 +380,7 @@ async fn kvm(deployment: &Deployment) -> Result<Option<String>, ScenarioError> {
     if !Path::new("/dev/kvm").exists() {
         return Ok(Some("this host has no /dev/kvm".into()));
     }
-    let (_, statuses) = open_and_deliver(deployment, "workbench-ci/kvm", 1, "kvm").await?;
+    let (_, statuses) = open_and_deliver(deployment, "workbench-ci/kvm", "kvm").await?;
     let last = statuses.last().cloned().unwrap_or_else(|| status("", "", ""));
     let log = read_log(deployment, last.target_url.as_deref().unwrap_or_default()).await?;
     check(last.state == "success" && log.contains("KVM API version 12"), || {
@@ -436,15 +441,14 @@ fn webhook_secret(deployment: &Deployment) -> Result<Vec<u8>, ScenarioError> {
     webhook::read_secret(&deployment.secrets.webhook_token()).map_err(|e| ScenarioError::Assertion(e.to_string()))
 }
 
-/// Opens pull request `number` on `repo`, delivers its `opened` event to the webhook, and
+/// Opens the next pull request on `repo`, delivers its `opened` event to the webhook, and
 /// returns its head and the statuses of `context` once final.
 async fn open_and_deliver(
     deployment: &Deployment,
     repo: &str,
-    number: u64,
     context: &str,
 ) -> Result<(String, Vec<StatusUpdate>), ScenarioError> {
-    let head = deployment.github.open_pull(repo, number, "A change", "workbench-ci")?;
+    let (number, head) = deployment.github.open_next_pull(repo, "A change", "workbench-ci")?;
     let event = deployment.github.pull_request_event(repo, number, "opened")?;
     let answer = crate::client::deliver(deployment.webhook, &event, &webhook_secret(deployment)?).await?;
     check(answer == 200, || format!("the webhook answered the pull_request delivery with {answer}"))?;

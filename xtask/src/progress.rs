@@ -10,6 +10,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 /// A step in progress, shown as a spinner until it is finished.
 pub struct Spinner {
     bar: ProgressBar,
+    /// The display it shares with steps running beside it, if any.
+    multi: Option<MultiProgress>,
     message: String,
     started: Instant,
 }
@@ -27,14 +29,34 @@ impl Spinner {
         }
         bar.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"));
         bar.enable_steady_tick(Duration::from_millis(100));
-        Spinner { bar, message: message.to_owned(), started: Instant::now() }
+        Spinner { bar, multi: multi.cloned(), message: message.to_owned(), started: Instant::now() }
     }
 
-    /// Replaces the spinner by a ✔/✘ line with the time the step took.
+    /// Shows what the step is doing now after its name.
+    pub fn detail(&self, detail: &str) {
+        self.bar.set_message(format!("{}: {detail}", self.message));
+    }
+
+    /// Whether the spinner is drawn nowhere (no terminal): then the caller says what matters.
+    pub fn is_hidden(&self) -> bool {
+        self.bar.is_hidden()
+    }
+
+    /// Replaces the spinner by a ✔/✘ line with the time the step took. Beside other steps on
+    /// a terminal, the line is printed by their shared display, above the spinners still
+    /// running: a line printed past it would leave their old frames behind.
     pub fn finish(self, ok: bool) {
-        self.bar.finish_and_clear();
         let mark = if ok { "✔" } else { "✘" };
-        println!("{mark} {} ({:.1} s)", self.message, self.started.elapsed().as_secs_f64());
+        let line = format!("{mark} {} ({:.1} s)", self.message, self.started.elapsed().as_secs_f64());
+        let hidden = self.bar.is_hidden();
+        self.bar.finish_and_clear();
+        match &self.multi {
+            Some(multi) if !hidden => {
+                multi.remove(&self.bar);
+                let _ = multi.println(line);
+            }
+            _ => println!("{line}"),
+        }
     }
 }
 

@@ -52,8 +52,14 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
     /// Leave the deployment running after the scenarios, until `cargo xtask down` (or Ctrl-C).
+    /// `--attach` runs the scenarios against it again.
     #[arg(long)]
     pub keep: bool,
+    /// Run the scenarios (all, or those of `--scenario`) against the deployment a
+    /// `run-local --keep` left running: nothing is built, started or torn down, so this takes
+    /// as long as the scenarios do. Each run opens pull requests of its own.
+    #[arg(long, conflicts_with_all = ["keep", "interactive", "pr", "via_kube", "binaries", "secrets", "json"])]
+    pub attach: bool,
     /// Bring the deployment up and open a shell in it instead of running the scenarios;
     /// leaving the shell tears it down.
     #[arg(short, long, conflicts_with_all = ["keep", "scenarios"])]
@@ -129,11 +135,116 @@ fn kept_file() -> PathBuf {
     crate::workspace::runs_dir().join("kept.pid")
 }
 
+/// The socket on which the kept deployment's process runs scenarios for `--attach`.
+fn kept_socket() -> PathBuf {
+    crate::workspace::runs_dir().join("kept.sock")
+}
+
+/// What `--attach` asks of the kept deployment: one line of JSON.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AttachRequest {
+    scenarios: Vec<String>,
+}
+
+/// One scenario's result as the report and `--attach` carry it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Reported {
+    name: String,
+    /// `pass`, `skip` or `fail`.
+    status: String,
+    seconds: f64,
+    detail: String,
+}
+
+impl From<&Outcome> for Reported {
+    fn from(outcome: &Outcome) -> Reported {
+        let (status, detail) = match &outcome.ran {
+            Ok(Ran::Passed) => ("pass", String::new()),
+            Ok(Ran::Skipped(reason)) => ("skip", reason.clone()),
+            Err(err) => ("fail", err.clone()),
+        };
+        Reported { name: outcome.name.clone(), status: status.into(), seconds: outcome.seconds, detail }
+    }
+}
+
+impl From<Reported> for Outcome {
+    fn from(reported: Reported) -> Outcome {
+        let ran = match reported.status.as_str() {
+            "pass" => Ok(Ran::Passed),
+            "skip" => Ok(Ran::Skipped(reported.detail)),
+            _ => Err(reported.detail),
+        };
+        Outcome { name: reported.name, seconds: reported.seconds, ran }
+    }
+}
+
+/// `--attach`: asks the kept deployment's process to run `scenarios`, and prints their table.
+fn attach(scenarios: &[String]) -> anyhow::Result<()> {
+    use std::io::{BufRead, Write};
+    let socket = kept_socket();
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket).map_err(|err| {
+        anyhow::anyhow!(
+            "no kept deployment to attach to ({}: {err}): start one with `cargo xtask run-local --keep`",
+            socket.display()
+        )
+    })?;
+    let request = AttachRequest { scenarios: scenarios.to_vec() };
+    writeln!(stream, "{}", serde_json::to_string(&request)?).context("asking the kept deployment")?;
+    let spinner = Spinner::start("scenarios on the kept deployment");
+    let mut outcomes = Vec::new();
+    for line in std::io::BufReader::new(stream).lines() {
+        let line = line.context("reading the kept deployment's answer")?;
+        outcomes.push(Outcome::from(serde_json::from_str::<Reported>(&line).context("a malformed answer")?));
+    }
+    spinner.finish(outcomes.iter().all(|o| o.ran.is_ok()));
+    if outcomes.is_empty() {
+        bail!("the kept deployment ended before it answered (see its terminal)");
+    }
+    print_table(&outcomes);
+    let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.ran.is_err()).collect();
+    for outcome in &failed {
+        eprintln!("\nscenario {} failed: {}", outcome.name, outcome.ran.as_ref().err().map_or("", String::as_str));
+    }
+    if !failed.is_empty() {
+        let run_dir = std::fs::read_to_string(kept_file()).unwrap_or_default().lines().nth(1).unwrap_or("").to_owned();
+        bail!("{} of {} scenarios failed; the services' logs are in {run_dir}", failed.len(), outcomes.len());
+    }
+    Ok(())
+}
+
+/// Serves `--attach` until the future is dropped: one request at a time, each answered with
+/// a line of JSON per scenario.
+async fn serve_attach(listener: tokio::net::UnixListener, deployment: &Arc<Deployment>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let (reader, mut writer) = stream.into_split();
+        let mut line = String::new();
+        if tokio::io::BufReader::new(reader).read_line(&mut line).await.is_err() {
+            continue;
+        }
+        let Ok(request) = serde_json::from_str::<AttachRequest>(&line) else { continue };
+        let names: Vec<String> = match request.scenarios.is_empty() {
+            true => scenario::ALL.iter().map(|name| name.to_string()).collect(),
+            false => request.scenarios,
+        };
+        let mut answer = String::new();
+        for outcome in run_scenarios(deployment, &names).await {
+            answer += &serde_json::to_string(&Reported::from(&outcome)).expect("an outcome encodes");
+            answer.push('\n');
+        }
+        let _ = writer.write_all(answer.as_bytes()).await;
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     for name in &args.scenarios {
         if !scenario::ALL.contains(&name.as_str()) {
             bail!("no scenario {name:?}; the scenarios are {}", scenario::ALL.join(", "));
         }
+    }
+    if args.attach {
+        return attach(&args.scenarios);
     }
     let runtime = args.runtime.resolve();
     if args.via_kube && runtime != Runtime::Podman {
@@ -229,19 +340,7 @@ async fn check(deployment: &Arc<Deployment>, run_dir: &Path, args: &Args, starte
     if let (Some(number), Some(repo)) = (args.pr, &args.repo) {
         return real_pull_request(deployment, repo, number).await;
     }
-    let mut outcomes = Vec::new();
-    for name in names {
-        let spinner = Spinner::start(&format!("scenario {name}"));
-        let began = Instant::now();
-        // Each scenario in a task of its own: one that panics fails alone, and teardown still runs.
-        let task = tokio::spawn({
-            let (deployment, name) = (deployment.clone(), name.clone());
-            async move { scenario::run(&name, &deployment).await.map_err(|err| err.to_string()) }
-        });
-        let ran = task.await.unwrap_or_else(|panic| Err(format!("the scenario panicked: {panic}")));
-        spinner.finish(ran.is_ok());
-        outcomes.push(Outcome { name, seconds: began.elapsed().as_secs_f64(), ran });
-    }
+    let outcomes = run_scenarios(deployment, &names).await;
     let seconds = started.elapsed().as_secs_f64();
     print_table(&outcomes);
     let endpoints = deployment.endpoints();
@@ -251,14 +350,7 @@ async fn check(deployment: &Arc<Deployment>, run_dir: &Path, args: &Args, starte
             None => Runtime::Process.name(),
         },
         "seconds": seconds,
-        "scenarios": outcomes.iter().map(|o| {
-            let (status, detail) = match &o.ran {
-                Ok(Ran::Passed) => ("pass", String::new()),
-                Ok(Ran::Skipped(reason)) => ("skip", reason.clone()),
-                Err(err) => ("fail", err.clone()),
-            };
-            json!({"name": o.name, "status": status, "seconds": o.seconds, "detail": detail})
-        }).collect::<Vec<_>>(),
+        "scenarios": outcomes.iter().map(Reported::from).collect::<Vec<_>>(),
     });
     // Where the services were (or, with --keep, are), and how to stop a kept deployment.
     report["endpoints"] = endpoints.to_json();
@@ -280,13 +372,56 @@ async fn check(deployment: &Arc<Deployment>, run_dir: &Path, args: &Args, starte
         bail!("{} of {} scenarios failed", failed.len(), outcomes.len());
     }
     if args.keep {
+        let socket = kept_socket();
+        let _ = std::fs::remove_file(&socket);
+        let listener =
+            tokio::net::UnixListener::bind(&socket).with_context(|| format!("listening on {}", socket.display()))?;
         std::fs::write(kept_file(), format!("{}\n{}\n", std::process::id(), run_dir.display()))
             .with_context(|| format!("writing {}", kept_file().display()))?;
         println!("\nThe deployment stays up until `cargo xtask down` (or Ctrl-C here):");
         print_endpoints(deployment);
-        interrupted().await;
+        println!("  again:       cargo xtask run-local --attach [--scenario NAME]...");
+        tokio::select! {
+            () = interrupted() => {}
+            () = serve_attach(listener, deployment) => {}
+        }
+        let _ = std::fs::remove_file(&socket);
     }
     Ok(())
+}
+
+/// Runs the scenarios `names`: side by side (each on pull requests of its own), then those of
+/// [`scenario::ALONE`] one at a time. The outcomes come in the order of `names`.
+async fn run_scenarios(deployment: &Arc<Deployment>, names: &[String]) -> Vec<Outcome> {
+    use local::deployment::Progress;
+    let steps = Arc::new(Steps::default());
+    let run = |name: String| {
+        let (deployment, steps) = (deployment.clone(), steps.clone());
+        async move {
+            let step = steps.start(&format!("scenario {name}"));
+            let began = Instant::now();
+            // In a task of its own: a scenario that panics fails alone, and teardown still runs.
+            let task = tokio::spawn({
+                let name = name.clone();
+                async move { scenario::run(&name, &deployment).await.map_err(|err| err.to_string()) }
+            });
+            let ran = task.await.unwrap_or_else(|panic| Err(format!("the scenario panicked: {panic}")));
+            steps.done(step, ran.is_ok());
+            Outcome { name, seconds: began.elapsed().as_secs_f64(), ran }
+        }
+    };
+    let (alone, together): (Vec<String>, Vec<String>) =
+        names.iter().cloned().partition(|name| scenario::ALONE.contains(&name.as_str()));
+    let mut side_by_side = tokio::task::JoinSet::new();
+    for name in together {
+        side_by_side.spawn(run(name));
+    }
+    let mut outcomes = side_by_side.join_all().await;
+    for name in alone {
+        outcomes.push(run(name).await);
+    }
+    outcomes.sort_by_key(|outcome| names.iter().position(|name| *name == outcome.name));
+    outcomes
 }
 
 fn print_table(outcomes: &[Outcome]) {
@@ -411,7 +546,9 @@ pub fn down() -> anyhow::Result<()> {
         return Ok(());
     }
     let deadline = Instant::now() + std::time::Duration::from_secs(60);
-    while rustix::process::test_kill_process(pid).is_ok() {
+    // The kept run removes its pid file once torn down, the last thing it does: a process that
+    // ended but was not yet reaped by its parent (a zombie) still answers the test below.
+    while file.exists() && rustix::process::test_kill_process(pid).is_ok() {
         if Instant::now() > deadline {
             bail!("run-local (pid {}) did not stop within 60 s", pid.as_raw_nonzero());
         }

@@ -48,16 +48,36 @@ pub(crate) fn cargo() -> Command {
     command
 }
 
-/// Builds the service binaries with the release profile, as they ship.
+/// Builds the service binaries with the release profile, as they ship, saying what it
+/// compiles: on a terminal in the spinner's line, elsewhere (a CI log) a line every few seconds.
 pub(crate) fn build_binaries() -> anyhow::Result<Binaries> {
+    const SAY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
     let spinner = Spinner::start("building the service binaries (release)");
-    let output = cargo()
-        .args(["build", "--release", "--quiet", "-p", "webhook", "-p", "tasks"])
-        .output()
+    let mut child = cargo()
+        .args(["build", "--release", "--color", "never", "-p", "webhook", "-p", "tasks"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .context("running cargo build")?;
-    spinner.finish(output.status.success());
-    if !output.status.success() {
-        bail!("building the service binaries failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    let stderr = std::io::BufReader::new(child.stderr.take().expect("piped"));
+    let (mut said, mut compiled, mut output) = (std::time::Instant::now(), 0, Vec::new());
+    for line in std::io::BufRead::lines(stderr) {
+        let line = line.context("reading cargo's output")?;
+        if let Some(what) = line.trim_start().strip_prefix("Compiling ") {
+            compiled += 1;
+            let what = what.split(" (").next().unwrap_or(what);
+            spinner.detail(&format!("{compiled} crates compiled, now {what}"));
+            if spinner.is_hidden() && said.elapsed() >= SAY_EVERY {
+                println!("  building the service binaries: {compiled} crates compiled, now {what}");
+                said = std::time::Instant::now();
+            }
+        }
+        output.push(line);
+    }
+    let status = child.wait().context("waiting for cargo build")?;
+    spinner.finish(status.success());
+    if !status.success() {
+        bail!("building the service binaries failed:\n{}", output.join("\n"));
     }
     Ok(release_binaries())
 }

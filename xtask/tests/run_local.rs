@@ -268,3 +268,55 @@ fn a_real_pull_request_is_not_run_unsandboxed_unless_asked() {
     assert!(stderr.contains("pass --allow-unsandboxed-pr if you trust that code"), "{stderr}");
     assert!(!String::from_utf8_lossy(&output.stdout).contains("starting"), "nothing started");
 }
+
+/// `xtask` with its runs (and so its kept deployment) under `target`, not the checkout's.
+fn xtask_in(target: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    command.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("..")).env("CARGO_TARGET_DIR", target).args(args);
+    command
+}
+
+#[test]
+fn attaching_without_a_kept_deployment_says_so() {
+    let target = tempfile::tempdir().unwrap();
+    let output = xtask_in(target.path(), &["run-local", "--attach"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("no kept deployment to attach to"), "{stderr}");
+    assert!(stderr.contains("start one with `cargo xtask run-local --keep`"), "{stderr}");
+}
+
+/// A kept deployment runs the scenarios again for `--attach`, as often as asked (each run on
+/// pull requests of its own), and `down` ends it.
+#[test]
+fn a_kept_deployment_runs_the_scenarios_again_for_attach() {
+    let target = tempfile::tempdir().unwrap();
+    let mut kept = run_local("process")
+        .args(["--keep", "--scenario", "queue"])
+        .env("CARGO_TARGET_DIR", target.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(kept.stdout.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("cargo xtask run-local --attach") {
+        let mut line = String::new();
+        assert!(std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() > 0, "run-local ended early:\n{seen}");
+        seen.push_str(&line);
+    }
+    for _ in 0..2 {
+        let args = ["run-local", "--attach", "--scenario", "pr-success", "--scenario", "direct-trigger"];
+        let output = xtask_in(target.path(), &args).output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+        for scenario in ["pr-success", "direct-trigger"] {
+            assert!(stdout.lines().any(|l| l.starts_with(scenario) && l.contains(" pass ")), "{scenario}: {stdout}");
+        }
+    }
+    let down = xtask_in(target.path(), &["down"]).output().unwrap();
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    let ended = kept.wait_with_output().unwrap();
+    assert!(ended.status.success(), "{}", String::from_utf8_lossy(&ended.stderr));
+    assert!(!target.path().join("workbench/kept.sock").exists(), "the socket is gone with the deployment");
+}

@@ -126,6 +126,22 @@ pub(crate) struct Pull {
     merged: bool,
 }
 
+/// Opens pull request `number` of `repo` in `state`; its head.
+fn open_pull(state: &mut State, repo: &str, number: u64, title: &str, author: &str) -> Result<String, MockError> {
+    let entry = state.repos.get_mut(repo).ok_or_else(|| MockError::UnknownRepo(repo.to_owned()))?;
+    let head_sha = entry.hosted.open_pull(number, &entry.main_sha, &format!("{title}\n"))?;
+    let pull = Pull {
+        number,
+        title: title.to_owned(),
+        head_sha: head_sha.clone(),
+        author: author.to_owned(),
+        state: "open".into(),
+        merged: false,
+    };
+    entry.pulls.insert(number, pull);
+    Ok(head_sha)
+}
+
 impl MockGitHub {
     /// Starts the mock on a free port of 127.0.0.1, keeping its repositories under `root`.
     /// Requests must carry `Authorization: token <token>` (or `Bearer`).
@@ -180,19 +196,17 @@ impl MockGitHub {
     /// Opens pull request `number` against `main` of `repo`, with a new commit by `author`;
     /// returns the head sha.
     pub fn open_pull(&self, repo: &str, number: u64, title: &str, author: &str) -> Result<String, MockError> {
+        open_pull(&mut self.lock(), repo, number, title, author)
+    }
+
+    /// Opens the next pull request of `repo` (one past the highest number it has had), so that
+    /// scenarios run again, or side by side, each get a pull request, a head and an event of
+    /// their own. Returns its number and head.
+    pub fn open_next_pull(&self, repo: &str, title: &str, author: &str) -> Result<(u64, String), MockError> {
         let mut state = self.lock();
-        let entry = state.repos.get_mut(repo).ok_or_else(|| MockError::UnknownRepo(repo.to_owned()))?;
-        let head_sha = entry.hosted.open_pull(number, &entry.main_sha, &format!("{title}\n"))?;
-        let pull = Pull {
-            number,
-            title: title.to_owned(),
-            head_sha: head_sha.clone(),
-            author: author.to_owned(),
-            state: "open".into(),
-            merged: false,
-        };
-        entry.pulls.insert(number, pull);
-        Ok(head_sha)
+        let entry = state.repos.get(repo).ok_or_else(|| MockError::UnknownRepo(repo.to_owned()))?;
+        let number = entry.pulls.keys().next_back().map_or(1, |last| last + 1);
+        Ok((number, open_pull(&mut state, repo, number, title, author)?))
     }
 
     /// Closes pull request `number`, merged or not (a later `closed` event reports it).

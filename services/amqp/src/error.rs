@@ -23,8 +23,8 @@ pub enum Error {
     #[error("cannot connect to the AMQP broker at {address}: {source}")]
     Connect { address: String, source: lapin::Error },
 
-    #[error("the AMQP broker at {address} did not complete the connection within {seconds} s")]
-    ConnectTimeout { address: String, seconds: u64 },
+    #[error("the AMQP broker at {address} did not complete the connection within {millis} ms")]
+    ConnectTimeout { address: String, millis: u64 },
 
     #[error(
         "queue {queue:?} exists with other arguments than the Cockpit ones ({source}); delete the queue, or find the client that declared it differently"

@@ -18,8 +18,10 @@ use crate::error::reply_code;
 use crate::queue::{DEAD_LETTER, DELAYS, delay_queue};
 use crate::{Address, Config, Error, Queue};
 
-/// How long the TCP connect, TLS handshake and AMQP handshake together may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the TCP connect, the TLS and AMQP handshakes and opening the channel together may
+/// take for a client that wants the connection (a slow network is not a dead one). A readiness
+/// probe sets a much shorter deadline of its own ([`Session::connect_within`]).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// AMQP delivery mode 2: the broker writes the message to disk in a durable queue.
 const PERSISTENT: u8 = 2;
@@ -61,25 +63,29 @@ pub struct Delivery {
 }
 
 impl Session {
-    /// Connects, authenticates and opens a confirm-mode channel.
+    /// Connects, authenticates and opens a confirm-mode channel, within [`CONNECT_TIMEOUT`].
     pub async fn connect(config: &Config) -> Result<Session, Error> {
+        Session::connect_within(config, CONNECT_TIMEOUT).await
+    }
+
+    /// [`Session::connect`] with a deadline of the caller's for all of it: a broker that
+    /// accepts the TCP connection while it boots can hold a handshake until the deadline.
+    pub async fn connect_within(config: &Config, within: Duration) -> Result<Session, Error> {
         let address = config.address.to_string();
         let tls = match config.address {
             Address::Tls { .. } => Some(super::tls::client_config(&config.files, config.verification)?),
             Address::PlainLocalhost => None,
         };
-        let connection = tokio::time::timeout(CONNECT_TIMEOUT, open_connection(&config.address, tls))
-            .await
-            .map_err(|_| Error::ConnectTimeout { address: address.clone(), seconds: CONNECT_TIMEOUT.as_secs() })?
-            .map_err(|source| Error::Connect { address: address.clone(), source })?;
-        let channel = async {
+        let connect = async {
+            let connection = open_connection(&config.address, tls).await?;
             let channel = connection.create_channel().await?;
             channel.confirm_select(ConfirmSelectOptions::default()).await?;
-            Ok(channel)
-        }
-        .await
-        .map_err(|source| Error::Connect { address, source })?;
-        Ok(Session { connection, channel })
+            Ok(Session { connection, channel })
+        };
+        tokio::time::timeout(within, connect)
+            .await
+            .map_err(|_| Error::ConnectTimeout { address: address.clone(), millis: within.as_millis() as u64 })?
+            .map_err(|source| Error::Connect { address, source })
     }
 
     /// Declares a durable queue with its Cockpit arguments; returns how many messages it holds.

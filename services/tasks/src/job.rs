@@ -235,9 +235,14 @@ impl Reporter<'_> {
                 return None;
             }
         };
-        crate::status::owner(&history, context)
-            .filter(|owner| owner.target_url.as_deref() != Some(self.log_url))
-            .cloned()
+        // Another job's: another log, or (should two workers have given one slug to two jobs)
+        // another worker's host name.
+        let own_host = format!("[{}]", self.hostname);
+        let mine = |owner: &github::Status| {
+            owner.target_url.as_deref() == Some(self.log_url)
+                && owner.description.as_deref().is_some_and(|d| d.ends_with(&own_host))
+        };
+        crate::status::owner(&history, context).filter(|owner| !mine(owner)).cloned()
     }
 
     /// Posts `status` again, as it was.

@@ -224,7 +224,7 @@ fn reap() {
 
 /// The processes below `root`, from each process's parent in `/proc/PID/stat`. Read by hand:
 /// one field of one file, where the procfs crate would bring a dependency tree.
-fn descendants(root: i32) -> Vec<i32> {
+pub fn descendants(root: i32) -> Vec<i32> {
     let parents: Vec<(i32, i32)> = std::fs::read_dir("/proc")
         .map(|entries| {
             entries

@@ -186,6 +186,19 @@ pub struct Scanner {
     github: GitHub,
 }
 
+/// The time in the slugs of a scan's jobs (tests-scan's `%Y%m%d-%H%M%S`, UTC), `now` in Unix
+/// seconds, or one second past the last one this process gave out: two scans of one pull
+/// request in the same second (an event's and a rescan's) would otherwise queue two jobs with
+/// one slug, one log URL, and each would take the other's "In progress" for its own.
+fn scan_timestamp(now: i64) -> String {
+    static LAST: std::sync::Mutex<i64> = std::sync::Mutex::new(i64::MIN);
+    let mut last = LAST.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    *last = now.max(last.saturating_add(1));
+    let format = time::macros::format_description!("[year][month][day]-[hour][minute][second]");
+    let at = time::OffsetDateTime::from_unix_timestamp(*last).expect("a time of this era");
+    at.format(&format).expect("a formattable time")
+}
+
 impl Scanner {
     pub fn load(args: &ScanArgs) -> anyhow::Result<Scanner> {
         let mut map = TestMap::load(&args.test_map)?;
@@ -209,8 +222,7 @@ impl Scanner {
     pub async fn scan(&self, request: &Request, session: Option<&amqp::Session>) -> Result<Vec<JobMessage>, ScanError> {
         let github = &self.github;
         let pulls = self.pulls(request).await?;
-        let format = time::macros::format_description!("[year][month][day]-[hour][minute][second]");
-        let timestamp = time::OffsetDateTime::now_utc().format(&format).expect("a formattable time");
+        let timestamp = scan_timestamp(time::OffsetDateTime::now_utc().unix_timestamp());
         let allowlist: Vec<String> = ALLOWLIST.map(String::from).to_vec();
         let no_heads = BTreeMap::new();
         let base = Scan {
@@ -295,5 +307,16 @@ impl Scanner {
                 })]
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Two scans in one second name their jobs with two times, each in tests-scan's format.
+    #[test]
+    fn two_scans_in_one_second_get_two_times() {
+        let year_2100 = 4_102_444_800;
+        assert_eq!(super::scan_timestamp(year_2100), "21000101-000000");
+        assert_eq!(super::scan_timestamp(year_2100), "21000101-000001");
     }
 }
