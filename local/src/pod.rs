@@ -287,13 +287,18 @@ pub fn write_config(
     Ok(())
 }
 
-/// `url` (of a server on this machine's loopback) as the pod reaches it.
+/// `url` (of a server on this machine's loopback) as the pod reaches it: plain HTTP by
+/// address, TLS by [`HOST_ALIAS`], which its certificate names. By address where it can be:
+/// podman rewrites the pod's `/etc/hosts` whenever a container joins the pod (every job
+/// container does), and a lookup at that moment fails (seen: a job's clone ended in "Could not
+/// resolve host: workbench-host" while another job's container started).
 pub fn seen_from_pod(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = if scheme == "http" { HOST_LOOPBACK } else { HOST_ALIAS };
     match authority.rsplit_once(':') {
-        Some((_, port)) => format!("{scheme}://{HOST_ALIAS}:{port}{path}"),
-        None => format!("{scheme}://{HOST_ALIAS}{path}"),
+        Some((_, port)) => format!("{scheme}://{host}:{port}{path}"),
+        None => format!("{scheme}://{host}{path}"),
     }
 }
 
@@ -489,8 +494,8 @@ mod tests {
 
     #[test]
     fn urls_of_this_machine_are_reached_through_the_host_alias() {
-        assert_eq!(seen_from_pod("http://127.0.0.1:4321"), "http://workbench-host:4321");
+        assert_eq!(seen_from_pod("http://127.0.0.1:4321"), "http://10.0.2.2:4321");
         assert_eq!(seen_from_pod("https://localhost:99/logs/"), "https://workbench-host:99/logs/");
-        assert_eq!(seen_from_pod("http://127.0.0.1:80/git/"), "http://workbench-host:80/git/");
+        assert_eq!(seen_from_pod("http://127.0.0.1:80/git/"), "http://10.0.2.2:80/git/");
     }
 }
