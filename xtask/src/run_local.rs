@@ -291,7 +291,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             // A kept deployment waits for the same signal to end normally: it goes first.
             biased;
             result = deploy_and_check(run_dir.path(), &options, &args) => result,
-            () = interrupted() => Err(anyhow::anyhow!("interrupted")),
+            () = shutdown::requested() => Err(anyhow::anyhow!("interrupted")),
         }
     });
     // Every service has been stopped by now: their guards dropped with the future above. Only
@@ -304,16 +304,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("the deployment was torn down; its logs are kept in {}", kept.display());
     }
     result
-}
-
-/// Ctrl-C or SIGTERM (`cargo xtask down`).
-async fn interrupted() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
 
 async fn deploy_and_check(run_dir: &Path, options: &Options, args: &Args) -> anyhow::Result<()> {
@@ -382,7 +372,7 @@ async fn check(deployment: &Arc<Deployment>, run_dir: &Path, args: &Args, starte
         print_endpoints(deployment);
         println!("  again:       cargo xtask run-local --attach [--scenario NAME]...");
         tokio::select! {
-            () = interrupted() => {}
+            () = shutdown::requested() => {}
             () = serve_attach(listener, deployment) => {}
         }
         let _ = std::fs::remove_file(&socket);

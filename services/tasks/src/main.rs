@@ -66,26 +66,16 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: &Cli) -> anyhow::Result<()> {
     let config = cli.amqp_config()?;
     match &cli.command {
-        Command::RunQueue(args) => run_queue::run(&config, args, shutdown_signal()).await,
+        // SIGTERM or SIGINT: take no more work, finish (run-queue) or cancel (job-runner) what
+        // is in hand, exit.
+        Command::RunQueue(args) => run_queue::run(&config, args, shutdown::requested()).await,
         Command::TestsScan(args) => tests_scan::run(&config, args).await,
         Command::JobRunner(args) => {
             tasks::sandbox::adopt_orphans()?;
-            job_runner::run(args, shutdown_signal()).await
+            job_runner::run(args, shutdown::requested()).await
         }
-        Command::RunJob => job_runner::serve(shutdown_signal()).await,
+        Command::RunJob => job_runner::serve(shutdown::requested()).await,
         Command::PublishQueue(args) => queue_tools::publish(&config, args).await,
         Command::InspectQueue(args) => queue_tools::inspect(&config, args, &mut std::io::stdout()).await,
-    }
-}
-
-/// SIGTERM or SIGINT: take no more work, finish (run-queue) or cancel (job-runner) what is in
-/// hand, exit.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
     }
 }

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use tokio::signal::unix::{SignalKind, signal};
 
 /// Receives GitHub webhook deliveries, verifies their signature, and publishes the ones CI acts
 /// on (pull requests opened, synchronized, edited or merged; direct-trigger statuses) to the
@@ -63,17 +62,8 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!(listen = %listening, amqp = %address, "webhook ready");
     let config = webhook::Config::new(amqp::Config::new(address, &secrets_dir), secret);
-    webhook::serve(listener, config, shutdown_signal()).await.context("serving HTTP")?;
+    // SIGTERM or SIGINT: stop accepting, drain, exit.
+    webhook::serve(listener, config, shutdown::requested()).await.context("serving HTTP")?;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// SIGTERM (podman stop, systemd) or SIGINT (Ctrl-C): stop accepting, drain, exit.
-async fn shutdown_signal() {
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }
