@@ -84,6 +84,8 @@ impl BrokerError {
         match self {
             BrokerError::Exited { tail, .. } | BrokerError::NotReady { tail, .. } => {
                 let tail = tail.to_ascii_lowercase();
+                // The AMQP port: RabbitMQ logs that its listener could not start, and runs on.
+                tail.contains(LISTENER_FAILED.to_ascii_lowercase().as_str()) ||
                 // The distribution port (Erlang's `dist_port_already_used`) as well as AMQP's.
                 ["eaddrinuse", "address already in use", "dist_port_already_used"].iter().any(|s| tail.contains(s))
             }
@@ -91,6 +93,10 @@ impl BrokerError {
         }
     }
 }
+
+/// What RabbitMQ logs when its AMQP listener cannot start (its port taken meanwhile); it does
+/// not exit, so the readiness wait looks for this line.
+const LISTENER_FAILED: &str = "Failed to start Ranch listener";
 
 fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> BrokerError {
     let what = what.into();
@@ -280,6 +286,14 @@ impl Broker {
         loop {
             if let Some(status) = self.processes.exited(server) {
                 return Err(BrokerError::Exited { status, log: self.log_path(), tail: self.log_tail() });
+            }
+            let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+            if let Some(line) = log.lines().find(|line| line.contains(LISTENER_FAILED)) {
+                return Err(BrokerError::NotReady {
+                    last_error: "its AMQP listener did not start".into(),
+                    log: self.log_path(),
+                    tail: line.to_owned(),
+                });
             }
             match probe.answers().await {
                 Ok(()) => return Ok(()),

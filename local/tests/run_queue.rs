@@ -192,7 +192,13 @@ async fn a_queued_pull_request_event_is_tested_to_a_final_status() {
     let posted: Vec<String> =
         world.mock.statuses(REPO, &world.head).iter().map(|s| serde_json::to_string(s).unwrap()).collect();
     let log_url = format!("{}logs/pull-1-{}-", world.s3.url(), &world.head[..8]);
-    assert_eq!(posted[0], r#"{"context":"unit-tests","state":"pending","description":"Not yet tested"}"#);
+    // The event's scan and the start-up rescan may both read no status and both post "Not yet
+    // tested" (Cockpit's scans do the same); the job after them is one.
+    let not_tested = r#"{"context":"unit-tests","state":"pending","description":"Not yet tested"}"#;
+    let queued = posted.iter().take_while(|status| *status == not_tested).count();
+    assert!((1..=2).contains(&queued), "{posted:?}");
+    let posted = &posted[queued - 1..];
+    assert_eq!(posted[0], not_tested);
     let in_progress =
         r#"{"context":"unit-tests","state":"pending","description":"In progress [worker-1]","target_url":""#;
     assert!(posted[1].starts_with(&format!("{in_progress}{log_url}")), "{posted:?}");

@@ -12,6 +12,7 @@ use local::Deployment;
 use local::deployment::{Binaries, Options};
 use local::scenario::{self, Ran};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use crate::packages::{self, PODMAN, RABBITMQ};
 use crate::progress::{Spinner, Steps};
@@ -220,7 +221,10 @@ async fn serve_attach(listener: tokio::net::UnixListener, deployment: &Arc<Deplo
         let Ok((stream, _)) = listener.accept().await else { continue };
         let (reader, mut writer) = stream.into_split();
         let mut line = String::new();
-        if tokio::io::BufReader::new(reader).read_line(&mut line).await.is_err() {
+        // One request at a time: a client that connects and says nothing must not hold the rest.
+        let mut reader = tokio::io::BufReader::new(reader);
+        let read = reader.read_line(&mut line);
+        if !matches!(tokio::time::timeout(std::time::Duration::from_secs(10), read).await, Ok(Ok(_))) {
             continue;
         }
         let Ok(request) = serde_json::from_str::<AttachRequest>(&line) else { continue };
@@ -287,11 +291,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         runtime,
     };
     let result = crate::workspace::runtime()?.block_on(async {
+        // One listener of the signal, one token: a kept deployment waits for the same token to
+        // end normally, and sees it cancelled in the same poll as this select does.
+        let stop = CancellationToken::new();
+        let _listener = tokio_util::task::AbortOnDropHandle::new(tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                shutdown::requested().await;
+                stop.cancel();
+            }
+        }));
         tokio::select! {
-            // A kept deployment waits for the same signal to end normally: it goes first.
+            // The kept deployment ending normally goes first.
             biased;
-            result = deploy_and_check(run_dir.path(), &options, &args) => result,
-            () = shutdown::requested() => Err(anyhow::anyhow!("interrupted")),
+            result = deploy_and_check(run_dir.path(), &options, &args, &stop) => result,
+            () = stop.cancelled() => Err(anyhow::anyhow!("interrupted")),
         }
     });
     // Every service has been stopped by now: their guards dropped with the future above. Only
@@ -306,10 +320,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     result
 }
 
-async fn deploy_and_check(run_dir: &Path, options: &Options, args: &Args) -> anyhow::Result<()> {
+async fn deploy_and_check(
+    run_dir: &Path,
+    options: &Options,
+    args: &Args,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let deployment = Arc::new(Deployment::start(run_dir, options, &Steps::default()).await?);
-    let result = check(&deployment, run_dir, args, started).await;
+    let result = check(&deployment, run_dir, args, started, stop).await;
     // Scenario tasks have ended, so this is the last reference: dropping it tears down.
     let spinner = Spinner::start("tearing the deployment down");
     drop(deployment);
@@ -319,7 +338,13 @@ async fn deploy_and_check(run_dir: &Path, options: &Options, args: &Args) -> any
 
 /// What run-local does with the deployment up: the shell, the real GitHub mode, or the
 /// scenarios and their report (and with `--keep`, waiting).
-async fn check(deployment: &Arc<Deployment>, run_dir: &Path, args: &Args, started: Instant) -> anyhow::Result<()> {
+async fn check(
+    deployment: &Arc<Deployment>,
+    run_dir: &Path,
+    args: &Args,
+    started: Instant,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
     if args.interactive {
         return shell(deployment).await;
     }
@@ -372,7 +397,7 @@ async fn check(deployment: &Arc<Deployment>, run_dir: &Path, args: &Args, starte
         print_endpoints(deployment);
         println!("  again:       cargo xtask run-local --attach [--scenario NAME]...");
         tokio::select! {
-            () = shutdown::requested() => {}
+            () = stop.cancelled() => {}
             () = serve_attach(listener, deployment) => {}
         }
         let _ = std::fs::remove_file(&socket);

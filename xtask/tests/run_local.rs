@@ -320,3 +320,52 @@ fn a_kept_deployment_runs_the_scenarios_again_for_attach() {
     assert!(ended.status.success(), "{}", String::from_utf8_lossy(&ended.stderr));
     assert!(!target.path().join("workbench/kept.sock").exists(), "the socket is gone with the deployment");
 }
+
+/// A green run on a terminal, driven under tmux: each step ends as one finished line (no
+/// spinner frame of a step left behind, however many ran at once), and nothing is logged as an
+/// error or a warning.
+#[cfg_attr(not(ci), ignore = "needs tmux: cargo xtask ci installs it and runs this")]
+#[test]
+fn a_green_run_on_a_terminal_shows_one_line_per_step_and_no_error() {
+    assert!(Command::new("tmux").arg("-V").output().is_ok(), "tmux is not installed: cargo xtask ci installs it");
+    let socket = format!("workbench-console-{}", std::process::id());
+    let tmux = |args: &[&str]| Command::new("tmux").args(["-L", &socket]).args(args).output().unwrap();
+    let command = format!(
+        "{} run-local --runtime process --binaries {}; echo \"run-local exited: $?\"; sleep 600",
+        env!("CARGO_BIN_EXE_xtask"),
+        binaries_dir()
+    );
+    let started = Command::new("tmux")
+        .args(["-L", &socket, "new-session", "-d", "-s", "run", "-x", "200", "-y", "60", "-c"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .arg(&command)
+        .env("SHELL", "/bin/bash")
+        .status()
+        .unwrap();
+    assert!(started.success());
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let shown = loop {
+        let shown =
+            String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-S", "-300", "-t", "run"]).stdout).into_owned();
+        if shown.contains("run-local exited:") {
+            break shown;
+        }
+        assert!(Instant::now() < deadline, "run-local did not end:\n{shown}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = tmux(&["kill-server"]);
+    assert!(shown.contains("run-local exited: 0"), "{shown}");
+    let finished: Vec<&str> = shown.lines().filter(|line| line.starts_with('✔')).collect();
+    assert!(finished.iter().any(|line| line.contains("starting RabbitMQ")), "{shown}");
+    assert!(finished.iter().any(|line| line.contains("scenario pr-success")), "{shown}");
+    for line in &finished {
+        let step = line.rsplit_once(" (").map_or(*line, |(step, _)| step);
+        assert_eq!(finished.iter().filter(|other| other.starts_with(step)).count(), 1, "{step} twice:\n{shown}");
+    }
+    // A spinner frame is a braille character; none may be left once every step is done.
+    let stale: Vec<&str> =
+        shown.lines().filter(|line| line.starts_with(|c| ('\u{2800}'..='\u{28ff}').contains(&c))).collect();
+    assert!(stale.is_empty(), "spinner frames left behind: {stale:?}\n{shown}");
+    let logged: Vec<&str> = shown.lines().filter(|line| line.contains(" ERROR ") || line.contains(" WARN ")).collect();
+    assert!(logged.is_empty(), "errors or warnings on a green run's console: {logged:?}");
+}
