@@ -55,6 +55,13 @@ enum What {
         #[arg(long)]
         via_kube: bool,
     },
+    /// The inner loop on a kept deployment (process runtime): `run-local --attach` of every
+    /// scenario, as often as asked, timed as a whole command.
+    InnerLoop {
+        /// How many attaches to measure.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// The tasks worker (release build, process sandbox): latency from a pull_request event in
     /// `webhook` to "Not yet tested" and from a job in `public` to "In progress", one at a time;
     /// then no-op jobs per second with 1 and with 2 workers.
@@ -77,6 +84,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             crate::workspace::runtime()?.block_on(webhook(&binaries.webhook, clients, deliveries, rate))
         }
         What::RunLocal { runs, runtime, via_kube } => run_local(runs, &runtime, via_kube),
+        What::InnerLoop { runs } => inner_loop(runs),
         What::Worker { events, jobs } => {
             let binaries = crate::workspace::build_binaries()?;
             crate::workspace::runtime()?.block_on(worker(&binaries.tasks, events, jobs))
@@ -214,6 +222,56 @@ fn run_local(runs: usize, runtime: &str, via_kube: bool) -> anyhow::Result<()> {
         percentile(&times, 50).as_secs_f64(),
         percentile(&greens, 50).as_secs_f64(),
         percentile(&brokers, 50).as_secs_f64(),
+    );
+    Ok(())
+}
+
+/// Keeps a deployment (its own runs directory, so that none of the user's is touched), times
+/// `run-local --attach` of every scenario `runs` times, and ends it with `down`.
+fn inner_loop(runs: usize) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    anyhow::ensure!(runs > 0, "--runs must be at least 1");
+    let binaries = crate::workspace::build_binaries()?;
+    let xtask = std::env::current_exe().context("finding the xtask binary")?;
+    let target = tempfile::tempdir().context("creating a runs directory")?;
+    let xtask_in_target = |args: &[&str]| {
+        let mut command = Command::new(&xtask);
+        command.env("CARGO_TARGET_DIR", target.path()).args(args);
+        command
+    };
+    let binaries_dir = binaries.dir().display().to_string();
+    let mut kept = xtask_in_target(&["run-local", "--runtime", "process", "--keep", "--binaries", &binaries_dir])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting the kept deployment")?;
+    // Up once it says how to attach (or gone, if it failed: then the attaches say so).
+    // Read on while it runs: a closed pipe would end it at its next line.
+    let mut stdout = std::io::BufReader::new(kept.stdout.take().expect("piped"));
+    let _ = (&mut stdout).lines().map_while(Result::ok).find(|line| line.contains("run-local --attach"));
+    let mut times = Vec::new();
+    // Whatever happens, the kept deployment is ended below.
+    let attached = (1..=runs).try_for_each(|run| {
+        let started = Instant::now();
+        let output = xtask_in_target(&["run-local", "--attach"]).output()?;
+        let elapsed = started.elapsed();
+        if !output.status.success() {
+            bail!("run-local --attach failed:\n{}", String::from_utf8_lossy(&output.stderr));
+        }
+        println!("attach {run}: {:.2} s", elapsed.as_secs_f64());
+        times.push(elapsed);
+        Ok(())
+    });
+    let down = xtask_in_target(&["down"]).output();
+    let _ = kept.wait();
+    attached?;
+    down.context("running cargo xtask down")?;
+    times.sort();
+    println!(
+        "inner-loop (process): run-local --attach of all scenarios median {:.2} s over {runs} runs (min {:.2} s, max {:.2} s)",
+        percentile(&times, 50).as_secs_f64(),
+        times[0].as_secs_f64(),
+        times[runs - 1].as_secs_f64()
     );
     Ok(())
 }
