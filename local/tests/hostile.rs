@@ -158,6 +158,10 @@ async fn leftovers(sandbox: Sandbox) {
     let slug = format!("logs/pull-1-{}-20261130-000000-unit-tests/", &head[..8]);
     let mut names: Vec<&str> = objects.iter().filter_map(|(name, _)| name.strip_prefix(&slug)).collect();
     names.sort();
+    // The lingering process writes `late` (a file of its own) as soon as the job's shell ends,
+    // and the worker kills it then: on a loaded machine it may write first. What must hold is
+    // that its link to a secret is not followed (below) and that it is gone.
+    names.retain(|name| *name != "late");
     assert_eq!(names, ["<img src=x onerror=alert(1)>", "data/fine.txt", "index.html", "log", "log.html"]);
     let object = |name: &str| {
         let found = objects.iter().find(|(object, _)| *object == format!("{slug}{name}")).unwrap();
