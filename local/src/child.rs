@@ -30,9 +30,7 @@ fn running(child: &mut Child) -> bool {
 /// Whether process `pid` has ended: gone, or a zombie (its memory and files released) that its
 /// parent has yet to reap.
 fn ended(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return true };
-    // The state follows the command name, which ends at the last `)`.
-    stat.rsplit_once(')').is_none_or(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+    u32::try_from(pid).ok().and_then(process_group_of).is_none()
 }
 
 /// Tells `child` to stop (SIGTERM) if it runs.
@@ -166,10 +164,10 @@ impl Drop for ProcessGroup {
 fn process_group_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after_name = &stat[stat.rfind(')')? + 1..];
-    // A zombie still has an entry but is no longer running.
+    // A zombie (or a process being reaped) still has an entry but is no longer running.
     let mut fields = after_name.split_whitespace();
     let state = fields.next()?;
-    if state == "Z" {
+    if state == "Z" || state == "X" {
         return None;
     }
     fields.nth(1)?.parse().ok()
