@@ -100,8 +100,17 @@ pub struct Deployment {
 enum Services {
     // Workers first, broker last.
     Processes { workers: Vec<Worker>, webhook: Webhook, broker: Broker },
-    // The pod is removed through the service that made it.
-    Pod { pod: Pod, _podman: PodmanService },
+    // The pod is removed through the service that made it. `metrics`: each worker's, as
+    // published on this machine.
+    Pod { pod: Pod, metrics: Vec<SocketAddr>, _podman: PodmanService },
+}
+
+/// A service [`Deployment::restart`] replaces with a new build of its binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    Webhook,
+    /// Every tasks worker.
+    Workers,
 }
 
 /// Runs one step, telling `progress` about it.
@@ -202,7 +211,7 @@ impl Deployment {
             step(
                 progress,
                 "starting the webhook",
-                Webhook::start(&options.binaries.webhook, run_dir, &secrets, &broker)
+                Webhook::start(&options.binaries.webhook, run_dir, &secrets, &broker, 0)
             ),
             step(progress, &workers_label, async {
                 let starts = (1..=options.workers.max(1)).map(|n| {
@@ -275,7 +284,7 @@ impl Deployment {
         // The published ports are the pod's configuration: picked free, one can be taken before
         // podman binds it. Then the pod is made again on others.
         let mut tries = 1;
-        let (pod, amqp, webhook) = loop {
+        let (pod, amqp, webhook, metrics) = loop {
             let free = || crate::free_port().map_err(io("find a free port".into()));
             let host_ports = HostPorts {
                 amqp: free()?,
@@ -343,7 +352,8 @@ impl Deployment {
                     Ok::<_, pod::PodError>(())
                 })
                 .await?;
-                Ok::<_, DeployError>((pod, amqp, webhook))
+                let metrics = host_ports.metrics.iter().map(|port| SocketAddr::from(([127, 0, 0, 1], *port)));
+                Ok::<_, DeployError>((pod, amqp, webhook, metrics.collect::<Vec<_>>()))
             }
             .await;
             match started {
@@ -366,7 +376,7 @@ impl Deployment {
             runner_config: config_dir.join("tasks/job-runner.toml"),
             binaries: options.binaries.clone(),
             forge,
-            services: Services::Pod { pod, _podman: podman },
+            services: Services::Pod { pod, metrics, _podman: podman },
             github,
             s3,
         }
@@ -390,6 +400,54 @@ impl Deployment {
             github_api: self.forge.api_url.clone(),
             s3: self.s3.url(),
         }
+    }
+
+    /// Stops `service` and starts it again from `binaries`, where it was (the webhook on its
+    /// address): the process on the process runtime; on podman, the container, with the new
+    /// binary copied into it (the image is not rebuilt). Ready when it answers again.
+    pub async fn restart(&mut self, service: Restart, binaries: &Binaries) -> Result<(), DeployError> {
+        let run_dir = &self.run_dir;
+        match &mut self.services {
+            Services::Processes { workers, webhook, broker } => match service {
+                Restart::Webhook => {
+                    webhook.service.stop().await;
+                    let port = self.webhook.port();
+                    *webhook = Webhook::start(&binaries.webhook, run_dir, &self.secrets, broker, port).await?;
+                }
+                Restart::Workers => {
+                    let config = WorkerConfig {
+                        broker,
+                        secrets: &self.secrets,
+                        test_map: &self.test_map,
+                        forge: &self.forge,
+                        runner_config: &self.runner_config,
+                        work_dir: &run_dir.join("jobs"),
+                        jobs: JOBS_PER_WORKER,
+                        rescan_interval: None,
+                    };
+                    futures_util::future::join_all(workers.iter_mut().map(|w| w.service.stop())).await;
+                    let starts = workers.iter().map(|w| Worker::start(&binaries.tasks, run_dir, &w.hostname, &config));
+                    *workers = futures_util::future::try_join_all(starts).await?;
+                }
+            },
+            Services::Pod { pod, metrics, .. } => match service {
+                Restart::Webhook => {
+                    pod.replace_binary("webhook", &binaries.webhook).await?;
+                    let webhook = self.webhook;
+                    pod.wait_ready("the webhook", || crate::client::answers(webhook, "/healthz")).await?;
+                }
+                Restart::Workers => {
+                    for n in 1..=metrics.len() as u16 {
+                        pod.replace_binary(&pod::worker_name(n), &binaries.tasks).await?;
+                    }
+                    for &address in metrics.iter() {
+                        pod.wait_ready("a tasks worker", || crate::client::answers(address, "/metrics")).await?;
+                    }
+                }
+            },
+        }
+        self.binaries = binaries.clone();
+        Ok(())
     }
 
     /// The pod, on the podman runtime.

@@ -116,19 +116,27 @@ pub struct Webhook {
 }
 
 impl Webhook {
+    /// Starts the webhook on `port` of 127.0.0.1 (0: any free one): a restarted webhook keeps
+    /// the address its clients know.
     pub async fn start(
         binary: &Path,
         run_dir: &Path,
         secrets: &Secrets,
         broker: &Broker,
+        port: u16,
     ) -> Result<Webhook, ServiceError> {
         let address_file = run_dir.join("webhook.address");
+        // A restart must not read the address the last one wrote.
+        let _ = std::fs::remove_file(&address_file);
         let broker_address = broker.address().to_string();
         let webhook_dir = secrets.webhook_dir();
         let launch = crate::launch::Webhook {
             broker: crate::launch::Broker { address: Some(&broker_address), secrets_dir: Some(&webhook_dir) },
             secret_file: &secrets.webhook_token(),
-            listen: crate::launch::Listen::loopback(&address_file),
+            listen: crate::launch::Listen {
+                address: SocketAddr::from(([127, 0, 0, 1], port)),
+                address_file: Some(&address_file),
+            },
             log: "info",
         }
         .launch();
@@ -172,6 +180,7 @@ impl Worker {
         config: &WorkerConfig<'_>,
     ) -> Result<Worker, ServiceError> {
         let address_file = run_dir.join(format!("{hostname}.metrics-address"));
+        let _ = std::fs::remove_file(&address_file);
         let broker_address = config.broker.address().to_string();
         let webhook_dir = config.secrets.webhook_dir();
         let launch = crate::launch::Worker {

@@ -80,13 +80,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     match args.what {
         What::BrokerStart { runs } => broker_start(runs),
         What::Webhook { clients, deliveries, rate } => {
-            let binaries = crate::workspace::build_binaries()?;
+            let binaries = crate::workspace::build_binaries(crate::workspace::Profile::Release)?;
             crate::workspace::runtime()?.block_on(webhook(&binaries.webhook, clients, deliveries, rate))
         }
         What::RunLocal { runs, runtime, via_kube } => run_local(runs, &runtime, via_kube),
         What::InnerLoop { runs } => inner_loop(runs),
         What::Worker { events, jobs } => {
-            let binaries = crate::workspace::build_binaries()?;
+            let binaries = crate::workspace::build_binaries(crate::workspace::Profile::Release)?;
             crate::workspace::runtime()?.block_on(worker(&binaries.tasks, events, jobs))
         }
     }
@@ -125,7 +125,7 @@ async fn webhook(binary: &Path, clients: usize, deliveries: usize, rate: usize) 
     let (secrets, _) = local::secrets::generate(&dir.path().join("secrets"), false)?;
     let broker = step("starting RabbitMQ", Broker::start(&dir.path().join("broker"), &secrets)).await?;
     let mut webhook =
-        step("starting the webhook", local::service::Webhook::start(binary, dir.path(), &secrets, &broker)).await?;
+        step("starting the webhook", local::service::Webhook::start(binary, dir.path(), &secrets, &broker, 0)).await?;
     let listen = webhook.address;
     let pid = *webhook.service.process_ids().first().context("the webhook exited at once")?;
 
@@ -173,7 +173,7 @@ async fn webhook(binary: &Path, clients: usize, deliveries: usize, rate: usize) 
 }
 
 fn run_local(runs: usize, runtime: &str, via_kube: bool) -> anyhow::Result<()> {
-    crate::workspace::build_binaries()?;
+    crate::workspace::build_binaries(crate::workspace::Profile::Release)?;
     let xtask = std::env::current_exe().context("finding the xtask binary")?;
     let report = tempfile::NamedTempFile::new()?;
     let (mut times, mut greens, mut brokers) = (Vec::new(), Vec::new(), Vec::new());
@@ -231,7 +231,7 @@ fn run_local(runs: usize, runtime: &str, via_kube: bool) -> anyhow::Result<()> {
 fn inner_loop(runs: usize) -> anyhow::Result<()> {
     use std::io::BufRead;
     anyhow::ensure!(runs > 0, "--runs must be at least 1");
-    let binaries = crate::workspace::build_binaries()?;
+    let binaries = crate::workspace::build_binaries(crate::workspace::Profile::Release)?;
     let xtask = std::env::current_exe().context("finding the xtask binary")?;
     let target = tempfile::tempdir().context("creating a runs directory")?;
     let xtask_in_target = |args: &[&str]| {

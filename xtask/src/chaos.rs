@@ -121,7 +121,7 @@ fn webhook_stop(args: &Args, dir: &tempfile::TempDir) -> anyhow::Result<()> {
 }
 
 fn worker_kills(args: &Args, dir: &tempfile::TempDir) -> anyhow::Result<()> {
-    let binaries = crate::workspace::build_binaries()?;
+    let binaries = crate::workspace::build_binaries(crate::workspace::Profile::Release)?;
     let spinner = crate::progress::Spinner::start(&format!("workers killed: {} jobs, {} kills", args.jobs, args.kills));
     let run = local::chaos::worker_crashes(dir.path(), &binaries.tasks, args.jobs, args.kills, args.seed);
     let run = crate::workspace::runtime()?.block_on(run);
@@ -136,7 +136,7 @@ fn worker_kills(args: &Args, dir: &tempfile::TempDir) -> anyhow::Result<()> {
 }
 
 fn github_outage(args: &Args, dir: &tempfile::TempDir) -> anyhow::Result<()> {
-    let binaries = crate::workspace::build_binaries()?;
+    let binaries = crate::workspace::build_binaries(crate::workspace::Profile::Release)?;
     let spinner = crate::progress::Spinner::start(&format!(
         "GitHub outage: {} pull requests, {} s of 502, {} s rate-limited",
         args.pulls, args.refused, args.limited

@@ -18,7 +18,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     packages::ensure(&PODMAN)?;
-    let binaries = crate::workspace::build_binaries()?;
+    let binaries = crate::workspace::build_binaries(crate::workspace::Profile::Release)?;
     ensure(&binaries, None, None, args.force)?;
     Ok(())
 }

@@ -15,6 +15,7 @@ mod secrets;
 mod smoke;
 #[cfg(test)]
 mod tidy;
+mod watch;
 mod workspace;
 
 use std::process::ExitCode;

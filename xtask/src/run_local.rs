@@ -61,6 +61,13 @@ pub struct Args {
     /// as long as the scenarios do. Each run opens pull requests of its own.
     #[arg(long, conflicts_with_all = ["keep", "interactive", "pr", "via_kube", "binaries", "secrets", "json"])]
     pub attach: bool,
+    /// Keep the deployment up and, when a source of a service changes (under services/, or
+    /// the workspace's Cargo.toml or Cargo.lock), rebuild the service binaries, restart only
+    /// the services whose binary changed (the process, or on podman the container with the
+    /// new binary copied in) and run the scenarios again; Ctrl-C tears down. Builds use the
+    /// dev profile, as the tests do (unoptimised, incremental): a rebuild takes seconds.
+    #[arg(long, conflicts_with_all = ["keep", "interactive", "pr", "binaries", "tasks_image", "json"])]
+    pub watch: bool,
     /// Bring the deployment up and open a shell in it instead of running the scenarios;
     /// leaving the shell tears it down.
     #[arg(short, long, conflicts_with_all = ["keep", "scenarios"])]
@@ -263,9 +270,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     packages::ensure(if runtime == Runtime::Podman { &PODMAN } else { &[RABBITMQ] })?;
     let binaries = match &args.binaries {
         Some(dir) => Binaries::in_dir(dir),
+        None if args.watch => crate::workspace::build_binaries(crate::workspace::Profile::Dev)?,
         // A given tasks image brings its own.
-        None if runtime == Runtime::Podman && args.tasks_image.is_some() => crate::workspace::release_binaries(),
-        None => crate::workspace::build_binaries()?,
+        None if runtime == Runtime::Podman && args.tasks_image.is_some() => crate::workspace::binaries(crate::workspace::Profile::Release),
+        None => crate::workspace::build_binaries(crate::workspace::Profile::Release)?,
     };
     let runtime = match runtime {
         Runtime::Podman => {
@@ -327,8 +335,11 @@ async fn deploy_and_check(
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let deployment = Arc::new(Deployment::start(run_dir, options, &Steps::default()).await?);
-    let result = check(&deployment, run_dir, args, started, stop).await;
+    let mut deployment = Arc::new(Deployment::start(run_dir, options, &Steps::default()).await?);
+    let result = match args.watch {
+        true => watch(&mut deployment, &scenario_names(args), stop).await,
+        false => check(&deployment, run_dir, args, started, stop).await,
+    };
     // Scenario tasks have ended, so this is the last reference: dropping it tears down.
     let spinner = Spinner::start("tearing the deployment down");
     drop(deployment);
@@ -348,10 +359,7 @@ async fn check(
     if args.interactive {
         return shell(deployment).await;
     }
-    let names: Vec<String> = match args.scenarios.is_empty() {
-        true => scenario::ALL.iter().map(|name| name.to_string()).collect(),
-        false => args.scenarios.clone(),
-    };
+    let names = scenario_names(args);
     if let (Some(number), Some(repo)) = (args.pr, &args.repo) {
         return real_pull_request(deployment, repo, number).await;
     }
@@ -378,12 +386,7 @@ async fn check(
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if !failed.is_empty() {
-        for outcome in &failed {
-            eprintln!("\nscenario {} failed: {}", outcome.name, outcome.ran.as_ref().err().map_or("", String::as_str));
-        }
-        for (name, path, tail) in deployment.log_tails(15) {
-            eprintln!("\n{name} ({}), last lines:\n{tail}", path.display());
-        }
+        print_failures(deployment, &outcomes);
         bail!("{} of {} scenarios failed", failed.len(), outcomes.len());
     }
     if args.keep {
@@ -403,6 +406,107 @@ async fn check(
         let _ = std::fs::remove_file(&socket);
     }
     Ok(())
+}
+
+/// The scenarios to run: those of `--scenario`, else all.
+fn scenario_names(args: &Args) -> Vec<String> {
+    match args.scenarios.is_empty() {
+        true => scenario::ALL.iter().map(|name| name.to_string()).collect(),
+        false => args.scenarios.clone(),
+    }
+}
+
+/// `--watch`: the scenarios, then, for every change of the services' sources, a build, a
+/// restart of the services whose binary changed, and the scenarios again, until Ctrl-C. A
+/// failed build or restart is reported and waits for the next change: the developer fixes it.
+async fn watch(deployment: &mut Arc<Deployment>, names: &[String], stop: &CancellationToken) -> anyhow::Result<()> {
+    use crate::watch::{Sources, Stamps};
+    use crate::workspace::Profile;
+    let root = crate::workspace::root();
+    let mut sources = Sources::watch(&root)?;
+    let round = |outcomes: &[Outcome], deployment: &Deployment, summary: Option<String>| {
+        print_table(outcomes);
+        print_failures(deployment, outcomes);
+        if let Some(summary) = summary {
+            println!("{summary}");
+        }
+        println!("\nwatching {} for changes (Ctrl-C tears the deployment down)", root.join("services").display());
+    };
+    let Some(outcomes) = stop.run_until_cancelled(run_scenarios(deployment, names)).await else { return Ok(()) };
+    round(&outcomes, deployment, None);
+    loop {
+        let Some(changed) = stop.run_until_cancelled(sources.changed()).await else { return Ok(()) };
+        let changed = changed?;
+        let shown: Vec<String> = changed.iter().map(|path| path.display().to_string()).collect();
+        println!("\nchanged: {}", shown.join(", "));
+        let before = Stamps::of(&deployment.binaries);
+        let began = Instant::now();
+        let build = tokio::task::spawn_blocking(|| crate::workspace::build_binaries(Profile::Dev));
+        let Some(built) = stop.run_until_cancelled(build).await else { return Ok(()) };
+        let build_seconds = began.elapsed().as_secs_f64();
+        let binaries = match built.expect("the build does not panic") {
+            Ok(binaries) => binaries,
+            Err(err) => {
+                eprintln!("{err:#}\nwatching for the next change");
+                continue;
+            }
+        };
+        let restart = Stamps::of(&binaries).changed_since(&before);
+        if restart.is_empty() {
+            println!("watch: no service binary changed (build {build_seconds:.2} s)");
+            continue;
+        }
+        let began = Instant::now();
+        // The scenarios' tasks hold the only other references, and they have ended.
+        let deployment_now = Arc::get_mut(deployment).expect("no scenario runs between rounds");
+        let mut restarted = Vec::new();
+        for &service in &restart {
+            let step = Spinner::start(&format!("restarting {}", restart_name(service)));
+            let result = stop.run_until_cancelled(deployment_now.restart(service, &binaries)).await;
+            let Some(result) = result else { return Ok(()) };
+            step.finish(result.is_ok());
+            if let Err(err) = result {
+                eprintln!("restarting {} failed: {err}\nwatching for the next change", restart_name(service));
+                break;
+            }
+            restarted.push(restart_name(service));
+        }
+        if restarted.len() < restart.len() {
+            continue;
+        }
+        let restart_seconds = began.elapsed().as_secs_f64();
+        let began = Instant::now();
+        let Some(outcomes) = stop.run_until_cancelled(run_scenarios(deployment, names)).await else { return Ok(()) };
+        let scenario_seconds = began.elapsed().as_secs_f64();
+        let failed = outcomes.iter().filter(|outcome| outcome.ran.is_err()).count();
+        let summary = format!(
+            "watch: {}: build {build_seconds:.2} s, restart {restart_seconds:.2} s, scenarios {scenario_seconds:.2} s, {}",
+            restarted.join(" and "),
+            if failed == 0 { "green".to_owned() } else { format!("{failed} failed") },
+        );
+        round(&outcomes, deployment, Some(summary));
+    }
+}
+
+fn restart_name(service: local::deployment::Restart) -> &'static str {
+    match service {
+        local::deployment::Restart::Webhook => "the webhook",
+        local::deployment::Restart::Workers => "the tasks workers",
+    }
+}
+
+/// For each failed scenario, why; then the services' log tails (nothing when all passed).
+fn print_failures(deployment: &Deployment, outcomes: &[Outcome]) {
+    let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.ran.is_err()).collect();
+    if failed.is_empty() {
+        return;
+    }
+    for outcome in &failed {
+        eprintln!("\nscenario {} failed: {}", outcome.name, outcome.ran.as_ref().err().map_or("", String::as_str));
+    }
+    for (name, path, tail) in deployment.log_tails(15) {
+        eprintln!("\n{name} ({}), last lines:\n{tail}", path.display());
+    }
 }
 
 /// Runs the scenarios `names`: side by side (each on pull requests of its own), then those of
