@@ -369,3 +369,82 @@ fn a_green_run_on_a_terminal_shows_one_line_per_step_and_no_error() {
     let logged: Vec<&str> = shown.lines().filter(|line| line.contains(" ERROR ") || line.contains(" WARN ")).collect();
     assert!(logged.is_empty(), "errors or warnings on a green run's console: {logged:?}");
 }
+
+/// `--watch` on a copy of the tree (the checkout is never edited): after a one-line change of
+/// a webhook source, only the webhook is rebuilt and restarted, the new code runs, and the
+/// scenarios pass again; Ctrl-C tears everything down.
+#[cfg_attr(not(ci), ignore = "builds a copy of the tree: cargo xtask ci runs this")]
+#[test]
+fn watch_restarts_only_the_webhook_after_its_source_changes() {
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let tree = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&checkout).unwrap().flatten() {
+        if ["target", ".git"].contains(&&*entry.file_name().to_string_lossy()) {
+            continue;
+        }
+        let copied = Command::new("cp").arg("-a").arg(entry.path()).arg(tree.path()).status().unwrap();
+        assert!(copied.success());
+    }
+    // The copy's own output directory (its binaries are not this build's), sharing this
+    // build's intermediate files: the dependencies are not built again.
+    let output = tempfile::tempdir().unwrap();
+    let build_dir = Path::new(&binaries_dir()).parent().unwrap().to_owned();
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["run-local", "--watch", "--runtime", "process", "--scenario", "queue", "--scenario", "pr-success"])
+        .current_dir(tree.path())
+        .env("CARGO_MANIFEST_DIR", tree.path().join("xtask"))
+        .env("CARGO_TARGET_DIR", output.path())
+        .env("CARGO_BUILD_BUILD_DIR", &build_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read on a thread of its own, to the end: run-local writes to it until it ends.
+    let (lines, said) = std::sync::mpsc::channel();
+    let stdout = std::io::BufReader::new(watch.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(stdout) {
+            let _ = lines.send(line.unwrap_or_default());
+        }
+    });
+    let mut seen = String::new();
+    let mut wait_for = |start: &str| {
+        let deadline = Instant::now() + Duration::from_secs(900);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = said.recv_timeout(left).unwrap_or_else(|_| panic!("no line {start:?} in:\n{seen}"));
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.starts_with(start) {
+                return (line, seen.clone());
+            }
+        }
+    };
+    let (_, first) = wait_for("watching ");
+    for scenario in ["queue", "pr-success"] {
+        assert!(first.lines().any(|l| l.starts_with(scenario) && l.contains(" pass ")), "{scenario}: {first}");
+    }
+    let main = tree.path().join("services/webhook/src/main.rs");
+    let source = std::fs::read_to_string(&main).unwrap();
+    assert!(source.contains("\"webhook ready\""), "the webhook's start line moved: update this test");
+    std::fs::write(&main, source.replace("\"webhook ready\"", "\"webhook ready, edited\"")).unwrap();
+    let (summary, round) = wait_for("watch: ");
+    assert!(summary.starts_with("watch: the webhook: build "), "only the webhook restarts: {summary}");
+    assert!(summary.ends_with(", green"), "{round}");
+    let after_change = round.rsplit("changed: ").next().unwrap();
+    for scenario in ["queue", "pr-success"] {
+        assert!(after_change.lines().any(|l| l.starts_with(scenario) && l.contains(" pass ")), "{scenario}: {round}");
+    }
+    let runs = output.path().join("workbench");
+    let run = std::fs::read_dir(&runs).unwrap().flatten().find(|e| e.file_name().to_string_lossy().starts_with("run-"));
+    let run = run.expect("a run directory").path();
+    let log = std::fs::read_to_string(run.join("webhook.log")).unwrap();
+    assert!(log.contains("webhook ready, edited"), "the rebuilt webhook runs:\n{log}");
+
+    rustix::process::kill_process(rustix::process::Pid::from_child(&watch), rustix::process::Signal::INT).unwrap();
+    let ended = watch.wait_with_output().unwrap();
+    assert!(ended.status.success(), "Ctrl-C ends --watch normally: {}", String::from_utf8_lossy(&ended.stderr));
+    let dir = run.display().to_string();
+    assert_eq!(processes_of(&dir), Vec::<String>::new(), "processes of the run outlived it");
+    assert!(!run.exists(), "a run that ended normally removes its directory");
+}
