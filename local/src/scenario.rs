@@ -126,10 +126,12 @@ pub async fn queue(config: &amqp::Config) -> Result<Option<String>, ScenarioErro
 /// CA, not one of our `ca` whose common name is no user, and not plain AMQP (no handshake ever
 /// starts). Asked with `rabbitmqctl` (run by `ctl`), it has one user (no guest), listens for
 /// AMQP over TLS only, and runs no plugin but certificate login (no management interface).
+/// Runs on a multi-threaded runtime: the two `rabbitmqctl`s (an Erlang VM's start each, most
+/// of this scenario's time) run at once, beside the other scenarios.
 pub async fn amqp_refusals(
     config: &amqp::Config,
     ca: &Ca,
-    ctl: impl Fn(&[&str]) -> Result<String, String>,
+    ctl: impl Fn(&[&str]) -> Result<String, String> + Sync,
 ) -> Result<Option<String>, ScenarioError> {
     let anonymous =
         amqp::Config { files: amqp::ClientFiles { ca: config.files.ca.clone(), identity: None }, ..config.clone() };
@@ -188,11 +190,17 @@ pub async fn amqp_refusals(
     check(!answer.starts_with(b"\x01\x00\x00"), || format!("the broker answered plain AMQP: {answer:?}"))?;
 
     let ctl = |args: &[&str]| ctl(args).map_err(|e| ScenarioError::Assertion(format!("rabbitmqctl: {e}")));
-    let users = ctl(&["list_users", "--quiet", "--no-table-headers"])?;
+    let (users, status) = tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let users = scope.spawn(|| ctl(&["list_users", "--quiet", "--no-table-headers"]));
+            let status = ctl(&["status", "--formatter", "json"]);
+            (users.join().expect("rabbitmqctl does not panic"), status)
+        })
+    });
+    let users = users?;
     let users: Vec<&str> = users.lines().filter_map(|line| line.split_whitespace().next()).collect();
     check(users == [crate::secrets::AMQP_USER], || format!("the broker's users are {users:?}"))?;
-    let status = ctl(&["status", "--formatter", "json"])?;
-    let status: serde_json::Value = serde_json::from_str(&status)
+    let status: serde_json::Value = serde_json::from_str(&status?)
         .map_err(|e| ScenarioError::Assertion(format!("rabbitmqctl status is not JSON: {e}")))?;
     let strings = |field: &str, item: &dyn Fn(&serde_json::Value) -> Option<String>| -> BTreeSet<String> {
         status[field].as_array().into_iter().flatten().filter_map(item).collect()

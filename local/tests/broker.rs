@@ -57,7 +57,7 @@ async fn refuses_a_declare_with_other_arguments() {
     assert!(err.to_string().contains("PRECONDITION_FAILED") || err.to_string().contains("406"), "{err}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn only_the_certificate_user_gets_in() {
     let fixture = start().await;
     // No certificate, another CA's, our CA's for no user, plain AMQP; one user, TLS only, no

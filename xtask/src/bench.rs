@@ -55,10 +55,11 @@ enum What {
         #[arg(long)]
         via_kube: bool,
     },
-    /// The inner loop on a kept deployment (process runtime): `run-local --attach` of every
-    /// scenario, as often as asked, timed as a whole command.
+    /// The inner loop (process runtime): `run-local --attach` of every scenario against a kept
+    /// deployment, timed as a whole command; then `run-local --watch` on a copy of the tree,
+    /// timed from a one-line change of a webhook source to the scenarios green again.
     InnerLoop {
-        /// How many attaches to measure.
+        /// How many attaches, and changes under `--watch`, to measure.
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
@@ -267,13 +268,109 @@ fn inner_loop(runs: usize) -> anyhow::Result<()> {
     attached?;
     down.context("running cargo xtask down")?;
     times.sort();
-    println!(
+    let attach = format!(
         "inner-loop (process): run-local --attach of all scenarios median {:.2} s over {runs} runs (min {:.2} s, max {:.2} s)",
         percentile(&times, 50).as_secs_f64(),
         times[0].as_secs_f64(),
         times[runs - 1].as_secs_f64()
     );
+    println!("{attach}");
+    let watch = watch_loop(runs)?;
+    println!("{attach}\n{watch}");
     Ok(())
+}
+
+/// `run-local --watch` (all scenarios) on a copy of the tree, its output apart and its
+/// intermediate build files this workspace's; `runs` times a one-line change of the webhook's
+/// routes, timed from the write to the `watch:` line, which splits it into build, restart and
+/// scenarios. Returns the summary line.
+fn watch_loop(runs: usize) -> anyhow::Result<String> {
+    let tree = tempfile::tempdir().context("creating a directory for a copy of the tree")?;
+    let root = crate::workspace::root();
+    for entry in std::fs::read_dir(&root).with_context(|| format!("reading {}", root.display()))? {
+        let entry = entry?;
+        if entry.file_name() == "target" || entry.file_name() == ".git" {
+            continue;
+        }
+        let copied = Command::new("cp").arg("-a").arg(entry.path()).arg(tree.path()).status()?;
+        anyhow::ensure!(copied.success(), "copying {} failed", entry.path().display());
+    }
+    let output = tempfile::tempdir().context("creating an output directory")?;
+    let build_dir = crate::workspace::runs_dir().parent().expect("runs live in the target directory").to_owned();
+    let mut watch = Command::new(std::env::current_exe().context("finding the xtask binary")?)
+        .args(["run-local", "--watch", "--runtime", "process"])
+        .env("CARGO_MANIFEST_DIR", tree.path().join("xtask"))
+        .env("CARGO_TARGET_DIR", output.path())
+        .env("CARGO_BUILD_BUILD_DIR", &build_dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting run-local --watch")?;
+    // Read to the end on a thread of its own: a closed pipe would end run-local.
+    let (lines, said) = std::sync::mpsc::channel();
+    let stdout = std::io::BufReader::new(watch.stdout.take().expect("piped"));
+    let _reader = std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(stdout).map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let wait_for = |start: &str| -> anyhow::Result<String> {
+        loop {
+            let line = said
+                .recv_timeout(std::time::Duration::from_secs(900))
+                .with_context(|| format!("run-local --watch ended or hung before a line {start:?}"))?;
+            if line.starts_with(start) {
+                return Ok(line);
+            }
+        }
+    };
+    let measured = (|| {
+        wait_for("watching ")?;
+        let routes = tree.path().join("services/webhook/src/routes.rs");
+        let (mut total, mut build, mut restart, mut scenarios) = (vec![], vec![], vec![], vec![]);
+        let mut restart_and_scenarios = vec![];
+        for run in 1..=runs {
+            let source = std::fs::read_to_string(&routes)?;
+            let (from, to) = match run % 2 {
+                1 => ("\"not found\\n\"", "\"not found.\\n\""),
+                _ => ("\"not found.\\n\"", "\"not found\\n\""),
+            };
+            anyhow::ensure!(source.contains(from), "{} no longer has {from}: update the bench", routes.display());
+            let started = Instant::now();
+            std::fs::write(&routes, source.replace(from, to))?;
+            let summary = wait_for("watch: ")?;
+            let elapsed = started.elapsed();
+            anyhow::ensure!(summary.ends_with(", green"), "the scenarios failed after a change: {summary}");
+            let seconds = |what: &str| -> anyhow::Result<Duration> {
+                let value = summary.split(&format!("{what} ")).nth(1).and_then(|rest| rest.split(' ').next());
+                let value = value.and_then(|value| value.parse::<f64>().ok());
+                Ok(Duration::from_secs_f64(value.with_context(|| format!("no {what} time in {summary:?}"))?))
+            };
+            println!("watch {run}: {:.2} s ({summary})", elapsed.as_secs_f64());
+            let (b, r, s) = (seconds("build")?, seconds("restart")?, seconds("scenarios")?);
+            total.push(elapsed);
+            build.push(b);
+            restart.push(r);
+            scenarios.push(s);
+            restart_and_scenarios.push(r + s);
+        }
+        for times in [&mut total, &mut build, &mut restart, &mut scenarios, &mut restart_and_scenarios] {
+            times.sort();
+        }
+        Ok(format!(
+            "inner-loop (process): run-local --watch from a one-line webhook change to green median {:.2} s over {runs} runs: build {:.2} s, restart {:.2} s, scenarios {:.2} s (restart + scenarios median {:.2} s, max {:.2} s)",
+            percentile(&total, 50).as_secs_f64(),
+            percentile(&build, 50).as_secs_f64(),
+            percentile(&restart, 50).as_secs_f64(),
+            percentile(&scenarios, 50).as_secs_f64(),
+            percentile(&restart_and_scenarios, 50).as_secs_f64(),
+            restart_and_scenarios[runs - 1].as_secs_f64(),
+        ))
+    })();
+    // Ctrl-C is how --watch ends: it tears the deployment down.
+    let _ = rustix::process::kill_process(rustix::process::Pid::from_child(&watch), rustix::process::Signal::INT);
+    let _ = watch.wait();
+    measured
 }
 
 const REPO: &str = "workbench-ci/demo";
