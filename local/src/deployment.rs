@@ -12,16 +12,18 @@ use crate::service::{ServiceError, Webhook, Worker, WorkerConfig};
 use crate::worker::{Forge, RunnerConfig, Sandbox};
 use crate::{Broker, MockGitHub, PodmanService, S3Server, Secrets};
 
-/// The fixture projects on the mock GitHub: repository and fixture directory.
 /// Jobs each local worker runs at once: the scenarios run side by side, and their jobs are
 /// small (production's workers run one, see `kube::production`).
 const JOBS_PER_WORKER: u16 = 4;
 
-pub const REPOS: [(&str, &str); 4] = [
+/// The fixture projects on the mock GitHub: repository and fixture directory. Every
+/// repository of the test map is there: a worker's rescan of one that is not fails.
+pub const REPOS: [(&str, &str); 5] = [
     ("workbench-ci/demo", "passing"),
     ("workbench-ci/failing", "failing"),
     ("workbench-ci/library", "failing"),
     ("workbench-ci/kvm", "kvm"),
+    ("workbench-ci/container", "container"),
 ];
 
 #[derive(Debug, Clone)]
@@ -575,5 +577,21 @@ impl Endpoints {
             "github_api": self.github_api,
             "s3": self.s3,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_repository_of_the_test_map_is_on_the_mock_github() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+        let map = tasks::testmap::TestMap::load(&fixtures.join("testmap.toml")).unwrap();
+        for project in map.projects() {
+            let fixture = REPOS.iter().find(|(repo, _)| *repo == project).map(|(_, fixture)| fixture);
+            let fixture = fixture.unwrap_or_else(|| panic!("{project} is in the test map, not in REPOS"));
+            assert!(fixtures.join("repos").join(fixture).is_dir(), "{project}: no fixture {fixture}");
+        }
     }
 }
