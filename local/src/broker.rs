@@ -297,7 +297,8 @@ impl Broker {
             }
             match probe.answers().await {
                 Ok(()) => return Ok(()),
-                Err(err) if started.elapsed() > START_TIMEOUT => {
+                // The client cannot even try (its certificate files): waiting will not help.
+                Err(err) if started.elapsed() > START_TIMEOUT || !retry::Transient::is_transient(&err) => {
                     return Err(BrokerError::NotReady {
                         last_error: err.to_string(),
                         log: self.log_path(),

@@ -142,7 +142,7 @@ impl Deployment {
     /// then the services that need the broker.
     pub async fn start(run_dir: &Path, options: &Options, progress: &dyn Progress) -> Result<Deployment, DeployError> {
         let secrets = match &options.secrets {
-            Some(dir) => Secrets::at(dir),
+            Some(dir) => Secrets::existing(dir)?,
             None => {
                 step(progress, "generating fake secrets", async {
                     crate::secrets::generate(&run_dir.join("secrets"), false)

@@ -100,12 +100,37 @@ pub enum SecretsError {
     Certificate(#[from] rcgen::Error),
     #[error("the system's random number generator failed: {0}")]
     Random(getrandom::Error),
+    #[error("{} is not a secrets directory: it lacks {}; write one with `cargo xtask secrets`", dir.display(), missing.join(", "))]
+    Missing { dir: PathBuf, missing: Vec<String> },
 }
 
 impl Secrets {
     /// An existing secrets directory.
     pub fn at(root: impl Into<PathBuf>) -> Secrets {
         Secrets { root: root.into() }
+    }
+
+    /// An existing secrets directory given by a user, checked to hold what the services read:
+    /// a wrong directory is said at once, not as a broker that never answers.
+    pub fn existing(root: impl Into<PathBuf>) -> Result<Secrets, SecretsError> {
+        let secrets = Secrets::at(root);
+        let mut wanted: Vec<PathBuf> = Service::ALL
+            .iter()
+            .flat_map(|service| service.files())
+            .map(|file| Path::new("webhook").join(file))
+            .collect();
+        wanted.extend([PathBuf::from("s3-keys"), PathBuf::from("s3-server")]);
+        wanted.sort();
+        wanted.dedup();
+        let missing: Vec<String> = wanted
+            .iter()
+            .filter(|path| !secrets.root.join(path).exists())
+            .map(|path| path.display().to_string())
+            .collect();
+        match missing.is_empty() {
+            true => Ok(secrets),
+            false => Err(SecretsError::Missing { dir: secrets.root, missing }),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -335,4 +360,22 @@ fn random_hex(bytes: usize) -> Result<String, SecretsError> {
     let mut buf = vec![0u8; bytes];
     getrandom::getrandom(&mut buf).map_err(SecretsError::Random)?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_without_the_secrets_is_refused_naming_what_it_lacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Secrets::existing(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("webhook/ca.pem") && err.contains("s3-keys"), "{err}");
+        assert!(err.ends_with("write one with `cargo xtask secrets`"), "{err}");
+        generate(dir.path(), true).unwrap();
+        Secrets::existing(dir.path()).unwrap();
+        std::fs::remove_file(dir.path().join("webhook/amqp-client.key")).unwrap();
+        let err = Secrets::existing(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("lacks webhook/amqp-client.key;"), "{err}");
+    }
 }

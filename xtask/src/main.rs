@@ -6,6 +6,7 @@ mod chaos;
 mod ci;
 mod fuzz;
 mod images;
+mod junit;
 mod kube;
 mod packages;
 mod payload;

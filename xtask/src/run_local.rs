@@ -14,6 +14,7 @@ use local::scenario::{self, Ran};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::junit;
 use crate::packages::{self, PODMAN, RABBITMQ};
 use crate::progress::{Spinner, Steps};
 
@@ -52,6 +53,11 @@ pub struct Args {
     /// Write the results as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Write the results as JUnit XML to FILE: a test case per scenario, a failure with its
+    /// message and the services' log tails; when the deployment does not come up, one failed
+    /// case, `deployment`, saying why.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
     /// Leave the deployment running after the scenarios, until `cargo xtask down` (or Ctrl-C).
     /// `--attach` runs the scenarios against it again.
     #[arg(long)]
@@ -59,14 +65,14 @@ pub struct Args {
     /// Run the scenarios (all, or those of `--scenario`) against the deployment a
     /// `run-local --keep` left running: nothing is built, started or torn down, so this takes
     /// as long as the scenarios do. Each run opens pull requests of its own.
-    #[arg(long, conflicts_with_all = ["keep", "interactive", "pr", "via_kube", "binaries", "secrets", "json"])]
+    #[arg(long, conflicts_with_all = ["keep", "interactive", "pr", "via_kube", "binaries", "secrets", "json", "junit"])]
     pub attach: bool,
     /// Keep the deployment up and, when a source of a service changes (under services/, or
     /// the workspace's Cargo.toml or Cargo.lock), rebuild the service binaries, restart only
     /// the services whose binary changed (the process, or on podman the container with the
     /// new binary copied in) and run the scenarios again; Ctrl-C tears down. Builds use the
     /// dev profile, as the tests do (unoptimised, incremental): a rebuild takes seconds.
-    #[arg(long, conflicts_with_all = ["keep", "interactive", "pr", "binaries", "tasks_image", "json"])]
+    #[arg(long, conflicts_with_all = ["keep", "interactive", "pr", "binaries", "tasks_image", "json", "junit"])]
     pub watch: bool,
     /// Bring the deployment up and open a shell in it instead of running the scenarios;
     /// leaving the shell tears it down.
@@ -335,7 +341,23 @@ async fn deploy_and_check(
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let mut deployment = Arc::new(Deployment::start(run_dir, options, &Steps::default()).await?);
+    let deployment = match Deployment::start(run_dir, options, &Steps::default()).await {
+        Ok(deployment) => deployment,
+        Err(err) => {
+            if let Some(path) = &args.junit {
+                let runtime = match options.runtime {
+                    local::deployment::Runtime::Process => Runtime::Process,
+                    local::deployment::Runtime::Podman { .. } => Runtime::Podman,
+                };
+                let message = format!("the deployment did not come up: {err}");
+                let failed = junit::Verdict::Failed { message: message.clone(), detail: message };
+                let case = junit::Case { name: "deployment".into(), seconds: started.elapsed().as_secs_f64(), verdict: failed };
+                junit::write(path, runtime.name(), case.seconds, &[case])?;
+            }
+            return Err(err.into());
+        }
+    };
+    let mut deployment = Arc::new(deployment);
     let result = match args.watch {
         true => watch(&mut deployment, &scenario_names(args), stop).await,
         false => check(&deployment, run_dir, args, started, stop).await,
@@ -384,6 +406,10 @@ async fn check(
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.junit {
+        let runtime = report["runtime"].as_str().unwrap_or_default();
+        write_junit(path, runtime, seconds, &outcomes, deployment)?;
     }
     if !failed.is_empty() {
         print_failures(deployment, &outcomes);
@@ -495,6 +521,27 @@ fn restart_name(service: local::deployment::Restart) -> &'static str {
     }
 }
 
+/// The scenarios' results as JUnit XML; a failure carries the services' log tails.
+fn write_junit(path: &Path, runtime: &str, seconds: f64, outcomes: &[Outcome], deployment: &Deployment) -> anyhow::Result<()> {
+    let tails = match outcomes.iter().any(|o| o.ran.is_err()) {
+        true => log_tails(deployment),
+        false => String::new(),
+    };
+    let cases: Vec<junit::Case> = outcomes
+        .iter()
+        .map(|outcome| junit::Case {
+            name: outcome.name.clone(),
+            seconds: outcome.seconds,
+            verdict: match &outcome.ran {
+                Ok(Ran::Passed) => junit::Verdict::Passed,
+                Ok(Ran::Skipped(reason)) => junit::Verdict::Skipped(reason.clone()),
+                Err(err) => junit::Verdict::Failed { message: err.clone(), detail: format!("{err}\n\n{tails}") },
+            },
+        })
+        .collect();
+    junit::write(path, runtime, seconds, &cases)
+}
+
 /// For each failed scenario, why; then the services' log tails (nothing when all passed).
 fn print_failures(deployment: &Deployment, outcomes: &[Outcome]) {
     let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.ran.is_err()).collect();
@@ -504,9 +551,14 @@ fn print_failures(deployment: &Deployment, outcomes: &[Outcome]) {
     for outcome in &failed {
         eprintln!("\nscenario {} failed: {}", outcome.name, outcome.ran.as_ref().err().map_or("", String::as_str));
     }
-    for (name, path, tail) in deployment.log_tails(15) {
-        eprintln!("\n{name} ({}), last lines:\n{tail}", path.display());
-    }
+    eprintln!("\n{}", log_tails(deployment));
+}
+
+/// The last lines of each service's log, under its name and path.
+fn log_tails(deployment: &Deployment) -> String {
+    let tails = deployment.log_tails(15).into_iter();
+    let tails = tails.map(|(name, path, tail)| format!("{name} ({}), last lines:\n{tail}", path.display()));
+    tails.collect::<Vec<_>>().join("\n\n")
 }
 
 /// Runs the scenarios `names`: side by side (each on pull requests of its own), then those of

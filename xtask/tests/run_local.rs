@@ -71,6 +71,7 @@ fn a_failed_run_on_podman_leaves_no_pod_behind() {
 
 fn failed_run_leaves_nothing_behind(runtime: &str) {
     let report = tempfile::NamedTempFile::new().unwrap();
+    let junit = tempfile::NamedTempFile::new().unwrap();
     // The fixtures, with the project that must pass broken.
     let fixtures = tempfile::tempdir().unwrap();
     let copied = Command::new("cp")
@@ -87,6 +88,8 @@ fn failed_run_leaves_nothing_behind(runtime: &str) {
         .arg(fixtures.path())
         .arg("--json")
         .arg(report.path())
+        .arg("--junit")
+        .arg(junit.path())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -106,6 +109,15 @@ fn failed_run_leaves_nothing_behind(runtime: &str) {
         .collect();
     assert_eq!(statuses, [("queue", "pass"), ("pr-success", "fail")]);
     assert!(report.get("stop").is_none(), "nothing is kept");
+    // The same results as JUnit: the passing case empty, the failing one with its message
+    // and the services' log tails.
+    let junit = std::fs::read_to_string(junit.path()).unwrap();
+    let classname = format!("classname=\"run-local.{runtime}\"");
+    assert!(junit.contains("<testsuites name=\"run-local\" tests=\"2\" failures=\"1\" skipped=\"0\""), "{junit}");
+    assert!(junit.contains(&format!("<testcase name=\"queue\" {classname} time=\"")), "{junit}");
+    let failed = junit.split("<testcase name=\"pr-success\"").nth(1).expect("a pr-success case");
+    assert!(failed.contains("<failure message=\"") && failed.contains("type=\"assertion\">"), "{junit}");
+    assert!(failed.contains("webhook (") && failed.contains("worker-1 (") && failed.contains("last lines:"), "{junit}");
     let report_text = report.to_string();
     for value in local::Secrets::at(Path::new(&dir).join("secrets")).private_values().unwrap() {
         assert!(!report_text.contains(&value) && !stderr.contains(&value), "a secret is in the report or the output");
@@ -267,6 +279,23 @@ fn a_real_pull_request_is_not_run_unsandboxed_unless_asked() {
     assert!(!output.status.success());
     assert!(stderr.contains("pass --allow-unsandboxed-pr if you trust that code"), "{stderr}");
     assert!(!String::from_utf8_lossy(&output.stdout).contains("starting"), "nothing started");
+}
+
+/// A deployment that does not come up (here: secrets that are not there) is one failed JUnit
+/// case, `deployment`, saying why, so that CI shows the failure where it shows test results.
+#[test]
+fn a_deployment_that_does_not_come_up_is_a_failed_junit_case() {
+    let secrets = tempfile::tempdir().unwrap();
+    let junit = tempfile::NamedTempFile::new().unwrap();
+    let output = run_local("process").arg("--secrets").arg(secrets.path()).arg("--junit").arg(junit.path()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    let junit = std::fs::read_to_string(junit.path()).unwrap();
+    assert!(junit.contains("<testsuites name=\"run-local\" tests=\"1\" failures=\"1\""), "{junit}");
+    assert!(junit.contains("<testcase name=\"deployment\" classname=\"run-local.process\""), "{junit}");
+    assert!(junit.contains("<failure message=\"the deployment did not come up: "), "{junit}");
+    assert!(junit.contains("is not a secrets directory: it lacks s3-keys, s3-server, webhook/"), "{junit}");
+    assert!(stderr.contains("write one with `cargo xtask secrets`"), "{stderr}");
 }
 
 /// `xtask` with its runs (and so its kept deployment) under `target`, not the checkout's.
