@@ -2,6 +2,7 @@
 //! services. Fake secrets, the private broker, and the processes they run as.
 
 pub mod broker;
+pub mod bundle;
 pub mod chaos;
 pub mod client;
 pub mod deployment;

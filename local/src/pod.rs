@@ -400,6 +400,26 @@ impl Pod {
         &self.name
     }
 
+    /// The pod's and its containers' states, as podman reports them (for a failure bundle).
+    pub fn describe(&self) -> String {
+        let mut text = String::new();
+        for args in [
+            vec!["ps", "--all", "--pod", "--filter", &format!("pod={}", self.name)],
+            vec!["pod", "inspect", &self.name],
+        ] {
+            let output = self.podman().args(&args).stdin(Stdio::null()).output();
+            text.push_str(&format!("$ podman {}\n", args.join(" ")));
+            match output {
+                Ok(output) => {
+                    text.push_str(&String::from_utf8_lossy(&output.stdout));
+                    text.push_str(&String::from_utf8_lossy(&output.stderr));
+                }
+                Err(err) => text.push_str(&format!("cannot run podman: {err}\n")),
+            }
+        }
+        text
+    }
+
     /// podman's name of its container `name` (as in [`ContainerSpec::name`]).
     pub fn container(&self, name: &str) -> String {
         format!("{}-{name}", self.name)

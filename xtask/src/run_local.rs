@@ -354,6 +354,7 @@ async fn deploy_and_check(
                 let case = junit::Case { name: "deployment".into(), seconds: started.elapsed().as_secs_f64(), verdict: failed };
                 junit::write(path, runtime.name(), case.seconds, &[case])?;
             }
+            print_bundle(local::bundle::write(None, run_dir));
             return Err(err.into());
         }
     };
@@ -413,6 +414,7 @@ async fn check(
     }
     if !failed.is_empty() {
         print_failures(deployment, &outcomes);
+        print_bundle(local::bundle::write(Some(deployment), run_dir));
         bail!("{} of {} scenarios failed", failed.len(), outcomes.len());
     }
     if args.keep {
@@ -552,6 +554,14 @@ fn print_failures(deployment: &Deployment, outcomes: &[Outcome]) {
         eprintln!("\nscenario {} failed: {}", outcome.name, outcome.ran.as_ref().err().map_or("", String::as_str));
     }
     eprintln!("\n{}", log_tails(deployment));
+}
+
+/// Says where the failure bundle is, or why there is none.
+fn print_bundle(written: Result<PathBuf, local::bundle::BundleError>) {
+    match written {
+        Ok(path) => eprintln!("\nfailure bundle (logs, queues, GitHub requests and statuses, job logs): {}", path.display()),
+        Err(err) => eprintln!("\n{err}"),
+    }
 }
 
 /// The last lines of each service's log, under its name and path.

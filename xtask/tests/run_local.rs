@@ -119,11 +119,49 @@ fn failed_run_leaves_nothing_behind(runtime: &str) {
     assert!(failed.contains("<failure message=\"") && failed.contains("type=\"assertion\">"), "{junit}");
     assert!(failed.contains("webhook (") && failed.contains("worker-1 (") && failed.contains("last lines:"), "{junit}");
     let report_text = report.to_string();
-    for value in local::Secrets::at(Path::new(&dir).join("secrets")).private_values().unwrap() {
-        assert!(!report_text.contains(&value) && !stderr.contains(&value), "a secret is in the report or the output");
+    let private = local::Secrets::at(Path::new(&dir).join("secrets")).private_values().unwrap();
+    for value in &private {
+        assert!(!report_text.contains(value) && !stderr.contains(value), "a secret is in the report or the output");
     }
+    assert_failure_bundle(&dir, &stderr, runtime, &private);
 
     assert_nothing_left(&dir, &report["endpoints"]);
+}
+
+/// The failure bundle is named on stderr and holds what a bug report needs (the services'
+/// logs, the broker's queues, the mock GitHub's requests and statuses, the failed job's log in
+/// S3, on podman the pod's state), and none of the run's private values.
+fn assert_failure_bundle(dir: &str, stderr: &str, runtime: &str, private: &[String]) {
+    let bundle = Path::new(dir).join("failure-bundle.tar.gz");
+    assert!(stderr.contains(&format!("failure bundle (logs, queues, GitHub requests and statuses, job logs): {}", bundle.display())), "{stderr}");
+    let unpacked = tempfile::tempdir().unwrap();
+    let untar = Command::new("tar").arg("-xzf").arg(&bundle).arg("-C").arg(unpacked.path()).status().unwrap();
+    assert!(untar.success());
+    let top = unpacked.path().join(Path::new(dir).file_name().unwrap());
+    let mut files = Vec::new();
+    let mut pending = vec![top.clone()];
+    while let Some(at) = pending.pop() {
+        for entry in std::fs::read_dir(at).unwrap().flatten() {
+            match entry.file_type().unwrap().is_dir() {
+                true => pending.push(entry.path()),
+                false => files.push(entry.path().strip_prefix(&top).unwrap().display().to_string()),
+            }
+        }
+    }
+    let has = |name: &str| files.iter().any(|file| file == name);
+    for wanted in ["webhook.log", "worker-1.log", "endpoints.json", "state/rabbitmq-queues.txt", "state/github-requests.txt"] {
+        assert!(has(wanted), "{wanted} is not in the bundle: {files:?}");
+    }
+    assert!(has(if runtime == "podman" { "state/pod.txt" } else { "broker/rabbit.log" }), "{files:?}");
+    assert!(files.iter().any(|f| f.starts_with("s3/logs/") && f.ends_with("/log")), "no job log: {files:?}");
+    let queues = std::fs::read_to_string(top.join("state/rabbitmq-queues.txt")).unwrap();
+    assert!(queues.lines().any(|line| line.starts_with("public\t")), "{queues}");
+    let statuses = std::fs::read_to_string(top.join("state/github-statuses.json")).unwrap();
+    assert!(statuses.contains("\"state\": \"failure\""), "{statuses}");
+    for file in &files {
+        let text = String::from_utf8_lossy(&std::fs::read(top.join(file)).unwrap()).into_owned();
+        assert!(!private.iter().any(|value| text.contains(value)), "a private value is in {file}");
+    }
 }
 
 /// No process, pod or container of the run in `dir` is left, nor any port it used open;
@@ -296,6 +334,9 @@ fn a_deployment_that_does_not_come_up_is_a_failed_junit_case() {
     assert!(junit.contains("<failure message=\"the deployment did not come up: "), "{junit}");
     assert!(junit.contains("is not a secrets directory: it lacks s3-keys, s3-server, webhook/"), "{junit}");
     assert!(stderr.contains("write one with `cargo xtask secrets`"), "{stderr}");
+    let dir = run_dir(&stderr);
+    assert!(Path::new(&dir).join("failure-bundle.tar.gz").is_file(), "{stderr}");
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// `xtask` with its runs (and so its kept deployment) under `target`, not the checkout's.

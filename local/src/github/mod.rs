@@ -226,6 +226,16 @@ impl MockGitHub {
         entry.statuses.iter().filter(|(on, _)| on == sha).map(|(_, status)| status.clone()).collect()
     }
 
+    /// Every status posted, to any repository: its repository, commit and content, in the
+    /// order they arrived per repository.
+    pub fn all_statuses(&self) -> Vec<(String, String, StatusUpdate)> {
+        let state = self.lock();
+        let each = state.repos.iter().flat_map(|(repo, entry)| {
+            entry.statuses.iter().map(move |(sha, status)| (repo.clone(), sha.clone(), status.clone()))
+        });
+        each.collect()
+    }
+
     /// From now on, status POSTs misbehave as `faults` says.
     pub fn set_status_faults(&self, faults: StatusFaults) {
         self.lock().status_faults = faults;
