@@ -54,9 +54,7 @@ pub fn write(deployment: Option<&Deployment>, run_dir: &Path) -> Result<PathBuf,
                 continue;
             }
         }
-        archive
-            .append_path_with_name(&full, top.join(&relative))
-            .map_err(io(format!("add {}", relative.display())))?;
+        archive.append_path_with_name(&full, top.join(&relative)).map_err(io(format!("add {}", relative.display())))?;
     }
     let encoder = archive.into_inner().map_err(io("finish the archive"))?;
     encoder.finish().map_err(io("compress the archive"))?.flush().map_err(io("write the archive"))?;

@@ -4,16 +4,20 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
-use crate::packages::{self, CXX, NODE, OPENSSL, PODMAN, PYTHON_VENV, RABBITMQ, TMUX};
+use crate::packages::{self, CXX, NODE, OPENSSL, PODMAN, PROMETHEUS, PYTHON_VENV, RABBITMQ, TMUX};
 
 /// How long each fuzz target runs in CI: a smoke test (`cargo xtask fuzz` runs them longer).
 const FUZZ_SMOKE_SECONDS: u64 = 15;
 
 pub fn run() -> anyhow::Result<()> {
-    packages::ensure(&[&[RABBITMQ, OPENSSL, TMUX, CXX, PYTHON_VENV], PODMAN.as_slice(), NODE.as_slice()].concat())?;
+    packages::ensure(
+        &[&[RABBITMQ, OPENSSL, TMUX, CXX, PYTHON_VENV, PROMETHEUS], PODMAN.as_slice(), NODE.as_slice()].concat(),
+    )?;
     cargo_step("formatting", &["fmt", "--all", "--check"])?;
     cargo_step("lints", &["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"])?;
     lint_workflows()?;
+    println!("==> alert rules: promtool check rules, promtool test rules");
+    crate::alerts::check()?;
     println!("==> manifests: checkov");
     crate::kube::check()?;
     // The integration tests start the service binaries of this build, which a test run alone

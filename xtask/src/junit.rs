@@ -13,7 +13,10 @@ pub enum Verdict {
     Passed,
     Skipped(String),
     /// Why, and what to look at (log tails).
-    Failed { message: String, detail: String },
+    Failed {
+        message: String,
+        detail: String,
+    },
 }
 
 /// One test case: a scenario, or the deployment's start when it did not come up.

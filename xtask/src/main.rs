@@ -1,6 +1,7 @@
 //! `cargo xtask`: the developer entry point. This file only parses arguments and dispatches;
 //! each command lives in its own module.
 
+mod alerts;
 mod bench;
 mod chaos;
 mod ci;

@@ -24,6 +24,8 @@ pub const NODE: [Package; 2] =
 pub const CXX: Package = Package { name: "g++", provides: "/usr/bin/g++" };
 /// checkov, which checks the production manifests, installs into a Python virtual environment.
 pub const PYTHON_VENV: Package = Package { name: "python3-venv", provides: "/usr/share/doc/python3-venv" };
+/// promtool, which checks the alert rules, comes with Prometheus.
+pub const PROMETHEUS: Package = Package { name: "prometheus", provides: "/usr/bin/promtool" };
 /// The interactive mode's test drives a terminal with it.
 pub const TMUX: Package = Package { name: "tmux", provides: "/usr/bin/tmux" };
 /// Containers: podman with runc (crun fails here), catatonit for pods and `--init`, netavark

@@ -278,7 +278,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(dir) => Binaries::in_dir(dir),
         None if args.watch => crate::workspace::build_binaries(crate::workspace::Profile::Dev)?,
         // A given tasks image brings its own.
-        None if runtime == Runtime::Podman && args.tasks_image.is_some() => crate::workspace::binaries(crate::workspace::Profile::Release),
+        None if runtime == Runtime::Podman && args.tasks_image.is_some() => {
+            crate::workspace::binaries(crate::workspace::Profile::Release)
+        }
         None => crate::workspace::build_binaries(crate::workspace::Profile::Release)?,
     };
     let runtime = match runtime {
@@ -351,7 +353,11 @@ async fn deploy_and_check(
                 };
                 let message = format!("the deployment did not come up: {err}");
                 let failed = junit::Verdict::Failed { message: message.clone(), detail: message };
-                let case = junit::Case { name: "deployment".into(), seconds: started.elapsed().as_secs_f64(), verdict: failed };
+                let case = junit::Case {
+                    name: "deployment".into(),
+                    seconds: started.elapsed().as_secs_f64(),
+                    verdict: failed,
+                };
                 junit::write(path, runtime.name(), case.seconds, &[case])?;
             }
             print_bundle(local::bundle::write(None, run_dir));
@@ -524,7 +530,13 @@ fn restart_name(service: local::deployment::Restart) -> &'static str {
 }
 
 /// The scenarios' results as JUnit XML; a failure carries the services' log tails.
-fn write_junit(path: &Path, runtime: &str, seconds: f64, outcomes: &[Outcome], deployment: &Deployment) -> anyhow::Result<()> {
+fn write_junit(
+    path: &Path,
+    runtime: &str,
+    seconds: f64,
+    outcomes: &[Outcome],
+    deployment: &Deployment,
+) -> anyhow::Result<()> {
     let tails = match outcomes.iter().any(|o| o.ran.is_err()) {
         true => log_tails(deployment),
         false => String::new(),
@@ -559,7 +571,9 @@ fn print_failures(deployment: &Deployment, outcomes: &[Outcome]) {
 /// Says where the failure bundle is, or why there is none.
 fn print_bundle(written: Result<PathBuf, local::bundle::BundleError>) {
     match written {
-        Ok(path) => eprintln!("\nfailure bundle (logs, queues, GitHub requests and statuses, job logs): {}", path.display()),
+        Ok(path) => {
+            eprintln!("\nfailure bundle (logs, queues, GitHub requests and statuses, job logs): {}", path.display())
+        }
         Err(err) => eprintln!("\n{err}"),
     }
 }

@@ -133,7 +133,13 @@ fn failed_run_leaves_nothing_behind(runtime: &str) {
 /// S3, on podman the pod's state), and none of the run's private values.
 fn assert_failure_bundle(dir: &str, stderr: &str, runtime: &str, private: &[String]) {
     let bundle = Path::new(dir).join("failure-bundle.tar.gz");
-    assert!(stderr.contains(&format!("failure bundle (logs, queues, GitHub requests and statuses, job logs): {}", bundle.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "failure bundle (logs, queues, GitHub requests and statuses, job logs): {}",
+            bundle.display()
+        )),
+        "{stderr}"
+    );
     let unpacked = tempfile::tempdir().unwrap();
     let untar = Command::new("tar").arg("-xzf").arg(&bundle).arg("-C").arg(unpacked.path()).status().unwrap();
     assert!(untar.success());
@@ -149,7 +155,9 @@ fn assert_failure_bundle(dir: &str, stderr: &str, runtime: &str, private: &[Stri
         }
     }
     let has = |name: &str| files.iter().any(|file| file == name);
-    for wanted in ["webhook.log", "worker-1.log", "endpoints.json", "state/rabbitmq-queues.txt", "state/github-requests.txt"] {
+    for wanted in
+        ["webhook.log", "worker-1.log", "endpoints.json", "state/rabbitmq-queues.txt", "state/github-requests.txt"]
+    {
         assert!(has(wanted), "{wanted} is not in the bundle: {files:?}");
     }
     assert!(has(if runtime == "podman" { "state/pod.txt" } else { "broker/rabbit.log" }), "{files:?}");
@@ -325,7 +333,8 @@ fn a_real_pull_request_is_not_run_unsandboxed_unless_asked() {
 fn a_deployment_that_does_not_come_up_is_a_failed_junit_case() {
     let secrets = tempfile::tempdir().unwrap();
     let junit = tempfile::NamedTempFile::new().unwrap();
-    let output = run_local("process").arg("--secrets").arg(secrets.path()).arg("--junit").arg(junit.path()).output().unwrap();
+    let output =
+        run_local("process").arg("--secrets").arg(secrets.path()).arg("--junit").arg(junit.path()).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
     let junit = std::fs::read_to_string(junit.path()).unwrap();
