@@ -369,3 +369,49 @@ async fn answers_503_while_the_broker_is_away_and_recovers_without_restart() {
     // The delivery accepted before the outage survived the restart, and the new one follows it.
     assert_eq!(fixture.drain().await, [queued("pull_request", &body), queued("pull_request", &next)]);
 }
+
+/// `/status` shows each queue with the depth and consumers the broker reports, and the last
+/// deliveries newest first: the repository of a signed one, none for a refused one.
+#[tokio::test]
+async fn the_status_page_shows_what_the_broker_reports_and_the_last_deliveries() {
+    let fixture = start().await;
+    for file in ["pull_request-opened.json", "pull_request-synchronize.json"] {
+        let (status, _, _) = fixture.deliver("pull_request", &fixture_payload(file)).await;
+        assert_eq!(status, 200, "{file}");
+    }
+    let body = fixture_payload("pull_request-opened.json");
+    let head = format!(
+        "POST / HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-GitHub-Event: pull_request\r\n",
+        body.len()
+    );
+    assert_eq!(request(fixture.webhook, &head, &body).await.0, 401);
+    // A queue with a consumer, as a worker's.
+    let session = Session::connect(&fixture.broker.client_config()).await.unwrap();
+    session.declare(amqp::PUBLIC).await.unwrap();
+    let _consumer = session.consume(amqp::PUBLIC.name, 1).await.unwrap();
+    let names = ["webhook", "rhel", "public", "statistics", "workbench.dead-letter"];
+    let reported = session.inspect(&names).await.unwrap();
+
+    let (status, headers, page) = request(fixture.webhook, "GET /status HTTP/1.1\r\n", b"").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(headers.to_ascii_lowercase().contains("content-type: text/html; charset=utf-8"), "{headers}");
+    for (name, state) in names.iter().zip(&reported) {
+        let row = match state {
+            Some(state) => format!(
+                "<tr><td>{name}</td><td class=n>{}</td><td class=n>{}</td></tr>",
+                state.messages, state.consumers
+            ),
+            None => format!("<tr><td>{name}</td><td class=n>does not exist</td>"),
+        };
+        assert!(page.contains(&row), "{row} is not in:\n{page}");
+    }
+    assert_eq!(reported[0].map(|s| s.messages), Some(2), "the two deliveries wait in webhook");
+    assert_eq!(reported[2].map(|s| s.consumers), Some(1), "public has the consumer");
+    let rows: Vec<&str> = page.lines().filter(|line| line.contains(" s ago</td>")).collect();
+    assert_eq!(rows.len(), 3, "{page}");
+    assert!(rows[0].ends_with("<td>pull_request</td><td>-</td><td>unauthorized</td></tr>"), "{page}");
+    for row in &rows[1..] {
+        assert!(row.ends_with("<td>pull_request</td><td>workbench-ci/demo</td><td>published</td></tr>"), "{page}");
+    }
+    session.close().await;
+}

@@ -634,7 +634,7 @@ fn print_table(outcomes: &[Outcome]) {
 fn print_endpoints(deployment: &Deployment) {
     let endpoints = deployment.endpoints();
     println!("  AMQP:        {} (TLS; client certificate in {})", endpoints.amqp, endpoints.secrets.display());
-    println!("  webhook:     {}", endpoints.webhook);
+    println!("  webhook:     {} (status page: {}status)", endpoints.webhook, endpoints.webhook);
     println!("  GitHub API:  {} (mock)", endpoints.github_api);
     println!("  S3:          {} (logs: {}logs/)", endpoints.s3, endpoints.s3);
     println!("  logs:        {}", deployment.run_dir.display());

@@ -17,5 +17,6 @@ pub use queue::{
     delay_queue_name,
 };
 pub use session::{
-    ATTEMPTS_HEADER, Consumer, Delivery, ERROR_HEADER, QUEUE_HEADER, RETRIES_HEADER, Session, connect_with_backoff,
+    ATTEMPTS_HEADER, Consumer, Delivery, ERROR_HEADER, QUEUE_HEADER, QueueState, RETRIES_HEADER, Session,
+    connect_with_backoff,
 };

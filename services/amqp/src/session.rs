@@ -62,6 +62,14 @@ pub struct Delivery {
     acker: lapin::Acker,
 }
 
+/// A queue as the broker reports it to a passive declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueState {
+    /// Messages ready for delivery (not those delivered and unacknowledged).
+    pub messages: u32,
+    pub consumers: u32,
+}
+
 impl Session {
     /// Connects, authenticates and opens a confirm-mode channel, within [`CONNECT_TIMEOUT`].
     pub async fn connect(config: &Config) -> Result<Session, Error> {
@@ -207,10 +215,10 @@ impl Session {
         Ok(Consumer { queue: queue.to_owned(), inner })
     }
 
-    /// How many messages each of `queues` holds, `None` for one that does not exist. Uses a
-    /// channel of its own (the broker closes the channel of a failed passive declare), opened
-    /// again only after a queue that does not exist.
-    pub async fn depths(&self, queues: &[&str]) -> Result<Vec<Option<u32>>, Error> {
+    /// How many messages each of `queues` holds and how many consumers it has, `None` for one
+    /// that does not exist. Uses a channel of its own (the broker closes the channel of a
+    /// failed passive declare), opened again only after a queue that does not exist.
+    pub async fn inspect(&self, queues: &[&str]) -> Result<Vec<Option<QueueState>>, Error> {
         let mut depths = Vec::new();
         let mut channel = None;
         for queue in queues {
@@ -222,7 +230,10 @@ impl Session {
             let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
             match open.queue_declare((*queue).into(), options, Default::default()).await {
                 Ok(declared) => {
-                    depths.push(Some(declared.message_count()));
+                    depths.push(Some(QueueState {
+                        messages: declared.message_count(),
+                        consumers: declared.consumer_count(),
+                    }));
                     channel = Some(open);
                 }
                 Err(source) if reply_code(&source) == Some(404) => depths.push(None),
@@ -237,7 +248,7 @@ impl Session {
 
     /// How many messages `queue` holds, or `None` when it does not exist.
     pub async fn depth(&self, queue: &str) -> Result<Option<u32>, Error> {
-        Ok(self.depths(&[queue]).await?.pop().flatten())
+        Ok(self.inspect(&[queue]).await?.pop().flatten().map(|state| state.messages))
     }
 
     /// Deletes every message in `queue`; returns how many there were.

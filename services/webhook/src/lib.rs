@@ -8,6 +8,7 @@ mod recent;
 mod routes;
 mod server;
 mod signature;
+mod status;
 
 use std::future::Future;
 use std::path::Path;
@@ -64,6 +65,7 @@ pub async fn serve(
         secret: config.secret.into(),
         metrics: Arc::default(),
         recent: Arc::default(),
+        deliveries: Arc::default(),
         read_timeout: config.read_timeout,
         body_bytes: Arc::new(tokio::sync::Semaphore::new(SHARED_BODY_BYTES)),
     };

@@ -45,16 +45,21 @@ impl Default for Metrics {
     }
 }
 
+/// An `X-GitHub-Event` as the metrics and the status page name it: events other than the
+/// known ones are "other", so that a sender cannot add labels or text.
+pub fn event_label(event: &str) -> &'static str {
+    match event {
+        "pull_request" => "pull_request",
+        "status" => "status",
+        "ping" => "ping",
+        "" => "none",
+        _ => "other",
+    }
+}
+
 impl Metrics {
     pub fn delivery(&self, event: &str, outcome: &'static str) {
-        // Events other than the known ones count as "other", so a sender cannot add labels.
-        let event = match event {
-            "pull_request" => "pull_request",
-            "status" => "status",
-            "ping" => "ping",
-            "" => "none",
-            _ => "other",
-        };
+        let event = event_label(event);
         self.deliveries.get_or_create(&DeliveryLabels { event, outcome }).inc();
     }
 

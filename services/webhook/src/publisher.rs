@@ -15,7 +15,7 @@ pub const DEPTHS_FOR: Duration = Duration::from_secs(2);
 
 /// The depths of Cockpit's queues, in run-queue's order, then of our dead-letter queue
 /// (`None` for one that does not exist).
-pub type Depths = Vec<(&'static str, Option<u32>)>;
+pub type Depths = Vec<(&'static str, Option<amqp::QueueState>)>;
 
 type Slot = Arc<RwLock<Option<Arc<Session>>>>;
 
@@ -76,7 +76,7 @@ impl Publisher {
         }
         let session = self.current().ok_or(PublishError::Disconnected)?;
         let names: Vec<&str> = amqp::ALL_QUEUES.iter().chain([&amqp::DEAD_LETTER]).map(|queue| queue.name).collect();
-        let depths: Depths = names.iter().copied().zip(session.depths(&names).await?).collect();
+        let depths: Depths = names.iter().copied().zip(session.inspect(&names).await?).collect();
         *cached = Some((Instant::now(), depths.clone()));
         Ok(depths)
     }

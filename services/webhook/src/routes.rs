@@ -45,6 +45,8 @@ pub struct AppState {
     pub secret: Arc<[u8]>,
     pub metrics: Arc<Metrics>,
     pub recent: Arc<Recent>,
+    /// The last deliveries, for `/status`.
+    pub deliveries: Arc<crate::status::Deliveries>,
     pub read_timeout: Duration,
     /// Bytes beyond [`OWN_BODY_BYTES`] of the bodies being read ([`SHARED_BODY_BYTES`]).
     pub body_bytes: Arc<Semaphore>,
@@ -56,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/inspect-queue", get(inspect_queue))
+        .route("/status", get(status))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .with_state(state)
 }
@@ -183,13 +186,21 @@ async fn deliver(State(state): State<AppState>, request: Request) -> Result<Acce
     let headers = &parts.headers;
     let event = header(headers, "x-github-event");
     let id = header(headers, "x-github-delivery").filter(|id| id.len() <= MAX_DELIVERY_ID).unwrap_or("-");
-    let result = match read_body(headers, body, state.read_timeout, &state.body_bytes).await {
+    let (result, repository) = match read_body(headers, body, state.read_timeout, &state.body_bytes).await {
         // The shared bytes stay held until the delivery is handled.
-        Ok((body, _held)) => accept(&state, headers, event, &body).await,
-        Err(refusal) => Err(refusal),
+        Ok((body, _held)) => {
+            let result = accept(&state, headers, event, &body).await;
+            // Only a body that passed the signature check names a repository on the page.
+            let signed = matches!(result, Ok(_) | Err(Refusal::Unavailable(_)));
+            (result, signed.then(|| repository_of(&body)).flatten())
+        }
+        Err(refusal) => (Err(refusal), None),
     };
     let outcome = result.as_ref().map_or_else(Refusal::outcome, Accepted::outcome);
     state.metrics.delivery(event.unwrap_or(""), outcome);
+    let event_label = crate::metrics::event_label(event.unwrap_or(""));
+    let seen = crate::status::Seen { at: std::time::SystemTime::now(), event: event_label, repository, outcome };
+    state.deliveries.record(seen);
     match &result {
         Ok(_) => tracing::info!(delivery = id, event, outcome, "delivery handled"),
         Err(Refusal::Busy) => tracing::warn!(delivery = id, event, "delivery refused: too many large bodies at once"),
@@ -328,6 +339,30 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text)
 }
 
+/// The `repository.full_name` of a delivery's body, if it has one.
+fn repository_of(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        repository: Option<Repository>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Repository {
+        full_name: String,
+    }
+    serde_json::from_slice::<Body>(body).ok()?.repository.map(|repository| repository.full_name)
+}
+
+/// The status page (`crate::status`).
+async fn status(State(state): State<AppState>) -> Response {
+    let depths = state.publisher.queue_depths().await.map_err(|err| err.to_string());
+    let page = crate::status::render(
+        depths.as_ref().map_err(Clone::clone),
+        &state.deliveries.list(),
+        std::time::SystemTime::now(),
+    );
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
+}
+
 /// Cockpit's `inspect-queue` summary: each queue and how many messages it holds, as the
 /// broker said at most a few seconds ago (anyone may ask; the broker is asked at that pace).
 async fn inspect_queue(State(state): State<AppState>) -> Response {
@@ -335,7 +370,7 @@ async fn inspect_queue(State(state): State<AppState>) -> Response {
         Ok(depths) => depths
             .iter()
             .map(|(queue, depth)| match depth {
-                Some(depth) => format!("{queue} queue: {depth} messages\n"),
+                Some(state) => format!("{queue} queue: {} messages\n", state.messages),
                 None => format!("queue {queue} does not exist\n"),
             })
             .collect::<String>()
