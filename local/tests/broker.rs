@@ -1,6 +1,8 @@
 //! The private broker against real RabbitMQ: certificate login, the Cockpit queues, refusals,
 //! and that stopping it leaves nothing behind.
 
+use std::time::Duration;
+
 use amqp::{ALL_QUEUES, Error, PUBLIC, Queue, ServerVerification, Session};
 use local::{Broker, secrets};
 use tempfile::TempDir;
@@ -138,4 +140,41 @@ async fn a_message_put_off_comes_back_to_its_queue_after_its_delay() {
     assert_eq!(parked.header(amqp::QUEUE_HEADER).as_deref(), Some("public"));
     assert_eq!(parked.header(amqp::ERROR_HEADER).as_deref(), Some("given up"));
     assert_eq!(session.declare(PUBLIC).await.unwrap(), 0, "Cockpit's arguments, unchanged");
+}
+
+/// Clients ask for a 15 s heartbeat and RabbitMQ (default 60 s) agrees to it; a broker that goes
+/// silent (stopped, not closed: as behind a partition) is then noticed by the heartbeat, within
+/// a few of them rather than RabbitMQ's default two minutes, and once it is back a new session
+/// works.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_broker_is_noticed_by_the_heartbeat() {
+    use rustix::process::{Pid, Signal, kill_process};
+    let fixture = start().await;
+    let session = Session::connect(&fixture.broker.client_config()).await.unwrap();
+    assert_eq!((amqp::HEARTBEAT_SECONDS, session.heartbeat()), (15, 15));
+    session.close().await;
+
+    let mut config = fixture.broker.client_config();
+    config.heartbeat = 1;
+    let session = Session::connect(&config).await.unwrap();
+    assert_eq!(session.heartbeat(), 1);
+    let signal_all = |signal| {
+        for pid in fixture.broker.process_ids() {
+            let _ = kill_process(Pid::from_raw(pid as i32).unwrap(), signal);
+        }
+    };
+    signal_all(Signal::STOP);
+    let noticed =
+        local::client::wait_until("the session noticing the silent broker", Duration::from_secs(30), || async {
+            Ok::<_, local::client::TimedOut>(match session.is_connected() {
+                false => local::client::Check::Done(()),
+                true => local::client::Check::NotYet("the session still looks connected".into()),
+            })
+        })
+        .await;
+    // The broker runs again before anything can fail.
+    signal_all(Signal::CONT);
+    noticed.unwrap();
+    let again = Session::connect(&config).await.unwrap();
+    again.close().await;
 }

@@ -83,12 +83,27 @@ pub struct Config {
     pub address: Address,
     pub files: ClientFiles,
     pub verification: ServerVerification,
+    /// The AMQP heartbeat asked for, in seconds ([`HEARTBEAT_SECONDS`]; the broker may ask for
+    /// less). Each side drops a connection silent for two of them.
+    pub heartbeat: u16,
 }
+
+/// The heartbeat clients ask for: a link that goes silent (no FIN, no RST: a partition, a
+/// frozen host) is noticed by both ends within about 30 s, where RabbitMQ's default of 60 s
+/// took two minutes, so that a silent worker's unacknowledged jobs go to another sooner. Not
+/// shorter: heartbeats are sent by lapin's own I/O thread, not starved by jobs (they run in
+/// processes of their own), but a loaded machine must not lose healthy connections (docs/protocol.md).
+pub const HEARTBEAT_SECONDS: u16 = 15;
 
 impl Config {
     /// A client of `address` using the certificates in a Cockpit secrets directory.
     pub fn new(address: Address, secrets_dir: &Path) -> Config {
-        Config { address, files: ClientFiles::in_secrets_dir(secrets_dir), verification: ServerVerification::default() }
+        Config {
+            address,
+            files: ClientFiles::in_secrets_dir(secrets_dir),
+            verification: ServerVerification::default(),
+            heartbeat: HEARTBEAT_SECONDS,
+        }
     }
 }
 

@@ -9,7 +9,7 @@ mod queue;
 mod session;
 mod tls;
 
-pub use config::{Address, ClientFiles, Config, ServerVerification, default_secrets_dir};
+pub use config::{Address, ClientFiles, Config, HEARTBEAT_SECONDS, ServerVerification, default_secrets_dir};
 pub use error::Error;
 pub use message::{Command, CommandMessage, Job, JobMessage, Subject, WebhookMessage};
 pub use queue::{

@@ -85,7 +85,7 @@ impl Session {
             Address::PlainLocalhost => None,
         };
         let connect = async {
-            let connection = open_connection(&config.address, tls).await?;
+            let connection = open_connection(&config.address, tls, config.heartbeat).await?;
             let channel = connection.create_channel().await?;
             channel.confirm_select(ConfirmSelectOptions::default()).await?;
             Ok(Session { connection, channel })
@@ -269,6 +269,11 @@ impl Session {
         })
     }
 
+    /// The heartbeat agreed with the broker, in seconds.
+    pub fn heartbeat(&self) -> u16 {
+        self.connection.configuration().heartbeat()
+    }
+
     /// Whether the connection is still usable.
     pub fn is_connected(&self) -> bool {
         self.connection.status().connected() && self.channel.status().connected()
@@ -377,11 +382,12 @@ pub async fn connect_with_backoff(config: &Config, attempts: u32) -> Result<Sess
     retry::transient("connecting to the broker", retry::BROKER.attempts(attempts), || Session::connect(config)).await
 }
 
-async fn open_connection(address: &Address, tls: Option<ClientConfig>) -> lapin::Result<Connection> {
+async fn open_connection(address: &Address, tls: Option<ClientConfig>, heartbeat: u16) -> lapin::Result<Connection> {
     let runtime = lapin::runtime::default_runtime()?;
     let properties = ConnectionProperties::default();
     let (Address::Tls { host, port }, Some(tls)) = (address, tls) else {
-        return Connection::connect_with_runtime("amqp://guest:guest@localhost:5672/%2f", properties, runtime).await;
+        let uri = format!("amqp://guest:guest@localhost:5672/%2f?heartbeat={heartbeat}");
+        return Connection::connect_with_runtime(&uri, properties, runtime).await;
     };
     let (host, port) = (host.clone(), *port);
     let connector = Arc::new(RustlsConnector::from(tls));
@@ -390,6 +396,7 @@ async fn open_connection(address: &Address, tls: Option<ClientConfig>) -> lapin:
         .map_err(|e: String| lapin::Error::from(std::io::Error::other(e)))?;
     uri.authority.host = host.clone();
     uri.authority.port = port;
+    uri.query.heartbeat = Some(heartbeat);
     Connection::connector(
         uri,
         runtime,
