@@ -347,10 +347,6 @@ async fn deploy_and_check(
         Ok(deployment) => deployment,
         Err(err) => {
             if let Some(path) = &args.junit {
-                let runtime = match options.runtime {
-                    local::deployment::Runtime::Process => Runtime::Process,
-                    local::deployment::Runtime::Podman { .. } => Runtime::Podman,
-                };
                 let message = format!("the deployment did not come up: {err}");
                 let failed = junit::Verdict::Failed { message: message.clone(), detail: message };
                 let case = junit::Case {
@@ -358,7 +354,7 @@ async fn deploy_and_check(
                     seconds: started.elapsed().as_secs_f64(),
                     verdict: failed,
                 };
-                junit::write(path, runtime.name(), case.seconds, &[case])?;
+                junit::write(path, runtime_name(&options.runtime), case.seconds, &[case])?;
             }
             print_bundle(local::bundle::write(None, run_dir));
             return Err(err.into());
@@ -367,7 +363,7 @@ async fn deploy_and_check(
     let mut deployment = Arc::new(deployment);
     let result = match args.watch {
         true => watch(&mut deployment, &scenario_names(args), stop).await,
-        false => check(&deployment, run_dir, args, started, stop).await,
+        false => check(&deployment, run_dir, runtime_name(&options.runtime), args, started, stop).await,
     };
     // Scenario tasks have ended, so this is the last reference: dropping it tears down.
     let spinner = Spinner::start("tearing the deployment down");
@@ -381,6 +377,7 @@ async fn deploy_and_check(
 async fn check(
     deployment: &Arc<Deployment>,
     run_dir: &Path,
+    runtime: &str,
     args: &Args,
     started: Instant,
     stop: &CancellationToken,
@@ -397,10 +394,7 @@ async fn check(
     print_table(&outcomes);
     let endpoints = deployment.endpoints();
     let mut report = json!({
-        "runtime": match deployment.pod() {
-            Some(_) => Runtime::Podman.name(),
-            None => Runtime::Process.name(),
-        },
+        "runtime": runtime,
         "seconds": seconds,
         "scenarios": outcomes.iter().map(Reported::from).collect::<Vec<_>>(),
     });
@@ -414,12 +408,13 @@ async fn check(
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    // Read once: on podman each service's log is fetched through the podman service.
+    let tails = failure_tails(deployment, &outcomes);
     if let Some(path) = &args.junit {
-        let runtime = report["runtime"].as_str().unwrap_or_default();
-        write_junit(path, runtime, seconds, &outcomes, deployment)?;
+        write_junit(path, runtime, seconds, &outcomes, tails.as_deref())?;
     }
     if !failed.is_empty() {
-        print_failures(deployment, &outcomes);
+        print_failures(&outcomes, tails.as_deref());
         print_bundle(local::bundle::write(Some(deployment), run_dir));
         bail!("{} of {} scenarios failed", failed.len(), outcomes.len());
     }
@@ -460,7 +455,7 @@ async fn watch(deployment: &mut Arc<Deployment>, names: &[String], stop: &Cancel
     let mut sources = Sources::watch(&root)?;
     let round = |outcomes: &[Outcome], deployment: &Deployment, summary: Option<String>| {
         print_table(outcomes);
-        print_failures(deployment, outcomes);
+        print_failures(outcomes, failure_tails(deployment, outcomes).as_deref());
         if let Some(summary) = summary {
             println!("{summary}");
         }
@@ -522,6 +517,14 @@ async fn watch(deployment: &mut Arc<Deployment>, names: &[String], stop: &Cancel
     }
 }
 
+/// The runtime's name, as the report and JUnit give it.
+fn runtime_name(runtime: &local::deployment::Runtime) -> &'static str {
+    match runtime {
+        local::deployment::Runtime::Process => Runtime::Process.name(),
+        local::deployment::Runtime::Podman { .. } => Runtime::Podman.name(),
+    }
+}
+
 fn restart_name(service: local::deployment::Restart) -> &'static str {
     match service {
         local::deployment::Restart::Webhook => "the webhook",
@@ -535,12 +538,9 @@ fn write_junit(
     runtime: &str,
     seconds: f64,
     outcomes: &[Outcome],
-    deployment: &Deployment,
+    tails: Option<&str>,
 ) -> anyhow::Result<()> {
-    let tails = match outcomes.iter().any(|o| o.ran.is_err()) {
-        true => log_tails(deployment),
-        false => String::new(),
-    };
+    let tails = tails.unwrap_or_default();
     let cases: Vec<junit::Case> = outcomes
         .iter()
         .map(|outcome| junit::Case {
@@ -556,16 +556,19 @@ fn write_junit(
     junit::write(path, runtime, seconds, &cases)
 }
 
-/// For each failed scenario, why; then the services' log tails (nothing when all passed).
-fn print_failures(deployment: &Deployment, outcomes: &[Outcome]) {
-    let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.ran.is_err()).collect();
-    if failed.is_empty() {
-        return;
-    }
-    for outcome in &failed {
+/// For each failed scenario, why; then the services' log `tails` (nothing when all passed).
+fn print_failures(outcomes: &[Outcome], tails: Option<&str>) {
+    for outcome in outcomes.iter().filter(|o| o.ran.is_err()) {
         eprintln!("\nscenario {} failed: {}", outcome.name, outcome.ran.as_ref().err().map_or("", String::as_str));
     }
-    eprintln!("\n{}", log_tails(deployment));
+    if let Some(tails) = tails {
+        eprintln!("\n{tails}");
+    }
+}
+
+/// The services' log tails when a scenario failed: what a failure report shows.
+fn failure_tails(deployment: &Deployment, outcomes: &[Outcome]) -> Option<String> {
+    outcomes.iter().any(|o| o.ran.is_err()).then(|| log_tails(deployment))
 }
 
 /// Says where the failure bundle is, or why there is none.

@@ -240,33 +240,62 @@ fn interrupted_run_leaves_nothing_behind(runtime: &str) {
 /// `run-local -i` on `runtime`, driven under tmux: the shell reaches the deployment (the queue
 /// tools, and the S3 store by the name Cockpit's tools use, resolved to `store_address`
 /// without touching this machine's /etc/hosts), and `exit` tears it down.
+/// `xtask run-local <args>` on a terminal: a tmux session of its own (200×60, in the
+/// workspace), killed when dropped. The pane outlives run-local and ends with
+/// `run-local exited: <status>`, so that a run that ends early shows why, at once.
+struct Pane {
+    socket: String,
+}
+
+impl Pane {
+    fn start(name: &str, args: &str) -> Pane {
+        assert!(Command::new("tmux").arg("-V").output().is_ok(), "tmux is not installed: cargo xtask ci installs it");
+        let pane = Pane { socket: format!("workbench-{name}-{}", std::process::id()) };
+        let command = format!(
+            "{} run-local {args} --binaries {}; echo \"run-local exited: $?\"; sleep 600",
+            env!("CARGO_BIN_EXE_xtask"),
+            binaries_dir()
+        );
+        let started = Command::new("tmux")
+            .args(["-L", &pane.socket, "new-session", "-d", "-s", "run", "-x", "200", "-y", "60", "-c"])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+            .arg(&command)
+            .env("SHELL", "/bin/bash")
+            .status()
+            .unwrap();
+        assert!(started.success());
+        pane
+    }
+
+    fn tmux(&self, args: &[&str]) -> std::process::Output {
+        Command::new("tmux").args(["-L", &self.socket]).args(args).output().unwrap()
+    }
+
+    /// What the pane shows, with 300 lines of history.
+    fn shown(&self) -> String {
+        String::from_utf8_lossy(&self.tmux(&["capture-pane", "-p", "-S", "-300", "-t", "run"]).stdout).into_owned()
+    }
+
+    /// Types `keys` and Enter.
+    fn send(&self, keys: &str) {
+        self.tmux(&["send-keys", "-t", "run", keys, "Enter"]);
+    }
+}
+
+impl Drop for Pane {
+    fn drop(&mut self) {
+        let _ = self.tmux(&["kill-server"]);
+    }
+}
+
 fn interactive(runtime: &str, store_address: &str) {
-    assert!(Command::new("tmux").arg("-V").output().is_ok(), "tmux is not installed: cargo xtask ci installs it");
     let system_hosts = std::fs::read("/etc/hosts").unwrap();
-    let socket = format!("workbench-test-{}-{runtime}", std::process::id());
-    let tmux = |args: &[&str]| Command::new("tmux").args(["-L", &socket]).args(args).output().unwrap();
-    // The pane outlives run-local, so that a run that ends early shows why, at once.
     // On podman, the shell is in the tasks container, where the tools find everything alike.
-    let command = format!(
-        "{} run-local --runtime {runtime} -i --binaries {}; echo \"run-local exited: $?\"; sleep 600",
-        env!("CARGO_BIN_EXE_xtask"),
-        binaries_dir()
-    );
-    let cwd = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let started = Command::new("tmux")
-        .args(["-L", &socket, "new-session", "-d", "-s", "run", "-x", "200", "-y", "60", "-c"])
-        .arg(&cwd)
-        .arg(&command)
-        .env("SHELL", "/bin/bash")
-        .status()
-        .unwrap();
-    assert!(started.success());
-    let pane =
-        || String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-S", "-200", "-t", "run"]).stdout).into_owned();
+    let pane = Pane::start(&format!("test-{runtime}"), &format!("--runtime {runtime} -i"));
     let wait_for = |text: &str| {
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
-            let shown = pane();
+            let shown = pane.shown();
             if shown.contains(text) {
                 return shown;
             }
@@ -278,19 +307,19 @@ fn interactive(runtime: &str, store_address: &str) {
     let banner = wait_for("this shell reaches it");
     let dir = run_dir(&wait_for("  logs:"));
     assert!(banner.contains("tasks inspect-queue"), "{banner}");
-    tmux(&["send-keys", "-t", "run", "tasks inspect-queue", "Enter"]);
+    pane.send("tasks inspect-queue");
     let shown = wait_for("queue webhook does not exist or is empty");
     for queue in ["public", "rhel", "statistics", "webhook"] {
         assert!(shown.contains(&format!("{queue} queue:")), "{shown}");
     }
     let host = local::secrets::S3_HOST;
-    tmux(&["send-keys", "-t", "run", &format!("getent hosts {host} | sed 's/^/resolved: /'"), "Enter"]);
+    pane.send(&format!("getent hosts {host} | sed 's/^/resolved: /'"));
     let shown = wait_for(&format!("resolved: {store_address}"));
     assert!(shown.contains(&format!("resolved: {store_address}")) && shown.contains(host), "{shown}");
     assert_eq!(std::fs::read("/etc/hosts").unwrap(), system_hosts, "this machine's /etc/hosts is left alone");
-    tmux(&["send-keys", "-t", "run", "exit", "Enter"]);
+    pane.send("exit");
     let ended = wait_for("run-local exited:");
-    let _ = tmux(&["kill-server"]);
+    drop(pane);
     assert!(ended.contains("run-local exited: 0"), "{ended}");
     assert_eq!(processes_of(&dir), Vec::<String>::new(), "processes of the run outlived it");
     assert_no_pod(&dir);
@@ -406,33 +435,17 @@ fn a_kept_deployment_runs_the_scenarios_again_for_attach() {
 #[cfg_attr(not(ci), ignore = "needs tmux: cargo xtask ci installs it and runs this")]
 #[test]
 fn a_green_run_on_a_terminal_shows_one_line_per_step_and_no_error() {
-    assert!(Command::new("tmux").arg("-V").output().is_ok(), "tmux is not installed: cargo xtask ci installs it");
-    let socket = format!("workbench-console-{}", std::process::id());
-    let tmux = |args: &[&str]| Command::new("tmux").args(["-L", &socket]).args(args).output().unwrap();
-    let command = format!(
-        "{} run-local --runtime process --binaries {}; echo \"run-local exited: $?\"; sleep 600",
-        env!("CARGO_BIN_EXE_xtask"),
-        binaries_dir()
-    );
-    let started = Command::new("tmux")
-        .args(["-L", &socket, "new-session", "-d", "-s", "run", "-x", "200", "-y", "60", "-c"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .arg(&command)
-        .env("SHELL", "/bin/bash")
-        .status()
-        .unwrap();
-    assert!(started.success());
+    let pane = Pane::start("console", "--runtime process");
     let deadline = Instant::now() + Duration::from_secs(600);
     let shown = loop {
-        let shown =
-            String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-S", "-300", "-t", "run"]).stdout).into_owned();
+        let shown = pane.shown();
         if shown.contains("run-local exited:") {
             break shown;
         }
         assert!(Instant::now() < deadline, "run-local did not end:\n{shown}");
         std::thread::sleep(Duration::from_millis(200));
     };
-    let _ = tmux(&["kill-server"]);
+    drop(pane);
     assert!(shown.contains("run-local exited: 0"), "{shown}");
     let finished: Vec<&str> = shown.lines().filter(|line| line.starts_with('✔')).collect();
     assert!(finished.iter().any(|line| line.contains("starting RabbitMQ")), "{shown}");
