@@ -297,8 +297,7 @@ impl Broker {
             }
             match probe.answers().await {
                 Ok(()) => return Ok(()),
-                // The client cannot even try (its certificate files): waiting will not help.
-                Err(err) if started.elapsed() > START_TIMEOUT || !retry::Transient::is_transient(&err) => {
+                Err(err) if started.elapsed() > START_TIMEOUT => {
                     return Err(BrokerError::NotReady {
                         last_error: err.to_string(),
                         log: self.log_path(),
