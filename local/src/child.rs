@@ -43,19 +43,20 @@ fn terminate(child: &mut Child) {
 }
 
 /// A set of processes sharing one process group, the first of them its leader.
-pub(crate) struct ProcessGroup {
+#[derive(Default)]
+pub struct ProcessGroup {
     /// In start order; stopped in reverse.
     children: Vec<Child>,
     pgid: Option<Pid>,
 }
 
 impl ProcessGroup {
-    pub(crate) fn new() -> ProcessGroup {
-        ProcessGroup { children: Vec::new(), pgid: None }
+    pub fn new() -> ProcessGroup {
+        ProcessGroup::default()
     }
 
     /// Starts `command` in the group (the first one founds it). Returns its index.
-    pub(crate) fn spawn(&mut self, command: &mut Command) -> io::Result<usize> {
+    pub fn spawn(&mut self, command: &mut Command) -> io::Result<usize> {
         command.process_group(self.pgid.map_or(0, |pgid| pgid.as_raw_nonzero().get()));
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
         unsafe {

@@ -4,6 +4,7 @@
 pub mod broker;
 pub mod bundle;
 pub mod chaos;
+pub mod child;
 pub mod client;
 pub mod deployment;
 pub mod github;
@@ -18,7 +19,6 @@ pub mod secrets;
 pub mod service;
 pub mod worker;
 
-mod child;
 mod port;
 
 pub use broker::{Broker, BrokerError};

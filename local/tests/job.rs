@@ -3,6 +3,9 @@
 //! failing, broken and cancelled jobs, and what a job may see of its worker. The container
 //! tests run where podman is installed and say why they are skipped elsewhere.
 
+#[path = "support/browser.rs"]
+mod browser;
+
 use std::io::Write;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
@@ -546,4 +549,41 @@ async fn a_job_with_local_logs_writes_them_into_their_directory() {
     assert!(!logs.join(&slug).join("log.chunks").exists(), "a complete log has no chunk list");
     let last = mock.statuses(repo, &head).pop().unwrap();
     assert_eq!(last.target_url.as_deref(), Some(&*format!("http://127.0.0.1:8000/{slug}/log.html")));
+}
+
+/// The job's "Files" page and its viewer in Chromium, for attachments named like markup and
+/// like links: no markup of theirs reaches the page, no script runs, each name shows as text,
+/// and each link opens its own file.
+#[tokio::test(flavor = "multi_thread")]
+async fn process_hostile_attachment_names_stay_text_in_a_browser() {
+    const HOSTILE: [(&str, &str); 4] = [
+        ("<img src=x onerror=alert(1)>", "one"),
+        ("\"><svg onload=alert(2)>.log", "two"),
+        ("a b#c?d&e.txt", "three"),
+        ("%3Cb%3E.txt", "four"),
+    ];
+    let world = world(Sandbox::Process, None).await;
+    let ran = world.run("hostile-names", |_| {}, false).await;
+    assert_eq!(ran.outcome, Outcome::Success, "{}", ran.log);
+    let browser = browser::Browser::start().await;
+    browser.open(&format!("{}index.html", ran.log_dir)).await;
+    let injected = browser.eval("return document.querySelectorAll('img, svg, script').length").await;
+    assert_eq!(injected, serde_json::json!(0), "a name became markup");
+    let links = browser.eval("return [...document.querySelectorAll('li a')].map(a => [a.textContent, a.href])").await;
+    let links: Vec<(String, String)> = serde_json::from_value(links).unwrap();
+    let mut names: Vec<&str> = HOSTILE.iter().map(|(name, _)| *name).chain(["log", "log.html"]).collect();
+    names.sort_unstable();
+    assert_eq!(links.iter().map(|(text, _)| text.as_str()).collect::<Vec<_>>(), names);
+    browser.screenshot("attachments-with-hostile-names").await;
+    for (name, content) in HOSTILE {
+        let (_, href) = links.iter().find(|(text, _)| text == name).unwrap();
+        browser.open(href).await;
+        assert_eq!(browser.text("body").await, content, "the link of {name:?} ({href}) opens another file");
+    }
+    browser.open(&format!("{}log.html", ran.log_dir)).await;
+    browser.wait_for_text("#state", "finished", |state| state == "finished").await;
+    assert!(browser.text("#log").await.contains("ok 1 attachments with hostile names written"));
+    // Checked last, when every page has had its time to run what it would.
+    assert_eq!(browser.dialog().await, None, "a page opened a dialog: a name ran as script");
+    browser.close().await;
 }

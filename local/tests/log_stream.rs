@@ -1,5 +1,8 @@
 //! A job log streamed into the in-process S3 store, read back as the viewer and a browser do.
 
+#[path = "support/browser.rs"]
+mod browser;
+
 use local::S3Server;
 use local::secrets::{self, S3_HOST};
 use s3::{Key, Store};
@@ -44,4 +47,43 @@ async fn streams_ranges_then_leaves_the_complete_log() {
     assert_eq!(reader.get(&format!("log.0-{length}")).await.unwrap(), None);
     let index = String::from_utf8(reader.get("index.html").await.unwrap().unwrap()).unwrap();
     assert!(index.contains("<li><a href=log>log</a></li><li><a href=log.html>log.html</a></li>"), "{index}");
+}
+
+/// The viewer in Chromium, opened while the job still writes: the log grows on the page, then
+/// ends with the job's last line and "finished"; the page's text is the log, byte for byte.
+#[tokio::test]
+async fn the_viewer_in_a_browser_follows_a_growing_log_to_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (secrets, _) = secrets::generate(&dir.path().join("secrets"), false).unwrap();
+    let server = S3Server::start(&dir.path().join("s3"), &secrets, false).await.unwrap();
+    let key = Key::for_host(&secrets.s3_keys_dir(), S3_HOST).unwrap();
+    let url = format!("{}logs/pull-1-5f3a9d2c-20261123-120000-unit-tests/", server.url());
+    let writer = Store::new(&url, Some(key), None).unwrap();
+    let header = "unit-tests@workbench-ci/demo#5f3a9d2c\n\nRunning on: worker\n\n";
+    let mut stream =
+        LogStream::start(tasks::log_store::LogStore::S3(Box::new(writer)), header, dir.path(), 1 << 20).await.unwrap();
+    stream.write(b"1..2\nok 1 first\n").await;
+    stream.flush().await;
+
+    let browser = browser::Browser::start().await;
+    browser.open(&format!("{url}log.html")).await;
+    browser.wait_for_text("#log", "the first test's line", |log| log.contains("ok 1 first")).await;
+    assert_eq!(browser.text("#state").await, "running…");
+    stream.write(b"ok 2 second\n").await;
+    stream.flush().await;
+    let log = browser.wait_for_text("#log", "the second test's line", |log| log.contains("ok 2 second")).await;
+    assert!(!log.contains("Job ran successfully"), "{log}");
+    browser.screenshot("log-viewer-running").await;
+
+    stream.write(b"\n\nJob ran successfully.  :)\n").await;
+    stream.close().await.unwrap();
+    browser.wait_for_text("#state", "finished", |state| state == "finished").await;
+    let shown = browser.eval("return document.getElementById('log').textContent").await;
+    let whole = format!("{header}1..2\nok 1 first\nok 2 second\n\n\nJob ran successfully.  :)\n");
+    assert_eq!(shown, serde_json::json!(whole), "the page shows the log, each byte once");
+    let passed =
+        browser.eval("return [...document.querySelectorAll('#log span.ok')].map(line => line.textContent)").await;
+    assert_eq!(passed, serde_json::json!(["ok 1 first\n", "ok 2 second\n"]));
+    browser.screenshot("log-viewer-finished").await;
+    browser.close().await;
 }

@@ -2,6 +2,9 @@
 //! inside `{"event":…,"request":…}`), what it refuses and with which status, and how it rides
 //! out a broker restart.
 
+#[path = "support/browser.rs"]
+mod browser;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -423,5 +426,40 @@ async fn the_status_page_shows_what_the_broker_reports_and_the_last_deliveries()
     for row in &rows[1..] {
         assert!(row.ends_with("<td>pull_request</td><td>workbench-ci/demo</td><td>published</td></tr>"), "{page}");
     }
+    session.close().await;
+}
+
+/// `/status` in Chromium: the queue table shows, row by row, the depths and consumers the
+/// broker reports, and the page refreshes itself: a delivery made while it is open shows up in
+/// the webhook queue's depth without a reload.
+#[tokio::test]
+async fn the_status_page_in_a_browser_lists_the_queues_and_refreshes_itself() {
+    const ROWS: &str = "return [...document.querySelectorAll('#queues tr')].slice(1).map(row => [...row.cells].map(c => c.textContent))";
+    let fixture = start().await;
+    assert_eq!(fixture.deliver("pull_request", &fixture_payload("pull_request-opened.json")).await.0, 200);
+    let session = Session::connect(&fixture.broker.client_config()).await.unwrap();
+    session.declare(amqp::PUBLIC).await.unwrap();
+    let _consumer = session.consume(amqp::PUBLIC.name, 1).await.unwrap();
+    let names = ["webhook", "rhel", "public", "statistics", "workbench.dead-letter"];
+    let reported = session.inspect(&names).await.unwrap();
+    let expected: Vec<[String; 3]> = names
+        .iter()
+        .zip(&reported)
+        .map(|(name, state)| match state {
+            Some(state) => [name.to_string(), state.messages.to_string(), state.consumers.to_string()],
+            None => [name.to_string(), "does not exist".to_owned(), String::new()],
+        })
+        .collect();
+    assert_eq!(expected[0][1], "1", "the delivery waits in webhook");
+
+    let browser = browser::Browser::start().await;
+    browser.open(&format!("http://{}/status", fixture.webhook)).await;
+    assert_eq!(browser.eval(ROWS).await, serde_json::json!(expected));
+    browser.screenshot("status-page").await;
+    assert_eq!(fixture.deliver("pull_request", &fixture_payload("pull_request-synchronize.json")).await.0, 200);
+    browser.wait_for(ROWS, "two deliveries waiting in webhook", |rows| rows[0][1] == "2").await;
+    let deliveries = browser.eval("return document.querySelectorAll('#deliveries tr').length - 1").await;
+    assert_eq!(deliveries, serde_json::json!(2));
+    browser.close().await;
     session.close().await;
 }

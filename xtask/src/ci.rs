@@ -4,14 +4,20 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
-use crate::packages::{self, CXX, NODE, OPENSSL, PODMAN, PROMETHEUS, PYTHON_VENV, RABBITMQ, TMUX};
+use crate::packages::{self, CHROMIUM, CXX, NODE, OPENSSL, PODMAN, PROMETHEUS, PYTHON_VENV, RABBITMQ, TMUX};
 
 /// How long each fuzz target runs in CI: a smoke test (`cargo xtask fuzz` runs them longer).
 const FUZZ_SMOKE_SECONDS: u64 = 15;
 
 pub fn run() -> anyhow::Result<()> {
     packages::ensure(
-        &[&[RABBITMQ, OPENSSL, TMUX, CXX, PYTHON_VENV, PROMETHEUS], PODMAN.as_slice(), NODE.as_slice()].concat(),
+        &[
+            &[RABBITMQ, OPENSSL, TMUX, CXX, PYTHON_VENV, PROMETHEUS],
+            PODMAN.as_slice(),
+            NODE.as_slice(),
+            CHROMIUM.as_slice(),
+        ]
+        .concat(),
     )?;
     cargo_step("formatting", &["fmt", "--all", "--check"])?;
     cargo_step("lints", &["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"])?;
@@ -28,6 +34,8 @@ pub fn run() -> anyhow::Result<()> {
     } else {
         cargo_step("tests", &["test", "--workspace", "--no-fail-fast", "--", "--include-ignored"])?;
     }
+    let screenshots = crate::workspace::runs_dir().with_file_name("tmp").join("screenshots");
+    println!("==> the page tests' screenshots (headless Chromium) are in {}", screenshots.display());
     println!("==> fuzz: each target for {FUZZ_SMOKE_SECONDS} s");
     crate::fuzz::run(crate::fuzz::Args { seconds: FUZZ_SMOKE_SECONDS, targets: Vec::new() })?;
     println!("==> run-local --runtime process");

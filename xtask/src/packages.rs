@@ -26,6 +26,12 @@ pub const CXX: Package = Package { name: "g++", provides: "/usr/bin/g++" };
 pub const PYTHON_VENV: Package = Package { name: "python3-venv", provides: "/usr/share/doc/python3-venv" };
 /// promtool, which checks the alert rules, comes with Prometheus.
 pub const PROMETHEUS: Package = Package { name: "prometheus", provides: "/usr/bin/promtool" };
+/// Headless Chromium and its WebDriver, for the page tests.
+pub const CHROMIUM: [Package; 2] = [
+    Package { name: "chromium", provides: "/usr/bin/chromium" },
+    Package { name: "chromium-driver", provides: "/usr/bin/chromedriver" },
+];
+
 /// The interactive mode's test drives a terminal with it.
 pub const TMUX: Package = Package { name: "tmux", provides: "/usr/bin/tmux" };
 /// Containers: podman with runc (crun fails here), catatonit for pods and `--init`, netavark
