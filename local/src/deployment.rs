@@ -11,6 +11,7 @@ use crate::pod::{self, HostPorts, Pod};
 use crate::service::{ServiceError, Webhook, Worker, WorkerConfig};
 use crate::worker::{Forge, RunnerConfig, Sandbox};
 use crate::{Broker, MockGitHub, PodmanService, S3Server, Secrets};
+use tasks::hold::{self, Held};
 
 /// Jobs each local worker runs at once: the scenarios run side by side, and their jobs are
 /// small (production's workers run one, see `kube::production`).
@@ -38,6 +39,9 @@ pub struct Options {
     /// runs all the same, idle).
     pub real_github_token: Option<PathBuf>,
     pub runtime: Runtime,
+    /// Keep the first job whose tests fail, for a shell in it ([`Deployment::held`]); released
+    /// at teardown.
+    pub hold_failed: bool,
 }
 
 /// Where the services run.
@@ -195,9 +199,12 @@ impl Deployment {
             Some(token_file) => Forge::github(token_file),
             None => Forge::mock(&github, &secrets),
         };
-        let runner_config = RunnerConfig::local(&forge, &s3, &secrets, Sandbox::Process)
-            .write(run_dir)
-            .map_err(io("write the job-runner configuration".into()))?;
+        let runner_config = RunnerConfig {
+            hold_failed: options.hold_failed,
+            ..RunnerConfig::local(&forge, &s3, &secrets, Sandbox::Process)
+        }
+        .write(run_dir)
+        .map_err(io("write the job-runner configuration".into()))?;
         let config = WorkerConfig {
             broker: &broker,
             secrets: &secrets,
@@ -274,6 +281,7 @@ impl Deployment {
                 image: tasks_image,
                 run_args: &run_args,
             },
+            hold_failed: options.hold_failed,
         };
         let config_dir = run_dir.join("pod");
         pod::write_config(&config_dir, &runner_config, &test_map)
@@ -478,6 +486,75 @@ impl Deployment {
         }
     }
 
+    /// The jobs the workers hold ([`Options::hold_failed`]), the first held first. Process
+    /// workers share the jobs directory, pod workers have one each below it.
+    pub fn held(&self) -> Vec<Held> {
+        let mut held: Vec<(std::time::SystemTime, Held)> = self
+            .work_dirs()
+            .into_iter()
+            .filter_map(|dir| {
+                let at = std::fs::metadata(dir.join(hold::RECORD)).and_then(|m| m.modified()).ok()?;
+                Some((at, hold::read(&dir)?))
+            })
+            .collect();
+        held.sort_by_key(|(at, _)| *at);
+        held.into_iter().map(|(_, held)| held).collect()
+    }
+
+    /// The command that opens a shell, on this machine, in `held`'s environment: in its
+    /// container; on the process runtime in its checkout with the environment its tests had
+    /// (and no start files: the checkout is `HOME`, and its `.bashrc` is the tested project's).
+    pub fn held_shell(&self, held: &Held) -> String {
+        let quote = |word: &str| shlex::try_quote(word).map_or_else(|_| word.to_owned(), |w| w.into_owned());
+        match (&held.container, &self.services) {
+            (Some(container), Services::Pod { _podman: podman, .. }) => format!(
+                "podman --remote --url=unix://{} exec -it {} sh -c {}",
+                quote(&podman.socket().to_string_lossy()),
+                quote(container),
+                quote("command -v bash >/dev/null && exec bash || exec sh")
+            ),
+            _ => {
+                let env: Vec<String> = held.env.iter().map(|(name, value)| quote(&format!("{name}={value}"))).collect();
+                format!("cd {} && env -i {} bash --noprofile --norc", quote(&held.dir.to_string_lossy()), env.join(" "))
+            }
+        }
+    }
+
+    /// Removes what the held jobs keep: their containers, directories and records. Only a
+    /// directory inside the jobs directory is removed, whatever a record says.
+    fn release_held(&self) {
+        let jobs = self.run_dir.join("jobs");
+        for held in self.held() {
+            if let (Some(container), Some(pod)) = (&held.container, self.pod()) {
+                let _ = pod
+                    .podman()
+                    .args(["rm", "--force", "--time", "0", container])
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+            if held.scratch.starts_with(&jobs) && !held.scratch.components().any(|c| c.as_os_str() == "..") {
+                let _ = std::fs::remove_dir_all(&held.scratch);
+            }
+        }
+        for dir in self.work_dirs() {
+            let _ = std::fs::remove_file(dir.join(hold::RECORD));
+        }
+    }
+
+    /// The workers' work directories: the jobs directory, which process workers share, and
+    /// those below it, one for each pod worker.
+    fn work_dirs(&self) -> Vec<PathBuf> {
+        let jobs = self.run_dir.join("jobs");
+        match &self.services {
+            Services::Processes { .. } => vec![jobs],
+            Services::Pod { metrics, .. } => {
+                (1..=metrics.len() as u16).map(|n| jobs.join(pod::worker_name(n))).collect()
+            }
+        }
+    }
+
     /// The environment in which the tasks tools reach this deployment, as typed in a shell.
     pub fn shell_env(&self) -> Vec<(String, String)> {
         let path = std::env::var("PATH").unwrap_or_default();
@@ -529,6 +606,12 @@ impl Deployment {
             }
             Services::Pod { .. } => vec![],
         }
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        self.release_held();
     }
 }
 

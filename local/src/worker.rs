@@ -56,6 +56,8 @@ pub struct RunnerConfig<'a> {
     /// The secrets, at the paths the worker reads them from.
     pub secrets: &'a Secrets,
     pub sandbox: Sandbox<'a>,
+    /// Keep the first job whose tests fail (`tasks::hold`).
+    pub hold_failed: bool,
 }
 
 impl<'a> RunnerConfig<'a> {
@@ -64,7 +66,7 @@ impl<'a> RunnerConfig<'a> {
     pub fn local(forge: &'a Forge, s3: &S3Server, secrets: &'a Secrets, sandbox: Sandbox<'a>) -> RunnerConfig<'a> {
         let link = s3.link_url();
         let logs_link = (link != s3.url()).then(|| format!("{link}logs"));
-        RunnerConfig { forge, s3_url: s3.url(), logs_link, s3_hosts: s3.hosts(), secrets, sandbox }
+        RunnerConfig { forge, s3_url: s3.url(), logs_link, s3_hosts: s3.hosts(), secrets, sandbox, hold_failed: false }
     }
 
     /// Writes it as `job-runner.toml` into `dir`, the secrets as references to their files
@@ -90,6 +92,7 @@ impl<'a> RunnerConfig<'a> {
                 config.container.run_args = run_args.to_vec();
             }
         }
+        config.hold_failed = self.hold_failed;
         let path = dir.join("job-runner.toml");
         let (key, ca) =
             (self.secrets.s3_keys_dir().join(crate::secrets::S3_HOST), self.secrets.webhook_dir().join("ca.pem"));

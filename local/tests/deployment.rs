@@ -41,6 +41,7 @@ async fn every_scenario_passes_and_teardown_leaves_nothing_behind() {
         fixtures: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures"),
         real_github_token: None,
         runtime: Runtime::Process,
+        hold_failed: false,
     };
     let steps = Steps::default();
     let deployment = Deployment::start(dir.path(), &options, &steps).await.unwrap();

@@ -191,6 +191,64 @@ async fn failing(sandbox: Sandbox) {
     assert!(ran.log.ends_with(&format!("\n*** Failure: {reason}\n")), "{}", ran.log);
 }
 
+/// With `hold-failed`, a worker's first failed job is held (a passing one is not, nor a second
+/// failure) and its environment is the tests': the checkout they left, their environment, and
+/// in the container sandbox a running container like theirs.
+async fn held(sandbox: Sandbox) {
+    let mut world = world(sandbox, None).await;
+    world.config.hold_failed = true;
+    let passed = world.run("passing", |_| {}, false).await;
+    assert_eq!(passed.outcome, Outcome::Success, "{}", passed.log);
+    assert_eq!(tasks::hold::read(world.dir.path()), None, "a passing job is not held");
+    let ran = world.run("failing", |_| {}, false).await;
+    assert_eq!(ran.outcome, Outcome::Failure("Container exited with code 1".into()));
+    let held = tasks::hold::read(world.dir.path()).expect("the failed job is held");
+    assert!(ran.log_dir.ends_with(&format!("/{}/", held.slug)), "{} is not {}", held.slug, ran.log_dir);
+    let again = world.run("failing", |_| {}, false).await;
+    assert!(matches!(again.outcome, Outcome::Failure(_)));
+    assert_eq!(tasks::hold::read(world.dir.path()).as_ref(), Some(&held), "a worker holds one job");
+
+    let probe = "echo \"$TEST_OS $PWD\"; test -x .cockpit-ci/run && echo has-the-checkout";
+    let output = match sandbox {
+        Sandbox::Process => {
+            assert_eq!((held.container.as_deref(), &held.dir), (None, &held.scratch.join("checkout")));
+            let env = held.env.iter().map(|(name, value)| format!("{name}={value}"));
+            std::process::Command::new("env")
+                .arg("-i")
+                .args(env)
+                .args(["sh", "-c", probe])
+                .current_dir(&held.dir)
+                .output()
+        }
+        Sandbox::Container => {
+            let container = held.container.as_deref().expect("a container is left running");
+            let url = format!("--url=unix://{}", world._podman.as_ref().unwrap().socket().display());
+            let output = std::process::Command::new("podman")
+                .args(["--remote", &url, "exec", container, "sh", "-c", probe])
+                .output();
+            let removed = std::process::Command::new("podman")
+                .args(["--remote", &url, "rm", "-f", "-t", "0", container])
+                .output();
+            assert!(removed.unwrap().status.success());
+            output
+        }
+    }
+    .unwrap();
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(shown, format!("unit-tests {}\nhas-the-checkout\n", held.dir.display()), "{output:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn process_the_first_failed_job_is_held_with_its_environment() {
+    held(Sandbox::Process).await;
+}
+
+#[cfg_attr(not(ci), ignore = "needs podman: cargo xtask ci installs it and runs this")]
+#[tokio::test(flavor = "multi_thread")]
+async fn container_the_first_failed_job_is_held_with_its_environment() {
+    held(Sandbox::Container).await;
+}
+
 /// As Cockpit's job-runner, a job whose pull request moved on fails with "<repo>#<n> changed".
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_whose_pull_request_changed_fails_so() {

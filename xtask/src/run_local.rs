@@ -74,6 +74,12 @@ pub struct Args {
     /// dev profile, as the tests do (unoptimised, incremental): a rebuild takes seconds.
     #[arg(long, conflicts_with_all = ["keep", "interactive", "pr", "binaries", "tasks_image", "json", "junit"])]
     pub watch: bool,
+    /// Keep the first job whose tests fail (each worker's first): its checkout and, on podman,
+    /// a container like its own left running; keep the deployment up as `--keep` does, and
+    /// print the command that opens a shell in the job's environment. `cargo xtask down`
+    /// releases it. With no failed job, the run ends as it would without this.
+    #[arg(long, conflicts_with_all = ["attach", "watch", "interactive", "pr"])]
+    pub hold_failed: bool,
     /// Bring the deployment up and open a shell in it instead of running the scenarios;
     /// leaving the shell tears it down.
     #[arg(short, long, conflicts_with_all = ["keep", "scenarios"])]
@@ -305,6 +311,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         fixtures: args.fixtures.clone().unwrap_or_else(|| crate::workspace::root().join("fixtures")),
         real_github_token: args.github_token.clone(),
         runtime,
+        hold_failed: args.hold_failed,
     };
     let result = crate::workspace::runtime()?.block_on(async {
         // One listener of the signal, one token: a kept deployment waits for the same token to
@@ -326,7 +333,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     });
     // Every service has been stopped by now: their guards dropped with the future above. Only
     // a kept run wrote the pid file; another run must not remove a kept deployment's.
-    if args.keep {
+    let ours = std::fs::read_to_string(kept_file())
+        .is_ok_and(|text| text.lines().next() == Some(&std::process::id().to_string()));
+    if ours {
         let _ = std::fs::remove_file(kept_file());
     }
     if result.is_err() {
@@ -401,8 +410,17 @@ async fn check(
     // Where the services were (or, with --keep, are), and how to stop a kept deployment.
     report["endpoints"] = endpoints.to_json();
     let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.ran.is_err()).collect();
-    if args.keep && failed.is_empty() {
+    let held = match args.hold_failed {
+        true => deployment.held().into_iter().next(),
+        false => None,
+    };
+    // A held job keeps the deployment up whatever the scenarios said: it is there to be seen.
+    let keeping = (args.keep && failed.is_empty()) || held.is_some();
+    if keeping {
         report["stop"] = json!("cargo xtask down");
+    }
+    if let Some(held) = &held {
+        report["held"] = json!({ "slug": held.slug, "shell": deployment.held_shell(held) });
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
@@ -416,9 +434,16 @@ async fn check(
     if !failed.is_empty() {
         print_failures(&outcomes, tails.as_deref());
         print_bundle(local::bundle::write(Some(deployment), run_dir));
-        bail!("{} of {} scenarios failed", failed.len(), outcomes.len());
     }
-    if args.keep {
+    match &held {
+        Some(held) => {
+            println!("\nThe failed job {} is held. A shell in its environment:", held.slug);
+            println!("  {}", deployment.held_shell(held));
+        }
+        None if args.hold_failed => println!("\n--hold-failed: no job failed, none is held"),
+        None => {}
+    }
+    if keeping {
         let socket = kept_socket();
         let _ = std::fs::remove_file(&socket);
         let listener =
@@ -433,6 +458,9 @@ async fn check(
             () = serve_attach(listener, deployment) => {}
         }
         let _ = std::fs::remove_file(&socket);
+    }
+    if !failed.is_empty() {
+        bail!("{} of {} scenarios failed", failed.len(), outcomes.len());
     }
     Ok(())
 }

@@ -241,23 +241,28 @@ fn interrupted_run_leaves_nothing_behind(runtime: &str) {
 /// tools, and the S3 store by the name Cockpit's tools use, resolved to `store_address`
 /// without touching this machine's /etc/hosts), and `exit` tears it down.
 /// `xtask run-local <args>` on a terminal: a tmux session of its own (200×60, in the
-/// workspace), killed when dropped. The pane outlives run-local and ends with
-/// `run-local exited: <status>`, so that a run that ends early shows why, at once.
+/// workspace, its window named `main`), killed when dropped. The pane outlives run-local and
+/// ends with `run-local exited: <status>`, so that a run that ends early shows why, at once.
 struct Pane {
     socket: String,
 }
 
 impl Pane {
     fn start(name: &str, args: &str) -> Pane {
+        Pane::start_with(name, "", args)
+    }
+
+    /// As `start`, with `env` (`NAME=VALUE `…) before the command.
+    fn start_with(name: &str, env: &str, args: &str) -> Pane {
         assert!(Command::new("tmux").arg("-V").output().is_ok(), "tmux is not installed: cargo xtask ci installs it");
         let pane = Pane { socket: format!("workbench-{name}-{}", std::process::id()) };
         let command = format!(
-            "{} run-local {args} --binaries {}; echo \"run-local exited: $?\"; sleep 600",
+            "{env}{} run-local {args} --binaries {}; echo \"run-local exited: $?\"; sleep 600",
             env!("CARGO_BIN_EXE_xtask"),
             binaries_dir()
         );
         let started = Command::new("tmux")
-            .args(["-L", &pane.socket, "new-session", "-d", "-s", "run", "-x", "200", "-y", "60", "-c"])
+            .args(["-L", &pane.socket, "new-session", "-d", "-s", "run", "-n", "main", "-x", "200", "-y", "60", "-c"])
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
             .arg(&command)
             .env("SHELL", "/bin/bash")
@@ -271,14 +276,44 @@ impl Pane {
         Command::new("tmux").args(["-L", &self.socket]).args(args).output().unwrap()
     }
 
-    /// What the pane shows, with 300 lines of history.
+    /// What run-local's window shows, with 300 lines of history.
     fn shown(&self) -> String {
-        String::from_utf8_lossy(&self.tmux(&["capture-pane", "-p", "-S", "-300", "-t", "run"]).stdout).into_owned()
+        self.shown_in("main")
     }
 
-    /// Types `keys` and Enter.
+    /// What `window` shows, with 300 lines of history, wrapped lines joined.
+    fn shown_in(&self, window: &str) -> String {
+        let target = format!("run:{window}");
+        String::from_utf8_lossy(&self.tmux(&["capture-pane", "-p", "-J", "-S", "-300", "-t", &target]).stdout)
+            .into_owned()
+    }
+
+    /// Types `keys` and Enter in run-local's window.
     fn send(&self, keys: &str) {
-        self.tmux(&["send-keys", "-t", "run", keys, "Enter"]);
+        self.send_to("main", keys);
+    }
+
+    fn send_to(&self, window: &str, keys: &str) {
+        self.tmux(&["send-keys", "-t", &format!("run:{window}"), keys, "Enter"]);
+    }
+
+    /// Waits until `window` shows `text`; returns what it shows. Fails at once if run-local
+    /// ended, and after `within`.
+    fn wait_for(&self, window: &str, text: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let shown = self.shown_in(window);
+            if shown.contains(text) {
+                return shown;
+            }
+            let main = self.shown();
+            assert!(
+                !main.contains("run-local exited:") || text.contains("run-local exited"),
+                "run-local ended before {text:?}:\n{main}"
+            );
+            assert!(Instant::now() < deadline, "{text:?} never appeared in {window}:\n{shown}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 
@@ -292,18 +327,7 @@ fn interactive(runtime: &str, store_address: &str) {
     let system_hosts = std::fs::read("/etc/hosts").unwrap();
     // On podman, the shell is in the tasks container, where the tools find everything alike.
     let pane = Pane::start(&format!("test-{runtime}"), &format!("--runtime {runtime} -i"));
-    let wait_for = |text: &str| {
-        let deadline = Instant::now() + Duration::from_secs(600);
-        loop {
-            let shown = pane.shown();
-            if shown.contains(text) {
-                return shown;
-            }
-            assert!(!shown.contains("run-local exited:"), "run-local ended before {text:?}:\n{shown}");
-            assert!(Instant::now() < deadline, "{text:?} never appeared:\n{shown}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
+    let wait_for = |text: &str| pane.wait_for("main", text, Duration::from_secs(600));
     let banner = wait_for("this shell reaches it");
     let dir = run_dir(&wait_for("  logs:"));
     assert!(banner.contains("tasks inspect-queue"), "{banner}");
@@ -337,6 +361,67 @@ fn process_the_interactive_shell_reaches_the_deployment_and_exit_tears_it_down()
 fn podman_the_interactive_shell_reaches_the_deployment_and_exit_tears_it_down() {
     require_podman();
     interactive("podman", "10.0.2.2");
+}
+
+/// `run-local --hold-failed` on `runtime`, driven under tmux: the scenario's failing job is
+/// held, the printed command opens a shell (in a second window) in the job's checkout with its
+/// environment, and `cargo xtask down` tears the deployment down with the held job.
+fn hold_failed(runtime: &str) {
+    let target = tempfile::tempdir().unwrap();
+    let pane = Pane::start_with(
+        &format!("hold-{runtime}"),
+        &format!("CARGO_TARGET_DIR={} ", target.path().display()),
+        &format!("--runtime {runtime} --hold-failed --scenario pr-failure"),
+    );
+    let shown = pane.wait_for("main", "stays up until `cargo xtask down`", Duration::from_secs(600));
+    let dir = run_dir(&pane.wait_for("main", "  logs:", Duration::from_secs(10)));
+    let command = shown
+        .lines()
+        .skip_while(|line| !line.contains("is held. A shell in its environment:"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no command to open a shell in the held job:\n{shown}"))
+        .trim()
+        .to_owned();
+    pane.tmux(&["new-window", "-t", "run", "-n", "shell", "bash --norc --noprofile"]);
+    pane.send_to("shell", &command);
+    pane.send_to("shell", "echo \"held: $TEST_OS $PWD $(ls .cockpit-ci)\"");
+    let workdir = match runtime {
+        "podman" => "/work/make-checkout-workdir".to_owned(),
+        _ => format!("{dir}/jobs/"),
+    };
+    let seen = pane.wait_for("shell", &format!("held: unit-tests {workdir}"), Duration::from_secs(60));
+    assert!(seen.lines().any(|line| line.starts_with("held: unit-tests") && line.ends_with(" run")), "{seen}");
+    pane.send_to("shell", "exit");
+
+    let down = xtask_in(target.path(), &["down"]).output().unwrap();
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    let ended = pane.wait_for("main", "run-local exited:", Duration::from_secs(120));
+    drop(pane);
+    assert!(ended.contains("run-local exited: 0"), "{ended}");
+    assert_eq!(processes_of(&dir), Vec::<String>::new(), "processes of the run outlived it");
+    assert_no_pod(&dir);
+    assert!(!Path::new(&dir).exists(), "a run that succeeded removes its directory");
+    if runtime == "podman" {
+        let held = Command::new("podman")
+            .args(["ps", "--all", "--format", "{{.Names}}", "--filter", "label=workbench.held"])
+            .output()
+            .unwrap();
+        let slug = command.split_whitespace().find(|word| word.starts_with("held-")).expect("the held container");
+        assert!(!String::from_utf8_lossy(&held.stdout).contains(slug), "{slug} outlived the deployment");
+    }
+}
+
+#[cfg_attr(not(ci), ignore = "needs tmux: cargo xtask ci installs it and runs this")]
+#[test]
+fn process_a_held_failed_job_opens_a_shell_in_its_checkout_and_down_releases_it() {
+    hold_failed("process");
+}
+
+#[cfg_attr(not(ci), ignore = "needs podman and tmux: cargo xtask ci installs them and runs this")]
+#[test]
+fn podman_a_held_failed_job_opens_a_shell_in_its_container_and_down_releases_it() {
+    require_podman();
+    hold_failed("podman");
 }
 
 /// The real GitHub mode does not run a stranger's pull request unsandboxed unless told to:

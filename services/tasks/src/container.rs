@@ -49,6 +49,7 @@ pub fn default_memory() -> i64 {
 }
 
 /// One job's container.
+#[derive(Clone, Copy)]
 pub struct Spec<'a> {
     pub image: &'a str,
     pub argv: &'a [String],
@@ -72,7 +73,7 @@ pub async fn run(
     cancel: &CancellationToken,
 ) -> Result<Ended, String> {
     let podman = Podman::unix(socket);
-    let created = podman.containers().create(&options(spec)).await.map_err(|e| {
+    let created = podman.containers().create(&options(spec, None)).await.map_err(|e| {
         format!("Failed to create container from {}: {e} (podman API at {})", spec.image, socket.display())
     })?;
     let container = podman.containers().get(&created.id);
@@ -108,6 +109,25 @@ pub async fn run(
     ended
 }
 
+/// Leaves a container like `spec`'s running `sleep infinity`, named after the job and labelled
+/// [`crate::hold::HELD_LABEL`]: a held failed job's environment to open a shell in. Returns its
+/// name.
+pub async fn hold(socket: &Path, spec: &Spec<'_>) -> Result<String, String> {
+    let slug: String =
+        spec.slug.chars().map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '-' }).collect();
+    let name = format!("held-{slug}");
+    let sleep = ["sleep".to_owned(), "infinity".to_owned()];
+    let held = Spec { argv: &sleep, ..*spec };
+    let podman = Podman::unix(socket);
+    let created = podman
+        .containers()
+        .create(&options(&held, Some(&name)))
+        .await
+        .map_err(|e| format!("cannot create the held container {name}: {e}"))?;
+    podman.containers().get(&created.id).start(None).await.map_err(|e| format!("cannot start {name}: {e}"))?;
+    Ok(name)
+}
+
 /// Removes the job containers a previous run of the worker `worker`, working in `work_dir`,
 /// left behind when it was killed (their messages went back to the queue). Returns how many.
 pub async fn remove_leftovers(socket: &Path, worker: &str, work_dir: &Path) -> Result<usize, String> {
@@ -130,7 +150,8 @@ pub async fn remove_leftovers(socket: &Path, worker: &str, work_dir: &Path) -> R
     Ok(removed)
 }
 
-fn options(spec: &Spec) -> ContainerCreateOpts {
+/// The container's options; `held`: the name of a held job's container.
+fn options(spec: &Spec, held: Option<&str>) -> ContainerCreateOpts {
     let args = spec.args;
     let bind = |source: &Path, destination: &str, read_only: bool| ContainerMount {
         destination: Some(destination.to_owned()),
@@ -161,11 +182,11 @@ fn options(spec: &Spec) -> ContainerCreateOpts {
         .work_dir(CHECKOUT)
         .init(true)
         .env(env)
-        .labels([
-            (JOB_LABEL, spec.slug),
-            (WORKER_LABEL, spec.worker),
-            (CHECKOUT_LABEL, &*spec.checkout.to_string_lossy()),
-        ])
+        .labels(
+            [(JOB_LABEL, spec.slug), (WORKER_LABEL, spec.worker), (CHECKOUT_LABEL, &*spec.checkout.to_string_lossy())]
+                .into_iter()
+                .chain(held.map(|_| (crate::hold::HELD_LABEL, "true"))),
+        )
         .mounts(mounts)
         .devices(devices.into_iter().map(|path| model::<LinuxDevice>(serde_json::json!({ "path": path }))))
         .resource_limits(model::<LinuxResources>(serde_json::json!({
@@ -177,6 +198,9 @@ fn options(spec: &Spec) -> ContainerCreateOpts {
     }
     if let Some(pod) = &args.pod {
         builder = builder.pod(pod);
+    }
+    if let Some(name) = held {
+        builder = builder.name(name);
     }
     builder.build()
 }

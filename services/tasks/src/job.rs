@@ -18,7 +18,7 @@ use crate::log_stream::LogStream;
 use crate::runner_config::{Forge, RunnerConfig, SandboxKind};
 use crate::sandbox::{self, Ended, RunArgs};
 use crate::status::{Commit, State};
-use crate::{attachments, container};
+use crate::{attachments, container, hold};
 use retry::{Policy, Transient};
 
 /// Cockpit polls a job's pull request this often, the first time at once.
@@ -469,7 +469,14 @@ async fn execute(
             env.push(("TEST_ATTACHMENTS".into(), attachments.display().to_string()));
             env.extend(args.env.iter().cloned());
             log.write(format!("\n+ {}\n", command.join(" ")).as_bytes()).await;
-            sandbox::process(&command, &checkout, &env, log, deadline, cancel).await?
+            let ended = sandbox::process(&command, &checkout, &env, log, deadline, cancel).await?;
+            if config.hold_failed
+                && failed(&ended)
+                && let Some(claim) = hold::claim(work_dir(scratch))
+            {
+                record_held(claim, scratch, job, &checkout, sandbox::environment(&checkout, &env), None);
+            }
+            ended
         }
         SandboxKind::Container => {
             let image = run.image.ok_or("no container image")?;
@@ -486,7 +493,21 @@ async fn execute(
                 args: &args,
                 slug,
             };
-            container::run(&config.container.socket(), &spec, log, deadline, cancel).await?
+            let ended = container::run(&config.container.socket(), &spec, log, deadline, cancel).await?;
+            if config.hold_failed
+                && failed(&ended)
+                && let Some(claim) = hold::claim(work_dir(scratch))
+            {
+                match container::hold(&config.container.socket(), &spec).await {
+                    Ok(name) => record_held(claim, scratch, job, Path::new(container::CHECKOUT), env, Some(name)),
+                    Err(err) => {
+                        tracing::warn!(%err, "cannot hold the failed job");
+                        // Unclaimed, so that a later failure may be held.
+                        let _ = std::fs::remove_file(work_dir(scratch).join(hold::RECORD));
+                    }
+                }
+            }
+            ended
         }
     };
     Ok(match ended {
@@ -495,6 +516,33 @@ async fn execute(
         Ended::TimedOut => Outcome::Failure(format!("Timeout after {minutes} minutes")),
         Ended::Cancelled => Outcome::Cancelled,
     })
+}
+
+/// Whether the tests failed (not cancelled): what `hold-failed` holds.
+fn failed(ended: &Ended) -> bool {
+    matches!(ended, Ended::TimedOut) || matches!(ended, Ended::Exited(code) if *code != 0)
+}
+
+/// The worker's work directory: the scratch directory's parent (`job_runner`).
+fn work_dir(scratch: &Path) -> &Path {
+    scratch.parent().unwrap_or(scratch)
+}
+
+/// Writes the record `claim` made of the failed job in `scratch` ([`crate::hold`]).
+fn record_held(
+    claim: std::fs::File,
+    scratch: &Path,
+    job: &Job,
+    dir: &Path,
+    env: Vec<(String, String)>,
+    container: Option<String>,
+) {
+    let slug = job.slug.clone().unwrap_or_default();
+    let held = hold::Held { slug, scratch: scratch.to_owned(), dir: dir.to_owned(), env, container };
+    match hold::write(claim, &held) {
+        Ok(()) => tracing::info!(slug = held.slug, scratch = %scratch.display(), "holding the failed job"),
+        Err(err) => tracing::warn!(%err, "cannot record the held job"),
+    }
 }
 
 /// The job's image, else the one `.cockpit-ci/container` names in the tested project at the

@@ -125,15 +125,22 @@ async fn run_request(
 ) -> Result<Outcome, JobError> {
     let scratch = scratch_dir(&request.work_dir)?;
     let cancel_job = tokio_util::sync::CancellationToken::new();
-    let run = job::run(config, &request.job, &request.hostname, scratch.path(), cancel_job.clone());
-    tokio::pin!(run, cancel);
-    tokio::select! {
-        outcome = &mut run => outcome,
-        () = &mut cancel => {
-            cancel_job.cancel();
-            run.await
+    let outcome = {
+        let run = job::run(config, &request.job, &request.hostname, scratch.path(), cancel_job.clone());
+        tokio::pin!(run, cancel);
+        tokio::select! {
+            outcome = &mut run => outcome,
+            () = &mut cancel => {
+                cancel_job.cancel();
+                run.await
+            }
         }
+    };
+    // A held job's directory stays for whoever set `hold-failed` to release.
+    if crate::hold::read(&request.work_dir).is_some_and(|held| held.scratch == scratch.path()) {
+        let _ = scratch.keep();
     }
+    outcome
 }
 
 fn scratch_dir(work_dir: &Path) -> Result<tempfile::TempDir, JobError> {

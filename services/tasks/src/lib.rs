@@ -4,6 +4,7 @@
 
 pub mod attachments;
 pub mod container;
+pub mod hold;
 pub mod job;
 pub mod job_runner;
 pub mod log_store;

@@ -72,6 +72,10 @@ pub struct RunnerConfig {
     #[serde(deserialize_with = "forges", serialize_with = "write_forges")]
     pub forge: Forges,
     pub limits: Limits,
+    /// Keep the first job whose tests fail for inspection (`crate::hold`): a key of ours, for
+    /// a developer's deployment (`run-local --hold-failed`), never production's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hold_failed: bool,
 }
 
 /// Bounds on what a job may leave behind: its log and its attachments (a table of ours;

@@ -127,6 +127,12 @@ pub fn expand(arg: &str, secrets: &std::collections::BTreeMap<String, std::path:
         .fold(arg.to_owned(), |arg, (name, path)| arg.replace(&format!("%{{{name}}}"), &path.to_string_lossy()))
 }
 
+/// The whole environment of a command [`process`] runs in `dir`: a minimal one, then `env`.
+pub fn environment(dir: &Path, env: &[(String, String)]) -> Vec<(String, String)> {
+    let base = [("PATH", "/usr/local/bin:/usr/bin:/bin"), ("HOME", &*dir.to_string_lossy()), ("LANG", "C.UTF-8")];
+    base.iter().map(|(name, value)| (name.to_string(), value.to_string())).chain(env.iter().cloned()).collect()
+}
+
 /// Runs `argv` on the host in `dir` with only `env` added to a minimal environment (none of the
 /// worker's credentials), output merged into the log.
 pub async fn process(
@@ -147,10 +153,7 @@ pub async fn process(
         .args(&argv[1..])
         .current_dir(dir)
         .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("HOME", dir)
-        .env("LANG", "C.UTF-8")
-        .envs(env.iter().cloned())
+        .envs(environment(dir, env))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

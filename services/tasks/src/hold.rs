@@ -1,0 +1,84 @@
+//! Holding a failed job for inspection (`hold-failed = true` in job-runner's configuration, a
+//! key of ours that `run-local --hold-failed` sets): the first job of a worker whose tests fail
+//! keeps its scratch directory (the checkout as the tests left it, the attachments, and the
+//! secrets the job asked for) and, in the container sandbox, gets a container like its own
+//! (same image, mounts, environment and limits) left running `sleep infinity`, to open a shell
+//! in. `<work dir>/held.json` describes it; whoever set the key releases it: `run-local`'s
+//! teardown (`cargo xtask down`) removes the container and the directory.
+//!
+//! A worker holds at most one job: its record's file is created only if none exists, so later
+//! failures clean up as usual and a held job never fills the disk with others.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The record's name in the worker's work directory.
+pub const RECORD: &str = "held.json";
+
+/// The label of a held job's container, beside the job container's own.
+pub const HELD_LABEL: &str = "workbench.held";
+
+/// A held job: where it is and what its tests ran with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Held {
+    /// The job's slug (its log's name in S3).
+    pub slug: String,
+    /// The scratch directory, kept: the checkout, attachments and secrets are in it.
+    pub scratch: PathBuf,
+    /// Where the tests ran: the checkout, or in the container its mount point.
+    pub dir: PathBuf,
+    /// The environment the tests ran with: all of it in the process sandbox; in the container
+    /// sandbox the container has it, and a shell opened in it inherits it.
+    pub env: Vec<(String, String)>,
+    /// The container left running, in the container sandbox.
+    pub container: Option<String>,
+}
+
+/// Creates the record of the worker working in `work_dir`, if it has none yet: `None` when a
+/// job is held already (or the record cannot be made, which is logged).
+pub fn claim(work_dir: &Path) -> Option<std::fs::File> {
+    let path = work_dir.join(RECORD);
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+        Ok(file) => Some(file),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => None,
+        Err(err) => {
+            tracing::warn!(%err, path = %path.display(), "cannot hold the failed job");
+            None
+        }
+    }
+}
+
+/// Writes `held` into the record `claim` made.
+pub fn write(mut file: std::fs::File, held: &Held) -> std::io::Result<()> {
+    file.write_all(&serde_json::to_vec_pretty(held)?)?;
+    file.sync_all()
+}
+
+/// The job held by the worker working in `work_dir`, if any.
+pub fn read(work_dir: &Path) -> Option<Held> {
+    let text = std::fs::read(work_dir.join(RECORD)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_holds_one_job_and_reads_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = Held {
+            slug: "pull-1-5f3a9d2c-20261123-120000-unit-tests".into(),
+            scratch: dir.path().join("job-1"),
+            dir: dir.path().join("job-1/checkout"),
+            env: vec![("TEST_OS".into(), "unit-tests".into())],
+            container: None,
+        };
+        assert_eq!(read(dir.path()), None);
+        write(claim(dir.path()).expect("the first claim"), &held).unwrap();
+        assert!(claim(dir.path()).is_none(), "a second failed job is not held");
+        assert_eq!(read(dir.path()), Some(held));
+    }
+}
