@@ -119,6 +119,12 @@ pub enum Restart {
     Workers,
 }
 
+/// Where the services of the deployment in `run_dir` append their spans, a file each
+/// (`<service>.jsonl`, OTLP JSON lines; see `traces`).
+pub fn traces_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("traces")
+}
+
 /// Runs one step, telling `progress` about it.
 async fn step<T, E>(progress: &dyn Progress, what: &str, work: impl Future<Output = Result<T, E>>) -> Result<T, E> {
     let id = progress.start(what);
@@ -284,6 +290,8 @@ impl Deployment {
             hold_failed: options.hold_failed,
         };
         let config_dir = run_dir.join("pod");
+        let traces_dir = traces_dir(run_dir);
+        std::fs::create_dir_all(&traces_dir).map_err(io(format!("create {}", traces_dir.display())))?;
         pod::write_config(&config_dir, &runner_config, &test_map)
             .map_err(io(format!("write the pod's configuration into {}", config_dir.display())))?;
         for n in 1..=workers {
@@ -316,6 +324,7 @@ impl Deployment {
                     workers,
                     jobs: JOBS_PER_WORKER,
                     host_ports: &host_ports,
+                    traces_dir: Some(&traces_dir),
                 });
                 let amqp = amqp::Config::new(
                     amqp::Address::Tls { host: "127.0.0.1".into(), port: host_ports.amqp },

@@ -95,6 +95,7 @@ pub fn production(rabbitmq_image: &str, tasks_image: &str, workers: u16, kvm: bo
         // In production each job is a VM: one at a time per worker, as Cockpit's.
         jobs: 1,
         host_ports: &ports,
+        traces_dir: None,
     })
 }
 

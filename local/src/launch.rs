@@ -61,7 +61,7 @@ impl Launch {
 }
 
 /// Every variable a service reads: a child process must not inherit one by accident.
-const ENVIRONMENT: [&str; 8] = [
+const ENVIRONMENT: [&str; 9] = [
     "AMQP_SERVER",
     "WORKBENCH_SECRETS_DIR",
     "COCKPIT_GITHUB_WEBHOOK_TOKEN_FILE",
@@ -70,6 +70,7 @@ const ENVIRONMENT: [&str; 8] = [
     "GITHUB_API",
     "COCKPIT_GITHUB_TOKEN_FILE",
     "COCKPIT_TESTMAP_INJECT",
+    traces::ENV,
 ];
 
 /// Where a service finds the broker and its client certificate: `None` for the defaults
@@ -103,6 +104,8 @@ pub struct Webhook<'a> {
     pub listen: Listen<'a>,
     /// `RUST_LOG`.
     pub log: &'a str,
+    /// The file its spans are appended to (`traces::ENV`), if traced.
+    pub traces: Option<&'a Path>,
 }
 
 impl Webhook<'_> {
@@ -114,6 +117,7 @@ impl Webhook<'_> {
         let mut env = broker_env(&self.broker);
         env.push(("COCKPIT_GITHUB_WEBHOOK_TOKEN_FILE".into(), self.secret_file.display().to_string()));
         env.push(("RUST_LOG".into(), self.log.to_owned()));
+        env.extend(traces_env(self.traces));
         Launch { program: "webhook", args, env }
     }
 }
@@ -138,6 +142,8 @@ pub struct Worker<'a> {
     pub rescan_interval: Option<u64>,
     /// `RUST_LOG`.
     pub log: &'a str,
+    /// The file its spans, and those of its jobs' processes, are appended to, if traced.
+    pub traces: Option<&'a Path>,
 }
 
 impl Worker<'_> {
@@ -166,8 +172,13 @@ impl Worker<'_> {
             ("COCKPIT_GITHUB_TOKEN_FILE".to_owned(), self.github_token_file.display().to_string()),
             ("RUST_LOG".to_owned(), self.log.to_owned()),
         ]);
+        env.extend(traces_env(self.traces));
         Launch { program: "tasks", args, env }
     }
+}
+
+fn traces_env(file: Option<&Path>) -> Option<(String, String)> {
+    file.map(|file| (traces::ENV.to_owned(), file.display().to_string()))
 }
 
 fn broker_env(broker: &Broker) -> Vec<(String, String)> {
@@ -199,6 +210,7 @@ mod tests {
             metrics: Some(Listen::loopback(Path::new("/run/metrics.address"))),
             rescan_interval: Some(0),
             log: "info",
+            traces: None,
         }
         .launch();
         assert_eq!(

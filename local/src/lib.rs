@@ -17,6 +17,7 @@ pub mod s3_server;
 pub mod scenario;
 pub mod secrets;
 pub mod service;
+pub mod trace;
 pub mod worker;
 
 mod port;

@@ -161,6 +161,9 @@ pub struct Inputs<'a> {
     /// Jobs each worker runs at once (`--jobs`).
     pub jobs: u16,
     pub host_ports: &'a HostPorts,
+    /// Where the services append their spans (`<service>.jsonl`), mounted at the same path;
+    /// `None`: not traced.
+    pub traces_dir: Option<&'a Path>,
 }
 
 /// The ports of this machine's 127.0.0.1 the pod publishes.
@@ -181,11 +184,14 @@ pub fn worker_name(n: u16) -> String {
 /// inputs say), each with only its own secrets.
 pub fn deployment(inputs: &Inputs) -> PodSpec {
     let secrets = |service| Mount::secrets(inputs.service_secrets, service);
+    let traces_file = |service: &str| inputs.traces_dir.map(|dir| dir.join(format!("{service}.jsonl")));
+    let traces_mount = || inputs.traces_dir.map(|dir| Mount::new(dir, dir, false));
     let webhook = crate::launch::Webhook {
         broker: crate::launch::Broker::default(),
         secret_file: &Path::new(WEBHOOK_SECRETS).join(".config--github-webhook-token"),
         listen: crate::launch::Listen { address: SocketAddr::from(([0, 0, 0, 0], WEBHOOK_PORT)), address_file: None },
         log: "info",
+        traces: traces_file("webhook").as_deref(),
     }
     .launch();
     let mut containers = vec![
@@ -209,7 +215,7 @@ pub fn deployment(inputs: &Inputs) -> PodSpec {
             command: webhook.argv(),
             user: None,
             env: webhook.env,
-            mounts: vec![secrets(Service::Webhook)],
+            mounts: [secrets(Service::Webhook)].into_iter().chain(traces_mount()).collect(),
             devices: vec![],
             ports: vec![WEBHOOK_PORT],
         },
@@ -234,6 +240,7 @@ pub fn deployment(inputs: &Inputs) -> PodSpec {
             }),
             rescan_interval: None,
             log: "info",
+            traces: traces_file(&hostname).as_deref(),
         }
         .launch();
         containers.push(ContainerSpec {
@@ -248,7 +255,10 @@ pub fn deployment(inputs: &Inputs) -> PodSpec {
                 Mount::read_only(inputs.config_dir.join("tasks"), TASKS_SECRETS),
                 Mount::new(inputs.podman_socket, PODMAN_SOCKET, false),
                 Mount::new(&work_dir, &work_dir, false),
-            ],
+            ]
+            .into_iter()
+            .chain(traces_mount())
+            .collect(),
             devices: if inputs.kvm { vec!["/dev/kvm".into()] } else { vec![] },
             ports: vec![METRICS_PORT + n],
         });

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::client::Check;
 use crate::deployment::Deployment;
 use crate::secrets::Ca;
+use crate::trace;
 
 /// Every scenario, in the order run-local runs them.
 /// Scenarios run side by side, each on pull requests of its own, except those of [`ALONE`].
@@ -34,6 +35,9 @@ pub const ALONE: [&str; 1] = ["bad-signature"];
 
 /// How long a job may take from delivery to final status.
 const JOB_WITHIN: Duration = Duration::from_secs(120);
+
+/// How long after a job's final status its process may take to write its last spans.
+const TRACE_WITHIN: Duration = Duration::from_secs(10);
 
 /// A scenario that did not hold: what was expected and what happened.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +73,24 @@ pub enum Ran {
 
 fn check(holds: bool, what: impl FnOnce() -> String) -> Result<(), ScenarioError> {
     if holds { Ok(()) } else { Err(ScenarioError::Assertion(what())) }
+}
+
+tokio::task_local! {
+    /// The ids of the deliveries the scenario of this task sent ([`run_recorded`]).
+    static SENT: std::cell::RefCell<Vec<String>>;
+}
+
+/// [`run`], with the ids of the deliveries the scenario sent to the webhook: each one's trace
+/// is the scenario's ([`crate::trace::of_delivery`]).
+pub async fn run_recorded(name: &str, deployment: &Deployment) -> (Result<Ran, ScenarioError>, Vec<String>) {
+    let recorded = async { (run(name, deployment).await, SENT.with(|sent| sent.take())) };
+    SENT.scope(std::cell::RefCell::new(Vec::new()), recorded).await
+}
+
+/// Delivers `event` to the webhook, signed with `secret`; recorded for [`run_recorded`].
+async fn deliver(deployment: &Deployment, event: &crate::Delivery, secret: &[u8]) -> Result<u16, ScenarioError> {
+    let _ = SENT.try_with(|sent| sent.borrow_mut().push(event.id.clone()));
+    Ok(crate::client::deliver(deployment.webhook, event, secret).await?)
 }
 
 /// Runs scenario `name` (one of [`ALL`]).
@@ -279,7 +301,7 @@ async fn s3(deployment: &Deployment) -> Result<Option<String>, ScenarioError> {
 /// the log and attachment are in S3, the log URL answering with the log page.
 async fn pr_success(deployment: &Deployment) -> Result<Option<String>, ScenarioError> {
     let repo = "workbench-ci/demo";
-    let (head, all) = open_and_deliver(deployment, repo, "unit-tests").await?;
+    let (head, all, delivery) = open_and_deliver(deployment, repo, "unit-tests").await?;
     // A worker's rescan may have found this pull request too and queued a twin job (Cockpit's
     // rule); the twin posts "Not yet tested" and at most its own "In progress", then stops.
     // The run is the final status's: its log's statuses, after the first "Not yet tested".
@@ -315,12 +337,28 @@ async fn pr_success(deployment: &Deployment) -> Result<Option<String>, ScenarioE
     })?;
     let page = log_object(deployment, &target, "log.html").await?.unwrap_or_default();
     check(String::from_utf8_lossy(&page).contains("<html>"), || format!("{target} is not the log page"))?;
+    // A job that started before this delivery's scan ran (a rescan's twin, above) leaves the
+    // scan nothing to queue: the trace then ends there.
+    let links = match all.iter().skip(1).any(twin) {
+        true => &trace::JOB_CHAIN[..1],
+        false => &trace::JOB_CHAIN[..],
+    };
+    let dir = crate::deployment::traces_dir(&deployment.run_dir);
+    let what = format!("the trace of delivery {delivery} through the webhook, the scan and the job");
+    crate::client::wait_until(&what, TRACE_WITHIN, || async {
+        let spans = trace::read(&dir).map_err(|e| ScenarioError::Assertion(e.to_string()))?;
+        Ok::<_, ScenarioError>(match trace::check_chain(&trace::of_delivery(&spans, &delivery), links) {
+            Ok(()) => Check::Done(()),
+            Err(why) => Check::NotYet(why),
+        })
+    })
+    .await?;
     Ok(None)
 }
 
 /// `pr-failure`: the failing project's pull request ends in state failure, with its log.
 async fn pr_failure(deployment: &Deployment) -> Result<Option<String>, ScenarioError> {
-    let (_, statuses) = open_and_deliver(deployment, "workbench-ci/failing", "unit-tests").await?;
+    let (_, statuses, _) = open_and_deliver(deployment, "workbench-ci/failing", "unit-tests").await?;
     let last = statuses.last().cloned().unwrap_or_else(|| status("", "", ""));
     check(last.state == "failure" && last.description.starts_with("Container exited with code 1 [worker-"), || {
         format!("final status: {last:?}")
@@ -338,7 +376,7 @@ async fn pr_failure(deployment: &Deployment) -> Result<Option<String>, ScenarioE
 /// tests against the library's pull request, whose own tests fail; statuses go to the library.
 async fn cross_project(deployment: &Deployment) -> Result<Option<String>, ScenarioError> {
     let context = "unit-tests@workbench-ci/demo";
-    let (_, statuses) = open_and_deliver(deployment, "workbench-ci/library", context).await?;
+    let (_, statuses, _) = open_and_deliver(deployment, "workbench-ci/library", context).await?;
     let last = statuses.last().cloned().unwrap_or_else(|| status("", "", ""));
     check(last.state == "success", || format!("final status of {context} on the library: {last:?}"))?;
     let log = read_log(deployment, last.target_url.as_deref().unwrap_or_default()).await?;
@@ -357,7 +395,7 @@ async fn direct_trigger(deployment: &Deployment) -> Result<Option<String>, Scena
     let token = std::fs::read_to_string(deployment.secrets.github_token()).unwrap_or_default();
     github::GitHub::new(&deployment.github.api_url(), token.trim())?.post_status(repo, &head, &trigger).await?;
     let event = deployment.github.status_event(repo, &head, &trigger)?;
-    let answer = crate::client::deliver(deployment.webhook, &event, &webhook_secret(deployment)?).await?;
+    let answer = deliver(deployment, &event, &webhook_secret(deployment)?).await?;
     check(answer == 200, || format!("the webhook answered the status event with {answer}"))?;
     let statuses = final_statuses(deployment, repo, &head, context).await?;
     let states: Vec<(&str, &str)> = statuses.iter().map(|s| (s.state.as_str(), s.description.as_str())).collect();
@@ -379,7 +417,7 @@ async fn bad_signature(deployment: &Deployment) -> Result<Option<String>, Scenar
     let event = deployment.github.pull_request_event(repo, number, "opened")?;
     let published = r#"webhook_deliveries_total{event="pull_request",outcome="published"}"#;
     let before = webhook_metric(deployment, published).await?;
-    let answer = crate::client::deliver(deployment.webhook, &event, b"not the webhook's secret").await?;
+    let answer = deliver(deployment, &event, b"not the webhook's secret").await?;
     let after = webhook_metric(deployment, published).await?;
     check(answer == 403, || format!("a mis-signed delivery was answered {answer}, not 403"))?;
     check(before == after, || format!("published deliveries went from {before} to {after}"))?;
@@ -397,7 +435,7 @@ async fn kvm(deployment: &Deployment) -> Result<Option<String>, ScenarioError> {
     if !Path::new("/dev/kvm").exists() {
         return Ok(Some("this host has no /dev/kvm".into()));
     }
-    let (_, statuses) = open_and_deliver(deployment, "workbench-ci/kvm", "kvm").await?;
+    let (_, statuses, _) = open_and_deliver(deployment, "workbench-ci/kvm", "kvm").await?;
     let last = statuses.last().cloned().unwrap_or_else(|| status("", "", ""));
     let log = read_log(deployment, last.target_url.as_deref().unwrap_or_default()).await?;
     check(last.state == "success" && log.contains("KVM API version 12"), || {
@@ -459,18 +497,18 @@ fn webhook_secret(deployment: &Deployment) -> Result<Vec<u8>, ScenarioError> {
 }
 
 /// Opens the next pull request on `repo`, delivers its `opened` event to the webhook, and
-/// returns its head and the statuses of `context` once final.
+/// returns its head, the statuses of `context` once final, and the delivery's id.
 async fn open_and_deliver(
     deployment: &Deployment,
     repo: &str,
     context: &str,
-) -> Result<(String, Vec<StatusUpdate>), ScenarioError> {
+) -> Result<(String, Vec<StatusUpdate>, String), ScenarioError> {
     let (number, head) = deployment.github.open_next_pull(repo, "A change", "workbench-ci")?;
     let event = deployment.github.pull_request_event(repo, number, "opened")?;
-    let answer = crate::client::deliver(deployment.webhook, &event, &webhook_secret(deployment)?).await?;
+    let answer = deliver(deployment, &event, &webhook_secret(deployment)?).await?;
     check(answer == 200, || format!("the webhook answered the pull_request delivery with {answer}"))?;
     let statuses = final_statuses(deployment, repo, &head, context).await?;
-    Ok((head, statuses))
+    Ok((head, statuses, event.id))
 }
 
 /// The statuses of `context` on `repo@sha`, once the last one is no longer pending.

@@ -109,6 +109,13 @@ impl Service {
     }
 }
 
+/// The file `service` of the deployment in `run_dir` appends its spans to.
+fn traces_file(run_dir: &Path, service: &str) -> Result<PathBuf, ServiceError> {
+    let dir = crate::deployment::traces_dir(run_dir);
+    std::fs::create_dir_all(&dir).map_err(|source| ServiceError::Io { name: format!("{service}'s traces"), source })?;
+    Ok(dir.join(format!("{service}.jsonl")))
+}
+
 /// The webhook binary, listening on a free port of 127.0.0.1.
 pub struct Webhook {
     pub service: Service,
@@ -138,6 +145,7 @@ impl Webhook {
                 address_file: Some(&address_file),
             },
             log: "info",
+            traces: Some(&traces_file(run_dir, "webhook")?),
         }
         .launch();
         let mut service = Service::spawn("webhook", launch.command(binary), run_dir.join("webhook.log"))?;
@@ -195,6 +203,7 @@ impl Worker {
             metrics: Some(crate::launch::Listen::loopback(&address_file)),
             rescan_interval: config.rescan_interval,
             log: "info",
+            traces: Some(&traces_file(run_dir, hostname)?),
         }
         .launch();
         let log = run_dir.join(format!("{hostname}.log"));

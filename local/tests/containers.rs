@@ -108,6 +108,7 @@ async fn a_delivery_goes_from_the_webhook_container_through_the_broker_container
         metrics: None,
         rescan_interval: Some(0),
         log: "info",
+        traces: None,
     }
     .launch();
     let tasks = launched(
@@ -125,6 +126,7 @@ async fn a_delivery_goes_from_the_webhook_container_through_the_broker_container
         secret_file: Path::new("/run/secrets/webhook/.config--github-webhook-token"),
         listen: local::launch::Listen::loopback(Path::new("/run/listening/webhook")),
         log: "info",
+        traces: None,
     }
     .launch();
     let webhook = launched(container(images::TASKS, &[(&secret_dir, "/run/secrets/webhook")]), &webhook)

@@ -113,6 +113,7 @@ impl World {
             metrics: None,
             rescan_interval: Some(0),
             log: "info",
+            traces: None,
         }
         .launch();
         launch.command(&tasks_binary()).spawn().unwrap()
@@ -152,7 +153,9 @@ async fn a_queued_pull_request_event_is_tested_to_a_final_status() {
     let session = Session::connect(&world.broker.client_config()).await.unwrap();
     session.declare(WEBHOOK).await.unwrap();
     let event = world.mock.pull_request_event(REPO, 1, "opened").unwrap();
-    session.publish(WEBHOOK.name, &event.queue_message(), None).await.unwrap();
+    // As our webhook publishes it, with its trace's header: the work is the same.
+    let traced = [(traces::TRACEPARENT, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")];
+    session.publish_with_headers(WEBHOOK.name, &event.queue_message(), None, &traced).await.unwrap();
 
     let address_file = world.args.work_dir.as_ref().unwrap().join("metrics.address");
     let (stop, worker) = world.worker_with(Args {

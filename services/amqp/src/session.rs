@@ -114,6 +114,18 @@ impl Session {
     /// Publishes a persistent JSON message through the default exchange and waits for the
     /// broker's confirm.
     pub async fn publish(&self, queue: &str, body: &[u8], priority: Option<u8>) -> Result<(), Error> {
+        self.publish_with_headers(queue, body, priority, &[]).await
+    }
+
+    /// [`Session::publish`] with text `headers` (the trace's `traceparent`, say: Cockpit's
+    /// tools ignore headers they do not know).
+    pub async fn publish_with_headers(
+        &self,
+        queue: &str,
+        body: &[u8],
+        priority: Option<u8>,
+        headers: &[(&str, &str)],
+    ) -> Result<(), Error> {
         // The timestamp lets consumers tell how long a message waited in the queue.
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut properties = BasicProperties::default()
@@ -122,6 +134,13 @@ impl Session {
             .with_timestamp(now);
         if let Some(priority) = priority {
             properties = properties.with_priority(priority);
+        }
+        if !headers.is_empty() {
+            let mut table = FieldTable::default();
+            for (name, value) in headers {
+                table.insert(ShortString::from(*name), text(value));
+            }
+            properties = properties.with_headers(table);
         }
         self.publish_with(queue, body, properties).await
     }

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tracing::Instrument;
 
 use amqp::Job;
 use github::GitHub;
@@ -150,14 +151,15 @@ pub async fn run(
             watched(&run_context, scratch, &mut log, &cancel).await
         }
     };
-    attachments::upload(&scratch.join("attachments"), &config.limits.attachments(), &mut log).await;
+    let (dir, limits) = (scratch.join("attachments"), config.limits.attachments());
+    attachments::upload(&dir, &limits, &mut log).instrument(tracing::info_span!("attachments")).await;
     if log.dropped() > 0 {
         log.note(&format!("\n*** {} bytes of output were not kept in this log\n", log.dropped())).await;
     }
     log.note(&ending(&outcome)).await;
     // The log is complete before the status that links to it, and a log that could not be
     // stored is reported as such, whatever the test's outcome.
-    let outcome = match log.close().await {
+    let outcome = match log.close().instrument(tracing::info_span!("log-close")).await {
         Err(err) if !matches!(outcome, Outcome::LogNotStored(_)) => Outcome::LogNotStored(err.to_string()),
         _ => outcome,
     };
@@ -219,7 +221,9 @@ impl Reporter<'_> {
     async fn post(&self, state: State, description: String, policy: Policy) -> Result<(), github::Error> {
         let (Some(context), true) = (&self.job.context, self.forge.post) else { return Ok(()) };
         let commit = Commit { github: self.github, repo: &self.subject.repo, sha: &self.subject.sha };
-        commit.post(context, state, &format!("{description} [{}]", self.hostname), Some(self.log_url), policy).await
+        let description = format!("{description} [{}]", self.hostname);
+        let span = tracing::info_span!("status", state = state.as_str(), description);
+        commit.post(context, state, &description, Some(self.log_url), policy).instrument(span).await
     }
 
     /// The status of the job that owns this run of the context when it is another job's (its
@@ -431,7 +435,8 @@ async fn execute(
     }
     for (dir, step) in steps {
         log.write(format!("\n+ {}\n", step.join(" ")).as_bytes()).await;
-        match sandbox::process(&step, dir, &[], log, None, cancel).await? {
+        let span = tracing::info_span!("git", step = step[1]);
+        match sandbox::process(&step, dir, &[], log, None, cancel).instrument(span).await? {
             Ended::Exited(0) => {}
             Ended::Cancelled => return Ok(Outcome::Cancelled),
             _ => return Err(format!("{} failed", step[..2].join(" "))),
@@ -464,12 +469,13 @@ async fn execute(
     env.push(("COCKPIT_CI_LOG_URL".into(), log_url.to_owned()));
     let minutes = job.timeout.unwrap_or(DEFAULT_TIMEOUT_MINUTES);
     let deadline = (minutes > 0).then(|| Instant::now() + Duration::from_secs(minutes * 60));
+    let test = tracing::info_span!("test", command = command.join(" "));
     let ended = match config.container.sandbox {
         SandboxKind::Process => {
             env.push(("TEST_ATTACHMENTS".into(), attachments.display().to_string()));
             env.extend(args.env.iter().cloned());
             log.write(format!("\n+ {}\n", command.join(" ")).as_bytes()).await;
-            let ended = sandbox::process(&command, &checkout, &env, log, deadline, cancel).await?;
+            let ended = sandbox::process(&command, &checkout, &env, log, deadline, cancel).instrument(test).await?;
             if config.hold_failed
                 && failed(&ended)
                 && let Some(claim) = hold::claim(work_dir(scratch))
@@ -493,7 +499,8 @@ async fn execute(
                 args: &args,
                 slug,
             };
-            let ended = container::run(&config.container.socket(), &spec, log, deadline, cancel).await?;
+            let ended =
+                container::run(&config.container.socket(), &spec, log, deadline, cancel).instrument(test).await?;
             if config.hold_failed
                 && failed(&ended)
                 && let Some(claim) = hold::claim(work_dir(scratch))

@@ -7,6 +7,7 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use tracing::Instrument;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -40,7 +41,13 @@ pub async fn run(args: &Args, cancel: impl Future<Output = ()>) -> anyhow::Resul
     let job: amqp::Job = serde_json::from_str(job).context("Poorly formed job")?;
     let config = RunnerConfig::load(args.job_runner_config.as_deref())?;
     let hostname = args.hostname.clone().unwrap_or_else(host_name);
-    let request = Request { job, hostname, config: args.job_runner_config.clone(), work_dir: std::env::temp_dir() };
+    let request = Request {
+        job,
+        hostname,
+        config: args.job_runner_config.clone(),
+        work_dir: std::env::temp_dir(),
+        traceparent: None,
+    };
     match run_request(&config, &request, cancel).await? {
         Outcome::Success | Outcome::Failure(_) | Outcome::Superseded(_) => Ok(()),
         Outcome::Error(reason) | Outcome::LogNotStored(reason) => anyhow::bail!("Internal error: {reason}"),
@@ -63,6 +70,9 @@ pub struct Request {
     pub config: Option<PathBuf>,
     /// Where the job's scratch directory is made.
     pub work_dir: PathBuf,
+    /// The trace the job belongs to (W3C `traceparent`), continued by the job's process.
+    #[serde(default)]
+    pub traceparent: Option<String>,
 }
 
 /// What the job process tells the worker when it is done.
@@ -99,8 +109,10 @@ pub async fn serve(cancel: impl Future<Output = ()>) -> anyhow::Result<()> {
     let mut text = String::new();
     std::io::stdin().take(MAX_REQUEST).read_to_string(&mut text).context("reading the job request")?;
     let request: Request = serde_json::from_str(&text).context("a malformed job request")?;
+    let span = tracing::info_span!("job-runner", slug = request.job.slug.as_deref().unwrap_or("-"));
+    traces::continue_trace(&span, request.traceparent.as_deref());
     let ended = match RunnerConfig::load(request.config.as_deref()) {
-        Ok(config) => match run_request(&config, &request, cancel).await {
+        Ok(config) => match run_request(&config, &request, cancel).instrument(span).await {
             Ok(outcome) => Ended::Reported(outcome),
             Err(err) if err.is_transient() => Ended::Transient {
                 error: err.to_string(),

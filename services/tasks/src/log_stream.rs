@@ -171,6 +171,7 @@ impl<S: Sink> LogStream<S> {
             self.chunks.push(Chunk { blocks: previous.blocks + last.blocks, start: previous.start, end: last.end });
         }
         let last = *self.chunks.last().expect("a chunk was just pushed");
+        tracing::info!(length = self.len, "log chunk");
         let name = format!("log.{}-{}", last.start, last.end);
         self.put(&name, self.range(last.start, last.end), TEXT).await;
         self.ranges.push(name);

@@ -50,11 +50,15 @@ impl Cli {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    match run(&Cli::parse()).await {
+    let cli = Cli::parse();
+    // The worker and a job's own process are two services of a trace.
+    let service = match cli.command {
+        Command::RunQueue(_) => "run-queue",
+        Command::JobRunner(_) | Command::RunJob => "job-runner",
+        _ => "tasks",
+    };
+    let _traces = traces::init(service, "warn");
+    match run(&cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");

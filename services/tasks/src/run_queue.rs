@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use amqp::{CommandMessage, Delivery, JobMessage, Session, WebhookMessage};
 use anyhow::Context;
@@ -350,6 +351,13 @@ fn failed(err: &(impl Transient + ?Sized), retries: u32) -> Done {
 /// A webhook event becomes what `events::decide` says (as in Cockpit's run-queue): a scan, a
 /// statistics command, or nothing.
 async fn handle_event(worker: &Worker, delivery: &Delivery) -> Done {
+    // The delivery's trace goes on here, and on in the jobs the scan queues.
+    let span = tracing::info_span!("scan", repo = tracing::field::Empty);
+    traces::continue_trace(&span, delivery.header(traces::TRACEPARENT).as_deref());
+    handle_event_in(worker, delivery).instrument(span).await
+}
+
+async fn handle_event_in(worker: &Worker, delivery: &Delivery) -> Done {
     let parsed = serde_json::from_slice::<WebhookMessage>(&delivery.body)
         .map_err(|e| e.to_string())
         .and_then(|message| events::Event::parse(&message.event, message.request.get()).map_err(|e| e.to_string()));
@@ -377,6 +385,7 @@ async fn handle_event(worker: &Worker, delivery: &Delivery) -> Done {
             return Done::Ack;
         }
     };
+    tracing::Span::current().record("repo", &request.repo);
     match worker.scanner.scan(&request, Some(&worker.session)).await {
         Ok(_) => Done::Ack,
         Err(err) => {
@@ -410,6 +419,13 @@ pub const ALREADY_REPORTED: &str = "redelivered job already has its final status
 /// Runs a job to its final status, or a command to its end. A message that is neither is
 /// parked.
 async fn handle_work(worker: &Worker, queue: &'static str, delivery: &Delivery) -> Done {
+    // The trace of the delivery whose scan queued the job, passed on to the job's process.
+    let span = tracing::info_span!("job", queue);
+    traces::continue_trace(&span, delivery.header(traces::TRACEPARENT).as_deref());
+    handle_work_in(worker, queue, delivery).instrument(span).await
+}
+
+async fn handle_work_in(worker: &Worker, queue: &'static str, delivery: &Delivery) -> Done {
     let Ok(message) = serde_json::from_slice::<JobMessage>(&delivery.body) else {
         return match serde_json::from_slice::<CommandMessage>(&delivery.body) {
             Ok(message) => run_command(worker, &message.command).await,
@@ -497,6 +513,7 @@ async fn run_job(worker: &Worker, job: &amqp::Job) -> anyhow::Result<Result<Repo
         hostname: worker.hostname.clone(),
         config: worker.runner_file.clone(),
         work_dir: worker.work_dir.clone(),
+        traceparent: traces::traceparent(&tracing::Span::current()),
     };
     let mut command = tokio::process::Command::new(&worker.job_program);
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.

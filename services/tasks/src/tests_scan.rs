@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
+use tracing::Instrument;
 
 use amqp::JobMessage;
 use anyhow::Context;
@@ -264,7 +265,11 @@ impl Scanner {
                 let Action::Queue { queue, priority, message, .. } = action else { continue };
                 if let (Some(session), Mode::Queue) = (session, request.mode) {
                     let body = serde_json::to_vec(&*message).expect("a job message encodes");
-                    session.publish(queue.name, &body, Some(priority)).await?;
+                    let span = tracing::info_span!("queue-job", queue = queue.name, context);
+                    let traceparent = traces::traceparent(&span);
+                    let headers: Vec<(&str, &str)> =
+                        traceparent.as_deref().map(|value| (traces::TRACEPARENT, value)).into_iter().collect();
+                    session.publish_with_headers(queue.name, &body, Some(priority), &headers).instrument(span).await?;
                 }
                 jobs.push(*message);
             }

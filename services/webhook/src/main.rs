@@ -35,9 +35,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+    let _traces = traces::init("webhook", "info");
     let args = Args::parse();
     let address = args.amqp.parse().context("AMQP_SERVER / --amqp")?;
     let secrets_dir = args.secrets_dir.unwrap_or_else(amqp::default_secrets_dir);

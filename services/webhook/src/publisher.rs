@@ -52,10 +52,13 @@ impl Publisher {
         self.current().is_some_and(|session| session.is_connected())
     }
 
-    /// Publishes a persistent message and returns once the broker confirmed storing it.
-    pub async fn publish(&self, body: &[u8]) -> Result<(), PublishError> {
+    /// Publishes a persistent message, with the delivery's trace when it has one, and returns
+    /// once the broker confirmed storing it.
+    pub async fn publish(&self, body: &[u8], traceparent: Option<&str>) -> Result<(), PublishError> {
         let session = self.current().ok_or(PublishError::Disconnected)?;
-        let result = match tokio::time::timeout(CONFIRM_TIMEOUT, session.publish(WEBHOOK.name, body, None)).await {
+        let headers: Vec<(&str, &str)> = traceparent.map(|value| (traces::TRACEPARENT, value)).into_iter().collect();
+        let publish = session.publish_with_headers(WEBHOOK.name, body, None, &headers);
+        let result = match tokio::time::timeout(CONFIRM_TIMEOUT, publish).await {
             Ok(result) => result.map_err(PublishError::from),
             Err(_) => Err(PublishError::Timeout),
         };

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -186,10 +187,22 @@ async fn deliver(State(state): State<AppState>, request: Request) -> Result<Acce
     let headers = &parts.headers;
     let event = header(headers, "x-github-event");
     let id = header(headers, "x-github-delivery").filter(|id| id.len() <= MAX_DELIVERY_ID).unwrap_or("-");
+    // The delivery's trace: every service it reaches continues it (`traces`).
+    let span = tracing::info_span!("delivery", delivery = id, event = event.unwrap_or("-"));
+    deliver_in(&state, headers, body, event, id).instrument(span).await
+}
+
+async fn deliver_in(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    event: Option<&str>,
+    id: &str,
+) -> Result<Accepted, Refusal> {
     let (result, repository) = match read_body(headers, body, state.read_timeout, &state.body_bytes).await {
         // The shared bytes stay held until the delivery is handled.
         Ok((body, _held)) => {
-            let result = accept(&state, headers, event, &body).await;
+            let result = accept(state, headers, event, &body).await;
             // Only a body that passed the signature check names a repository on the page.
             let signed = matches!(result, Ok(_) | Err(Refusal::Unavailable(_)));
             (result, signed.then(|| repository_of(&body)).flatten())
@@ -316,7 +329,9 @@ async fn accept(state: &AppState, headers: &HeaderMap, event: Option<&str>, body
             }
             let started = Instant::now();
             let message = amqp::WebhookMessage::encode(event, body);
-            if let Err(err) = state.publisher.publish(&message).await {
+            let span = tracing::info_span!("publish", queue = amqp::WEBHOOK.name);
+            let traceparent = traces::traceparent(&span);
+            if let Err(err) = state.publisher.publish(&message, traceparent.as_deref()).instrument(span).await {
                 state.recent.release(fingerprint);
                 return Err(Refusal::Unavailable(err));
             }
