@@ -2,8 +2,8 @@
 //! directory (`failure-bundle.tar.gz`), ready to attach to a bug report or keep as a CI
 //! artifact. With the deployment still up, its state is written down first (the broker's
 //! queues and consumers, the mock GitHub's requests and statuses, on podman the pod's and
-//! containers' states and logs); then the archive takes every service log, that state, and the
-//! job logs in the S3 store. It takes nothing else: no key, token or certificate of the run
+//! containers' states and logs); then the archive takes every service log and trace, that
+//! state, and the job logs in the S3 store. It takes nothing else: no key, token or certificate of the run
 //! (an allowlist, not a denylist), no checkout, no git repository, no image.
 
 use std::io::Write;
@@ -62,7 +62,7 @@ pub fn write(deployment: Option<&Deployment>, run_dir: &Path) -> Result<PathBuf,
 }
 
 /// Whether the file at `relative` (to the run directory) goes into the bundle: the services'
-/// logs, the state written down, where everything was, and the job logs in S3.
+/// logs and traces, the state written down, where everything was, and the job logs in S3.
 fn taken(relative: &Path) -> bool {
     let first = relative.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned());
     let name = relative.file_name().unwrap_or_default().to_string_lossy();
@@ -71,6 +71,8 @@ fn taken(relative: &Path) -> bool {
         // Checkouts and git repositories: the tested projects' own files.
         Some("jobs" | "github" | "secrets") => false,
         Some(STATE_DIR) => true,
+        // The services' spans (`crate::trace`).
+        Some("traces") => name.ends_with(".jsonl"),
         _ => name.ends_with(".log") || name == "endpoints.json",
     }
 }
@@ -132,6 +134,7 @@ mod tests {
             "webhook.log",
             "broker/rabbit.log",
             "endpoints.json",
+            "traces/worker-1.jsonl",
             "state/rabbitmq-queues.txt",
             "s3/logs/pull-1-abc/log",
             "s3/logs/pull-1-abc/index.html",

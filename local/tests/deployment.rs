@@ -2,6 +2,9 @@
 //! scenario passes, so does the real GitHub mode's scan of a pull request (against the mock),
 //! and dropping the deployment leaves no process and no listening port.
 
+#[path = "support/browser.rs"]
+mod browser;
+
 use std::path::{Path, PathBuf};
 
 use local::Deployment;
@@ -61,10 +64,13 @@ async fn every_scenario_passes_and_teardown_leaves_nothing_behind() {
             ok("starting the webhook"),
         ]
     );
+    let mut recorded = Vec::new();
     for name in scenario::ALL {
-        let ran = scenario::run(name, &deployment).await;
+        let (ran, deliveries) = scenario::run_recorded(name, &deployment).await;
         assert!(matches!(ran, Ok(Ran::Passed | Ran::Skipped(_))), "scenario {name}: {ran:?}");
+        recorded.push((name, ran.unwrap(), deliveries));
     }
+    the_report_in_a_browser_shows_every_scenario_and_a_timeline(&deployment, &recorded).await;
     // The real GitHub mode's code path, against the mock.
     deployment.github.open_pull("workbench-ci/demo", 4, "Scanned by number", "workbench-ci").unwrap();
     let within = std::time::Duration::from_secs(120);
@@ -98,6 +104,51 @@ async fn every_scenario_passes_and_teardown_leaves_nothing_behind() {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
+}
+
+/// The HTML report of the scenarios in Chromium: every scenario has its section, and
+/// pr-success's delivery its timeline, a bar per span of the webhook, the worker and the job's
+/// process.
+async fn the_report_in_a_browser_shows_every_scenario_and_a_timeline(
+    deployment: &Deployment,
+    recorded: &[(&str, Ran, Vec<String>)],
+) {
+    use local::report::{Run, Scenario, Verdict};
+    let scenarios: Vec<Scenario> = recorded
+        .iter()
+        .map(|(name, ran, deliveries)| Scenario {
+            name,
+            seconds: 1.0,
+            verdict: match ran {
+                Ran::Passed => Verdict::Passed,
+                Ran::Skipped(why) => Verdict::Skipped(why),
+            },
+            deliveries,
+        })
+        .collect();
+    let logs_url = format!("{}logs", deployment.s3.link_url());
+    let run = Run {
+        runtime: "process",
+        seconds: 1.0,
+        run_dir: &deployment.run_dir,
+        logs_url: &logs_url,
+        scenarios: &scenarios,
+    };
+    let path = local::report::write(&run, None).unwrap();
+    let browser = browser::Browser::start().await;
+    browser.open(&format!("file://{}", path.display())).await;
+    let sections = browser.eval("return [...document.querySelectorAll('section.scenario')].map(s => s.id)").await;
+    assert_eq!(sections, serde_json::json!(scenario::ALL));
+    let bars = "return [...document.querySelectorAll('#pr-success svg.timeline g.span')].map(g => g.dataset.name)";
+    let bars: Vec<String> = serde_json::from_value(browser.eval(bars).await).unwrap();
+    for (name, _, _) in local::trace::JOB_CHAIN {
+        assert!(bars.iter().any(|bar| bar == name), "no {name} on pr-success's timeline: {bars:?}");
+    }
+    let drawn =
+        "return [...document.querySelectorAll('#pr-success svg.timeline rect')].every(r => r.getBBox().width > 0)";
+    assert_eq!(browser.eval(drawn).await, serde_json::json!(true), "a bar of the timeline is not drawn");
+    browser.screenshot("report").await;
+    browser.close().await;
 }
 
 /// No private value of `secrets` appears in any file of the run directory `dir` outside the

@@ -58,6 +58,12 @@ pub struct Args {
     /// case, `deployment`, saying why.
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
+    /// Also write the HTML report to FILE (it is always written into the run directory, as
+    /// `report.html`): each scenario's result and what it asserts, and the timeline of each of
+    /// its deliveries' traces across the webhook, the worker and the job's process, with links
+    /// to the job logs. One file, readable offline.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
     /// Leave the deployment running after the scenarios, until `cargo xtask down` (or Ctrl-C).
     /// `--attach` runs the scenarios against it again.
     #[arg(long)]
@@ -65,14 +71,14 @@ pub struct Args {
     /// Run the scenarios (all, or those of `--scenario`) against the deployment a
     /// `run-local --keep` left running: nothing is built, started or torn down, so this takes
     /// as long as the scenarios do. Each run opens pull requests of its own.
-    #[arg(long, conflicts_with_all = ["keep", "interactive", "pr", "via_kube", "binaries", "secrets", "json", "junit"])]
+    #[arg(long, conflicts_with_all = ["keep", "interactive", "pr", "via_kube", "binaries", "secrets", "json", "junit", "report"])]
     pub attach: bool,
     /// Keep the deployment up and, when a source of a service changes (under services/, or
     /// the workspace's Cargo.toml or Cargo.lock), rebuild the service binaries, restart only
     /// the services whose binary changed (the process, or on podman the container with the
     /// new binary copied in) and run the scenarios again; Ctrl-C tears down. Builds use the
     /// dev profile, as the tests do (unoptimised, incremental): a rebuild takes seconds.
-    #[arg(long, conflicts_with_all = ["keep", "interactive", "pr", "binaries", "tasks_image", "json", "junit"])]
+    #[arg(long, conflicts_with_all = ["keep", "interactive", "pr", "binaries", "tasks_image", "json", "junit", "report"])]
     pub watch: bool,
     /// Keep the first job whose tests fail (each worker's first): its checkout and, on podman,
     /// a container like its own left running; keep the deployment up as `--keep` does, and
@@ -148,6 +154,8 @@ struct Outcome {
     name: String,
     seconds: f64,
     ran: Result<Ran, String>,
+    /// The ids of the deliveries it sent, whose traces the report draws.
+    deliveries: Vec<String>,
 }
 
 /// The file that names the kept deployment's process, for `cargo xtask down`.
@@ -194,7 +202,7 @@ impl From<Reported> for Outcome {
             "skip" => Ok(Ran::Skipped(reported.detail)),
             _ => Err(reported.detail),
         };
-        Outcome { name: reported.name, seconds: reported.seconds, ran }
+        Outcome { name: reported.name, seconds: reported.seconds, ran, deliveries: Vec::new() }
     }
 }
 
@@ -431,6 +439,7 @@ async fn check(
     if let Some(path) = &args.junit {
         write_junit(path, runtime, seconds, &outcomes, tails.as_deref())?;
     }
+    write_report(deployment, runtime, seconds, &outcomes, args.report.as_deref())?;
     if !failed.is_empty() {
         print_failures(&outcomes, tails.as_deref());
         print_bundle(local::bundle::write(Some(deployment), run_dir));
@@ -629,11 +638,15 @@ async fn run_scenarios(deployment: &Arc<Deployment>, names: &[String]) -> Vec<Ou
             // In a task of its own: a scenario that panics fails alone, and teardown still runs.
             let task = tokio::spawn({
                 let name = name.clone();
-                async move { scenario::run(&name, &deployment).await.map_err(|err| err.to_string()) }
+                async move {
+                    let (ran, deliveries) = scenario::run_recorded(&name, &deployment).await;
+                    (ran.map_err(|err| err.to_string()), deliveries)
+                }
             });
-            let ran = task.await.unwrap_or_else(|panic| Err(format!("the scenario panicked: {panic}")));
+            let (ran, deliveries) =
+                task.await.unwrap_or_else(|panic| (Err(format!("the scenario panicked: {panic}")), Vec::new()));
             steps.done(step, ran.is_ok());
-            Outcome { name, seconds: began.elapsed().as_secs_f64(), ran }
+            Outcome { name, seconds: began.elapsed().as_secs_f64(), ran, deliveries }
         }
     };
     let (alone, together): (Vec<String>, Vec<String>) =
@@ -648,6 +661,39 @@ async fn run_scenarios(deployment: &Arc<Deployment>, names: &[String]) -> Vec<Ou
     }
     outcomes.sort_by_key(|outcome| names.iter().position(|name| *name == outcome.name));
     outcomes
+}
+
+/// The HTML report, into the run directory and to `also`.
+fn write_report(
+    deployment: &Deployment,
+    runtime: &str,
+    seconds: f64,
+    outcomes: &[Outcome],
+    also: Option<&Path>,
+) -> anyhow::Result<()> {
+    use local::report::{Run, Scenario, Verdict};
+    let scenarios: Vec<Scenario> = outcomes
+        .iter()
+        .map(|outcome| Scenario {
+            name: &outcome.name,
+            seconds: outcome.seconds,
+            verdict: match &outcome.ran {
+                Ok(Ran::Passed) => Verdict::Passed,
+                Ok(Ran::Skipped(why)) => Verdict::Skipped(why),
+                Err(why) => Verdict::Failed(why),
+            },
+            deliveries: &outcome.deliveries,
+        })
+        .collect();
+    let logs_url = format!("{}logs", deployment.s3.link_url());
+    let run = Run { runtime, seconds, run_dir: &deployment.run_dir, logs_url: &logs_url, scenarios: &scenarios };
+    let path = local::report::write(&run, also).context("writing the HTML report")?;
+    if let Some(also) = also {
+        println!("report: {}", also.display());
+    } else if outcomes.iter().any(|outcome| outcome.ran.is_err()) {
+        println!("report: {}", path.display());
+    }
+    Ok(())
 }
 
 fn print_table(outcomes: &[Outcome]) {

@@ -72,6 +72,7 @@ fn a_failed_run_on_podman_leaves_no_pod_behind() {
 fn failed_run_leaves_nothing_behind(runtime: &str) {
     let report = tempfile::NamedTempFile::new().unwrap();
     let junit = tempfile::NamedTempFile::new().unwrap();
+    let page = tempfile::NamedTempFile::new().unwrap();
     // The fixtures, with the project that must pass broken.
     let fixtures = tempfile::tempdir().unwrap();
     let copied = Command::new("cp")
@@ -90,6 +91,8 @@ fn failed_run_leaves_nothing_behind(runtime: &str) {
         .arg(report.path())
         .arg("--junit")
         .arg(junit.path())
+        .arg("--report")
+        .arg(page.path())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -118,10 +121,25 @@ fn failed_run_leaves_nothing_behind(runtime: &str) {
     let failed = junit.split("<testcase name=\"pr-success\"").nth(1).expect("a pr-success case");
     assert!(failed.contains("<failure message=\"") && failed.contains("type=\"assertion\">"), "{junit}");
     assert!(failed.contains("webhook (") && failed.contains("worker-1 (") && failed.contains("last lines:"), "{junit}");
+    // The HTML report: both scenarios, the failure, and the failed delivery's timeline across
+    // the services; the same page in the run directory.
+    let html = std::fs::read_to_string(page.path()).unwrap();
+    for name in ["queue", "pr-success"] {
+        assert!(html.contains(&format!("<section class=scenario id=\"{name}\">")), "{name}: {html}");
+    }
+    let failed = html.split("id=\"pr-success\"").nth(1).unwrap();
+    assert!(failed.contains("<span class=fail>failed</span>") && failed.contains("<svg class=timeline"), "{html}");
+    for service in ["webhook · delivery", "run-queue · scan", "job-runner · job-runner"] {
+        assert!(failed.contains(service), "no {service} on the timeline: {html}");
+    }
+    assert_eq!(std::fs::read_to_string(Path::new(&dir).join("report.html")).unwrap(), html);
     let report_text = report.to_string();
     let private = local::Secrets::at(Path::new(&dir).join("secrets")).private_values().unwrap();
     for value in &private {
-        assert!(!report_text.contains(value) && !stderr.contains(value), "a secret is in the report or the output");
+        assert!(
+            !report_text.contains(value) && !html.contains(value) && !stderr.contains(value),
+            "a secret is in the report or the output"
+        );
     }
     assert_failure_bundle(&dir, &stderr, runtime, &private);
 
@@ -155,9 +173,14 @@ fn assert_failure_bundle(dir: &str, stderr: &str, runtime: &str, private: &[Stri
         }
     }
     let has = |name: &str| files.iter().any(|file| file == name);
-    for wanted in
-        ["webhook.log", "worker-1.log", "endpoints.json", "state/rabbitmq-queues.txt", "state/github-requests.txt"]
-    {
+    for wanted in [
+        "webhook.log",
+        "worker-1.log",
+        "traces/webhook.jsonl",
+        "endpoints.json",
+        "state/rabbitmq-queues.txt",
+        "state/github-requests.txt",
+    ] {
         assert!(has(wanted), "{wanted} is not in the bundle: {files:?}");
     }
     assert!(has(if runtime == "podman" { "state/pod.txt" } else { "broker/rabbit.log" }), "{files:?}");
