@@ -223,11 +223,10 @@ impl Deployment {
         };
         let workers_label = format!("starting {} tasks worker(s)", options.workers.max(1));
         let (webhook, workers) = tokio::join!(
-            step(
-                progress,
-                "starting the webhook",
-                Webhook::start(&options.binaries.webhook, run_dir, &secrets, &broker, 0)
-            ),
+            step(progress, "starting the webhook", async {
+                let traces = crate::service::traces_file(run_dir, "webhook")?;
+                Webhook::start(&options.binaries.webhook, run_dir, &secrets, &broker, 0, Some(&traces)).await
+            }),
             step(progress, &workers_label, async {
                 let starts = (1..=options.workers.max(1)).map(|n| {
                     let hostname = pod::worker_name(n);
@@ -431,7 +430,9 @@ impl Deployment {
                 Restart::Webhook => {
                     webhook.service.stop().await;
                     let port = self.webhook.port();
-                    *webhook = Webhook::start(&binaries.webhook, run_dir, &self.secrets, broker, port).await?;
+                    let traces = crate::service::traces_file(run_dir, "webhook")?;
+                    *webhook =
+                        Webhook::start(&binaries.webhook, run_dir, &self.secrets, broker, port, Some(&traces)).await?;
                 }
                 Restart::Workers => {
                     let config = WorkerConfig {

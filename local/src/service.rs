@@ -110,7 +110,7 @@ impl Service {
 }
 
 /// The file `service` of the deployment in `run_dir` appends its spans to.
-fn traces_file(run_dir: &Path, service: &str) -> Result<PathBuf, ServiceError> {
+pub(crate) fn traces_file(run_dir: &Path, service: &str) -> Result<PathBuf, ServiceError> {
     let dir = crate::deployment::traces_dir(run_dir);
     std::fs::create_dir_all(&dir).map_err(|source| ServiceError::Io { name: format!("{service}'s traces"), source })?;
     Ok(dir.join(format!("{service}.jsonl")))
@@ -124,13 +124,14 @@ pub struct Webhook {
 
 impl Webhook {
     /// Starts the webhook on `port` of 127.0.0.1 (0: any free one): a restarted webhook keeps
-    /// the address its clients know.
+    /// the address its clients know. It appends its spans to `traces`, if given.
     pub async fn start(
         binary: &Path,
         run_dir: &Path,
         secrets: &Secrets,
         broker: &Broker,
         port: u16,
+        traces: Option<&Path>,
     ) -> Result<Webhook, ServiceError> {
         let address_file = run_dir.join("webhook.address");
         // A restart must not read the address the last one wrote.
@@ -145,7 +146,7 @@ impl Webhook {
                 address_file: Some(&address_file),
             },
             log: "info",
-            traces: Some(&traces_file(run_dir, "webhook")?),
+            traces,
         }
         .launch();
         let mut service = Service::spawn("webhook", launch.command(binary), run_dir.join("webhook.log"))?;

@@ -38,8 +38,9 @@ enum What {
         /// Deliveries sent in the throughput run, and messages in the raw broker run.
         #[arg(long, default_value_t = 10_000)]
         deliveries: usize,
-        /// Deliveries per second of the latency run (which lasts 5 s).
-        #[arg(long, default_value_t = 1_000)]
+        /// Deliveries per second of the latency run (which lasts 5 s): below what the webhook
+        /// sustains, so that the latency is not that of a queue.
+        #[arg(long, default_value_t = 500)]
         rate: usize,
     },
     /// `cargo xtask run-local` end to end, as a whole process, with the binaries (and images)
@@ -121,26 +122,24 @@ fn broker_start(runs: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What one webhook process sustained: throughput, latency at a fixed rate, peak memory.
+struct WebhookRound {
+    rate: f64,
+    p99: Duration,
+    rss: f64,
+}
+
+/// The webhook against the raw broker, then the webhook untraced and traced (its spans written
+/// as OTLP JSON, as run-local runs it), alternating, three times each: tracing's cost is
+/// stated against the untraced webhook of the same run, median against median.
 async fn webhook(binary: &Path, clients: usize, deliveries: usize, rate: usize) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("creating a scratch directory")?;
     let (secrets, _) = local::secrets::generate(&dir.path().join("secrets"), false)?;
     let broker = step("starting RabbitMQ", Broker::start(&dir.path().join("broker"), &secrets)).await?;
-    let mut webhook =
-        step("starting the webhook", local::service::Webhook::start(binary, dir.path(), &secrets, &broker, 0)).await?;
-    let listen = webhook.address;
-    let pid = *webhook.service.process_ids().first().context("the webhook exited at once")?;
-
     let payload = std::fs::read(crate::workspace::root().join("fixtures/payloads/pull_request-opened.json"))?;
-    let secret = webhook::read_secret(&secrets.webhook_token())?;
-    let signature = webhook::sign_sha256(&secret, &payload);
-    let payload = Bytes::from(payload);
     let session = amqp::Session::connect(&broker.client_config()).await?;
+    session.declare(amqp::WEBHOOK).await?;
     println!("payload: {} bytes, {clients} clients", payload.len());
-
-    let (elapsed, _) = load(listen, &payload, &signature, clients, deliveries, None).await?;
-    let webhook_rate = deliveries as f64 / elapsed.as_secs_f64();
-    println!("webhook: {deliveries} deliveries in {:.2} s: {webhook_rate:.0} deliveries/s", elapsed.as_secs_f64());
-    session.purge(amqp::WEBHOOK.name).await?;
 
     let message = amqp::WebhookMessage::encode("pull_request", &payload);
     let (elapsed, _) = raw_publish(&broker.client_config(), &message, clients, deliveries, None).await?;
@@ -150,27 +149,85 @@ async fn webhook(binary: &Path, clients: usize, deliveries: usize, rate: usize) 
         elapsed.as_secs_f64()
     );
     session.purge(amqp::WEBHOOK.name).await?;
-
-    let (_, mut latencies) = load(listen, &payload, &signature, clients, rate * 5, Some(rate)).await?;
-    latencies.sort();
-    let (p50, p99) = (percentile(&latencies, 50), percentile(&latencies, 99));
-    println!("webhook latency at {rate} deliveries/s: p50 {:.2} ms, p99 {:.2} ms", ms(p50), ms(p99));
-    session.purge(amqp::WEBHOOK.name).await?;
     let (_, mut raw) = raw_publish(&broker.client_config(), &message, clients, rate * 5, Some(rate)).await?;
     raw.sort();
     let (raw_p50, raw_p99) = (percentile(&raw, 50), percentile(&raw, 99));
     println!("raw broker confirm latency at {rate} messages/s: p50 {:.2} ms, p99 {:.2} ms", ms(raw_p50), ms(raw_p99));
     session.purge(amqp::WEBHOOK.name).await?;
-    session.close().await;
 
+    let traces = dir.path().join("traces.jsonl");
+    let (mut plain, mut traced) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        for (tracing, rounds) in [(None, &mut plain), (Some(traces.as_path()), &mut traced)] {
+            let round =
+                webhook_round(binary, dir.path(), &secrets, &broker, tracing, &payload, clients, deliveries, rate)
+                    .await?;
+            session.purge(amqp::WEBHOOK.name).await?;
+            rounds.push(round);
+        }
+    }
+    session.close().await;
+    let written = std::fs::read_to_string(&traces).unwrap_or_default().lines().count();
+    anyhow::ensure!(written > 0, "the traced webhook wrote no spans to {}", traces.display());
+    let median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let rate = |rounds: &[WebhookRound]| median(rounds.iter().map(|r| r.rate).collect());
+    let p99 =
+        |rounds: &[WebhookRound]| Duration::from_secs_f64(median(rounds.iter().map(|r| r.p99.as_secs_f64()).collect()));
+    let rss = |rounds: &[WebhookRound]| rounds.iter().map(|r| r.rss).fold(0.0, f64::max);
+    println!(
+        "webhook: {:.0} deliveries/s, {:.2} of raw broker, p99 {:.2} ms, rss {:.1} MB",
+        rate(&plain),
+        rate(&plain) / raw_rate,
+        ms(p99(&plain)),
+        rss(&plain)
+    );
+    println!(
+        "webhook traced ({written} lines of spans written): {:.0} deliveries/s ({:.2} of untraced), p99 {:.2} ms ({:.2} of untraced), rss {:.1} MB",
+        rate(&traced),
+        rate(&traced) / rate(&plain),
+        ms(p99(&traced)),
+        p99(&traced).as_secs_f64() / p99(&plain).as_secs_f64(),
+        rss(&traced)
+    );
+    Ok(())
+}
+
+/// One webhook process (appending its spans to `traces`, if given): its throughput over
+/// `deliveries`, its latency at `rate` deliveries a second, its peak memory.
+#[allow(clippy::too_many_arguments)]
+async fn webhook_round(
+    binary: &Path,
+    dir: &Path,
+    secrets: &local::Secrets,
+    broker: &Broker,
+    traces: Option<&Path>,
+    payload: &[u8],
+    clients: usize,
+    deliveries: usize,
+    rate: usize,
+) -> anyhow::Result<WebhookRound> {
+    let what = if traces.is_some() { "starting the webhook, traced" } else { "starting the webhook" };
+    let mut webhook = step(what, local::service::Webhook::start(binary, dir, secrets, broker, 0, traces)).await?;
+    let pid = *webhook.service.process_ids().first().context("the webhook exited at once")?;
+    let secret = webhook::read_secret(&secrets.webhook_token())?;
+    let loaded = load(webhook.address, payload, &secret, clients, deliveries, None).await;
+    let (elapsed, _) = loaded.with_context(|| format!("the webhook's log ends:\n{}", webhook.service.log_tail(20)))?;
+    let throughput = deliveries as f64 / elapsed.as_secs_f64();
+    let (_, mut latencies) = load(webhook.address, payload, &secret, clients, rate * 5, Some(rate)).await?;
+    latencies.sort();
+    let (p50, p99) = (percentile(&latencies, 50), percentile(&latencies, 99));
     let rss = peak_rss_mb(pid)?;
     webhook.service.stop().await;
     println!(
-        "webhook: {webhook_rate:.0} deliveries/s, {:.2} of raw broker, p99 {:.2} ms, rss {rss:.1} MB",
-        webhook_rate / raw_rate,
+        "  {}: {throughput:.0} deliveries/s; at {rate}/s p50 {:.2} ms, p99 {:.2} ms",
+        if traces.is_some() { "traced  " } else { "untraced" },
+        ms(p50),
         ms(p99)
     );
-    Ok(())
+    Ok(WebhookRound { rate: throughput, p99, rss })
 }
 
 fn run_local(runs: usize, runtime: &str, via_kube: bool) -> anyhow::Result<()> {
@@ -548,31 +605,37 @@ where
     Ok((tickets.started.elapsed(), latencies))
 }
 
-/// Sends `count` signed deliveries from `clients` keep-alive connections.
+/// Sends `count` deliveries from `clients` concurrent clients, each delivery on a connection of
+/// its own as GitHub sends them (the webhook serves one request per connection), each body
+/// unique (a body the webhook stored before is answered without being published again) and
+/// signed with `secret`. Latency runs from the connect to the end of the response.
 async fn load(
     addr: SocketAddr,
-    payload: &Bytes,
-    signature: &str,
+    payload: &[u8],
+    secret: &[u8],
     clients: usize,
     count: usize,
     rate: Option<usize>,
 ) -> anyhow::Result<(Duration, Vec<Duration>)> {
+    static SERIAL: AtomicUsize = AtomicUsize::new(0);
+    let (payload, secret): (Arc<[u8]>, Arc<[u8]>) = (payload.into(), secret.into());
     drive(clients, count, rate, |tickets| {
-        let (payload, signature) = (payload.clone(), signature.to_owned());
+        let (payload, secret) = (payload.clone(), secret.clone());
         async move {
-            let stream = tokio::net::TcpStream::connect(addr).await?;
-            stream.set_nodelay(true)?;
-            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(connection);
             let mut latencies = Vec::new();
             while let Some(ticket) = tickets.next().await {
+                let body = unique(&payload, SERIAL.fetch_add(1, Ordering::Relaxed));
                 let request = hyper::Request::post("/")
                     .header("content-type", "application/json")
                     .header("x-github-event", "pull_request")
                     .header("x-github-delivery", ticket.to_string())
-                    .header("x-hub-signature-256", &signature)
-                    .body(Full::new(payload.clone()))?;
+                    .header("x-hub-signature-256", webhook::sign_sha256(&secret, &body))
+                    .body(Full::new(body))?;
                 let sent = Instant::now();
+                let stream = tokio::net::TcpStream::connect(addr).await?;
+                stream.set_nodelay(true)?;
+                let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                tokio::spawn(connection);
                 let response = sender.send_request(request).await?;
                 let status = response.status();
                 response.into_body().collect().await?;
@@ -585,6 +648,16 @@ async fn load(
         }
     })
     .await
+}
+
+/// `payload` (a JSON object) with a member of its own, numbered `serial`: another body.
+fn unique(payload: &[u8], serial: usize) -> Bytes {
+    let end = payload.iter().rposition(|byte| *byte == b'}').unwrap_or(payload.len());
+    let mut body = Vec::with_capacity(payload.len() + 32);
+    body.extend_from_slice(&payload[..end]);
+    body.extend_from_slice(format!(r#","workbench_bench":{serial}"#).as_bytes());
+    body.extend_from_slice(&payload[end..]);
+    Bytes::from(body)
 }
 
 /// Publishes `count` copies of `message` to the `webhook` queue from `publishers` concurrent

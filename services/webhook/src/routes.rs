@@ -329,13 +329,15 @@ async fn accept(state: &AppState, headers: &HeaderMap, event: Option<&str>, body
             }
             let started = Instant::now();
             let message = amqp::WebhookMessage::encode(event, body);
-            let span = tracing::info_span!("publish", queue = amqp::WEBHOOK.name);
-            let traceparent = traces::traceparent(&span);
-            if let Err(err) = state.publisher.publish(&message, traceparent.as_deref()).instrument(span).await {
+            // The delivery's span is the trace's root and the scan's parent: one span a delivery
+            // keeps tracing's cost to the webhook low (docs/benchmarks.md).
+            let traceparent = traces::traceparent(&tracing::Span::current());
+            if let Err(err) = state.publisher.publish(&message, traceparent.as_deref()).await {
                 state.recent.release(fingerprint);
                 return Err(Refusal::Unavailable(err));
             }
             state.metrics.publish_latency(started.elapsed());
+            tracing::info!(queue = amqp::WEBHOOK.name, "published");
             Ok(Accepted::Published)
         }
     }
