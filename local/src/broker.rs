@@ -43,6 +43,17 @@ pub const NEEDED_PLUGINS: [&str; 22] = [
     "sysmon_handler",
     "systemd",
 ];
+/// What the `rabbitmq_prometheus` plugin RabbitMQ ships needs besides [`NEEDED_PLUGINS`]: a
+/// broker started with metrics ([`Broker::start_with_metrics`]) loads these too.
+pub const METRICS_PLUGINS: [&str; 7] = [
+    "rabbitmq_prometheus",
+    "rabbitmq_management_agent",
+    "rabbitmq_web_dispatch",
+    "prometheus",
+    "accept",
+    "cowboy",
+    "cowlib",
+];
 const EPMD: &str = "/usr/bin/epmd";
 /// RabbitMQ takes 4-5 s to start on these machines; allow for a slow, loaded one.
 const START_TIMEOUT: Duration = Duration::from_secs(90);
@@ -61,6 +72,8 @@ pub struct Broker {
     node: String,
     epmd_port: u16,
     dist_port: u16,
+    /// Where `rabbitmq_prometheus` serves its metrics, if it runs.
+    metrics_port: Option<u16>,
     processes: ProcessGroup,
 }
 
@@ -107,6 +120,16 @@ impl Broker {
     /// Starts a broker keeping its state and logs in `dir` (created if needed), with the
     /// certificates of `secrets`, and returns once a client can log in over TLS.
     pub async fn start(dir: &Path, secrets: &Secrets) -> Result<Broker, BrokerError> {
+        Broker::start_inner(dir, secrets, false).await
+    }
+
+    /// [`Broker::start`], with RabbitMQ's own metrics served on a port of 127.0.0.1
+    /// ([`Broker::metrics_address`]) by its `rabbitmq_prometheus` plugin.
+    pub async fn start_with_metrics(dir: &Path, secrets: &Secrets) -> Result<Broker, BrokerError> {
+        Broker::start_inner(dir, secrets, true).await
+    }
+
+    async fn start_inner(dir: &Path, secrets: &Secrets, metrics: bool) -> Result<Broker, BrokerError> {
         for program in [Path::new(RABBITMQ_BIN).join("rabbitmq-server"), PathBuf::from(EPMD)] {
             if !program.exists() {
                 return Err(BrokerError::NotInstalled(program));
@@ -125,6 +148,10 @@ impl Broker {
                 node: format!("workbench-{port}@localhost"),
                 epmd_port: free_port().map_err(io_error("find a free port"))?,
                 dist_port: free_port().map_err(io_error("find a free port"))?,
+                metrics_port: match metrics {
+                    true => Some(free_port().map_err(io_error("find a free port"))?),
+                    false => None,
+                },
                 processes: ProcessGroup::new(),
             };
             broker.write_config()?;
@@ -160,6 +187,12 @@ impl Broker {
             .env("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", LOOPBACK_ONLY);
         let server = self.spawn(&mut server, "stdout.log")?;
         self.wait_until_ready(server).await
+    }
+
+    /// Where Prometheus scrapes the broker (`/metrics`, and per queue `/metrics/per-object`),
+    /// if it was started with metrics.
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_port.map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], port)))
     }
 
     /// Where clients connect (Cockpit's `AMQP_SERVER` form).
@@ -208,7 +241,7 @@ impl Broker {
     fn write_config(&self) -> Result<(), BrokerError> {
         let listener = Listener::Loopback(self.port);
         let definitions = self.dir.join("definitions.json");
-        let mut files = config_files(listener, &self.secrets.webhook_dir(), &definitions).to_vec();
+        let mut files = config_files(listener, &self.secrets.webhook_dir(), &definitions, self.metrics_port).to_vec();
         files.push(("rabbitmq-env.conf", String::new()));
         for (name, contents) in files {
             let path = self.dir.join(name);
@@ -237,7 +270,8 @@ impl Broker {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let application = name.rsplit_once('-').map_or(name.as_str(), |(application, _)| application);
-            if NEEDED_PLUGINS.contains(&application) {
+            let metrics = self.metrics_port.is_some() && METRICS_PLUGINS.contains(&application);
+            if NEEDED_PLUGINS.contains(&application) || metrics {
                 let link = target.join(&name);
                 std::os::unix::fs::symlink(entry.path(), &link)
                     .map_err(io_error(format!("link {}", link.display())))?;
@@ -342,8 +376,14 @@ pub enum Listener {
 
 /// The broker's `rabbitmq.config`, `definitions.json` (read from `definitions`) and
 /// `enabled_plugins`, with the certificates of `certs` (a secrets `webhook` directory, as seen
-/// by the broker): TLS only, a client certificate of the CA required, its common name the user.
-pub fn config_files(listener: Listener, certs: &Path, definitions: &Path) -> [(&'static str, String); 3] {
+/// by the broker): TLS only, a client certificate of the CA required, its common name the user;
+/// with `metrics_port`, `rabbitmq_prometheus` serving plain HTTP on that port of 127.0.0.1.
+pub fn config_files(
+    listener: Listener,
+    certs: &Path,
+    definitions: &Path,
+    metrics_port: Option<u16>,
+) -> [(&'static str, String); 3] {
     let path = |name: &str| certs.join(name).display().to_string();
     let (listen, log) = match listener {
         Listener::Loopback(port) => {
@@ -367,24 +407,27 @@ pub fn config_files(listener: Listener, certs: &Path, definitions: &Path) -> [(&
   {{load_definitions, {definitions}}},
   {{consumer_timeout, 9000000}},
   {{log, [{log}]}}
-]}}].
+]}}{metrics}].
 ",
         ca = string(&path("ca.pem")),
         cert = string(&path("amqp-server.pem")),
         key = string(&path("amqp-server.key")),
         definitions = string(&definitions.display().to_string()),
+        metrics = metrics_port.map_or(String::new(), |port| {
+            format!(",\n {{rabbitmq_prometheus, [{{tcp_config, [{{ip, \"127.0.0.1\"}}, {{port, {port}}}]}}]}}")
+        }),
     );
+    let plugins = match metrics_port {
+        Some(_) => "[rabbitmq_auth_mechanism_ssl,rabbitmq_prometheus].\n",
+        None => "[rabbitmq_auth_mechanism_ssl].\n",
+    };
     // The certificate user, with no usable password; no guest.
     let definitions = serde_json::json!({
         "users": [{"name": AMQP_USER, "password_hash": "", "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ""}],
         "vhosts": [{"name": "/"}],
         "permissions": [{"user": AMQP_USER, "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}],
     });
-    [
-        ("rabbitmq.config", conf),
-        ("definitions.json", definitions.to_string()),
-        ("enabled_plugins", "[rabbitmq_auth_mechanism_ssl].\n".to_owned()),
-    ]
+    [("rabbitmq.config", conf), ("definitions.json", definitions.to_string()), ("enabled_plugins", plugins.to_owned())]
 }
 
 /// Stopped gracefully even though its data goes: killed, RabbitMQ's Erlang leaves processes of

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 pub use crate::launch::Binaries;
 use crate::pod::{self, HostPorts, Pod};
+use crate::prometheus::Prometheus;
 use crate::service::{ServiceError, Webhook, Worker, WorkerConfig};
 use crate::worker::{Forge, RunnerConfig, Sandbox};
 use crate::{Broker, MockGitHub, PodmanService, S3Server, Secrets};
@@ -42,6 +43,8 @@ pub struct Options {
     /// Keep the first job whose tests fail, for a shell in it ([`Deployment::held`]); released
     /// at teardown.
     pub hold_failed: bool,
+    /// Also run a Prometheus scraping every service, with these settings (process runtime).
+    pub monitor: Option<crate::prometheus::Settings>,
 }
 
 /// Where the services run.
@@ -77,6 +80,8 @@ pub enum DeployError {
     Podman(#[from] crate::PodmanError),
     #[error(transparent)]
     Pod(#[from] pod::PodError),
+    #[error(transparent)]
+    Prometheus(#[from] crate::prometheus::PrometheusError),
     #[error("{0}")]
     Unsupported(&'static str),
     #[error("cannot {what}: {source}")]
@@ -97,6 +102,8 @@ pub struct Deployment {
     pub amqp: amqp::Config,
     /// Where the webhook takes deliveries, on this machine's loopback.
     pub webhook: SocketAddr,
+    /// The Prometheus scraping it (`Options::monitor`).
+    prometheus: Option<Prometheus>,
     // Stopped in reverse order of the data flow: the services first, the S3 store last.
     services: Services,
     pub github: MockGitHub,
@@ -166,12 +173,14 @@ impl Deployment {
         match &options.runtime {
             Runtime::Process => {
                 let broker_dir = run_dir.join("broker");
+                let broker = async {
+                    match options.monitor {
+                        Some(_) => Broker::start_with_metrics(&broker_dir, &secrets).await,
+                        None => Broker::start(&broker_dir, &secrets).await,
+                    }
+                };
                 let (broker, world) = tokio::join!(
-                    step(
-                        progress,
-                        "starting RabbitMQ (TLS only, certificate login)",
-                        Broker::start(&broker_dir, &secrets)
-                    ),
+                    step(progress, "starting RabbitMQ (TLS only, certificate login)", broker),
                     World::start(run_dir, secrets.clone(), jobs_dir, options, progress),
                 );
                 Deployment::start_processes(run_dir, options, broker?, world?, progress).await
@@ -180,6 +189,11 @@ impl Deployment {
                 if options.real_github_token.is_some() {
                     return Err(DeployError::Unsupported(
                         "the real GitHub mode runs on the process runtime: pass --runtime process",
+                    ));
+                }
+                if options.monitor.is_some() {
+                    return Err(DeployError::Unsupported(
+                        "--monitor runs Prometheus on the process runtime only, for now: pass --runtime process",
                     ));
                 }
                 let podman_dir = run_dir.join("podman");
@@ -222,10 +236,19 @@ impl Deployment {
             rescan_interval: None,
         };
         let workers_label = format!("starting {} tasks worker(s)", options.workers.max(1));
+        // Prometheus starts last, scraping what is up; the webhook links to it from the start.
+        let prometheus_address = match options.monitor {
+            Some(_) => {
+                Some(SocketAddr::from(([127, 0, 0, 1], crate::free_port().map_err(io("find a free port".into()))?)))
+            }
+            None => None,
+        };
+        let prometheus_url = prometheus_address.map(|address| format!("http://{address}/"));
         let (webhook, workers) = tokio::join!(
             step(progress, "starting the webhook", async {
                 let traces = crate::service::traces_file(run_dir, "webhook")?;
-                Webhook::start(&options.binaries.webhook, run_dir, &secrets, &broker, 0, Some(&traces)).await
+                let binary = &options.binaries.webhook;
+                Webhook::start(binary, run_dir, &secrets, &broker, 0, Some(&traces), prometheus_url.as_deref()).await
             }),
             step(progress, &workers_label, async {
                 let starts = (1..=options.workers.max(1)).map(|n| {
@@ -237,10 +260,24 @@ impl Deployment {
             }),
         );
         let (webhook, workers) = (webhook?, workers?);
+        let prometheus = match (&options.monitor, prometheus_address, broker.metrics_address()) {
+            (Some(settings), Some(address), Some(rabbitmq)) => {
+                let targets = crate::prometheus::Targets {
+                    webhook: webhook.address,
+                    workers: workers.iter().map(|worker| worker.metrics).collect(),
+                    rabbitmq,
+                };
+                let dir = run_dir.join("prometheus");
+                let started = Prometheus::start(&dir, address, &targets, settings);
+                Some(step(progress, "starting Prometheus with the alert rules", started).await?)
+            }
+            _ => None,
+        };
         Deployment {
             run_dir: run_dir.to_owned(),
             amqp: broker.client_config(),
             webhook: webhook.address,
+            prometheus,
             secrets,
             test_map,
             runner_config,
@@ -394,6 +431,7 @@ impl Deployment {
             runner_config: config_dir.join("tasks/job-runner.toml"),
             binaries: options.binaries.clone(),
             forge,
+            prometheus: None,
             services: Services::Pod { pod, metrics, _podman: podman },
             github,
             s3,
@@ -417,6 +455,7 @@ impl Deployment {
             webhook: format!("http://{}/", self.webhook),
             github_api: self.forge.api_url.clone(),
             s3: self.s3.url(),
+            prometheus: self.prometheus.as_ref().map(Prometheus::url),
         }
     }
 
@@ -431,8 +470,10 @@ impl Deployment {
                     webhook.service.stop().await;
                     let port = self.webhook.port();
                     let traces = crate::service::traces_file(run_dir, "webhook")?;
+                    let prometheus = self.prometheus.as_ref().map(Prometheus::url);
+                    let (secrets, traces, prometheus) = (&self.secrets, Some(traces.as_path()), prometheus.as_deref());
                     *webhook =
-                        Webhook::start(&binaries.webhook, run_dir, &self.secrets, broker, port, Some(&traces)).await?;
+                        Webhook::start(&binaries.webhook, run_dir, secrets, broker, port, traces, prometheus).await?;
                 }
                 Restart::Workers => {
                     let config = WorkerConfig {
@@ -493,6 +534,25 @@ impl Deployment {
                     .map_err(io("run podman exec rabbitmqctl".into()))?;
                 Ok(crate::broker::ctl_output(args, output)?)
             }
+        }
+    }
+
+    /// The Prometheus scraping the deployment, with `Options::monitor`.
+    pub fn prometheus(&self) -> Option<&Prometheus> {
+        self.prometheus.as_ref()
+    }
+
+    /// Stops every tasks worker (SIGTERM, then their grace period), as a worker host going
+    /// away would: for the tests of what notices it. Process runtime only.
+    pub async fn stop_workers(&mut self) -> Result<(), DeployError> {
+        match &mut self.services {
+            Services::Processes { workers, .. } => {
+                for worker in workers {
+                    worker.service.stop().await;
+                }
+                Ok(())
+            }
+            Services::Pod { .. } => Err(DeployError::Unsupported("stopping the workers of a pod")),
         }
     }
 
@@ -658,6 +718,8 @@ pub struct Endpoints {
     pub webhook: String,
     pub github_api: String,
     pub s3: String,
+    /// With `Options::monitor`.
+    pub prometheus: Option<String>,
 }
 
 impl Endpoints {
@@ -669,6 +731,7 @@ impl Endpoints {
             "webhook": self.webhook,
             "github_api": self.github_api,
             "s3": self.s3,
+            "prometheus": self.prometheus,
         })
     }
 }

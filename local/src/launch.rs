@@ -61,7 +61,7 @@ impl Launch {
 }
 
 /// Every variable a service reads: a child process must not inherit one by accident.
-const ENVIRONMENT: [&str; 9] = [
+const ENVIRONMENT: [&str; 10] = [
     "AMQP_SERVER",
     "WORKBENCH_SECRETS_DIR",
     "COCKPIT_GITHUB_WEBHOOK_TOKEN_FILE",
@@ -71,6 +71,7 @@ const ENVIRONMENT: [&str; 9] = [
     "COCKPIT_GITHUB_TOKEN_FILE",
     "COCKPIT_TESTMAP_INJECT",
     traces::ENV,
+    "WORKBENCH_PROMETHEUS_URL",
 ];
 
 /// Where a service finds the broker and its client certificate: `None` for the defaults
@@ -106,6 +107,8 @@ pub struct Webhook<'a> {
     pub log: &'a str,
     /// The file its spans are appended to (`traces::ENV`), if traced.
     pub traces: Option<&'a Path>,
+    /// The Prometheus scraping the deployment, linked from the status page.
+    pub prometheus: Option<&'a str>,
 }
 
 impl Webhook<'_> {
@@ -118,6 +121,9 @@ impl Webhook<'_> {
         env.push(("COCKPIT_GITHUB_WEBHOOK_TOKEN_FILE".into(), self.secret_file.display().to_string()));
         env.push(("RUST_LOG".into(), self.log.to_owned()));
         env.extend(traces_env(self.traces));
+        if let Some(url) = self.prometheus {
+            env.push(("WORKBENCH_PROMETHEUS_URL".to_owned(), url.to_owned()));
+        }
         Launch { program: "webhook", args, env }
     }
 }

@@ -13,6 +13,7 @@ pub mod kube;
 pub mod launch;
 pub mod pod;
 pub mod podman;
+pub mod prometheus;
 pub mod report;
 pub mod s3_server;
 pub mod scenario;

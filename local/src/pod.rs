@@ -192,6 +192,7 @@ pub fn deployment(inputs: &Inputs) -> PodSpec {
         listen: crate::launch::Listen { address: SocketAddr::from(([0, 0, 0, 0], WEBHOOK_PORT)), address_file: None },
         log: "info",
         traces: traces_file("webhook").as_deref(),
+        prometheus: None,
     }
     .launch();
     let mut containers = vec![
@@ -278,7 +279,7 @@ pub fn secrets_inside() -> Secrets {
 /// The pod broker's configuration files, as mounted at `/etc/rabbitmq`.
 pub fn broker_config() -> [(&'static str, String); 3] {
     let definitions = Path::new(RABBITMQ_CONFIG).join("definitions.json");
-    crate::broker::config_files(crate::broker::Listener::Pod(AMQP_PORT), Path::new(WEBHOOK_SECRETS), &definitions)
+    crate::broker::config_files(crate::broker::Listener::Pod(AMQP_PORT), Path::new(WEBHOOK_SECRETS), &definitions, None)
 }
 
 /// Writes what [`Inputs::config_dir`] holds: the RabbitMQ configuration, and the workers'

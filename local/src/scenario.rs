@@ -100,7 +100,9 @@ pub async fn run(name: &str, deployment: &Deployment) -> Result<Ran, ScenarioErr
         "amqp-refusals" => {
             let ca = Ca::load(&deployment.secrets)
                 .map_err(|e| ScenarioError::Assertion(format!("the CA of the deployment: {e}")))?;
-            amqp_refusals(&deployment.amqp, &ca, |args| deployment.rabbitmqctl(args).map_err(|e| e.to_string())).await
+            let metrics = deployment.prometheus().is_some();
+            let ctl = |args: &[&str]| deployment.rabbitmqctl(args).map_err(|e| e.to_string());
+            amqp_refusals(&deployment.amqp, &ca, metrics, ctl).await
         }
         "s3" => s3(deployment).await,
         "pr-success" => pr_success(deployment).await,
@@ -147,12 +149,14 @@ pub async fn queue(config: &amqp::Config) -> Result<Option<String>, ScenarioErro
 /// certificate (refused by TLS, before any AMQP login), not one with a certificate of another
 /// CA, not one of our `ca` whose common name is no user, and not plain AMQP (no handshake ever
 /// starts). Asked with `rabbitmqctl` (run by `ctl`), it has one user (no guest), listens for
-/// AMQP over TLS only, and runs no plugin but certificate login (no management interface).
+/// AMQP over TLS only, and runs no plugin but certificate login (no management interface);
+/// with `metrics` (`run-local --monitor`), also `rabbitmq_prometheus` and its HTTP listener.
 /// Runs on a multi-threaded runtime: the two `rabbitmqctl`s (an Erlang VM's start each, most
 /// of this scenario's time) run at once, beside the other scenarios.
 pub async fn amqp_refusals(
     config: &amqp::Config,
     ca: &Ca,
+    metrics: bool,
     ctl: impl Fn(&[&str]) -> Result<String, String> + Sync,
 ) -> Result<Option<String>, ScenarioError> {
     let anonymous =
@@ -228,10 +232,16 @@ pub async fn amqp_refusals(
         status[field].as_array().into_iter().flatten().filter_map(item).collect()
     };
     let listeners = strings("listeners", &|l| l["protocol"].as_str().map(str::to_owned));
-    let wanted: BTreeSet<String> = ["amqp/ssl", "clustering"].map(str::to_owned).into();
+    let mut wanted: BTreeSet<String> = ["amqp/ssl", "clustering"].map(str::to_owned).into();
+    if metrics {
+        wanted.insert("http/prometheus".to_owned());
+    }
     check(listeners == wanted, || format!("the broker listens for {listeners:?}, not only AMQP over TLS"))?;
     let plugins = strings("active_plugins", &|p| p.as_str().map(str::to_owned));
-    let wanted: BTreeSet<String> = ["rabbitmq_auth_mechanism_ssl".to_owned()].into();
+    let mut wanted: BTreeSet<String> = ["rabbitmq_auth_mechanism_ssl".to_owned()].into();
+    if metrics {
+        wanted.extend(crate::broker::METRICS_PLUGINS.map(str::to_owned));
+    }
     check(plugins == wanted, || format!("the broker runs the plugins {plugins:?}"))?;
     Ok(None)
 }

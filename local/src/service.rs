@@ -132,6 +132,7 @@ impl Webhook {
         broker: &Broker,
         port: u16,
         traces: Option<&Path>,
+        prometheus: Option<&str>,
     ) -> Result<Webhook, ServiceError> {
         let address_file = run_dir.join("webhook.address");
         // A restart must not read the address the last one wrote.
@@ -147,6 +148,7 @@ impl Webhook {
             },
             log: "info",
             traces,
+            prometheus,
         }
         .launch();
         let mut service = Service::spawn("webhook", launch.command(binary), run_dir.join("webhook.log"))?;

@@ -65,7 +65,7 @@ async fn only_the_certificate_user_gets_in() {
     // No certificate, another CA's, our CA's for no user, plain AMQP; one user, TLS only, no
     // management: as the `amqp-refusals` scenario checks on either runtime.
     let ctl = |args: &[&str]| fixture.broker.ctl(args).map_err(|e| e.to_string());
-    local::scenario::amqp_refusals(&fixture.broker.client_config(), &fixture.ca, ctl).await.unwrap();
+    local::scenario::amqp_refusals(&fixture.broker.client_config(), &fixture.ca, false, ctl).await.unwrap();
 }
 
 #[tokio::test]

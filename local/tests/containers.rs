@@ -65,7 +65,7 @@ async fn a_delivery_goes_from_the_webhook_container_through_the_broker_container
         std::fs::create_dir_all(&config).unwrap();
         let definitions = Path::new("/etc/rabbitmq/definitions.json");
         for (name, text) in
-            broker::config_files(Listener::Loopback(amqp_port), Path::new("/run/secrets/webhook"), definitions)
+            broker::config_files(Listener::Loopback(amqp_port), Path::new("/run/secrets/webhook"), definitions, None)
         {
             std::fs::write(config.join(name), text).unwrap();
         }
@@ -127,6 +127,7 @@ async fn a_delivery_goes_from_the_webhook_container_through_the_broker_container
         listen: local::launch::Listen::loopback(Path::new("/run/listening/webhook")),
         log: "info",
         traces: None,
+        prometheus: None,
     }
     .launch();
     let webhook = launched(container(images::TASKS, &[(&secret_dir, "/run/secrets/webhook")]), &webhook)

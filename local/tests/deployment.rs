@@ -45,6 +45,7 @@ async fn every_scenario_passes_and_teardown_leaves_nothing_behind() {
         real_github_token: None,
         runtime: Runtime::Process,
         hold_failed: false,
+        monitor: None,
     };
     let steps = Steps::default();
     let deployment = Deployment::start(dir.path(), &options, &steps).await.unwrap();

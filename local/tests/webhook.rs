@@ -42,7 +42,11 @@ async fn start_with(header_timeout: Duration) -> Fixture {
     let (stop, stopped) = oneshot::channel();
     // Short, so that the slow clients of the hostile deliveries are refused quickly.
     let read_timeout = Duration::from_secs(1);
-    let config = webhook::Config { amqp: broker.client_config(), secret: secret.clone(), read_timeout, header_timeout };
+    let config = webhook::Config {
+        read_timeout,
+        header_timeout,
+        ..webhook::Config::new(broker.client_config(), secret.clone())
+    };
     tokio::spawn(webhook::serve(listener, config, async {
         let _ = stopped.await;
     }));

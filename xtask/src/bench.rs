@@ -210,7 +210,7 @@ async fn webhook_round(
     rate: usize,
 ) -> anyhow::Result<WebhookRound> {
     let what = if traces.is_some() { "starting the webhook, traced" } else { "starting the webhook" };
-    let mut webhook = step(what, local::service::Webhook::start(binary, dir, secrets, broker, 0, traces)).await?;
+    let mut webhook = step(what, local::service::Webhook::start(binary, dir, secrets, broker, 0, traces, None)).await?;
     let pid = *webhook.service.process_ids().first().context("the webhook exited at once")?;
     let secret = webhook::read_secret(&secrets.webhook_token())?;
     let loaded = load(webhook.address, payload, &secret, clients, deliveries, None).await;

@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::junit;
-use crate::packages::{self, PODMAN, RABBITMQ};
+use crate::packages::{self, PODMAN, PROMETHEUS, RABBITMQ};
 use crate::progress::{Spinner, Steps};
 
 #[derive(clap::Args, Default)]
@@ -86,6 +86,13 @@ pub struct Args {
     /// releases it. With no failed job, the run ends as it would without this.
     #[arg(long, conflicts_with_all = ["attach", "watch", "interactive", "pr"])]
     pub hold_failed: bool,
+    /// Also run a real Prometheus (Debian's package, 127.0.0.1 only, data in the run
+    /// directory) scraping the webhook, every worker and RabbitMQ (its `rabbitmq_prometheus`
+    /// plugin), with the alert rules of deploy/prometheus/alerts.yml; its URL is printed and
+    /// linked from the webhook's status page. Useful with --keep, -i or --watch. Process
+    /// runtime only, for now.
+    #[arg(long, conflicts_with = "attach")]
+    pub monitor: bool,
     /// Bring the deployment up and open a shell in it instead of running the scenarios;
     /// leaving the shell tears it down.
     #[arg(short, long, conflicts_with_all = ["keep", "scenarios"])]
@@ -287,7 +294,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
              your GitHub token and the CA key: pass --allow-unsandboxed-pr if you trust that code"
         );
     }
-    packages::ensure(if runtime == Runtime::Podman { &PODMAN } else { &[RABBITMQ] })?;
+    if args.monitor && runtime == Runtime::Podman {
+        bail!("--monitor runs Prometheus on the process runtime only, for now: pass --runtime process");
+    }
+    packages::ensure(match (runtime, args.monitor) {
+        (Runtime::Podman, _) => &PODMAN[..],
+        (_, true) => &[RABBITMQ, PROMETHEUS][..],
+        _ => &[RABBITMQ][..],
+    })?;
     let binaries = match &args.binaries {
         Some(dir) => Binaries::in_dir(dir),
         None if args.watch => crate::workspace::build_binaries(crate::workspace::Profile::Dev)?,
@@ -320,6 +334,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         real_github_token: args.github_token.clone(),
         runtime,
         hold_failed: args.hold_failed,
+        monitor: args.monitor.then(|| local::prometheus::Settings {
+            rules: crate::workspace::root().join("deploy/prometheus/alerts.yml"),
+            every: std::time::Duration::from_secs(5),
+            alerts_after: None,
+        }),
     };
     let result = crate::workspace::runtime()?.block_on(async {
         // One listener of the signal, one token: a kept deployment waits for the same token to
@@ -714,6 +733,9 @@ fn print_endpoints(deployment: &Deployment) {
     println!("  webhook:     {} (status page: {}status)", endpoints.webhook, endpoints.webhook);
     println!("  GitHub API:  {} (mock)", endpoints.github_api);
     println!("  S3:          {} (logs: {}logs/)", endpoints.s3, endpoints.s3);
+    if let Some(url) = &endpoints.prometheus {
+        println!("  Prometheus:  {url} (alerts: {url}alerts, targets: {url}targets)");
+    }
     println!("  logs:        {}", deployment.run_dir.display());
     if let Some(pod) = deployment.pod() {
         let podman = pod.podman();

@@ -31,12 +31,14 @@ pub struct Config {
     pub read_timeout: std::time::Duration,
     /// How long a client may take to send a request's headers ([`HEADER_TIMEOUT`]).
     pub header_timeout: std::time::Duration,
+    /// The Prometheus that scrapes the deployment, linked from `/status`.
+    pub prometheus: Option<String>,
 }
 
 impl Config {
     /// GitHub's timings: [`READ_TIMEOUT`] and [`HEADER_TIMEOUT`].
     pub fn new(amqp: amqp::Config, secret: Vec<u8>) -> Config {
-        Config { amqp, secret, read_timeout: READ_TIMEOUT, header_timeout: HEADER_TIMEOUT }
+        Config { amqp, secret, read_timeout: READ_TIMEOUT, header_timeout: HEADER_TIMEOUT, prometheus: None }
     }
 }
 
@@ -67,6 +69,7 @@ pub async fn serve(
         recent: Arc::default(),
         deliveries: Arc::default(),
         read_timeout: config.read_timeout,
+        prometheus: config.prometheus.map(Arc::from),
         body_bytes: Arc::new(tokio::sync::Semaphore::new(SHARED_BODY_BYTES)),
     };
     server::serve(listener, routes::router(state), config.header_timeout, shutdown).await

@@ -31,6 +31,9 @@ struct Args {
     /// Write the address listened on to FILE once listening: with port 0, the port it got.
     #[arg(long, value_name = "FILE")]
     address_file: Option<PathBuf>,
+    /// The Prometheus that scrapes this deployment, linked from the status page.
+    #[arg(long, env = "WORKBENCH_PROMETHEUS_URL", value_name = "URL")]
+    prometheus_url: Option<String>,
 }
 
 #[tokio::main]
@@ -59,7 +62,10 @@ async fn main() -> anyhow::Result<()> {
         webhook::write_address(file, listening)?;
     }
     tracing::info!(listen = %listening, amqp = %address, "webhook ready");
-    let config = webhook::Config::new(amqp::Config::new(address, &secrets_dir), secret);
+    let config = webhook::Config {
+        prometheus: args.prometheus_url,
+        ..webhook::Config::new(amqp::Config::new(address, &secrets_dir), secret)
+    };
     // SIGTERM or SIGINT: stop accepting, drain, exit.
     webhook::serve(listener, config, shutdown::requested()).await.context("serving HTTP")?;
     tracing::info!("stopped");

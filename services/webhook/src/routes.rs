@@ -49,6 +49,8 @@ pub struct AppState {
     /// The last deliveries, for `/status`.
     pub deliveries: Arc<crate::status::Deliveries>,
     pub read_timeout: Duration,
+    /// The Prometheus scraping the deployment, for `/status`.
+    pub prometheus: Option<Arc<str>>,
     /// Bytes beyond [`OWN_BODY_BYTES`] of the bodies being read ([`SHARED_BODY_BYTES`]).
     pub body_bytes: Arc<Semaphore>,
 }
@@ -376,6 +378,7 @@ async fn status(State(state): State<AppState>) -> Response {
         depths.as_ref().map_err(Clone::clone),
         &state.deliveries.list(),
         std::time::SystemTime::now(),
+        state.prometheus.as_deref(),
     );
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
 }

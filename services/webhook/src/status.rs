@@ -48,7 +48,13 @@ fn escape(text: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// The page, at `now`, for the broker's answer (or why there is none) and the deliveries.
-pub fn render(depths: Result<&Depths, String>, deliveries: &[Seen], now: SystemTime) -> String {
+/// With `prometheus`, the page links to it: its alerts and its targets.
+pub fn render(
+    depths: Result<&Depths, String>,
+    deliveries: &[Seen],
+    now: SystemTime,
+    prometheus: Option<&str>,
+) -> String {
     let mut page = format!(
         "<!doctype html>\n<html lang=en><head><meta charset=utf-8><meta http-equiv=refresh content={REFRESH_SECONDS}>\
          <title>Workbench status</title><style>body{{font-family:sans-serif;margin:2em}}\
@@ -89,6 +95,13 @@ pub fn render(depths: Result<&Depths, String>, deliveries: &[Seen], now: SystemT
         }
         page.push_str("</table>\n");
     }
+    if let Some(url) = prometheus {
+        let url = escape(url.trim_end_matches('/'));
+        page.push_str(&format!(
+            "<p id=prometheus>Prometheus: <a href=\"{url}/\">{url}</a> &#183; <a href=\"{url}/alerts\">alerts</a> &#183; \
+             <a href=\"{url}/targets\">targets</a></p>\n"
+        ));
+    }
     page.push_str("</body></html>\n");
     page
 }
@@ -117,7 +130,10 @@ mod tests {
             ("public", Some(amqp::QueueState { messages: 12, consumers: 0 })),
             ("workbench.dead-letter", None),
         ];
-        let page = render(Ok(&depths), &listed, start + Duration::from_secs(130));
+        let page = render(Ok(&depths), &listed, start + Duration::from_secs(130), None);
+        assert!(!page.contains("Prometheus"), "no Prometheus, no link: {page}");
+        let linked = render(Ok(&depths), &listed, start, Some("http://127.0.0.1:9090/"));
+        assert!(linked.contains("<a href=\"http://127.0.0.1:9090/alerts\">alerts</a>"), "{linked}");
         assert!(page.contains("<meta http-equiv=refresh content=5>"), "{page}");
         assert!(page.contains("<tr><td>public</td><td class=n>12</td><td class=n>0</td></tr>"), "{page}");
         assert!(page.contains("<tr><td>workbench.dead-letter</td><td class=n>does not exist</td>"), "{page}");
@@ -125,7 +141,7 @@ mod tests {
         assert!(first < page.find("<td>status</td>").unwrap(), "{page}");
         assert!(page.contains("<td>owner/&lt;script&gt;alert(1)&lt;/script&gt;</td>"), "{page}");
         assert!(!page.contains("<script>"), "{page}");
-        let down = render(Err("not connected to the broker".into()), &[], start);
+        let down = render(Err("not connected to the broker".into()), &[], start, None);
         assert!(down.contains("The broker cannot be asked: not connected to the broker"), "{down}");
         assert!(down.contains("<p id=deliveries>None yet.</p>"), "{down}");
     }
