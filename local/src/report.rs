@@ -111,9 +111,24 @@ pub fn render(run: &Run, spans: &[Span]) -> String {
     page
 }
 
+/// How long the report waits for the last spans of jobs that just ended.
+const SETTLED_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Writes the report into the run directory and, if given, to `also`; returns the first path.
-pub fn write(run: &Run, also: Option<&Path>) -> Result<std::path::PathBuf, ReportError> {
-    let spans = trace::read(&crate::deployment::traces_dir(run.run_dir))?;
+/// A scenario can fail as its job ends: the spans of every delivery's jobs are waited for
+/// (`trace::settled`), at most [`SETTLED_WITHIN`], then the report shows what there is.
+pub async fn write(run: &Run<'_>, also: Option<&Path>) -> Result<std::path::PathBuf, ReportError> {
+    let dir = crate::deployment::traces_dir(run.run_dir);
+    let deliveries: Vec<&String> = run.scenarios.iter().flat_map(|scenario| scenario.deliveries).collect();
+    let deadline = std::time::Instant::now() + SETTLED_WITHIN;
+    let spans = loop {
+        let spans = trace::read(&dir)?;
+        let settled = deliveries.iter().all(|id| trace::settled(&trace::of_delivery(&spans, id)));
+        if settled || std::time::Instant::now() >= deadline {
+            break spans;
+        }
+        tokio::time::sleep(traces::WRITTEN_WITHIN).await;
+    };
     let page = render(run, &spans);
     let path = run.run_dir.join(FILE);
     for target in std::iter::once(path.as_path()).chain(also) {

@@ -152,6 +152,19 @@ pub fn check_chain(trace: &[&Span], links: &[(&str, &str, &str)]) -> Result<(), 
     Ok(())
 }
 
+/// Whether every job `trace` (one delivery's spans) queued has ended, as far as its spans
+/// say: each `queue-job` has its `job`, each `job` its `job-runner`. A job's process writes its
+/// spans as it exits, the worker's `job` span ends after that: until then a trace read is
+/// missing its end.
+pub fn settled(trace: &[&Span]) -> bool {
+    let has_child = |parent: &Span, name: &str| trace.iter().any(|span| span.parent == parent.id && span.name == name);
+    trace.iter().all(|span| match span.name.as_str() {
+        "queue-job" => has_child(span, "job"),
+        "job" => has_child(span, "job-runner"),
+        _ => true,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,5 +205,9 @@ mod tests {
         early[4].start = 4;
         let early: Vec<&Span> = early.iter().collect();
         assert_eq!(check_chain(&early, &JOB_CHAIN), Err("job-runner starts before its parent job".into()));
+        assert!(settled(&all));
+        assert!(!settled(&without_job), "a queued job without its span has not ended");
+        let running: Vec<&Span> = chain.iter().filter(|s| s.service != "job-runner").collect();
+        assert!(!settled(&running), "a job without its process's spans has not ended");
     }
 }

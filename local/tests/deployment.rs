@@ -135,7 +135,7 @@ async fn the_report_in_a_browser_shows_every_scenario_and_a_timeline(
         logs_url: &logs_url,
         scenarios: &scenarios,
     };
-    let path = local::report::write(&run, None).unwrap();
+    let path = local::report::write(&run, None).await.unwrap();
     let browser = browser::Browser::start().await;
     browser.open(&format!("file://{}", path.display())).await;
     let sections = browser.eval("return [...document.querySelectorAll('section.scenario')].map(s => s.id)").await;

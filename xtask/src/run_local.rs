@@ -458,7 +458,7 @@ async fn check(
     if let Some(path) = &args.junit {
         write_junit(path, runtime, seconds, &outcomes, tails.as_deref())?;
     }
-    write_report(deployment, runtime, seconds, &outcomes, args.report.as_deref())?;
+    write_report(deployment, runtime, seconds, &outcomes, args.report.as_deref()).await?;
     if !failed.is_empty() {
         print_failures(&outcomes, tails.as_deref());
         print_bundle(local::bundle::write(Some(deployment), run_dir));
@@ -683,7 +683,7 @@ async fn run_scenarios(deployment: &Arc<Deployment>, names: &[String]) -> Vec<Ou
 }
 
 /// The HTML report, into the run directory and to `also`.
-fn write_report(
+async fn write_report(
     deployment: &Deployment,
     runtime: &str,
     seconds: f64,
@@ -706,7 +706,7 @@ fn write_report(
         .collect();
     let logs_url = format!("{}logs", deployment.s3.link_url());
     let run = Run { runtime, seconds, run_dir: &deployment.run_dir, logs_url: &logs_url, scenarios: &scenarios };
-    let path = local::report::write(&run, also).context("writing the HTML report")?;
+    let path = local::report::write(&run, also).await.context("writing the HTML report")?;
     if let Some(also) = also {
         println!("report: {}", also.display());
     } else if outcomes.iter().any(|outcome| outcome.ran.is_err()) {
