@@ -8,22 +8,30 @@ use local::secrets::{self, S3_HOST};
 use s3::{Key, Store};
 use tasks::log_stream::{LogStream, VIEWER};
 
+/// The log's header, as job-runner writes it.
+const HEADER: &str = "unit-tests@workbench-ci/demo#5f3a9d2c\n\nRunning on: worker\n\n";
+
+/// The in-process S3 store (kept running by the returned server), a job's log directory in it,
+/// and a log stream writing there with the worker's key.
+async fn stream_into_s3(dir: &std::path::Path) -> (S3Server, String, LogStream<tasks::log_store::LogStore>) {
+    let (secrets, _) = secrets::generate(&dir.join("secrets"), false).unwrap();
+    let server = S3Server::start(&dir.join("s3"), &secrets, false).await.unwrap();
+    let key = Key::for_host(&secrets.s3_keys_dir(), S3_HOST).unwrap();
+    let url = format!("{}logs/pull-1-5f3a9d2c-20261123-120000-unit-tests/", server.url());
+    let writer = Store::new(&url, Some(key), None).unwrap();
+    let sink = tasks::log_store::LogStore::S3(Box::new(writer));
+    let stream = LogStream::start(sink, HEADER, dir, 1 << 20).await.unwrap();
+    (server, url, stream)
+}
+
 #[tokio::test]
 async fn streams_ranges_then_leaves_the_complete_log() {
     let dir = tempfile::tempdir().unwrap();
-    let (secrets, _) = secrets::generate(&dir.path().join("secrets"), false).unwrap();
-    let server = S3Server::start(&dir.path().join("s3"), &secrets, false).await.unwrap();
-    let key = Key::for_host(&secrets.s3_keys_dir(), S3_HOST).unwrap();
-    let slug = "pull-1-5f3a9d2c-20261123-120000-unit-tests";
-    let url = format!("{}logs/{slug}/", server.url());
-    let writer = Store::new(&url, Some(key), None).unwrap();
+    let (_server, url, mut stream) = stream_into_s3(dir.path()).await;
     let reader = Store::new(&url, None, None).unwrap();
-
-    let header = "unit-tests@workbench-ci/demo#5f3a9d2c\n\nRunning on: worker\n\n";
+    let header = HEADER;
     let output = b"1..1\nok 1 demo\n";
     let length = header.len() + output.len();
-    let mut stream =
-        LogStream::start(tasks::log_store::LogStore::S3(Box::new(writer)), header, dir.path(), 1 << 20).await.unwrap();
     stream.write(output).await;
     stream.flush().await;
     // While running, a reader finds the chunk list and the ranges it names.
@@ -54,14 +62,7 @@ async fn streams_ranges_then_leaves_the_complete_log() {
 #[tokio::test]
 async fn the_viewer_in_a_browser_follows_a_growing_log_to_its_end() {
     let dir = tempfile::tempdir().unwrap();
-    let (secrets, _) = secrets::generate(&dir.path().join("secrets"), false).unwrap();
-    let server = S3Server::start(&dir.path().join("s3"), &secrets, false).await.unwrap();
-    let key = Key::for_host(&secrets.s3_keys_dir(), S3_HOST).unwrap();
-    let url = format!("{}logs/pull-1-5f3a9d2c-20261123-120000-unit-tests/", server.url());
-    let writer = Store::new(&url, Some(key), None).unwrap();
-    let header = "unit-tests@workbench-ci/demo#5f3a9d2c\n\nRunning on: worker\n\n";
-    let mut stream =
-        LogStream::start(tasks::log_store::LogStore::S3(Box::new(writer)), header, dir.path(), 1 << 20).await.unwrap();
+    let (_server, url, mut stream) = stream_into_s3(dir.path()).await;
     stream.write(b"1..2\nok 1 first\n").await;
     stream.flush().await;
 
@@ -79,7 +80,7 @@ async fn the_viewer_in_a_browser_follows_a_growing_log_to_its_end() {
     stream.close().await.unwrap();
     browser.wait_for_text("#state", "finished", |state| state == "finished").await;
     let shown = browser.eval("return document.getElementById('log').textContent").await;
-    let whole = format!("{header}1..2\nok 1 first\nok 2 second\n\n\nJob ran successfully.  :)\n");
+    let whole = format!("{HEADER}1..2\nok 1 first\nok 2 second\n\n\nJob ran successfully.  :)\n");
     assert_eq!(shown, serde_json::json!(whole), "the page shows the log, each byte once");
     let passed =
         browser.eval("return [...document.querySelectorAll('#log span.ok')].map(line => line.textContent)").await;

@@ -90,18 +90,12 @@ impl Browser {
         }
     }
 
-    /// Waits until the text of `css` satisfies `wanted`; returns it. Panics with the last text
-    /// after `PATIENCE`.
+    /// Waits until the text of `css` (none while it is not there) satisfies `wanted`; returns it.
     pub async fn wait_for_text(&self, css: &str, what: &str, wanted: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let text = self.text(css).await;
-            if wanted(&text) {
-                return text;
-            }
-            assert!(Instant::now() < deadline, "{css} did not show {what} within {PATIENCE:?}; it shows {text:?}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let css = serde_json::to_string(css).expect("a string encodes");
+        let script = format!("return document.querySelector({css})?.innerText ?? ''");
+        let text = self.wait_for(&script, what, |text| wanted(text.as_str().unwrap_or_default())).await;
+        text.as_str().unwrap_or_default().to_owned()
     }
 
     /// Waits until what `script` returns satisfies `wanted`; returns it. Panics with the last
