@@ -574,41 +574,75 @@ impl Deployment {
     /// The command that opens a shell, on this machine, in `held`'s environment: in its
     /// container; on the process runtime in its checkout with the environment its tests had
     /// (and no start files: the checkout is `HOME`, and its `.bashrc` is the tested project's).
-    pub fn held_shell(&self, held: &Held) -> String {
-        let quote = |word: &str| shlex::try_quote(word).map_or_else(|_| word.to_owned(), |w| w.into_owned());
+    /// `Err` says why no safe command can be printed: a word no shell quoting can carry, or a
+    /// variable name of the job's that is not one (`env` would read it as an option).
+    pub fn held_shell(&self, held: &Held) -> Result<String, String> {
+        let quote = |word: &str| {
+            shlex::try_quote(word)
+                .map(|word| word.into_owned())
+                .map_err(|_| format!("{word:?} cannot be quoted for a shell"))
+        };
         match (&held.container, &self.services) {
-            (Some(container), Services::Pod { _podman: podman, .. }) => format!(
+            (Some(container), Services::Pod { _podman: podman, .. }) => Ok(format!(
                 "podman --remote --url=unix://{} exec -it {} sh -c {}",
-                quote(&podman.socket().to_string_lossy()),
-                quote(container),
-                quote("command -v bash >/dev/null && exec bash || exec sh")
-            ),
+                quote(&podman.socket().to_string_lossy())?,
+                quote(container)?,
+                quote("command -v bash >/dev/null && exec bash || exec sh")?
+            )),
             _ => {
-                let env: Vec<String> = held.env.iter().map(|(name, value)| quote(&format!("{name}={value}"))).collect();
-                format!("cd {} && env -i {} bash --noprofile --norc", quote(&held.dir.to_string_lossy()), env.join(" "))
+                let mut env = Vec::new();
+                for (name, value) in &held.env {
+                    let mut chars = name.chars();
+                    let first = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+                    if !first || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                        return Err(format!("the held job's environment names a variable {name:?}"));
+                    }
+                    env.push(quote(&format!("{name}={value}"))?);
+                }
+                let dir = quote(&held.dir.to_string_lossy())?;
+                Ok(format!("cd {dir} && env -i -- {} bash --noprofile --norc", env.join(" ")))
             }
         }
     }
 
-    /// Removes what the held jobs keep: their containers, directories and records. Only a
-    /// directory inside the jobs directory is removed, whatever a record says.
-    fn release_held(&self) {
-        let jobs = self.run_dir.join("jobs");
+    /// Removes what the held jobs keep: their containers, directories and records. The process
+    /// workers are stopped first, so that no job is held after the release. Only a job's
+    /// scratch directory (`job-*`, a directory, right in a work directory) is removed, whatever
+    /// a record says; what cannot be removed is logged.
+    fn release_held(&mut self) {
+        if let Services::Processes { workers, .. } = &mut self.services {
+            for worker in workers {
+                worker.service.kill();
+            }
+        }
+        let work_dirs = self.work_dirs();
         for held in self.held() {
             if let (Some(container), Some(pod)) = (&held.container, self.pod()) {
-                let _ = pod
+                let removed = pod
                     .podman()
                     .args(["rm", "--force", "--time", "0", container])
                     .stdin(std::process::Stdio::null())
                     .stdout(std::process::Stdio::null())
                     .stderr(std::process::Stdio::null())
                     .status();
+                if !removed.is_ok_and(|status| status.success()) {
+                    tracing::warn!(container, "cannot remove the held job's container");
+                }
             }
-            if held.scratch.starts_with(&jobs) && !held.scratch.components().any(|c| c.as_os_str() == "..") {
-                let _ = std::fs::remove_dir_all(&held.scratch);
+            let scratch = &held.scratch;
+            let a_job = scratch.parent().is_some_and(|parent| work_dirs.iter().any(|dir| dir == parent))
+                && scratch.file_name().is_some_and(|name| name.to_string_lossy().starts_with("job-"))
+                && std::fs::symlink_metadata(scratch).is_ok_and(|metadata| metadata.is_dir());
+            match a_job {
+                true => {
+                    if let Err(err) = std::fs::remove_dir_all(scratch) {
+                        tracing::warn!(%err, scratch = %scratch.display(), "cannot remove the held job's directory");
+                    }
+                }
+                false => tracing::warn!(scratch = %scratch.display(), "not removing what is not a job's directory"),
             }
         }
-        for dir in self.work_dirs() {
+        for dir in work_dirs {
             let _ = std::fs::remove_file(dir.join(hold::RECORD));
         }
     }

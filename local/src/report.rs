@@ -145,8 +145,21 @@ pub enum ReportError {
     Write { path: std::path::PathBuf, source: std::io::Error },
 }
 
+/// What a link may keep of a path unencoded: its separators and what plain names use.
+const IN_LINK: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b'/');
+
+/// What one path segment may keep unencoded: [`IN_LINK`] but the separator.
+const SEGMENT: &percent_encoding::AsciiSet = &IN_LINK.add(b'/');
+
 fn file_url(path: &Path) -> String {
-    format!("file://{}/", path.display())
+    format!("file://{}/", percent_encoding::utf8_percent_encode(&path.to_string_lossy(), IN_LINK))
+}
+
+/// The link to a job's log page; the slug comes from the job message, so it is one segment.
+fn job_log_url(logs_url: &str, slug: &str) -> String {
+    let slug = percent_encoding::utf8_percent_encode(slug, SEGMENT);
+    format!("{}/{slug}/log.html", logs_url.trim_end_matches('/'))
 }
 
 /// The colour of a service's bars.
@@ -186,9 +199,12 @@ fn timeline(delivery: &str, spans: &[&Span], logs_url: &str) -> String {
     let scale = BAR_WIDTH / (end - start) as f64;
     let x = |t: u64| LABEL_WIDTH + (t.saturating_sub(start)) as f64 * scale;
     let parents: BTreeMap<&str, &str> = spans.iter().map(|s| (s.id.as_str(), s.parent.as_str())).collect();
+    // Bounded: the files are read as written, and a span naming itself would loop.
     let depth = |span: &Span| {
         let (mut depth, mut at) = (0, span.parent.as_str());
-        while let Some(parent) = parents.get(at) {
+        while let Some(parent) = parents.get(at)
+            && depth < spans.len()
+        {
             depth += 1;
             at = parent;
         }
@@ -207,8 +223,9 @@ fn timeline(delivery: &str, spans: &[&Span], logs_url: &str) -> String {
         let y = ROW * row as f64;
         let label = format!("{}{} · {} {}", "  ".repeat(depth(span)), span.service, span.name, detail(span));
         let label: String = label.chars().take(64).collect();
-        let (left, width) = (x(span.start), ((span.end - span.start) as f64 * scale).max(1.5));
-        let milliseconds = (span.end - span.start) as f64 / 1e6;
+        let duration = span.end.saturating_sub(span.start);
+        let (left, width) = (x(span.start), (duration as f64 * scale).max(1.5));
+        let milliseconds = duration as f64 / 1e6;
         let title: Vec<String> = span.attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let _ = write!(
             svg,
@@ -248,7 +265,7 @@ fn timeline(delivery: &str, spans: &[&Span], logs_url: &str) -> String {
     let slugs: std::collections::BTreeSet<&str> =
         spans.iter().filter_map(|s| s.attributes.get("slug")).map(String::as_str).collect();
     for slug in slugs {
-        let url = format!("{}/{}/log.html", logs_url.trim_end_matches('/'), slug);
+        let url = job_log_url(logs_url, slug);
         let _ = writeln!(svg, "<p>Job log: <a href=\"{0}\">{1}</a></p>", escape(&url), escape(slug));
     }
     svg.push_str("</figure>\n");
@@ -272,6 +289,19 @@ mod tests {
             attributes: attributes.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             events: vec![],
         }
+    }
+
+    #[test]
+    fn every_scenario_says_what_it_asserts() {
+        let about: Vec<&str> = ABOUT.iter().map(|(name, _)| *name).collect();
+        assert_eq!(about, crate::scenario::ALL);
+    }
+
+    #[test]
+    fn a_slug_is_one_segment_of_its_link() {
+        let url = job_log_url("https://localhost:9000/logs/", "pull-1-x/../../y?#%");
+        assert_eq!(url, "https://localhost:9000/logs/pull-1-x%2F..%2F..%2Fy%3F%23%25/log.html");
+        assert_eq!(file_url(Path::new("/tmp/run #1")), "file:///tmp/run%20%231/");
     }
 
     #[test]

@@ -36,7 +36,8 @@ pub enum TraceError {
     NotOtlp { path: PathBuf, line: usize, source: serde_json::Error },
 }
 
-/// Every span of every `*.jsonl` file in `dir`, ordered by start. No directory: no spans.
+/// Every span of every `*.jsonl` file in `dir`, ordered by start. No directory: no spans. A
+/// last line without its newline is one still being written, and is left for the next read.
 pub fn read(dir: &Path) -> Result<Vec<Span>, TraceError> {
     let io = |path: &Path| {
         let path = path.to_owned();
@@ -54,7 +55,8 @@ pub fn read(dir: &Path) -> Result<Vec<Span>, TraceError> {
             continue;
         }
         let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-        for (n, line) in text.lines().enumerate() {
+        let whole = text.split_inclusive('\n').filter(|line| line.ends_with('\n'));
+        for (n, line) in whole.enumerate() {
             let request: ExportTraceServiceRequest = serde_json::from_str(line)
                 .map_err(|source| TraceError::NotOtlp { path: path.clone(), line: n + 1, source })?;
             spans.extend(flatten(request));

@@ -214,7 +214,7 @@ async fn held(sandbox: Sandbox) {
             assert_eq!((held.container.as_deref(), &held.dir), (None, &held.scratch.join("checkout")));
             let env = held.env.iter().map(|(name, value)| format!("{name}={value}"));
             std::process::Command::new("env")
-                .arg("-i")
+                .args(["-i", "--"])
                 .args(env)
                 .args(["sh", "-c", probe])
                 .current_dir(&held.dir)
@@ -625,6 +625,7 @@ async fn process_hostile_attachment_names_stay_text_in_a_browser() {
     assert_eq!(ran.outcome, Outcome::Success, "{}", ran.log);
     let browser = browser::Browser::start().await;
     browser.open(&format!("{}index.html", ran.log_dir)).await;
+    assert_eq!(browser.dialog().await, None, "the Files page opened a dialog: a name ran as script");
     let injected = browser.eval("return document.querySelectorAll('img, svg, script').length").await;
     assert_eq!(injected, serde_json::json!(0), "a name became markup");
     let links = browser.eval("return [...document.querySelectorAll('li a')].map(a => [a.textContent, a.href])").await;
@@ -636,6 +637,7 @@ async fn process_hostile_attachment_names_stay_text_in_a_browser() {
     for (name, content) in HOSTILE {
         let (_, href) = links.iter().find(|(text, _)| text == name).unwrap();
         browser.open(href).await;
+        assert_eq!(browser.dialog().await, None, "{href} opened a dialog");
         assert_eq!(browser.text("body").await, content, "the link of {name:?} ({href}) opens another file");
     }
     browser.open(&format!("{}log.html", ran.log_dir)).await;

@@ -155,20 +155,20 @@ async fn webhook(binary: &Path, clients: usize, deliveries: usize, rate: usize) 
     println!("raw broker confirm latency at {rate} messages/s: p50 {:.2} ms, p99 {:.2} ms", ms(raw_p50), ms(raw_p99));
     session.purge(amqp::WEBHOOK.name).await?;
 
-    let traces = dir.path().join("traces.jsonl");
     let (mut plain, mut traced) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
+    for round in 0..3 {
+        let traces = dir.path().join(format!("traces-{round}.jsonl"));
         for (tracing, rounds) in [(None, &mut plain), (Some(traces.as_path()), &mut traced)] {
-            let round =
+            let measured =
                 webhook_round(binary, dir.path(), &secrets, &broker, tracing, &payload, clients, deliveries, rate)
                     .await?;
             session.purge(amqp::WEBHOOK.name).await?;
-            rounds.push(round);
+            rounds.push(measured);
         }
+        let written = std::fs::read_to_string(&traces).unwrap_or_default().lines().count();
+        anyhow::ensure!(written > 0, "the traced webhook wrote no spans to {}", traces.display());
     }
     session.close().await;
-    let written = std::fs::read_to_string(&traces).unwrap_or_default().lines().count();
-    anyhow::ensure!(written > 0, "the traced webhook wrote no spans to {}", traces.display());
     let median = |mut values: Vec<f64>| {
         values.sort_by(f64::total_cmp);
         values[values.len() / 2]
@@ -185,7 +185,7 @@ async fn webhook(binary: &Path, clients: usize, deliveries: usize, rate: usize) 
         rss(&plain)
     );
     println!(
-        "webhook traced ({written} lines of spans written): {:.0} deliveries/s ({:.2} of untraced), p99 {:.2} ms ({:.2} of untraced), rss {:.1} MB",
+        "webhook traced: {:.0} deliveries/s ({:.2} of untraced), p99 {:.2} ms ({:.2} of untraced), rss {:.1} MB",
         rate(&traced),
         rate(&traced) / rate(&plain),
         ms(p99(&traced)),

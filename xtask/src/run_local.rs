@@ -80,18 +80,20 @@ pub struct Args {
     /// dev profile, as the tests do (unoptimised, incremental): a rebuild takes seconds.
     #[arg(long, conflicts_with_all = ["keep", "interactive", "pr", "binaries", "tasks_image", "json", "junit", "report"])]
     pub watch: bool,
-    /// Keep the first job whose tests fail (each worker's first): its checkout and, on podman,
-    /// a container like its own left running; keep the deployment up as `--keep` does, and
+    /// When a scenario fails, keep the first job whose tests failed (on the process runtime the
+    /// deployment's first, on podman each worker's first): its checkout and, on podman, a
+    /// container like its own, left running; keep the deployment up as `--keep` does, and
     /// print the command that opens a shell in the job's environment. `cargo xtask down`
-    /// releases it. With no failed job, the run ends as it would without this.
+    /// releases it. Run the failing scenario alone (`--scenario`): the others' fixtures fail on
+    /// purpose (pr-failure). When every scenario passes, the run ends as without this.
     #[arg(long, conflicts_with_all = ["attach", "watch", "interactive", "pr"])]
     pub hold_failed: bool,
     /// Also run a real Prometheus (Debian's package, 127.0.0.1 only, data in the run
     /// directory) scraping the webhook, every worker and RabbitMQ (its `rabbitmq_prometheus`
     /// plugin), with the alert rules of deploy/prometheus/alerts.yml; its URL is printed and
-    /// linked from the webhook's status page. Useful with --keep, -i or --watch. Process
-    /// runtime only, for now.
-    #[arg(long, conflicts_with = "attach")]
+    /// linked from the webhook's status page. Useful with --keep or -i (not --watch: restarted
+    /// workers listen on other ports). Process runtime only, for now.
+    #[arg(long, conflicts_with_all = ["attach", "watch"])]
     pub monitor: bool,
     /// Bring the deployment up and open a shell in it instead of running the scenarios;
     /// leaving the shell tears it down.
@@ -437,17 +439,18 @@ async fn check(
     // Where the services were (or, with --keep, are), and how to stop a kept deployment.
     report["endpoints"] = endpoints.to_json();
     let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.ran.is_err()).collect();
-    let held = match args.hold_failed {
+    // Held for a failed run only: the scenarios' fixtures fail on purpose too (pr-failure).
+    let held = match args.hold_failed && !failed.is_empty() {
         true => deployment.held().into_iter().next(),
         false => None,
     };
-    // A held job keeps the deployment up whatever the scenarios said: it is there to be seen.
+    // A held job keeps the failed run's deployment up: it is there to be seen.
     let keeping = (args.keep && failed.is_empty()) || held.is_some();
     if keeping {
         report["stop"] = json!("cargo xtask down");
     }
     if let Some(held) = &held {
-        report["held"] = json!({ "slug": held.slug, "shell": deployment.held_shell(held) });
+        report["held"] = json!({ "slug": held.slug, "shell": deployment.held_shell(held).ok() });
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
@@ -464,9 +467,16 @@ async fn check(
         print_bundle(local::bundle::write(Some(deployment), run_dir));
     }
     match &held {
-        Some(held) => {
-            println!("\nThe failed job {} is held. A shell in its environment:", held.slug);
-            println!("  {}", deployment.held_shell(held));
+        Some(held) => match deployment.held_shell(held) {
+            Ok(shell) => println!("\nThe failed job {} is held. A shell in its environment:\n  {shell}", held.slug),
+            Err(why) => println!(
+                "\nThe failed job {} is held, in {}; no shell command: {why}",
+                held.slug,
+                held.scratch.display()
+            ),
+        },
+        None if args.hold_failed && failed.is_empty() => {
+            println!("\n--hold-failed: every scenario passed; what failed jobs left is released")
         }
         None if args.hold_failed => println!("\n--hold-failed: no job failed, none is held"),
         None => {}
@@ -706,7 +716,14 @@ async fn write_report(
         .collect();
     let logs_url = format!("{}logs", deployment.s3.link_url());
     let run = Run { runtime, seconds, run_dir: &deployment.run_dir, logs_url: &logs_url, scenarios: &scenarios };
-    let path = local::report::write(&run, also).await.context("writing the HTML report")?;
+    // Best effort: a report that cannot be written must not hide the run's results.
+    let path = match local::report::write(&run, also).await {
+        Ok(path) => path,
+        Err(err) => {
+            eprintln!("warning: no HTML report: {err}");
+            return Ok(());
+        }
+    };
     if let Some(also) = also {
         println!("report: {}", also.display());
     } else if outcomes.iter().any(|outcome| outcome.ran.is_err()) {

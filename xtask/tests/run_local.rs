@@ -69,11 +69,8 @@ fn a_failed_run_on_podman_leaves_no_pod_behind() {
     failed_run_leaves_nothing_behind("podman");
 }
 
-fn failed_run_leaves_nothing_behind(runtime: &str) {
-    let report = tempfile::NamedTempFile::new().unwrap();
-    let junit = tempfile::NamedTempFile::new().unwrap();
-    let page = tempfile::NamedTempFile::new().unwrap();
-    // The fixtures, with the project that must pass broken.
+/// A copy of the fixtures with the project that must pass broken: `pr-success` fails.
+fn broken_fixtures() -> tempfile::TempDir {
     let fixtures = tempfile::tempdir().unwrap();
     let copied = Command::new("cp")
         .args(["-r", "--"])
@@ -84,6 +81,14 @@ fn failed_run_leaves_nothing_behind(runtime: &str) {
     assert!(copied.success());
     let run = fixtures.path().join("repos/passing/.cockpit-ci/run");
     std::fs::write(&run, "#!/bin/sh\necho 'not ok 1 broken on purpose'\nexit 1\n").unwrap();
+    fixtures
+}
+
+fn failed_run_leaves_nothing_behind(runtime: &str) {
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let junit = tempfile::NamedTempFile::new().unwrap();
+    let page = tempfile::NamedTempFile::new().unwrap();
+    let fixtures = broken_fixtures();
     let output = run_local(runtime)
         .args(["--scenario", "queue", "--scenario", "pr-success", "--fixtures"])
         .arg(fixtures.path())
@@ -386,15 +391,17 @@ fn podman_the_interactive_shell_reaches_the_deployment_and_exit_tears_it_down() 
     interactive("podman", "10.0.2.2");
 }
 
-/// `run-local --hold-failed` on `runtime`, driven under tmux: the scenario's failing job is
-/// held, the printed command opens a shell (in a second window) in the job's checkout with its
-/// environment, and `cargo xtask down` tears the deployment down with the held job.
+/// `run-local --hold-failed` on `runtime`, driven under tmux: pr-success fails (its project
+/// broken), its job is held, the printed command opens a shell (in a second window) in the
+/// job's checkout with its environment, and `cargo xtask down` tears the deployment down and
+/// releases the held job (its directory and container gone, the failed run's logs kept).
 fn hold_failed(runtime: &str) {
     let target = tempfile::tempdir().unwrap();
+    let fixtures = broken_fixtures();
     let pane = Pane::start_with(
         &format!("hold-{runtime}"),
         &format!("CARGO_TARGET_DIR={} ", target.path().display()),
-        &format!("--runtime {runtime} --hold-failed --scenario pr-failure"),
+        &format!("--runtime {runtime} --hold-failed --scenario pr-success --fixtures {}", fixtures.path().display()),
     );
     let shown = pane.wait_for("main", "stays up until `cargo xtask down`", Duration::from_secs(600));
     let dir = run_dir(&pane.wait_for("main", "  logs:", Duration::from_secs(10)));
@@ -420,10 +427,20 @@ fn hold_failed(runtime: &str) {
     assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
     let ended = pane.wait_for("main", "run-local exited:", Duration::from_secs(120));
     drop(pane);
-    assert!(ended.contains("run-local exited: 0"), "{ended}");
+    assert!(ended.contains("run-local exited: 1"), "the run failed: {ended}");
     assert_eq!(processes_of(&dir), Vec::<String>::new(), "processes of the run outlived it");
     assert_no_pod(&dir);
-    assert!(!Path::new(&dir).exists(), "a run that succeeded removes its directory");
+    assert!(Path::new(&dir).join("webhook.log").is_file(), "a failed run keeps its logs in {dir}");
+    let work_dir = match runtime {
+        "podman" => Path::new(&dir).join("jobs/worker-1"),
+        _ => Path::new(&dir).join("jobs"),
+    };
+    let left: Vec<String> = std::fs::read_dir(&work_dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("job-") || name == "held.json")
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "the held job outlived down in {}", work_dir.display());
     if runtime == "podman" {
         let held = Command::new("podman")
             .args(["ps", "--all", "--format", "{{.Names}}", "--filter", "label=workbench.held"])

@@ -49,8 +49,11 @@ impl Browser {
             .expect("chromedriver (Debian's chromium-driver; `cargo xtask ci` installs it)");
         let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|arg| arg.to_string()).collect();
         args.push(format!("--user-data-dir={}", profile.path().display()));
+        // A dialog stays open ("ignore"), so that every command after it fails and says so,
+        // rather than ChromeDriver dismissing it unseen.
         let capabilities = json!({
             "browserName": "chrome",
+            "unhandledPromptBehavior": "ignore",
             "goog:chromeOptions": { "binary": "/usr/bin/chromium", "args": args },
         });
         let serde_json::Value::Object(capabilities) = capabilities else { unreachable!() };
@@ -75,7 +78,8 @@ impl Browser {
     pub async fn text(&self, css: &str) -> String {
         match self.client.find(Locator::Css(css)).await {
             Ok(element) => element.text().await.unwrap(),
-            Err(_) => String::new(),
+            Err(err) if err.is_no_such_element() => String::new(),
+            Err(err) => panic!("reading {css}: {err} (a dialog open: {:?})", self.dialog().await),
         }
     }
 

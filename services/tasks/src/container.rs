@@ -128,6 +128,14 @@ pub async fn hold(socket: &Path, spec: &Spec<'_>) -> Result<String, String> {
     Ok(name)
 }
 
+/// Removes the container `name`, whatever its state; a failure is logged.
+pub async fn remove(socket: &Path, name: &str) {
+    let options = ContainerDeleteOpts::builder().force(true).build();
+    if let Err(err) = Podman::unix(socket).containers().get(name).delete(&options).await {
+        tracing::warn!(%err, name, "cannot remove the container");
+    }
+}
+
 /// Removes the job containers a previous run of the worker `worker`, working in `work_dir`,
 /// left behind when it was killed (their messages went back to the queue). Returns how many.
 pub async fn remove_leftovers(socket: &Path, worker: &str, work_dir: &Path) -> Result<usize, String> {
@@ -139,8 +147,10 @@ pub async fn remove_leftovers(socket: &Path, worker: &str, work_dir: &Path) -> R
         .await
         .map_err(|e| format!("cannot list containers at {}: {e}", socket.display()))?;
     let mut removed = 0;
+    // A held job's container stays until whoever held it releases it (`crate::hold`).
     let ours = |labels: &std::collections::HashMap<String, String>| {
         labels.get(CHECKOUT_LABEL).is_some_and(|checkout| Path::new(checkout).starts_with(work_dir))
+            && !labels.contains_key(crate::hold::HELD_LABEL)
     };
     let listed = listed.into_iter().filter(|container| container.labels.as_ref().is_some_and(ours));
     for id in listed.filter_map(|container| container.id) {

@@ -6,8 +6,10 @@
 //! in. `<work dir>/held.json` describes it; whoever set the key releases it: `run-local`'s
 //! teardown (`cargo xtask down`) removes the container and the directory.
 //!
-//! A worker holds at most one job: its record's file is created only if none exists, so later
-//! failures clean up as usual and a held job never fills the disk with others.
+//! A work directory holds at most one job (workers that share one, as run-local's process
+//! workers do, share that one): the record is written whole, then linked under its name, which
+//! fails if a record is there; later failures clean up as usual, and held jobs never fill the
+//! disk.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -36,24 +38,21 @@ pub struct Held {
     pub container: Option<String>,
 }
 
-/// Creates the record of the worker working in `work_dir`, if it has none yet: `None` when a
-/// job is held already (or the record cannot be made, which is logged).
-pub fn claim(work_dir: &Path) -> Option<std::fs::File> {
-    let path = work_dir.join(RECORD);
-    match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
-        Ok(file) => Some(file),
-        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => None,
-        Err(err) => {
-            tracing::warn!(%err, path = %path.display(), "cannot hold the failed job");
-            None
-        }
-    }
+/// Whether a job is held in `work_dir` already.
+pub fn holding(work_dir: &Path) -> bool {
+    work_dir.join(RECORD).exists()
 }
 
-/// Writes `held` into the record `claim` made.
-pub fn write(mut file: std::fs::File, held: &Held) -> std::io::Result<()> {
-    file.write_all(&serde_json::to_vec_pretty(held)?)?;
-    file.sync_all()
+/// Records `held` as the job held in `work_dir`, unless one is held already (`Ok(false)`).
+pub fn record(work_dir: &Path, held: &Held) -> std::io::Result<bool> {
+    let mut partial = tempfile::NamedTempFile::new_in(work_dir)?;
+    partial.write_all(&serde_json::to_vec_pretty(held)?)?;
+    partial.as_file().sync_all()?;
+    match std::fs::hard_link(partial.path(), work_dir.join(RECORD)) {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(err) => Err(err),
+    }
 }
 
 /// The job held by the worker working in `work_dir`, if any.
@@ -77,8 +76,13 @@ mod tests {
             container: None,
         };
         assert_eq!(read(dir.path()), None);
-        write(claim(dir.path()).expect("the first claim"), &held).unwrap();
-        assert!(claim(dir.path()).is_none(), "a second failed job is not held");
+        assert!(!holding(dir.path()));
+        assert!(record(dir.path(), &held).unwrap(), "the first is held");
+        let second = Held { slug: "another".into(), ..held.clone() };
+        assert!(!record(dir.path(), &second).unwrap(), "a second failed job is not held");
+        assert!(holding(dir.path()));
         assert_eq!(read(dir.path()), Some(held));
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, [RECORD], "no partial record is left");
     }
 }

@@ -476,11 +476,8 @@ async fn execute(
             env.extend(args.env.iter().cloned());
             log.write(format!("\n+ {}\n", command.join(" ")).as_bytes()).await;
             let ended = sandbox::process(&command, &checkout, &env, log, deadline, cancel).instrument(test).await?;
-            if config.hold_failed
-                && failed(&ended)
-                && let Some(claim) = hold::claim(work_dir(scratch))
-            {
-                record_held(claim, scratch, job, &checkout, sandbox::environment(&checkout, &env), None);
+            if holds(config, &ended, scratch) {
+                record_held(scratch, job, &checkout, sandbox::environment(&checkout, &env), None);
             }
             ended
         }
@@ -501,17 +498,16 @@ async fn execute(
             };
             let ended =
                 container::run(&config.container.socket(), &spec, log, deadline, cancel).instrument(test).await?;
-            if config.hold_failed
-                && failed(&ended)
-                && let Some(claim) = hold::claim(work_dir(scratch))
-            {
-                match container::hold(&config.container.socket(), &spec).await {
-                    Ok(name) => record_held(claim, scratch, job, Path::new(container::CHECKOUT), env, Some(name)),
-                    Err(err) => {
-                        tracing::warn!(%err, "cannot hold the failed job");
-                        // Unclaimed, so that a later failure may be held.
-                        let _ = std::fs::remove_file(work_dir(scratch).join(hold::RECORD));
+            if holds(config, &ended, scratch) {
+                let socket = config.container.socket();
+                match container::hold(&socket, &spec).await {
+                    Ok(name) => {
+                        let dir = Path::new(container::CHECKOUT);
+                        if !record_held(scratch, job, dir, env, Some(name.clone())) {
+                            container::remove(&socket, &name).await;
+                        }
                     }
+                    Err(err) => tracing::warn!(%err, "cannot hold the failed job"),
                 }
             }
             ended
@@ -525,9 +521,11 @@ async fn execute(
     })
 }
 
-/// Whether the tests failed (not cancelled): what `hold-failed` holds.
-fn failed(ended: &Ended) -> bool {
-    matches!(ended, Ended::TimedOut) || matches!(ended, Ended::Exited(code) if *code != 0)
+/// Whether the job whose tests `ended` so is to be held: `hold-failed` is set, the tests failed
+/// (not cancelled), and no job is held in its work directory yet.
+fn holds(config: &RunnerConfig, ended: &Ended, scratch: &Path) -> bool {
+    let failed = matches!(ended, Ended::TimedOut) || matches!(ended, Ended::Exited(code) if *code != 0);
+    config.hold_failed && failed && !hold::holding(work_dir(scratch))
 }
 
 /// The worker's work directory: the scratch directory's parent (`job_runner`).
@@ -535,20 +533,21 @@ fn work_dir(scratch: &Path) -> &Path {
     scratch.parent().unwrap_or(scratch)
 }
 
-/// Writes the record `claim` made of the failed job in `scratch` ([`crate::hold`]).
-fn record_held(
-    claim: std::fs::File,
-    scratch: &Path,
-    job: &Job,
-    dir: &Path,
-    env: Vec<(String, String)>,
-    container: Option<String>,
-) {
+/// Records the failed job in `scratch` as held ([`crate::hold`]); false when it is not (another
+/// job was held meanwhile, or the record could not be written).
+fn record_held(scratch: &Path, job: &Job, dir: &Path, env: Vec<(String, String)>, container: Option<String>) -> bool {
     let slug = job.slug.clone().unwrap_or_default();
     let held = hold::Held { slug, scratch: scratch.to_owned(), dir: dir.to_owned(), env, container };
-    match hold::write(claim, &held) {
-        Ok(()) => tracing::info!(slug = held.slug, scratch = %scratch.display(), "holding the failed job"),
-        Err(err) => tracing::warn!(%err, "cannot record the held job"),
+    match hold::record(work_dir(scratch), &held) {
+        Ok(true) => {
+            tracing::info!(slug = held.slug, scratch = %scratch.display(), "holding the failed job");
+            true
+        }
+        Ok(false) => false,
+        Err(err) => {
+            tracing::warn!(%err, "cannot record the held job");
+            false
+        }
     }
 }
 
