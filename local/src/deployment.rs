@@ -132,6 +132,11 @@ pub fn traces_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("traces")
 }
 
+/// The file of `traces_dir` service `service` appends its spans to.
+pub fn traces_file(traces_dir: &Path, service: &str) -> PathBuf {
+    traces_dir.join(format!("{service}.jsonl"))
+}
+
 /// Runs one step, telling `progress` about it.
 async fn step<T, E>(progress: &dyn Progress, what: &str, work: impl Future<Output = Result<T, E>>) -> Result<T, E> {
     let id = progress.start(what);

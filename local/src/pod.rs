@@ -184,7 +184,7 @@ pub fn worker_name(n: u16) -> String {
 /// inputs say), each with only its own secrets.
 pub fn deployment(inputs: &Inputs) -> PodSpec {
     let secrets = |service| Mount::secrets(inputs.service_secrets, service);
-    let traces_file = |service: &str| inputs.traces_dir.map(|dir| dir.join(format!("{service}.jsonl")));
+    let traces_file = |service: &str| inputs.traces_dir.map(|dir| crate::deployment::traces_file(dir, service));
     let traces_mount = || inputs.traces_dir.map(|dir| Mount::new(dir, dir, false));
     let webhook = crate::launch::Webhook {
         broker: crate::launch::Broker::default(),

@@ -113,7 +113,7 @@ impl Service {
 pub(crate) fn traces_file(run_dir: &Path, service: &str) -> Result<PathBuf, ServiceError> {
     let dir = crate::deployment::traces_dir(run_dir);
     std::fs::create_dir_all(&dir).map_err(|source| ServiceError::Io { name: format!("{service}'s traces"), source })?;
-    Ok(dir.join(format!("{service}.jsonl")))
+    Ok(crate::deployment::traces_file(&dir, service))
 }
 
 /// The webhook binary, listening on a free port of 127.0.0.1.

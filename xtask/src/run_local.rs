@@ -446,11 +446,12 @@ async fn check(
     };
     // A held job keeps the failed run's deployment up: it is there to be seen.
     let keeping = (args.keep && failed.is_empty()) || held.is_some();
+    let shell = held.as_ref().map(|held| deployment.held_shell(held));
     if keeping {
         report["stop"] = json!("cargo xtask down");
     }
     if let Some(held) = &held {
-        report["held"] = json!({ "slug": held.slug, "shell": deployment.held_shell(held).ok() });
+        report["held"] = json!({ "slug": held.slug, "shell": shell.as_ref().and_then(|shell| shell.as_ref().ok()) });
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
@@ -461,13 +462,13 @@ async fn check(
     if let Some(path) = &args.junit {
         write_junit(path, runtime, seconds, &outcomes, tails.as_deref())?;
     }
-    write_report(deployment, runtime, seconds, &outcomes, args.report.as_deref()).await?;
+    write_report(deployment, runtime, seconds, &outcomes, args.report.as_deref()).await;
     if !failed.is_empty() {
         print_failures(&outcomes, tails.as_deref());
         print_bundle(local::bundle::write(Some(deployment), run_dir));
     }
-    match &held {
-        Some(held) => match deployment.held_shell(held) {
+    match (&held, shell) {
+        (Some(held), Some(shell)) => match shell {
             Ok(shell) => println!("\nThe failed job {} is held. A shell in its environment:\n  {shell}", held.slug),
             Err(why) => println!(
                 "\nThe failed job {} is held, in {}; no shell command: {why}",
@@ -475,11 +476,11 @@ async fn check(
                 held.scratch.display()
             ),
         },
-        None if args.hold_failed && failed.is_empty() => {
+        _ if args.hold_failed && failed.is_empty() => {
             println!("\n--hold-failed: every scenario passed; what failed jobs left is released")
         }
-        None if args.hold_failed => println!("\n--hold-failed: no job failed, none is held"),
-        None => {}
+        _ if args.hold_failed => println!("\n--hold-failed: no job failed, none is held"),
+        _ => {}
     }
     if keeping {
         let socket = kept_socket();
@@ -692,14 +693,9 @@ async fn run_scenarios(deployment: &Arc<Deployment>, names: &[String]) -> Vec<Ou
     outcomes
 }
 
-/// The HTML report, into the run directory and to `also`.
-async fn write_report(
-    deployment: &Deployment,
-    runtime: &str,
-    seconds: f64,
-    outcomes: &[Outcome],
-    also: Option<&Path>,
-) -> anyhow::Result<()> {
+/// The HTML report, into the run directory and to `also`; best effort: a report that cannot be
+/// written is a warning, and must not hide the run's results.
+async fn write_report(deployment: &Deployment, runtime: &str, seconds: f64, outcomes: &[Outcome], also: Option<&Path>) {
     use local::report::{Run, Scenario, Verdict};
     let scenarios: Vec<Scenario> = outcomes
         .iter()
@@ -716,20 +712,14 @@ async fn write_report(
         .collect();
     let logs_url = format!("{}logs", deployment.s3.link_url());
     let run = Run { runtime, seconds, run_dir: &deployment.run_dir, logs_url: &logs_url, scenarios: &scenarios };
-    // Best effort: a report that cannot be written must not hide the run's results.
-    let path = match local::report::write(&run, also).await {
-        Ok(path) => path,
-        Err(err) => {
-            eprintln!("warning: no HTML report: {err}");
-            return Ok(());
+    match (local::report::write(&run, also).await, also) {
+        (Err(err), _) => eprintln!("warning: no HTML report: {err}"),
+        (Ok(_), Some(also)) => println!("report: {}", also.display()),
+        (Ok(path), None) if outcomes.iter().any(|outcome| outcome.ran.is_err()) => {
+            println!("report: {}", path.display())
         }
-    };
-    if let Some(also) = also {
-        println!("report: {}", also.display());
-    } else if outcomes.iter().any(|outcome| outcome.ran.is_err()) {
-        println!("report: {}", path.display());
+        (Ok(_), None) => {}
     }
-    Ok(())
 }
 
 fn print_table(outcomes: &[Outcome]) {

@@ -1,6 +1,6 @@
 //! Holding a failed job for inspection (`hold-failed = true` in job-runner's configuration, a
-//! key of ours that `run-local --hold-failed` sets): the first job of a worker whose tests fail
-//! keeps its scratch directory (the checkout as the tests left it, the attachments, and the
+//! key of ours that `run-local --hold-failed` sets): the first job of a work directory whose
+//! tests fail keeps its scratch directory (the checkout as the tests left it, the attachments, and the
 //! secrets the job asked for) and, in the container sandbox, gets a container like its own
 //! (same image, mounts, environment and limits) left running `sleep infinity`, to open a shell
 //! in. `<work dir>/held.json` describes it; whoever set the key releases it: `run-local`'s
