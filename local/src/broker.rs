@@ -377,7 +377,8 @@ pub enum Listener {
 /// The broker's `rabbitmq.config`, `definitions.json` (read from `definitions`) and
 /// `enabled_plugins`, with the certificates of `certs` (a secrets `webhook` directory, as seen
 /// by the broker): TLS only, a client certificate of the CA required, its common name the user;
-/// with `metrics_port`, `rabbitmq_prometheus` serving plain HTTP on that port of 127.0.0.1.
+/// with `metrics_port`, `rabbitmq_prometheus` serving plain HTTP on that port (where the
+/// listener says).
 pub fn config_files(
     listener: Listener,
     certs: &Path,
@@ -414,7 +415,12 @@ pub fn config_files(
         key = string(&path("amqp-server.key")),
         definitions = string(&definitions.display().to_string()),
         metrics = metrics_port.map_or(String::new(), |port| {
-            format!(",\n {{rabbitmq_prometheus, [{{tcp_config, [{{ip, \"127.0.0.1\"}}, {{port, {port}}}]}}]}}")
+            // Like AMQP: 127.0.0.1 on this machine, every address of the pod's own network in it.
+            let ip = match listener {
+                Listener::Loopback(_) => "{ip, \"127.0.0.1\"}, ",
+                Listener::Pod(_) => "",
+            };
+            format!(",\n {{rabbitmq_prometheus, [{{tcp_config, [{ip}{{port, {port}}}]}}]}}")
         }),
     );
     let plugins = match metrics_port {

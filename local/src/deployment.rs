@@ -196,11 +196,6 @@ impl Deployment {
                         "the real GitHub mode runs on the process runtime: pass --runtime process",
                     ));
                 }
-                if options.monitor.is_some() {
-                    return Err(DeployError::Unsupported(
-                        "--monitor runs Prometheus on the process runtime only, for now: pass --runtime process",
-                    ));
-                }
                 let podman_dir = run_dir.join("podman");
                 let (podman, world) = tokio::join!(
                     step(progress, "starting the podman service", PodmanService::start(&podman_dir)),
@@ -333,8 +328,11 @@ impl Deployment {
         let config_dir = run_dir.join("pod");
         let traces_dir = traces_dir(run_dir);
         std::fs::create_dir_all(&traces_dir).map_err(io(format!("create {}", traces_dir.display())))?;
-        pod::write_config(&config_dir, &runner_config, &test_map)
+        pod::write_config(&config_dir, &runner_config, &test_map, options.monitor.is_some())
             .map_err(io(format!("write the pod's configuration into {}", config_dir.display())))?;
+        if let Some(settings) = &options.monitor {
+            pod::write_prometheus_config(&config_dir, workers, settings)?;
+        }
         for n in 1..=workers {
             let dir = jobs_dir.join(pod::worker_name(n));
             std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
@@ -343,12 +341,13 @@ impl Deployment {
         // The published ports are the pod's configuration: picked free, one can be taken before
         // podman binds it. Then the pod is made again on others.
         let mut tries = 1;
-        let (pod, amqp, webhook, metrics) = loop {
+        let (pod, amqp, webhook, metrics, prometheus) = loop {
             let free = || crate::free_port().map_err(io("find a free port".into()));
             let host_ports = HostPorts {
                 amqp: free()?,
                 webhook: free()?,
                 metrics: (0..workers).map(|_| free()).collect::<Result<_, _>>()?,
+                prometheus: options.monitor.as_ref().map(|_| free()).transpose()?,
             };
             let started = async {
                 let spec = pod::deployment(&pod::Inputs {
@@ -366,6 +365,8 @@ impl Deployment {
                     jobs: JOBS_PER_WORKER,
                     host_ports: &host_ports,
                     traces_dir: Some(&traces_dir),
+                    broker_metrics: options.monitor.is_some(),
+                    prometheus: options.monitor.as_ref().map(|_| crate::images::PROMETHEUS),
                 });
                 let amqp = amqp::Config::new(
                     amqp::Address::Tls { host: "127.0.0.1".into(), port: host_ports.amqp },
@@ -412,8 +413,18 @@ impl Deployment {
                     Ok::<_, pod::PodError>(())
                 })
                 .await?;
+                let prometheus = match host_ports.prometheus {
+                    Some(port) => {
+                        let address = SocketAddr::from(([127, 0, 0, 1], port));
+                        let ready = pod.wait_ready("Prometheus", || crate::prometheus::ready(address));
+                        step(progress, "waiting for Prometheus in the pod, with the alert rules", ready).await?;
+                        let log = run_dir.join(format!("{}.log", pod::PROMETHEUS));
+                        Some(Prometheus::in_pod(address, log))
+                    }
+                    None => None,
+                };
                 let metrics = host_ports.metrics.iter().map(|port| SocketAddr::from(([127, 0, 0, 1], *port)));
-                Ok::<_, DeployError>((pod, amqp, webhook, metrics.collect::<Vec<_>>()))
+                Ok::<_, DeployError>((pod, amqp, webhook, metrics.collect::<Vec<_>>(), prometheus))
             }
             .await;
             match started {
@@ -436,7 +447,7 @@ impl Deployment {
             runner_config: config_dir.join("tasks/job-runner.toml"),
             binaries: options.binaries.clone(),
             forge,
-            prometheus: None,
+            prometheus,
             services: Services::Pod { pod, metrics, _podman: podman },
             github,
             s3,
@@ -557,7 +568,12 @@ impl Deployment {
                 }
                 Ok(())
             }
-            Services::Pod { .. } => Err(DeployError::Unsupported("stopping the workers of a pod")),
+            Services::Pod { pod, metrics, .. } => {
+                for n in (1..).take(metrics.len()) {
+                    pod.stop(&pod::worker_name(n)).await?;
+                }
+                Ok(())
+            }
         }
     }
 

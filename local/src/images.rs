@@ -1,8 +1,8 @@
 //! The project's images, built without a registry (platform-notes.md): a base of this machine's
 //! own distribution release from its packages (mmdebstrap piped into `podman import`), so that
-//! binaries built here run in it, then the RabbitMQ and tasks
-//! images from the Containerfiles in `local/images/`, the tasks image with the service binaries
-//! in a last layer of their own. An image whose inputs did not change is not built again.
+//! binaries built here run in it, then the RabbitMQ and tasks images (and Prometheus' for
+//! `--monitor`) from the Containerfiles in `local/images/`, the tasks image with the service
+//! binaries in a last layer of their own. An image whose inputs did not change is not built again.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -17,6 +17,8 @@ use crate::podman::{PodmanError, PodmanService};
 pub const BASE: &str = "localhost/workbench/base";
 pub const RABBITMQ: &str = "localhost/workbench/rabbitmq";
 pub const TASKS: &str = "localhost/workbench/tasks";
+/// Prometheus, for the pod of `run-local --monitor`.
+pub const PROMETHEUS: &str = "localhost/workbench/prometheus";
 
 /// The label holding a digest of what an image was built from.
 const INPUTS_LABEL: &str = "workbench.inputs";
@@ -147,15 +149,21 @@ pub fn build(
     Ok(Built::Built)
 }
 
-/// Builds [`RABBITMQ`], its plugins pruned to [`crate::broker::NEEDED_PLUGINS`]: RabbitMQ
-/// loads every plugin it finds at start, most of its start-up time.
+/// Builds [`RABBITMQ`], its plugins pruned to [`crate::broker::NEEDED_PLUGINS`] and the
+/// metrics plugin's ([`crate::broker::METRICS_PLUGINS`]): RabbitMQ loads every plugin it finds
+/// at start, most of its start-up time.
 pub fn build_rabbitmq(podman: &PodmanService, force: bool) -> Result<Built, PodmanError> {
     let io = |what: String| move |source| PodmanError::Io { what, source };
     let dir = tempfile::tempdir().map_err(io("create a scratch directory".into()))?;
     let plugins = dir.path().join("needed-plugins");
-    std::fs::write(&plugins, crate::broker::NEEDED_PLUGINS.join("\n") + "\n")
-        .map_err(io(format!("write {}", plugins.display())))?;
+    let kept = [&crate::broker::NEEDED_PLUGINS[..], &crate::broker::METRICS_PLUGINS[..]].concat();
+    std::fs::write(&plugins, kept.join("\n") + "\n").map_err(io(format!("write {}", plugins.display())))?;
     build(podman, RABBITMQ, &containerfiles().join("rabbitmq/Containerfile"), &[&plugins], force)
+}
+
+/// Builds [`PROMETHEUS`].
+pub fn build_prometheus(podman: &PodmanService, force: bool) -> Result<Built, PodmanError> {
+    build(podman, PROMETHEUS, &containerfiles().join("prometheus/Containerfile"), &[], force)
 }
 
 /// What a tasks image lacks to be deployed, in words: the service binaries and git on its

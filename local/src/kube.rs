@@ -79,7 +79,7 @@ const SECRET_MODE: i32 = 0o440;
 /// cluster. Render it with [`Target::Cluster`].
 pub fn production(rabbitmq_image: &str, tasks_image: &str, workers: u16, kvm: bool) -> PodSpec {
     let inside = pod::secrets_inside();
-    let ports = pod::HostPorts { amqp: 0, webhook: 0, metrics: vec![0; usize::from(workers)] };
+    let ports = pod::HostPorts { amqp: 0, webhook: 0, metrics: vec![0; usize::from(workers)], prometheus: None };
     pod::deployment(&pod::Inputs {
         name: "workbench",
         rabbitmq_image,
@@ -96,6 +96,9 @@ pub fn production(rabbitmq_image: &str, tasks_image: &str, workers: u16, kvm: bo
         jobs: 1,
         host_ports: &ports,
         traces_dir: None,
+        // The alert rules read the broker's own metrics (deploy/prometheus/).
+        broker_metrics: true,
+        prometheus: None,
     })
 }
 
@@ -180,15 +183,22 @@ fn cluster(spec: &PodSpec) -> Vec<Manifest> {
             metadata: ObjectMeta { name: Some(NAMESPACE.into()), ..Default::default() },
             ..Default::default()
         }),
-        Manifest::ConfigMap(amqp_config()),
+        Manifest::ConfigMap(amqp_config(broker_metrics(spec))),
     ];
     objects.extend(secret_templates().into_iter().map(Manifest::Secret));
     objects.push(Manifest::Deployment(deployment("webhook", 1, &services, &[])));
-    objects.push(Manifest::Service(service("amqp", pod::AMQP_PORT, pod::AMQP_PORT)));
-    objects.push(Manifest::Service(service("webhook", 80, pod::WEBHOOK_PORT)));
+    objects.push(Manifest::Service(service("amqp", "webhook", pod::AMQP_PORT, pod::AMQP_PORT)));
+    objects.push(Manifest::Service(service("webhook", "webhook", 80, pod::WEBHOOK_PORT)));
+    // What Prometheus scrapes (deploy/prometheus/kubernetes.yml).
+    if broker_metrics(spec) {
+        let port = pod::RABBITMQ_METRICS_PORT;
+        objects.push(Manifest::Service(service("rabbitmq-metrics", "webhook", port, port)));
+    }
     // GitHub delivers from anywhere, and workers may run anywhere (they log in with their
-    // certificate): the webhook pods take connections on these two ports, and no other.
-    objects.push(Manifest::NetworkPolicy(ingress_only("webhook", &[pod::WEBHOOK_PORT, pod::AMQP_PORT])));
+    // certificate): the webhook pods take connections on these two ports, and Prometheus'
+    // scrapes of the broker's metrics, and no other.
+    let ports: Vec<u16> = services.iter().flat_map(|c| c.ports.iter().copied()).collect();
+    objects.push(Manifest::NetworkPolicy(ingress_only("webhook", &ports)));
     if let Some(worker) = workers.first() {
         // Each replica goes by its own pod's name, works in a directory of its own on the
         // node, and finds the broker by its Service.
@@ -218,10 +228,21 @@ fn cluster(spec: &PodSpec) -> Vec<Manifest> {
         }
         let metrics: Vec<u16> = worker.ports.clone();
         objects.push(Manifest::Deployment(deployment("tasks", workers.len(), &[&worker], &skips)));
+        // Headless: Prometheus finds every replica's address by name (deploy/prometheus/).
+        if let Some(&port) = metrics.first() {
+            let mut metrics_service = service("tasks-metrics", "tasks", port, port);
+            metrics_service.spec.as_mut().expect("made with a spec").cluster_ip = Some("None".into());
+            objects.push(Manifest::Service(metrics_service));
+        }
         // Workers take no connection but their metrics' scrapes.
         objects.push(Manifest::NetworkPolicy(ingress_only("tasks", &metrics)));
     }
     objects
+}
+
+/// Whether the broker of `spec` serves its metrics.
+fn broker_metrics(spec: &PodSpec) -> bool {
+    spec.containers.iter().any(|c| c.name == pod::RABBITMQ && c.ports.contains(&pod::RABBITMQ_METRICS_PORT))
 }
 
 /// A policy letting the pods of Deployment `app` take connections on `ports` only (from
@@ -405,12 +426,13 @@ fn harden(spec: &ContainerSpec, container: &mut Container, volumes: &mut Volumes
     }
 }
 
-fn service(name: &str, port: u16, target: u16) -> Service {
-    // RabbitMQ and the webhook share the `webhook` Deployment's pods.
+/// Service `name` of the pods of Deployment `app` (RabbitMQ and the webhook share the
+/// `webhook` Deployment's pods).
+fn service(name: &str, app: &str, port: u16, target: u16) -> Service {
     Service {
         metadata: ObjectMeta { name: Some(name.into()), namespace: Some(NAMESPACE.into()), ..Default::default() },
         spec: Some(ServiceSpec {
-            selector: Some(labels("webhook")),
+            selector: Some(labels(app)),
             ports: Some(vec![ServicePort {
                 port: port.into(),
                 target_port: Some(IntOrString::Int(target.into())),
@@ -560,14 +582,14 @@ fn volume_name(path: &Path) -> String {
 }
 
 /// The broker's configuration, as mounted at `/etc/rabbitmq` in the pod.
-fn amqp_config() -> ConfigMap {
+fn amqp_config(metrics: bool) -> ConfigMap {
     ConfigMap {
         metadata: ObjectMeta {
             name: Some("amqp-config".into()),
             namespace: Some(NAMESPACE.into()),
             ..Default::default()
         },
-        data: Some(pod::broker_config().into_iter().map(|(name, text)| (name.to_owned(), text)).collect()),
+        data: Some(pod::broker_config(metrics).into_iter().map(|(name, text)| (name.to_owned(), text)).collect()),
         ..Default::default()
     }
 }

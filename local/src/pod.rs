@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use podman_api::Podman;
 use podman_api::models::{ContainerMount, LinuxDevice, Namespace, PortMapping};
-use podman_api::opts::{ContainerCreateOpts, PlayKubernetesYamlOpts, PodCreateOpts};
+use podman_api::opts::{ContainerCreateOpts, ContainerStopOpts, PlayKubernetesYamlOpts, PodCreateOpts};
 
 use crate::client::Check;
 pub use crate::secrets::HOST_ALIAS;
@@ -28,6 +28,17 @@ pub const AMQP_PORT: u16 = 5671;
 pub const WEBHOOK_PORT: u16 = 8080;
 /// Worker `n` serves its metrics on this port plus `n`.
 const METRICS_PORT: u16 = 9100;
+/// Where RabbitMQ's `rabbitmq_prometheus` plugin serves the broker's metrics (its own
+/// default), when [`Inputs::broker_metrics`].
+pub const RABBITMQ_METRICS_PORT: u16 = 15692;
+/// Prometheus' port in the pod ([`Inputs::prometheus`]), its own default.
+pub const PROMETHEUS_PORT: u16 = 9090;
+/// Prometheus' container.
+pub const PROMETHEUS: &str = "prometheus";
+/// Where Prometheus' container has its configuration and rules.
+const PROMETHEUS_CONFIG: &str = "/etc/workbench-prometheus";
+/// Prometheus' data, in its container (the Debian package's directory, its user's).
+const PROMETHEUS_DATA: &str = "/var/lib/prometheus/metrics2";
 /// slirp4netns's address for the host's loopback.
 pub(crate) const HOST_LOOPBACK: &str = "10.0.2.2";
 /// The names by which the pod reaches this machine's loopback: the host alias (the mock
@@ -164,6 +175,11 @@ pub struct Inputs<'a> {
     /// Where the services append their spans (`<service>.jsonl`), mounted at the same path;
     /// `None`: not traced.
     pub traces_dir: Option<&'a Path>,
+    /// Whether RabbitMQ serves its metrics on [`RABBITMQ_METRICS_PORT`] of the pod's network.
+    pub broker_metrics: bool,
+    /// The image of a Prometheus scraping the pod from inside it (`--monitor`), its
+    /// configuration in `config_dir/prometheus/` ([`write_prometheus_config`]).
+    pub prometheus: Option<&'a str>,
 }
 
 /// The ports of this machine's 127.0.0.1 the pod publishes.
@@ -173,6 +189,8 @@ pub struct HostPorts {
     pub webhook: u16,
     /// One per worker.
     pub metrics: Vec<u16>,
+    /// Prometheus', with [`Inputs::prometheus`].
+    pub prometheus: Option<u16>,
 }
 
 /// The host name of worker `n`, shown in its statuses ("In progress [worker-1]").
@@ -186,13 +204,15 @@ pub fn deployment(inputs: &Inputs) -> PodSpec {
     let secrets = |service| Mount::secrets(inputs.service_secrets, service);
     let traces_file = |service: &str| inputs.traces_dir.map(|dir| crate::deployment::traces_file(dir, service));
     let traces_mount = || inputs.traces_dir.map(|dir| Mount::new(dir, dir, false));
+    // The status page links to Prometheus where its users reach it: on this machine.
+    let prometheus_url = inputs.host_ports.prometheus.map(|port| format!("http://127.0.0.1:{port}/"));
     let webhook = crate::launch::Webhook {
         broker: crate::launch::Broker::default(),
         secret_file: &Path::new(WEBHOOK_SECRETS).join(".config--github-webhook-token"),
         listen: crate::launch::Listen { address: SocketAddr::from(([0, 0, 0, 0], WEBHOOK_PORT)), address_file: None },
         log: "info",
         traces: traces_file("webhook").as_deref(),
-        prometheus: None,
+        prometheus: prometheus_url.as_deref(),
     }
     .launch();
     let mut containers = vec![
@@ -208,7 +228,7 @@ pub fn deployment(inputs: &Inputs) -> PodSpec {
                 Mount::read_only(inputs.config_dir.join("rabbitmq"), RABBITMQ_CONFIG),
             ],
             devices: vec![],
-            ports: vec![AMQP_PORT],
+            ports: [AMQP_PORT].into_iter().chain(inputs.broker_metrics.then_some(RABBITMQ_METRICS_PORT)).collect(),
         },
         ContainerSpec {
             name: "webhook".into(),
@@ -264,11 +284,42 @@ pub fn deployment(inputs: &Inputs) -> PodSpec {
             ports: vec![METRICS_PORT + n],
         });
     }
+    if let Some(image) = inputs.prometheus {
+        let config = Path::new(PROMETHEUS_CONFIG);
+        containers.push(ContainerSpec {
+            name: PROMETHEUS.into(),
+            image: image.into(),
+            command: crate::prometheus::args(config, Path::new(PROMETHEUS_DATA), &format!(":{PROMETHEUS_PORT}")),
+            user: None,
+            env: vec![],
+            mounts: vec![Mount::read_only(inputs.config_dir.join(PROMETHEUS), config)],
+            devices: vec![],
+            ports: vec![PROMETHEUS_PORT],
+        });
+    }
     let ports = inputs.host_ports;
     let mut published =
         vec![Port { container: AMQP_PORT, host: ports.amqp }, Port { container: WEBHOOK_PORT, host: ports.webhook }];
     published.extend((1..).zip(&ports.metrics).map(|(n, &host)| Port { container: METRICS_PORT + n, host }));
+    published.extend(ports.prometheus.map(|host| Port { container: PROMETHEUS_PORT, host }));
     PodSpec { name: inputs.name.to_owned(), ports: published, containers }
+}
+
+/// Writes the configuration of the pod's Prometheus ([`Inputs::prometheus`]) into
+/// `config_dir/prometheus/`: it scrapes the services of the pod, with `workers` workers, where
+/// they listen inside it.
+pub fn write_prometheus_config(
+    config_dir: &Path,
+    workers: u16,
+    settings: &crate::prometheus::Settings,
+) -> Result<(), crate::prometheus::PrometheusError> {
+    let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let targets = crate::prometheus::Targets {
+        webhook: local(WEBHOOK_PORT),
+        workers: (1..=workers).map(|n| local(METRICS_PORT + n)).collect(),
+        rabbitmq: local(RABBITMQ_METRICS_PORT),
+    };
+    crate::prometheus::write_config(&config_dir.join(PROMETHEUS), Path::new(PROMETHEUS_CONFIG), &targets, settings)
 }
 
 /// The secrets as the tasks containers see them.
@@ -276,23 +327,28 @@ pub fn secrets_inside() -> Secrets {
     Secrets::at("/run/secrets")
 }
 
-/// The pod broker's configuration files, as mounted at `/etc/rabbitmq`.
-pub fn broker_config() -> [(&'static str, String); 3] {
+/// The pod broker's configuration files, as mounted at `/etc/rabbitmq`; with `metrics`, it
+/// serves its metrics on [`RABBITMQ_METRICS_PORT`].
+pub fn broker_config(metrics: bool) -> [(&'static str, String); 3] {
     let definitions = Path::new(RABBITMQ_CONFIG).join("definitions.json");
-    crate::broker::config_files(crate::broker::Listener::Pod(AMQP_PORT), Path::new(WEBHOOK_SECRETS), &definitions, None)
+    let listener = crate::broker::Listener::Pod(AMQP_PORT);
+    let metrics = metrics.then_some(RABBITMQ_METRICS_PORT);
+    crate::broker::config_files(listener, Path::new(WEBHOOK_SECRETS), &definitions, metrics)
 }
 
-/// Writes what [`Inputs::config_dir`] holds: the RabbitMQ configuration, and the workers'
-/// `job-runner.toml` (`runner_config`, as written for paths inside the pod) and test map.
+/// Writes what [`Inputs::config_dir`] holds: the RabbitMQ configuration (with
+/// `broker_metrics`, as [`Inputs::broker_metrics`]), and the workers' `job-runner.toml`
+/// (`runner_config`, as written for paths inside the pod) and test map.
 pub fn write_config(
     config_dir: &Path,
     runner_config: &crate::worker::RunnerConfig,
     test_map: &Path,
+    broker_metrics: bool,
 ) -> std::io::Result<()> {
     let (rabbitmq, tasks) = (config_dir.join("rabbitmq"), config_dir.join("tasks"));
     std::fs::create_dir_all(&rabbitmq)?;
     std::fs::create_dir_all(&tasks)?;
-    for (name, contents) in broker_config() {
+    for (name, contents) in broker_config(broker_metrics) {
         std::fs::write(rabbitmq.join(name), contents)?;
     }
     runner_config.write(&tasks)?;
@@ -405,6 +461,17 @@ impl Pod {
             .restart_with_timeout(2)
             .await
             .map_err(|source| PodError::Api { what: format!("restart container {container}"), source })
+    }
+
+    /// Stops its container `name` (SIGTERM, then SIGKILL after 2 s), as a dead worker would.
+    pub async fn stop(&self, name: &str) -> Result<(), PodError> {
+        let container = self.container(name);
+        Podman::unix(&self.socket)
+            .containers()
+            .get(&container)
+            .stop(&ContainerStopOpts::builder().timeout(2).build())
+            .await
+            .map_err(|source| PodError::Api { what: format!("stop container {container}"), source })
     }
 
     pub fn name(&self) -> &str {

@@ -1,7 +1,9 @@
-//! A real Prometheus for `run-local --monitor`: Debian's `prometheus`, a child process with a
-//! data directory of the run's, listening on 127.0.0.1 only, scraping the webhook, every worker
-//! and RabbitMQ (its `rabbitmq_prometheus` plugin, per queue), and evaluating the alert rules
-//! users deploy (`deploy/prometheus/alerts.yml`), under the job names those rules expect.
+//! A real Prometheus for `run-local --monitor`: Debian's `prometheus`, scraping the webhook,
+//! every worker and RabbitMQ (its `rabbitmq_prometheus` plugin, per queue), and evaluating the
+//! alert rules users deploy (`deploy/prometheus/alerts.yml`), under the job names those rules
+//! expect. On the process runtime a child process with a data directory of the run's,
+//! listening on 127.0.0.1 only; on podman a container of the pod (`crate::pod`) started with
+//! the same arguments and configuration ([`args`], [`write_config`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -50,11 +52,11 @@ pub enum PrometheusError {
     NotReady { reason: crate::client::TimedOut, log: PathBuf, tail: String },
 }
 
-/// A running Prometheus; dropping it stops it.
+/// A running Prometheus; dropping it stops it (the child process; a pod's goes with the pod).
 pub struct Prometheus {
     address: SocketAddr,
     log: PathBuf,
-    _process: ProcessGroup,
+    _process: Option<ProcessGroup>,
 }
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> PrometheusError {
@@ -74,31 +76,21 @@ impl Prometheus {
             return Err(PrometheusError::NotInstalled);
         }
         std::fs::create_dir_all(dir.join("data")).map_err(io(format!("create {}", dir.display())))?;
-        let rules = dir.join("alerts.yml");
-        let text =
-            std::fs::read_to_string(&settings.rules).map_err(io(format!("read {}", settings.rules.display())))?;
-        std::fs::write(&rules, rules_text(&text, settings.alerts_after, &settings.rules)?)
-            .map_err(io(format!("write {}", rules.display())))?;
-        let config = dir.join("prometheus.yml");
-        std::fs::write(&config, config_text(targets, settings.every, &rules))
-            .map_err(io(format!("write {}", config.display())))?;
+        write_config(dir, dir, targets, settings)?;
         let log = dir.join("prometheus.log");
         let output = std::fs::File::create(&log).map_err(io(format!("create {}", log.display())))?;
         let mut process = ProcessGroup::new();
         let mut command = std::process::Command::new(BINARY);
         command
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address={address}"))
-            .arg("--log.level=warn")
+            .args(args(dir, &dir.join("data"), &address.to_string()))
             .stdin(std::process::Stdio::null())
             .stdout(output.try_clone().map_err(io(format!("open {}", log.display())))?)
             .stderr(output);
         process.spawn(&mut command).map_err(io(format!("start {BINARY}")))?;
-        let prometheus = Prometheus { address, log, _process: process };
+        let prometheus = Prometheus { address, log, _process: Some(process) };
         let what = format!("Prometheus answering http://{address}/-/ready");
         let ready = crate::client::wait_until(&what, READY_WITHIN, || async {
-            Ok::<_, crate::client::TimedOut>(match crate::client::answers(address, "/-/ready").await {
+            Ok::<_, crate::client::TimedOut>(match ready(address).await {
                 true => Check::Done(()),
                 false => Check::NotYet(format!("{address} is not ready")),
             })
@@ -112,6 +104,12 @@ impl Prometheus {
                 log: prometheus.log.clone(),
             }),
         }
+    }
+
+    /// The Prometheus of a pod, which started it, reached at `address` of 127.0.0.1; its log
+    /// is saved with the pod's at `log`.
+    pub fn in_pod(address: SocketAddr, log: PathBuf) -> Prometheus {
+        Prometheus { address, log, _process: None }
     }
 
     /// Its web interface and API.
@@ -128,9 +126,53 @@ impl Prometheus {
     }
 }
 
-/// The scrape configuration: the jobs the alert rules name.
+/// Whether the Prometheus at `address` is ready to answer queries.
+pub async fn ready(address: SocketAddr) -> bool {
+    crate::client::answers(address, "/-/ready").await
+}
+
+/// The server's arguments: its configuration in `config_dir` (written by [`write_config`]),
+/// its data in `data`, listening on `listen`, logging only what is wrong.
+pub fn args(config_dir: &Path, data: &Path, listen: &str) -> Vec<String> {
+    vec![
+        format!("--config.file={}", config_dir.join(CONFIG).display()),
+        format!("--storage.tsdb.path={}", data.display()),
+        format!("--web.listen-address={listen}"),
+        "--log.level=warn".into(),
+    ]
+}
+
+/// The configuration file, in its directory.
+const CONFIG: &str = "prometheus.yml";
+/// The rules file, beside it.
+const RULES: &str = "alerts.yml";
+
+/// Writes the configuration (scraping `targets`) and the rules of `settings` into `dir`, which
+/// Prometheus sees at `seen_at` (the same directory, or where a container mounts it).
+pub fn write_config(dir: &Path, seen_at: &Path, targets: &Targets, settings: &Settings) -> Result<(), PrometheusError> {
+    std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+    let text = std::fs::read_to_string(&settings.rules).map_err(io(format!("read {}", settings.rules.display())))?;
+    let rules = dir.join(RULES);
+    std::fs::write(&rules, rules_text(&text, settings.alerts_after, &settings.rules)?)
+        .map_err(io(format!("write {}", rules.display())))?;
+    let config = dir.join(CONFIG);
+    std::fs::write(&config, config_text(targets, settings.every, &seen_at.join(RULES)))
+        .map_err(io(format!("write {}", config.display())))
+}
+
+/// The scrape jobs (name, metrics path): the webhook's, the workers', RabbitMQ's, named as the
+/// alert rules expect; production's (`deploy/prometheus/kubernetes.yml`) are the same.
+pub const JOBS: [(&str, &str); 3] = [
+    ("workbench-webhook", "/metrics"),
+    ("workbench-tasks", "/metrics"),
+    // Per queue: the plugin's default endpoint aggregates queues away.
+    ("rabbitmq", "/metrics/per-object"),
+];
+
+/// The scrape configuration: [`JOBS`], scraping `targets`.
 fn config_text(targets: &Targets, every: Duration, rules: &Path) -> String {
-    let job = |name: &str, path: &str, addresses: &[SocketAddr]| {
+    let [webhook, workers, rabbitmq] = JOBS;
+    let job = |(name, path): (&str, &str), addresses: &[SocketAddr]| {
         serde_json::json!({
             "job_name": name,
             "metrics_path": path,
@@ -142,10 +184,9 @@ fn config_text(targets: &Targets, every: Duration, rules: &Path) -> String {
         "global": { "scrape_interval": every, "evaluation_interval": every, "scrape_timeout": every },
         "rule_files": [rules.display().to_string()],
         "scrape_configs": [
-            job("workbench-webhook", "/metrics", &[targets.webhook]),
-            job("workbench-tasks", "/metrics", &targets.workers),
-            // Per queue: the plugin's default endpoint aggregates queues away.
-            job("rabbitmq", "/metrics/per-object", &[targets.rabbitmq]),
+            job(webhook, &[targets.webhook]),
+            job(workers, &targets.workers),
+            job(rabbitmq, &[targets.rabbitmq]),
         ],
     });
     serde_norway::to_string(&config).expect("JSON values are YAML")

@@ -33,7 +33,9 @@ async fn images_build_offline_and_rebuild_only_what_changed() {
     assert_eq!(run(&podman, images::TASKS, &["pwd"]).trim(), "/work");
     run(&podman, images::RABBITMQ, &["test", "-x", "/usr/lib/rabbitmq/bin/rabbitmq-server"]);
     let plugins = run(&podman, images::RABBITMQ, &["sh", "-c", "ls /usr/lib/rabbitmq/lib/rabbitmq_server-*/plugins"]);
-    assert_eq!(plugins.lines().count(), local::broker::NEEDED_PLUGINS.len(), "{plugins}");
+    let kept = local::broker::NEEDED_PLUGINS.len() + local::broker::METRICS_PLUGINS.len();
+    assert_eq!(plugins.lines().count(), kept, "{plugins}");
+    assert!(plugins.contains("rabbitmq_prometheus-"), "{plugins}");
     assert!(plugins.contains("rabbitmq_auth_mechanism_ssl-"), "{plugins}");
 
     assert_eq!(images::build_tasks(&podman, &copies, false).unwrap(), Built::Unchanged);

@@ -169,8 +169,10 @@ fn the_production_manifests_are_kubernetes_objects_that_fit_together() {
         ("Deployment", "webhook"),
         ("Service", "amqp"),
         ("Service", "webhook"),
+        ("Service", "rabbitmq-metrics"),
         ("NetworkPolicy", "webhook"),
         ("Deployment", "tasks"),
+        ("Service", "tasks-metrics"),
         ("NetworkPolicy", "tasks"),
     ];
     assert_eq!(kinds, expected.map(|(kind, name)| (kind, name.to_owned())));
@@ -244,6 +246,58 @@ fn the_production_manifests_are_kubernetes_objects_that_fit_together() {
     assert!(worker.volume_mounts.iter().flatten().any(|m| m.mount_path == "/dev/kvm"));
     let broker = &config_maps["amqp-config"];
     assert_eq!(broker, &["definitions.json", "enabled_plugins", "rabbitmq.config"]);
+}
+
+/// The production scrape configuration (deploy/prometheus/kubernetes.yml) has the jobs of the
+/// local one, and each reaches, through a Service of the manifests, the container it names:
+/// the webhook's, every tasks replica's (a headless Service), RabbitMQ's metrics plugin.
+#[test]
+fn production_prometheus_scrapes_each_service_through_the_manifests() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/prometheus/kubernetes.yml");
+    let config: serde_norway::Value = serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let objects = production(true);
+    let deployments = deployments(&objects);
+    let services: BTreeMap<String, k8s_openapi::api::core::v1::ServiceSpec> = objects
+        .iter()
+        .filter_map(|o| match o {
+            Manifest::Service(s) => Some((s.metadata.name.clone().unwrap(), s.spec.clone().unwrap())),
+            _ => None,
+        })
+        .collect();
+    let jobs = config["scrape_configs"].as_sequence().unwrap();
+    let names: Vec<(&str, &str)> = jobs
+        .iter()
+        .map(|job| (job["job_name"].as_str().unwrap(), job["metrics_path"].as_str().unwrap_or("/metrics")))
+        .collect();
+    assert_eq!(names, local::prometheus::JOBS);
+    let containers = [("workbench-webhook", "webhook"), ("workbench-tasks", "tasks"), ("rabbitmq", "rabbitmq")];
+    for (job, (name, _)) in jobs.iter().zip(names) {
+        // `<service>.workbench.svc.cluster.local:<port>`, by address or by DNS records.
+        let (host, port, headless) = match job["dns_sd_configs"].as_sequence() {
+            Some(dns) => (dns[0]["names"][0].as_str().unwrap().to_owned(), dns[0]["port"].as_u64().unwrap(), true),
+            None => {
+                let target = job["static_configs"][0]["targets"][0].as_str().unwrap();
+                let (host, port) = target.rsplit_once(':').unwrap();
+                (host.to_owned(), port.parse().unwrap(), false)
+            }
+        };
+        let service = host
+            .strip_suffix(&format!(".{}.svc.cluster.local", kube::NAMESPACE))
+            .unwrap_or_else(|| panic!("job {name}: {host} is not a Service of namespace {}", kube::NAMESPACE));
+        let spec = services.get(service).unwrap_or_else(|| panic!("job {name}: no Service {service}"));
+        assert_eq!(spec.cluster_ip.as_deref() == Some("None"), headless, "job {name}: Service {service}");
+        let service_port = spec.ports.clone().unwrap().into_iter().find(|p| i64::from(p.port) == port as i64);
+        let Some(IntOrString::Int(target)) = service_port.and_then(|p| p.target_port) else {
+            panic!("job {name}: Service {service} has no port {port}")
+        };
+        let app = &spec.selector.clone().unwrap()["app"];
+        let container_name = containers.iter().find(|(job, _)| *job == name).unwrap().1;
+        let listening = container(&pod_of(&deployments[app]), container_name).ports.clone().unwrap();
+        assert!(
+            listening.iter().any(|p| p.container_port == target),
+            "job {name}: Service {service} leads to port {target}, where {container_name} does not listen"
+        );
+    }
 }
 
 /// Each container gets only its own secrets from `webhook-secrets`, at Cockpit's path.
@@ -352,7 +406,7 @@ async fn container_rabbitmq_runs_as_its_production_manifest_says() {
     let (secrets, _) = local::secrets::generate(&dir.path().join("secrets"), false).unwrap();
 
     let mut command = podman.command();
-    command.args(["run", "--detach", "--rm", "--publish", "127.0.0.1::5671"]);
+    command.args(["run", "--detach", "--rm", "--publish", "127.0.0.1::5671", "--publish", "127.0.0.1::15692"]);
     command.arg(format!("--user={}:{group}", security.run_as_user.unwrap()));
     assert_eq!(security.read_only_root_filesystem, Some(true));
     command.arg("--read-only");
@@ -372,7 +426,7 @@ async fn container_rabbitmq_runs_as_its_production_manifest_says() {
             // What the kubelet writes: the keys, owned by the pod's group, with the volume's mode.
             let files: Vec<(String, Vec<u8>)> = match (&volume.config_map, &volume.secret) {
                 (Some(_), _) => {
-                    local::pod::broker_config().into_iter().map(|(n, t)| (n.to_owned(), t.into_bytes())).collect()
+                    local::pod::broker_config(true).into_iter().map(|(n, t)| (n.to_owned(), t.into_bytes())).collect()
                 }
                 (_, Some(secret)) => secret
                     .items
@@ -398,8 +452,12 @@ async fn container_rabbitmq_runs_as_its_production_manifest_says() {
     let output = command.args(["--pull=never", local::images::RABBITMQ]).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let id = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    let port = podman.command().args(["port", &id, "5671"]).output().unwrap();
-    let port: u16 = String::from_utf8_lossy(&port.stdout).trim().rsplit(':').next().unwrap().parse().unwrap();
+    let published = |port: &str| -> u16 {
+        let output = podman.command().args(["port", &id, port]).output().unwrap();
+        String::from_utf8_lossy(&output.stdout).trim().rsplit(':').next().unwrap().parse().unwrap()
+    };
+    let port = published("5671");
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], published("15692")));
     let config = amqp::Config::new(amqp::Address::Tls { host: "127.0.0.1".into(), port }, &secrets.webhook_dir());
     let logged_in = local::client::wait_until("a login to RabbitMQ", std::time::Duration::from_secs(90), || async {
         Ok::<_, local::client::TimedOut>(match amqp::Session::connect(&config).await {
@@ -408,7 +466,12 @@ async fn container_rabbitmq_runs_as_its_production_manifest_says() {
         })
     });
     let logged_in = logged_in.await;
+    // Its metrics, per object, for the Prometheus of deploy/prometheus/kubernetes.yml.
+    let scraped = local::client::get(metrics, "/metrics/per-object").await.map(|answer| answer.text());
     let logs = podman.command().args(["logs", &id]).output().unwrap();
     let _ = podman.command().args(["rm", "--force", "--time=0", &id]).output();
-    logged_in.unwrap_or_else(|err| panic!("{err}\n{}", String::from_utf8_lossy(&[logs.stdout, logs.stderr].concat())));
+    let logs = String::from_utf8_lossy(&[logs.stdout, logs.stderr].concat()).into_owned();
+    logged_in.unwrap_or_else(|err| panic!("{err}\n{logs}"));
+    let scraped = scraped.unwrap_or_else(|err| panic!("no metrics on port 15692: {err}\n{logs}"));
+    assert!(scraped.contains("rabbitmq_erlang_uptime_seconds"), "{scraped}");
 }

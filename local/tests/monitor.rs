@@ -1,4 +1,5 @@
-//! Prometheus in the deployment (`run-local --monitor`), for real: it scrapes the webhook,
+//! Prometheus in the deployment (`run-local --monitor`), for real, on both runtimes (a process
+//! beside the services; a container in the pod): it scrapes the webhook,
 //! every worker and RabbitMQ's own plugin, per queue; the webhook's status page links to it;
 //! every query of the Grafana dashboard (deploy/grafana/workbench.json) returns data once a
 //! pull request has been tested; and when the workers go, the alert rules users deploy
@@ -54,8 +55,35 @@ async fn alerts(prometheus: SocketAddr) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// One deployment at a time: two side by side would be slow on these machines.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread")]
-async fn prometheus_scrapes_every_service_and_fires_the_worker_alert_when_workers_go() {
+async fn prometheus_scrapes_every_process_and_fires_the_worker_alert_when_workers_go() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    monitored(Runtime::Process).await;
+}
+
+#[cfg_attr(not(ci), ignore = "needs podman: cargo xtask ci installs it and runs this")]
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_in_the_pod_scrapes_every_container_and_fires_the_worker_alert_when_workers_go() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let podman = local::PodmanService::start(dir.path()).await.unwrap_or_else(|e| panic!("{e}"));
+    local::images::ensure_base(&podman).unwrap();
+    local::images::build_rabbitmq(&podman, false).unwrap();
+    local::images::build_tasks(&podman, &Binaries::of_test_build(), false).unwrap();
+    local::images::build_prometheus(&podman, false).unwrap();
+    drop(podman);
+    monitored(Runtime::Podman {
+        rabbitmq_image: local::images::RABBITMQ.into(),
+        tasks_image: local::images::TASKS.into(),
+        via_kube: false,
+    })
+    .await;
+}
+
+async fn monitored(runtime: Runtime) {
     let dir = tempfile::tempdir().unwrap();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let options = Options {
@@ -64,7 +92,7 @@ async fn prometheus_scrapes_every_service_and_fires_the_worker_alert_when_worker
         workers: 2,
         fixtures: root.join("fixtures"),
         real_github_token: None,
-        runtime: Runtime::Process,
+        runtime,
         hold_failed: false,
         monitor: Some(prometheus::Settings {
             rules: root.join("deploy/prometheus/alerts.yml"),

@@ -31,19 +31,7 @@ pub(crate) fn ensure(
     tasks: Option<&str>,
     force: bool,
 ) -> anyhow::Result<(String, String)> {
-    let runs = crate::workspace::runs_dir();
-    std::fs::create_dir_all(&runs).with_context(|| format!("creating {}", runs.display()))?;
-    let dir = tempfile::Builder::new().prefix("images-").tempdir_in(&runs).context("creating a scratch directory")?;
-    let podman = crate::workspace::runtime()?.block_on(PodmanService::start(dir.path()))?;
-    let step = |name: &str, build: &dyn Fn() -> Result<Built, local::PodmanError>| -> anyhow::Result<()> {
-        let spinner = Spinner::start(&format!("building {name}"));
-        let built = build();
-        spinner.finish(built.is_ok());
-        if built? == Built::Unchanged {
-            println!("  {name} is up to date (its inputs did not change)");
-        }
-        Ok(())
-    };
+    let (_dir, podman) = podman_service()?;
     if rabbitmq.is_none() || tasks.is_none() {
         step(images::BASE, &|| images::ensure_base(&podman))?;
     }
@@ -65,4 +53,32 @@ pub(crate) fn ensure(
         }
     }
     Ok((rabbitmq.unwrap_or(images::RABBITMQ).to_owned(), tasks.unwrap_or(images::TASKS).to_owned()))
+}
+
+/// Builds the Prometheus image of `run-local --monitor` on podman, unless it is up to date.
+pub(crate) fn ensure_prometheus() -> anyhow::Result<()> {
+    let (_dir, podman) = podman_service()?;
+    step(images::BASE, &|| images::ensure_base(&podman))?;
+    step(images::PROMETHEUS, &|| images::build_prometheus(&podman, false))
+}
+
+/// A podman service of our own for the builds, in a scratch directory: bound as
+/// `let (_dir, podman)`, the service stops before its directory goes.
+fn podman_service() -> anyhow::Result<(tempfile::TempDir, PodmanService)> {
+    let runs = crate::workspace::runs_dir();
+    std::fs::create_dir_all(&runs).with_context(|| format!("creating {}", runs.display()))?;
+    let dir = tempfile::Builder::new().prefix("images-").tempdir_in(&runs).context("creating a scratch directory")?;
+    let podman = crate::workspace::runtime()?.block_on(PodmanService::start(dir.path()))?;
+    Ok((dir, podman))
+}
+
+/// Builds image `name` with a spinner, saying when it was up to date.
+fn step(name: &str, build: &dyn Fn() -> Result<Built, local::PodmanError>) -> anyhow::Result<()> {
+    let spinner = Spinner::start(&format!("building {name}"));
+    let built = build();
+    spinner.finish(built.is_ok());
+    if built? == Built::Unchanged {
+        println!("  {name} is up to date (its inputs did not change)");
+    }
+    Ok(())
 }

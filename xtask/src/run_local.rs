@@ -88,11 +88,12 @@ pub struct Args {
     /// purpose (pr-failure). When every scenario passes, the run ends as without this.
     #[arg(long, conflicts_with_all = ["attach", "watch", "interactive", "pr"])]
     pub hold_failed: bool,
-    /// Also run a real Prometheus (Debian's package, 127.0.0.1 only, data in the run
-    /// directory) scraping the webhook, every worker and RabbitMQ (its `rabbitmq_prometheus`
-    /// plugin), with the alert rules of deploy/prometheus/alerts.yml; its URL is printed and
-    /// linked from the webhook's status page. Useful with --keep or -i (not --watch: restarted
-    /// workers listen on other ports). Process runtime only, for now.
+    /// Also run a real Prometheus (Debian's package) scraping the webhook, every worker and
+    /// RabbitMQ (its `rabbitmq_prometheus` plugin), with the alert rules of
+    /// deploy/prometheus/alerts.yml; its URL (on 127.0.0.1) is printed and linked from the
+    /// webhook's status page. On the process runtime a process with its data in the run
+    /// directory; on podman a container of the pod (its image built from Debian's packages).
+    /// Useful with --keep or -i (not --watch: restarted workers listen on other ports).
     #[arg(long, conflicts_with_all = ["attach", "watch"])]
     pub monitor: bool,
     /// Bring the deployment up and open a shell in it instead of running the scenarios;
@@ -296,9 +297,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
              your GitHub token and the CA key: pass --allow-unsandboxed-pr if you trust that code"
         );
     }
-    if args.monitor && runtime == Runtime::Podman {
-        bail!("--monitor runs Prometheus on the process runtime only, for now: pass --runtime process");
-    }
     packages::ensure(match (runtime, args.monitor) {
         (Runtime::Podman, _) => &PODMAN[..],
         (_, true) => &[RABBITMQ, PROMETHEUS][..],
@@ -317,6 +315,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Runtime::Podman => {
             let images =
                 crate::images::ensure(&binaries, args.rabbitmq_image.as_deref(), args.tasks_image.as_deref(), false)?;
+            if args.monitor {
+                crate::images::ensure_prometheus()?;
+            }
             local::deployment::Runtime::Podman {
                 rabbitmq_image: images.0,
                 tasks_image: images.1,
