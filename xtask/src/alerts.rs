@@ -1,6 +1,6 @@
 //! The alert rules users deploy (`deploy/prometheus/alerts.yml`), checked with Prometheus' own
-//! tool: `promtool check config` of the production scrape configuration (`kubernetes.yml`,
-//! which names the rules), then `promtool test rules` of `alerts_test.yml`, where every
+//! tool: `promtool check rules`, `promtool check config` of the production scrape
+//! configuration (`kubernetes.yml`), then `promtool test rules` of `alerts_test.yml`, where every
 //! alert has a case in which it fires and one in which it stays quiet (a test below keeps it so).
 
 use std::process::Command;
@@ -13,8 +13,12 @@ use crate::packages::{self, PROMETHEUS};
 pub fn check() -> anyhow::Result<()> {
     packages::ensure(&[PROMETHEUS])?;
     let dir = crate::workspace::root().join("deploy/prometheus");
-    // The production scrape configuration names the rules: checking it checks them too.
-    for args in [["check", "config", "kubernetes.yml"], ["test", "rules", "alerts_test.yml"]] {
+    // The production scrape configuration names the rules: its check loads them too.
+    for args in [
+        ["check", "rules", "alerts.yml"],
+        ["check", "config", "kubernetes.yml"],
+        ["test", "rules", "alerts_test.yml"],
+    ] {
         let status = Command::new("promtool")
             .args(args)
             .current_dir(&dir)
