@@ -14,11 +14,9 @@ pub fn check() -> anyhow::Result<()> {
     packages::ensure(&[PROMETHEUS])?;
     let dir = crate::workspace::root().join("deploy/prometheus");
     // The production scrape configuration names the rules: its check loads them too.
-    for args in [
-        ["check", "rules", "alerts.yml"],
-        ["check", "config", "kubernetes.yml"],
-        ["test", "rules", "alerts_test.yml"],
-    ] {
+    for args in
+        [["check", "rules", "alerts.yml"], ["check", "config", "kubernetes.yml"], ["test", "rules", "alerts_test.yml"]]
+    {
         let status = Command::new("promtool")
             .args(args)
             .current_dir(&dir)
