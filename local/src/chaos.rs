@@ -26,6 +26,8 @@ pub enum ChaosError {
     Mock(#[from] crate::github::MockError),
     #[error(transparent)]
     S3(#[from] crate::s3_server::S3ServerError),
+    #[error(transparent)]
+    GitHub(#[from] github::Error),
     #[error("cannot {what}: {source}")]
     Io { what: String, source: std::io::Error },
     #[error("{0}")]
@@ -290,6 +292,232 @@ pub async fn worker_crashes(
         seed,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// What [`partition`] saw.
+#[derive(Debug, Clone)]
+pub struct Partition {
+    pub hosts: usize,
+    pub jobs: usize,
+    pub final_statuses: usize,
+    /// Jobs without a final status.
+    pub lost: usize,
+    /// Jobs with more than one.
+    pub duplicated: usize,
+    /// Jobs the broker delivered again, to a worker that ran them or found them reported.
+    pub redelivered: u64,
+    /// Jobs the cut workers abandoned.
+    pub abandoned: u64,
+    pub seconds: f64,
+}
+
+impl std::fmt::Display for Partition {
+    /// The run's machine-readable line.
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "partition: {} hosts, {} jobs, {} final statuses, {} lost, {} duplicated, {} redelivered, {:.1} s",
+            self.hosts, self.jobs, self.final_statuses, self.lost, self.duplicated, self.redelivered, self.seconds
+        )
+    }
+}
+
+/// How long after its link is cut a worker may still post statuses: it notices the silence
+/// within 7 s (run-queue's ping), and its jobs stop within 5 s more.
+const NOTICED_WITHIN: Duration = Duration::from_secs(14);
+
+/// Queues `jobs` jobs (each sleeping 8 to 9 s, longer than a worker takes to notice a cut, with
+/// the "Not yet tested" status tests-scan posts) for `hosts` workers of two slots, each reaching
+/// the broker through a link of its own (`crate::link`). Once the first two workers run jobs,
+/// both their links are cut (silent: no FIN, no RST), the first for `cut_for`, the second for
+/// good. Once the first is back, `hosts` times two jobs more (of 2 s) are queued, some of which
+/// it must run. Every job must end with exactly one final status; a cut worker must post
+/// nothing from [`NOTICED_WITHIN`] after the cut until its link is back; the queue must end
+/// empty (once the broker noticed the host cut for good).
+pub async fn partition(
+    dir: &Path,
+    tasks: &Path,
+    hosts: usize,
+    jobs: usize,
+    cut_for: Duration,
+) -> Result<Partition, ChaosError> {
+    const REPO: &str = "workbench-ci/partition";
+    if hosts < 3 {
+        return Err(ChaosError::Lost(format!("a partition run needs 3 hosts or more (two are cut), not {hosts}")));
+    }
+    let started = Instant::now();
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |source| ChaosError::Io { what, source }
+    };
+    let (secrets, _) = secrets::generate(&dir.join("secrets"), false)?;
+    let broker = Broker::start(&dir.join("broker"), &secrets).await?;
+    let token = std::fs::read_to_string(secrets.github_token()).map_err(io("read the GitHub token"))?;
+    let mock = crate::MockGitHub::start(&dir.join("github"), &token).await?;
+    let s3 = crate::S3Server::start(&dir.join("s3"), &secrets, false).await?;
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+    mock.add_repo(REPO, &fixtures.join("repos/passing"))?;
+    let head = mock.open_pull(REPO, 1, "A change", "workbench-ci")?;
+    let github = github::GitHub::new(&mock.api_url(), token.trim())?;
+    let forge = crate::worker::Forge::mock(&mock, &secrets);
+    let runner_config = crate::worker::RunnerConfig::local(&forge, &s3, &secrets, crate::worker::Sandbox::Process)
+        .write(dir)
+        .map_err(io("write the job-runner configuration"))?;
+    let work_dir = dir.join("work");
+    std::fs::create_dir_all(&work_dir).map_err(io("create the work directory"))?;
+
+    let session = amqp::Session::connect(&broker.client_config()).await?;
+    session.declare(amqp::PUBLIC).await?;
+    let mut contexts = Vec::new();
+    let mut random = Random(started.elapsed().as_nanos() as u64 | 1);
+    // Jobs sleeping `seconds` and up to a second more each.
+    let mut queue = |batch: &str, count: usize, seconds: u64, contexts: &mut Vec<String>| {
+        let queued: Vec<(String, Vec<u8>)> = (0..count)
+            .map(|n| {
+                let context = format!("partition/{batch}-{n}");
+                let pause = format!("sleep {seconds}.{}", random.below(10));
+                let job = amqp::Job {
+                    command: Some(vec!["sh".into(), "-c".into(), pause]),
+                    ..amqp::Job::for_pull(REPO, &head, 1, &context, "20261201-000000")
+                };
+                let message = job.with_env(&[("TEST_OS", "unit-tests")]).message(&context);
+                (context, serde_json::to_vec(&message).expect("a job encodes"))
+            })
+            .collect();
+        contexts.extend(queued.iter().map(|(context, _)| context.clone()));
+        queued
+    };
+    let publish = async |queued: Vec<(String, Vec<u8>)>| -> Result<(), ChaosError> {
+        for (context, message) in queued {
+            let status = github::StatusUpdate {
+                context,
+                state: "pending".into(),
+                description: tasks::scan::NOT_TESTED.into(),
+                target_url: None,
+            };
+            github.post_status(REPO, &head, &status).await?;
+            session.publish(amqp::PUBLIC.name, &message, Some(5)).await?;
+        }
+        Ok(())
+    };
+    // Longer than a worker takes to notice the cut, so that the cut workers have jobs to abandon.
+    publish(queue("first", jobs, 8, &mut contexts)).await?;
+
+    let config = crate::service::WorkerConfig {
+        broker: &broker,
+        secrets: &secrets,
+        test_map: &fixtures.join("testmap.toml"),
+        forge: &forge,
+        runner_config: &runner_config,
+        work_dir: &work_dir,
+        jobs: 2,
+        rescan_interval: None,
+    };
+    let names: Vec<String> = (1..=hosts).map(|n| format!("host-{n}")).collect();
+    let broker_at = match broker.address() {
+        amqp::Address::Tls { port, .. } => SocketAddr::from(([127, 0, 0, 1], port)),
+        other => return Err(ChaosError::Lost(format!("the broker is not at a TLS address: {other}"))),
+    };
+    let mut links = Vec::new();
+    let mut workers = Vec::new();
+    for name in &names {
+        let link = crate::link::Link::start(broker_at).await.map_err(io("start a link to the broker"))?;
+        let via = amqp::Address::Tls { host: "127.0.0.1".into(), port: link.address().port() };
+        workers.push(crate::service::Worker::start_via(tasks, dir, name, &config, &via).await?);
+        links.push(link);
+    }
+    let by = |name: &str| format!("[{name}]");
+    let statuses = || mock.statuses(REPO, &head);
+    let running_on = |name: &str| statuses().iter().any(|s| s.description == format!("In progress {}", by(name)));
+    crate::client::wait_until("jobs running on the first two hosts", Duration::from_secs(60), || async {
+        Ok::<_, ChaosError>(match running_on(&names[0]) && running_on(&names[1]) {
+            true => Check::Done(()),
+            false => Check::NotYet("no \"In progress\" of both yet".into()),
+        })
+    })
+    .await?;
+    links[0].cut();
+    links[1].cut();
+    tokio::time::sleep(NOTICED_WITHIN).await;
+    let quiet_from = statuses().len();
+    tokio::time::sleep(cut_for.saturating_sub(NOTICED_WITHIN)).await;
+    let back_at = statuses().len();
+    links[0].restore();
+    let posted_by = |name: &str, range: std::ops::Range<usize>| {
+        statuses()[range].iter().filter(|s| s.description.ends_with(&by(name))).count()
+    };
+    if posted_by(&names[0], quiet_from..back_at) > 0 {
+        return Err(ChaosError::Lost(format!("{} posted statuses while cut off", names[0])));
+    }
+
+    // Back, the first host takes work again: once it consumes `public` anew (the one cut for
+    // good does not), more jobs come.
+    let expected = hosts - 1;
+    crate::client::wait_until("the host whose link came back consuming again", Duration::from_secs(60), || async {
+        let consumers = session.inspect(&[amqp::PUBLIC.name]).await?.pop().flatten().map(|state| state.consumers);
+        Ok::<_, ChaosError>(match consumers == Some(expected as u32) {
+            true => Check::Done(()),
+            false => Check::NotYet(format!("{consumers:?} consumers of public, not {expected}")),
+        })
+    })
+    .await?;
+    let second_from = statuses().len();
+    publish(queue("second", hosts * 2, 2, &mut contexts)).await?;
+    let finals = |statuses: &[github::StatusUpdate], context: &str| {
+        statuses.iter().filter(|s| s.context == context && s.state != "pending").count()
+    };
+    let within = Duration::from_secs(60 + 5 * contexts.len() as u64);
+    crate::client::wait_until("a final status of every job", within, || async {
+        let statuses = statuses();
+        let missing: Vec<&String> = contexts.iter().filter(|c| finals(&statuses, c) == 0).collect();
+        Ok::<_, ChaosError>(match missing.is_empty() {
+            true => Check::Done(()),
+            false => Check::NotYet(format!("jobs without one: {missing:?}")),
+        })
+    })
+    .await?;
+    // The broker gives the jobs of the host cut for good to others once it noticed the silence
+    // (2 to 3 heartbeat intervals: up to 45 s), which find them reported.
+    crate::client::wait_until("the queue empty", Duration::from_secs(90), || async {
+        let left = broker.messages(amqp::PUBLIC.name)?;
+        Ok::<_, ChaosError>(match left {
+            Some((0, 0)) => Check::Done(()),
+            left => Check::NotYet(format!("messages in public (ready, unacknowledged): {left:?}")),
+        })
+    })
+    .await?;
+    let all = statuses();
+    if posted_by(&names[1], quiet_from..all.len()) > 0 {
+        return Err(ChaosError::Lost(format!("{} posted statuses while cut off for good", names[1])));
+    }
+    let ran_again = all[second_from..].iter().any(|s| s.state != "pending" && s.description.ends_with(&by(&names[0])));
+    if !ran_again {
+        return Err(ChaosError::Lost(format!("{} took no work once its link was back", names[0])));
+    }
+    let (mut redelivered, mut abandoned) = (0, 0);
+    for worker in &workers {
+        redelivered += metric(worker.metrics, "tasks_messages_redelivered_total").await;
+        abandoned += metric(worker.metrics, "tasks_jobs_abandoned_total").await;
+    }
+    for worker in &mut workers {
+        worker.service.stop().await;
+    }
+    session.close().await;
+    let left = broker.messages(amqp::PUBLIC.name)?;
+    let run = Partition {
+        hosts,
+        jobs: contexts.len(),
+        final_statuses: contexts.iter().map(|c| finals(&all, c)).sum(),
+        lost: contexts.iter().filter(|c| finals(&all, c) == 0).count(),
+        duplicated: contexts.iter().filter(|c| finals(&all, c) > 1).count(),
+        redelivered,
+        abandoned,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    if run.lost > 0 || run.duplicated > 0 || left != Some((0, 0)) {
+        return Err(ChaosError::Lost(format!("{run}; messages left in public (ready, unacknowledged): {left:?}")));
+    }
+    Ok(run)
 }
 
 /// What [`github_outage`] saw.

@@ -11,6 +11,7 @@ pub mod github;
 pub mod images;
 pub mod kube;
 pub mod launch;
+pub mod link;
 pub mod pod;
 pub mod podman;
 pub mod prometheus;

@@ -190,9 +190,20 @@ impl Worker {
         hostname: &str,
         config: &WorkerConfig<'_>,
     ) -> Result<Worker, ServiceError> {
+        Worker::start_via(binary, run_dir, hostname, config, &config.broker.address()).await
+    }
+
+    /// [`Worker::start`], reaching the broker at `broker` (a `crate::link::Link` to it, say).
+    pub async fn start_via(
+        binary: &Path,
+        run_dir: &Path,
+        hostname: &str,
+        config: &WorkerConfig<'_>,
+        broker: &amqp::Address,
+    ) -> Result<Worker, ServiceError> {
         let address_file = run_dir.join(format!("{hostname}.metrics-address"));
         let _ = std::fs::remove_file(&address_file);
-        let broker_address = config.broker.address().to_string();
+        let broker_address = broker.to_string();
         let webhook_dir = config.secrets.webhook_dir();
         let launch = crate::launch::Worker {
             broker: crate::launch::Broker { address: Some(&broker_address), secrets_dir: Some(&webhook_dir) },

@@ -1,6 +1,6 @@
 //! The fault runs of `local::chaos` in their short form (`cargo xtask chaos` runs the full
 //! ones): nothing answered as stored is lost, whether the broker restarts or the webhook stops;
-//! no job is lost or reported twice when its workers are killed.
+//! no job is lost or reported twice when its workers are killed, or cut off from the broker.
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broker_restart_under_load_loses_no_delivery_answered_200() {
@@ -45,4 +45,20 @@ async fn a_github_outage_loses_no_pull_request() {
     let run = local::chaos::github_outage(dir.path(), &tasks, 5, refused, limited).await.unwrap();
     assert_eq!((run.pulls, run.final_statuses, run.lost, run.duplicated), (5, 5, 0, 0), "{run:?}");
     assert!(run.put_off > 0, "the outage outlasted a request's own tries: {run:?}");
+}
+
+/// Two of three workers cut off from the broker by a silent link (no FIN, no RST) while they run
+/// jobs, one for 35 s, one for good (until the broker noticed, up to 45 s): every job ends
+/// with exactly one final status, the cut workers post nothing once they noticed, the one
+/// whose link came back takes work again, and the queue ends empty.
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_cut_off_from_the_broker_lose_no_job_and_report_none_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = local::Binaries::of_test_build().tasks;
+    // The run itself fails on a lost or duplicated job, a status from a worker cut off, a
+    // worker back that takes no work, or a message left.
+    let run = local::chaos::partition(dir.path(), &tasks, 3, 8, std::time::Duration::from_secs(35)).await.unwrap();
+    assert_eq!((run.jobs, run.final_statuses, run.lost, run.duplicated), (14, 14, 0, 0), "{run}");
+    assert!(run.abandoned > 0, "the cut workers abandoned the jobs they ran: {run:?}");
+    assert!(run.redelivered >= run.abandoned, "the abandoned jobs were delivered again: {run:?}");
 }

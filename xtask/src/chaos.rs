@@ -43,6 +43,16 @@ pub struct Args {
     /// Seconds GitHub then answers 403 with `x-ratelimit-remaining: 0`, its reset at the end.
     #[arg(long, default_value_t = 10)]
     limited: u64,
+    /// Worker hosts of the partition run (3 or more: two are cut off).
+    #[arg(long, default_value_t = 3)]
+    hosts: usize,
+    /// Jobs queued before the partition (as many again as twice the hosts come after).
+    #[arg(long = "partition-jobs", default_value_t = 30)]
+    partition_jobs: usize,
+    /// Seconds the first cut host stays cut off: past 30, the broker noticed and gave its
+    /// jobs to others.
+    #[arg(long, default_value_t = 40)]
+    cut: u64,
 }
 
 /// The fault runs.
@@ -57,6 +67,9 @@ enum Run {
     /// GitHub refusing, then rate-limiting, while pull requests are opened: each ends with
     /// exactly one final status per context.
     GithubOutage,
+    /// Worker hosts cut off from the broker by a silent link, one for a while, one for good:
+    /// every job ends with exactly one final status.
+    Partition,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -78,6 +91,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if wanted(Run::GithubOutage) {
         github_outage(&args, &scratch()?)?;
     }
+    if wanted(Run::Partition) {
+        partition(&args, &scratch()?)?;
+    }
+    Ok(())
+}
+
+fn partition(args: &Args, dir: &tempfile::TempDir) -> anyhow::Result<()> {
+    let binaries = crate::workspace::build_binaries(crate::workspace::Profile::Release)?;
+    let what = format!(
+        "partition: {} hosts, {} jobs, one host cut for {} s, one for good",
+        args.hosts, args.partition_jobs, args.cut
+    );
+    let spinner = crate::progress::Spinner::start(&what);
+    let cut = Duration::from_secs(args.cut);
+    let run = local::chaos::partition(dir.path(), &binaries.tasks, args.hosts, args.partition_jobs, cut);
+    let run = crate::workspace::runtime()?.block_on(run);
+    spinner.finish(run.is_ok());
+    let run = run?;
+    println!("{} jobs abandoned by the hosts cut off", run.abandoned);
+    println!("{run}");
     Ok(())
 }
 

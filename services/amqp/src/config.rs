@@ -89,8 +89,8 @@ pub struct Config {
 }
 
 /// The heartbeat clients ask for: a link that goes silent (no FIN, no RST: a partition, a
-/// frozen host) is noticed by both ends within about 30 s, where RabbitMQ's default of 60 s
-/// took two minutes, so that a silent worker's unacknowledged jobs go to another sooner. Not
+/// frozen host) is noticed by lapin within 30 s and by RabbitMQ within 45 s, where RabbitMQ's
+/// default of 60 s took up to three minutes, so that a silent worker's unacknowledged jobs go to another sooner. Not
 /// shorter: heartbeats are sent by lapin's own I/O thread, not starved by jobs (they run in
 /// processes of their own), but a loaded machine must not lose healthy connections (docs/protocol.md).
 pub const HEARTBEAT_SECONDS: u16 = 15;

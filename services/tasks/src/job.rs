@@ -57,13 +57,15 @@ pub enum JobError {
     Store(#[from] StoreError),
     #[error("job-runner: cannot use the scratch directory {}: {source}", path.display())]
     Scratch { path: PathBuf, source: std::io::Error },
+    #[error("job-runner: abandoned, its worker having lost the broker: the broker gives the job to another worker")]
+    Abandoned,
 }
 
 impl Transient for JobError {
     /// Whether GitHub or S3 was away rather than the job wrong: trying later can help.
     fn is_transient(&self) -> bool {
         match self {
-            JobError::Config(_) | JobError::Scratch { .. } => false,
+            JobError::Config(_) | JobError::Scratch { .. } | JobError::Abandoned => false,
             JobError::GitHub(err) => err.is_transient(),
             JobError::Store(err) => err.is_transient(),
         }
@@ -83,15 +85,40 @@ struct Subject {
     rebase: Option<String>,
 }
 
+/// This try of a job: how it is told to stop before its end, and whether it is tried again.
+#[derive(Debug, Clone, Default)]
+pub struct Attempt {
+    /// Stop the test, and end the job as cancelled (its log and status say so).
+    pub cancel: CancellationToken,
+    /// The worker lost its broker, which gives the job to another worker: write nothing more
+    /// for it (no attachments, no end of log, no status), so that the job has one outcome, the
+    /// other worker's. Cancelled together with `cancel`, which stops the test.
+    pub abandon: CancellationToken,
+    /// The broker delivered the job again (its worker died, or lost the broker): statuses
+    /// linking to its log are its own earlier tries', whatever worker posted them.
+    pub redelivered: bool,
+}
+
+impl From<CancellationToken> for Attempt {
+    fn from(cancel: CancellationToken) -> Attempt {
+        Attempt { cancel, ..Attempt::default() }
+    }
+}
+
 /// Runs `job` on this host, called `hostname` in statuses and the log, until it ends or
-/// `cancel` says so.
+/// `attempt` says to stop.
 pub async fn run(
     config: &RunnerConfig,
     job: &Job,
     hostname: &str,
     scratch: &Path,
-    cancel: CancellationToken,
+    attempt: impl Into<Attempt>,
 ) -> Result<Outcome, JobError> {
+    let Attempt { cancel, abandon, redelivered } = attempt.into();
+    let abandoned = || match abandon.is_cancelled() {
+        true => Err(JobError::Abandoned),
+        false => Ok(()),
+    };
     let (forge, github) = forge(config, job)?;
     let subject = resolve(&github, job).await?;
     // Everything asked of GitHub before the job starts, so that GitHub being away puts the job
@@ -105,7 +132,8 @@ pub async fn run(
     let (shown_context, short_sha) = (context.as_deref().unwrap_or("-"), &subject.sha[..12.min(subject.sha.len())]);
     let title = job.title.clone().unwrap_or_else(|| format!("{shown_context}@{}#{short_sha}", job.repo));
     let (store, log_url) = LogStore::for_job(config, &prefix(job, &subject.sha))?;
-    let reporter = Reporter { forge, github: &github, subject: &subject, job, hostname, log_url: &log_url };
+    let reporter =
+        Reporter { forge, github: &github, subject: &subject, job, hostname, log_url: &log_url, redelivered };
     if let Some(owner) = reporter.other_owner().await {
         tracing::info!(owner = owner.target_url, "another job runs this context's tests; not running them again");
         return Ok(Outcome::Superseded(owner.target_url.unwrap_or_default()));
@@ -118,6 +146,7 @@ pub async fn run(
         .await
         .map_err(|source| JobError::Scratch { path: scratch.to_owned(), source })?;
     let post = |state: State, description: String, policy: Policy| reporter.post(state, description, policy);
+    abandoned()?;
     // Unlike Cockpit's job-runner, a job whose "In progress" GitHub would not take still runs:
     // its outcome is what must arrive.
     if let Err(err) = post(State::Pending, "In progress".into(), retry::COCKPIT).await {
@@ -151,6 +180,7 @@ pub async fn run(
             watched(&run_context, scratch, &mut log, &cancel).await
         }
     };
+    abandoned()?;
     let (dir, limits) = (scratch.join("attachments"), config.limits.attachments());
     attachments::upload(&dir, &limits, &mut log).instrument(tracing::info_span!("attachments")).await;
     if log.dropped() > 0 {
@@ -167,6 +197,7 @@ pub async fn run(
         tracing::error!(%err, "the job's log could not be stored");
     }
     if let Some((state, description)) = status(&outcome) {
+        abandoned()?;
         post(state, description, retry::FINAL_STATUS).await?;
     }
     Ok(outcome)
@@ -201,7 +232,8 @@ pub async fn give_up(config: &RunnerConfig, job: &Job, hostname: &str, tries: u3
     Sink::put(&store, "log", s3::Body::from(note.into_bytes()), "text/plain; charset=utf-8").await?;
     // Without a chunk list, the viewer reads `log`: the log is over.
     Sink::delete(&store, "log.chunks").await?;
-    let reporter = Reporter { forge, github: &github, subject: &subject, job, hostname, log_url: &log_url };
+    let reporter =
+        Reporter { forge, github: &github, subject: &subject, job, hostname, log_url: &log_url, redelivered: true };
     Ok(reporter.post(State::Error, format!("Internal error: {reason}"), retry::FINAL_STATUS).await?)
 }
 
@@ -213,6 +245,8 @@ struct Reporter<'a> {
     job: &'a Job,
     hostname: &'a str,
     log_url: &'a str,
+    /// [`Attempt::redelivered`].
+    redelivered: bool,
 }
 
 impl Reporter<'_> {
@@ -240,11 +274,12 @@ impl Reporter<'_> {
             }
         };
         // Another job's: another log, or (should two workers have given one slug to two jobs)
-        // another worker's host name.
+        // another worker's host name, unless this job was delivered again: then it is an earlier
+        // try's, whose worker died or lost the broker (and abandoned it).
         let own_host = format!("[{}]", self.hostname);
         let mine = |owner: &github::Status| {
             owner.target_url.as_deref() == Some(self.log_url)
-                && owner.description.as_deref().is_some_and(|d| d.ends_with(&own_host))
+                && (self.redelivered || owner.description.as_deref().is_some_and(|d| d.ends_with(&own_host)))
         };
         crate::status::owner(&history, context).filter(|owner| !mine(owner)).cloned()
     }

@@ -47,8 +47,9 @@ pub async fn run(args: &Args, cancel: impl Future<Output = ()>) -> anyhow::Resul
         config: args.job_runner_config.clone(),
         work_dir: std::env::temp_dir(),
         traceparent: None,
+        redelivered: false,
     };
-    match run_request(&config, &request, cancel).await? {
+    match run_request(&config, &request, cancel, std::future::pending::<()>()).await? {
         Outcome::Success | Outcome::Failure(_) | Outcome::Superseded(_) => Ok(()),
         Outcome::Error(reason) | Outcome::LogNotStored(reason) => anyhow::bail!("Internal error: {reason}"),
         Outcome::Cancelled => anyhow::bail!("Job cancelled"),
@@ -73,6 +74,9 @@ pub struct Request {
     /// The trace the job belongs to (W3C `traceparent`), continued by the job's process.
     #[serde(default)]
     pub traceparent: Option<String>,
+    /// The broker delivered the job again ([`job::Attempt::redelivered`]).
+    #[serde(default)]
+    pub redelivered: bool,
 }
 
 /// What the job process tells the worker when it is done.
@@ -95,25 +99,39 @@ pub enum Ended {
     Transient { error: String, retry_after: Option<u64> },
     /// It could not run and never will as it is (a configuration error, say).
     Failed(String),
+    /// Its worker lost the broker and abandoned it ([`ABANDON`]): the broker gives it to
+    /// another worker, and this try wrote nothing after that.
+    Abandoned,
 }
+
+/// The signal by which the worker abandons a job: it lost the broker, which gives the job to
+/// another worker. The job's test is stopped, and nothing more is written for it.
+pub const ABANDON: rustix::process::Signal = rustix::process::Signal::USR1;
+
+/// How long an abandoned job may take to stop its test before its process ends all the same.
+pub const ABANDON_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The largest request the job process reads: a job is a few kilobytes.
 const MAX_REQUEST: u64 = 16 << 20;
 
-/// `tasks run-job`: reads a [`Request`] from standard input, runs the job until it ends or
-/// `cancel` resolves (the worker's SIGTERM), and writes the [`Report`] to standard output.
+/// `tasks run-job`: reads a [`Request`] from standard input, runs the job until it ends,
+/// `cancel` resolves (the worker's SIGTERM) or the worker abandons it ([`ABANDON`]), and writes
+/// the [`Report`] to standard output.
 pub async fn serve(cancel: impl Future<Output = ()>) -> anyhow::Result<()> {
     // Processes the job leaves behind (even those that left its process group) become this
     // process's children, and are stopped with the job.
     crate::sandbox::adopt_orphans().context("cannot become the subreaper of the job's processes")?;
+    let kind = tokio::signal::unix::SignalKind::from_raw(ABANDON.as_raw());
+    let mut abandon = tokio::signal::unix::signal(kind).context("cannot listen for the worker's signals")?;
     let mut text = String::new();
     std::io::stdin().take(MAX_REQUEST).read_to_string(&mut text).context("reading the job request")?;
     let request: Request = serde_json::from_str(&text).context("a malformed job request")?;
     let span = tracing::info_span!("job-runner", slug = request.job.slug.as_deref().unwrap_or("-"));
     traces::continue_trace(&span, request.traceparent.as_deref());
     let ended = match RunnerConfig::load(request.config.as_deref()) {
-        Ok(config) => match run_request(&config, &request, cancel).instrument(span).await {
+        Ok(config) => match run_request(&config, &request, cancel, abandon.recv()).instrument(span).await {
             Ok(outcome) => Ended::Reported(outcome),
+            Err(JobError::Abandoned) => Ended::Abandoned,
             Err(err) if err.is_transient() => Ended::Transient {
                 error: err.to_string(),
                 retry_after: err.retry_after().map(|wait| wait.as_secs() + 1),
@@ -128,23 +146,31 @@ pub async fn serve(cancel: impl Future<Output = ()>) -> anyhow::Result<()> {
     stdout.write_all(b"\n").and_then(|()| stdout.flush()).context("writing the job report")
 }
 
-/// Runs the request's job in a scratch directory of its own until it ends, or `cancel`
-/// resolves and the job has ended as cancelled.
-async fn run_request(
+/// Runs the request's job in a scratch directory of its own until it ends, `cancel`
+/// resolves and the job has ended as cancelled, or `abandon` resolves and the job stopped
+/// (within [`ABANDON_WITHIN`]) writing nothing more.
+async fn run_request<T>(
     config: &RunnerConfig,
     request: &Request,
     cancel: impl Future<Output = ()>,
+    abandon: impl Future<Output = T>,
 ) -> Result<Outcome, JobError> {
     let scratch = scratch_dir(&request.work_dir)?;
-    let cancel_job = tokio_util::sync::CancellationToken::new();
+    let stop = job::Attempt { redelivered: request.redelivered, ..job::Attempt::default() };
     let outcome = {
-        let run = job::run(config, &request.job, &request.hostname, scratch.path(), cancel_job.clone());
-        tokio::pin!(run, cancel);
+        let run = job::run(config, &request.job, &request.hostname, scratch.path(), stop.clone());
+        tokio::pin!(run, cancel, abandon);
         tokio::select! {
             outcome = &mut run => outcome,
             () = &mut cancel => {
-                cancel_job.cancel();
+                stop.cancel.cancel();
                 run.await
+            }
+            _ = &mut abandon => {
+                stop.abandon.cancel();
+                stop.cancel.cancel();
+                // Dropped past its time: what it started is stopped with this process.
+                tokio::time::timeout(ABANDON_WITHIN, run).await.unwrap_or(Err(JobError::Abandoned))
             }
         }
     };

@@ -1,6 +1,7 @@
 //! The worker's Prometheus metrics (prometheus-client), served in the OpenMetrics text format:
 //! jobs by outcome and how long they ran, how long messages waited in their queue, messages
-//! redelivered, put off, parked and given up, GitHub's rate limits, job processes' memory.
+//! redelivered, put off, parked and given up, GitHub's rate limits, job processes' memory,
+//! broker sessions lost and the jobs abandoned with them.
 
 use std::time::Duration;
 
@@ -37,6 +38,8 @@ pub struct Metrics {
     parked: Family<QueueLabel, Counter>,
     already_reported: Counter,
     peak_job_memory: Gauge,
+    broker_lost: Counter,
+    abandoned: Counter,
 }
 
 impl Default for Metrics {
@@ -95,6 +98,18 @@ impl Default for Metrics {
             "The most memory one job process held at once",
             peak_job_memory.clone(),
         );
+        let broker_lost = Counter::default();
+        registry.register(
+            "tasks_broker_connections_lost",
+            "Broker sessions lost (the broker went away or stopped answering); the worker connected again",
+            broker_lost.clone(),
+        );
+        let abandoned = Counter::default();
+        registry.register(
+            "tasks_jobs_abandoned",
+            "Jobs abandoned with a lost broker session, left for the broker to give to other workers",
+            abandoned.clone(),
+        );
         Metrics {
             registry,
             jobs,
@@ -106,6 +121,8 @@ impl Default for Metrics {
             parked,
             already_reported,
             peak_job_memory,
+            broker_lost,
+            abandoned,
         }
     }
 }
@@ -152,6 +169,16 @@ impl Metrics {
     /// A redelivered job not run again, its final status posted already.
     pub fn already_reported(&self) {
         self.already_reported.inc();
+    }
+
+    /// A broker session lost.
+    pub fn broker_lost(&self) {
+        self.broker_lost.inc();
+    }
+
+    /// Jobs abandoned with a lost session.
+    pub fn abandoned(&self, jobs: usize) {
+        self.abandoned.inc_by(jobs as u64);
     }
 
     /// Rate-limit refusals a job process met, added to this process's own.

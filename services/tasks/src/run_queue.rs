@@ -95,10 +95,10 @@ impl Default for Args {
     }
 }
 
-/// What the worker holds while it runs; its tasks share it.
+/// What the worker holds while connected to the broker; its tasks share it.
 struct Worker {
     session: Session,
-    scanner: Scanner,
+    scanner: Arc<Scanner>,
     runner: Option<Arc<RunnerConfig>>,
     /// The file `runner` was read from (none for Cockpit's defaults), for the job processes.
     runner_file: Option<PathBuf>,
@@ -109,6 +109,8 @@ struct Worker {
     metrics: Arc<Metrics>,
     /// Cancels the jobs and commands running (past the grace period on shutdown).
     cancel: CancellationToken,
+    /// Abandons the jobs running: the session is lost, and the broker gives them to others.
+    abandon: CancellationToken,
 }
 
 /// A queue this worker takes work from, besides `webhook`.
@@ -121,6 +123,15 @@ struct Queue {
 /// tries (about 2 minutes): the containers of a pod, or of a Kubernetes deployment, start in any
 /// order.
 const BROKER_ATTEMPTS: u32 = 30;
+
+/// How often the worker asks the broker whether it is still there, and how long it waits for
+/// the answer. Cut off from its broker by a silent link (no FIN, no RST: a partition), a worker
+/// notices within `PING_EVERY + PING_WITHIN` (7 s) and abandons its jobs, before the broker
+/// gives them to another worker (RabbitMQ waits 2 to 3 heartbeat intervals without data: 30 to
+/// 45 s with [`amqp::HEARTBEAT_SECONDS`]), so that no job runs on two workers at once
+/// (docs/protocol.md).
+const PING_EVERY: Duration = Duration::from_secs(2);
+const PING_WITHIN: Duration = Duration::from_secs(5);
 
 /// How many tries a job gets. A job that never comes to an end (it stops its job process or its
 /// worker each time, as a job that eats all memory does) is given up after that many, with an
@@ -143,13 +154,26 @@ enum Done {
     Later { delay: Duration, error: String },
     /// Its work failed for good: park it for an operator, with why.
     Park(String),
+    /// Its work was abandoned with the lost session: leave it unacknowledged, for the broker to
+    /// give to another worker.
+    Abandoned,
 }
 
 /// The result of a task: the queue and message it worked on, and what became of it.
 type Settled = (&'static str, Delivery, Done);
 
+/// Why the worker stopped serving a session.
+enum Served {
+    /// Shutdown was requested: the work in hand was finished (or cancelled), with this result.
+    Shutdown(anyhow::Result<()>),
+    /// The session was lost (the broker went away, or stopped answering): the work in hand was
+    /// abandoned, and the worker connects again.
+    Lost(anyhow::Error),
+}
+
 /// Serves the queues until `shutdown` resolves, then finishes (or, past the grace period,
-/// cancels) the work in hand and returns.
+/// cancels) the work in hand and returns. A lost broker connection abandons the work in hand
+/// and connects again.
 pub async fn run(config: &amqp::Config, args: &Args, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let runner = match &args.job_runner_config {
         Some(path) => Some(Arc::new(RunnerConfig::load(Some(path))?)),
@@ -171,20 +195,99 @@ pub async fn run(config: &amqp::Config, args: &Args, shutdown: impl Future<Outpu
             Err(err) => tracing::warn!(%err, "cannot look for job containers left by an earlier run"),
         }
     }
-    let session = amqp::connect_with_backoff(config, BROKER_ATTEMPTS).await?;
+    let scanner = Arc::new(Scanner::load(&args.scan)?);
+    let metrics = Arc::new(Metrics::default());
+    let stop_serving = CancellationToken::new();
+    let mut metrics_server = None;
+    // Whether the worker served a session yet.
+    let mut started = false;
+    let mut rescan =
+        (args.rescan_interval > 0).then(|| tokio::time::interval(Duration::from_secs(args.rescan_interval)));
+    tokio::pin!(shutdown);
+    let served = loop {
+        let attached = tokio::select! {
+            biased;
+            () = &mut shutdown => break Ok(()),
+            attached = attach(config, args, !started, runner.is_some()) => attached,
+        };
+        let (session, queues, events) = match attached {
+            Ok(attached) => attached,
+            // At start, a broker not reached in about 2 minutes is a configuration to fix.
+            Err(err) if !started => return Err(err),
+            Err(err) => {
+                tracing::warn!(error = format!("{err:#}"), "cannot serve the queues again yet");
+                tokio::time::sleep(PING_EVERY).await;
+                continue;
+            }
+        };
+        let worker = Arc::new(Worker {
+            session,
+            scanner: scanner.clone(),
+            runner: runner.clone(),
+            runner_file: args.job_runner_config.clone(),
+            job_program: job_program.clone(),
+            hostname: hostname.clone(),
+            work_dir: work_dir.clone(),
+            metrics: metrics.clone(),
+            cancel: CancellationToken::new(),
+            abandon: CancellationToken::new(),
+        });
+        // Serving metrics is also the sign that the worker is ready: its consumers are in place.
+        if let (false, Some(address)) = (started, args.metrics_listen) {
+            let file = args.metrics_address_file.as_deref();
+            metrics_server = Some(serve_metrics(address, file, metrics.clone(), stop_serving.clone()).await?);
+        }
+        started = true;
+        tracing::info!(
+            hostname = worker.hostname,
+            queues = ?queues.iter().map(|q| q.name).collect::<Vec<_>>(),
+            job_slots = args.jobs.max(1),
+            scan_slots = args.scans.max(1),
+            "run-queue serving"
+        );
+        match serve(&worker, queues, events, args, rescan.as_mut(), shutdown.as_mut()).await {
+            Served::Shutdown(result) => {
+                close(worker).await;
+                break result;
+            }
+            Served::Lost(err) => {
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    "lost the broker: the jobs in hand were abandoned (the broker gives them to other workers); \
+                     connecting again"
+                );
+                metrics.broker_lost();
+                close(worker).await;
+            }
+        }
+    };
+    stop_serving.cancel();
+    if let Some(server) = metrics_server {
+        let _ = server.await;
+    }
+    served
+}
+
+/// Connects to the broker (at start, `BROKER_ATTEMPTS` times; later, until it answers) and
+/// declares the queues and consumers this worker serves (the job queues if it `runs_jobs`).
+async fn attach(
+    config: &amqp::Config,
+    args: &Args,
+    first: bool,
+    runs_jobs: bool,
+) -> anyhow::Result<(Session, Vec<Queue>, amqp::Consumer)> {
+    let session = amqp::connect_with_backoff(config, if first { BROKER_ATTEMPTS } else { u32::MAX }).await?;
     for queue in amqp::ALL_QUEUES.into_iter().chain([amqp::DEAD_LETTER]) {
         session.declare(queue).await?;
     }
-    let scan_slots = args.scans.max(1);
-    let mut events = session.consume(amqp::WEBHOOK.name, scan_slots).await?;
-    let job_slots = args.jobs.max(1);
+    let events = session.consume(amqp::WEBHOOK.name, args.scans.max(1)).await?;
     // In order of precedence. The broker hands each consumer at most `job_slots` unacknowledged
     // messages; the loop runs at most `job_slots` at once.
     let mut names = Vec::new();
     if args.statistics {
         names.push(amqp::STATISTICS.name);
     }
-    if runner.is_some() {
+    if runs_jobs {
         names.push(amqp::PUBLIC.name);
         if args.internal {
             names.push(amqp::RHEL.name);
@@ -192,50 +295,56 @@ pub async fn run(config: &amqp::Config, args: &Args, shutdown: impl Future<Outpu
     }
     let mut queues = Vec::new();
     for name in names {
-        queues.push(Queue { name, consumer: session.consume(name, job_slots).await? });
+        queues.push(Queue { name, consumer: session.consume(name, args.jobs.max(1)).await? });
     }
-    let worker = Arc::new(Worker {
-        session,
-        scanner: Scanner::load(&args.scan)?,
-        runner,
-        runner_file: args.job_runner_config.clone(),
-        job_program,
-        hostname,
-        work_dir,
-        metrics: Arc::new(Metrics::default()),
-        cancel: CancellationToken::new(),
-    });
-    let stop_serving = CancellationToken::new();
-    // Serving metrics is also the sign that the worker is ready: its consumers are in place.
-    let metrics_server = match args.metrics_listen {
-        Some(address) => Some(
-            serve_metrics(address, args.metrics_address_file.as_deref(), worker.metrics.clone(), stop_serving.clone())
-                .await?,
-        ),
-        None => None,
-    };
-    tracing::info!(
-        hostname = worker.hostname,
-        queues = ?queues.iter().map(|q| q.name).collect::<Vec<_>>(),
-        job_slots,
-        scan_slots,
-        "run-queue started"
-    );
+    Ok((session, queues, events))
+}
 
-    let mut rescan =
-        (args.rescan_interval > 0).then(|| tokio::time::interval(Duration::from_secs(args.rescan_interval)));
+/// Closes the session of a worker whose tasks are all over, within a second: a lost one may
+/// not answer.
+async fn close(worker: Arc<Worker>) {
+    match Arc::try_unwrap(worker) {
+        Ok(worker) => {
+            if tokio::time::timeout(Duration::from_secs(1), worker.session.close()).await.is_err() {
+                tracing::warn!("the broker did not answer the close of the session");
+            }
+        }
+        Err(_) => tracing::warn!("the broker session is still in use; leaving it to close with the process"),
+    }
+}
+
+/// Serves one session's queues until `shutdown` resolves or the session is lost.
+async fn serve(
+    worker: &Arc<Worker>,
+    mut queues: Vec<Queue>,
+    mut events: amqp::Consumer,
+    args: &Args,
+    mut rescan: Option<&mut tokio::time::Interval>,
+    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Served {
+    let (scan_slots, job_slots) = (args.scans.max(1), args.jobs.max(1));
     let (mut scans, mut jobs, mut rescans) = (JoinSet::new(), JoinSet::new(), JoinSet::new());
-    tokio::pin!(shutdown);
-    let served = loop {
+    let watchdog = watch_broker(&worker.session);
+    tokio::pin!(watchdog);
+    // None: shutdown; Some: the session is lost.
+    let lost: Option<anyhow::Error> = loop {
         tokio::select! {
             biased;
-            () = &mut shutdown => break Ok(()),
-            Some(done) = scans.join_next(), if !scans.is_empty() => settle(&worker, done).await?,
-            Some(done) = jobs.join_next(), if !jobs.is_empty() => settle(&worker, done).await?,
+            () = &mut shutdown => break None,
+            err = &mut watchdog => break Some(err),
+            Some(done) = scans.join_next(), if !scans.is_empty() => {
+                if let Err(err) = settle(worker, done).await { break Some(err) }
+            }
+            Some(done) = jobs.join_next(), if !jobs.is_empty() => {
+                if let Err(err) = settle(worker, done).await { break Some(err) }
+            }
             Some(_) = rescans.join_next(), if !rescans.is_empty() => {}
             event = events.next(), if scans.len() < usize::from(scan_slots) => {
-                let Some(delivery) = event else { break Err(anyhow::anyhow!("the broker closed the webhook consumer")) };
-                let delivery = delivery?;
+                let delivery = match event {
+                    Some(Ok(delivery)) => delivery,
+                    Some(Err(err)) => break Some(err.into()),
+                    None => break Some(anyhow::anyhow!("the broker closed the webhook consumer")),
+                };
                 worker.metrics.taken(amqp::WEBHOOK.name, delivery.timestamp, delivery.redelivered);
                 let worker = worker.clone();
                 scans.spawn(async move {
@@ -248,8 +357,11 @@ pub async fn run(config: &amqp::Config, args: &Args, shutdown: impl Future<Outpu
                 rescans.spawn(async move { rescan_all(&worker).await });
             }
             (queue, taken) = next_work(&mut queues), if jobs.len() < usize::from(job_slots) && !queues.is_empty() => {
-                let Some(delivery) = taken else { break Err(anyhow::anyhow!("the broker closed the {queue} consumer")) };
-                let delivery = delivery?;
+                let delivery = match taken {
+                    Some(Ok(delivery)) => delivery,
+                    Some(Err(err)) => break Some(err.into()),
+                    None => break Some(anyhow::anyhow!("the broker closed the {queue} consumer")),
+                };
                 worker.metrics.taken(queue, delivery.timestamp, delivery.redelivered);
                 let worker = worker.clone();
                 jobs.spawn(async move {
@@ -259,32 +371,66 @@ pub async fn run(config: &amqp::Config, args: &Args, shutdown: impl Future<Outpu
             }
         }
     };
-    // Take no more work; let what is in hand finish, or cancel it past the grace period.
+    // Take no more work.
     drop((queues, events));
     rescans.shutdown().await;
-    let grace = tokio::time::sleep(Duration::from_secs(args.grace));
+    match lost {
+        Some(err) => {
+            abandon(worker, scans, jobs).await;
+            Served::Lost(err)
+        }
+        None => Served::Shutdown(finish(worker, scans, jobs, Duration::from_secs(args.grace)).await),
+    }
+}
+
+/// Lets the work in hand finish, or cancels it past the `grace` period, settling each message.
+async fn finish(
+    worker: &Worker,
+    mut scans: JoinSet<Settled>,
+    mut jobs: JoinSet<Settled>,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let grace = tokio::time::sleep(grace);
     tokio::pin!(grace);
     while !scans.is_empty() || !jobs.is_empty() {
         tokio::select! {
-            Some(done) = scans.join_next(), if !scans.is_empty() => settle(&worker, done).await?,
-            Some(done) = jobs.join_next(), if !jobs.is_empty() => settle(&worker, done).await?,
+            Some(done) = scans.join_next(), if !scans.is_empty() => settle(worker, done).await?,
+            Some(done) = jobs.join_next(), if !jobs.is_empty() => settle(worker, done).await?,
             () = &mut grace, if !worker.cancel.is_cancelled() => {
                 tracing::warn!(jobs = jobs.len(), "grace period over: cancelling the running jobs");
                 worker.cancel.cancel();
             }
         }
     }
-    stop_serving.cancel();
-    if let Some(server) = metrics_server {
-        let _ = server.await;
-    }
-    match Arc::try_unwrap(worker) {
-        Ok(worker) => worker.session.close().await,
-        Err(_) => tracing::warn!("the broker session is still in use; leaving it to close with the process"),
-    }
-    served
+    Ok(())
 }
 
+/// Abandons the work in hand of a lost session, settling nothing: the broker gives its
+/// messages to other workers. Scans stop at once (a scan done again queues nothing twice);
+/// jobs are told to stop writing (`job_runner::ABANDON`), and are killed past their time.
+async fn abandon(worker: &Worker, mut scans: JoinSet<Settled>, mut jobs: JoinSet<Settled>) {
+    worker.abandon.cancel();
+    worker.metrics.abandoned(jobs.len());
+    scans.shutdown().await;
+    let ended = async { while jobs.join_next().await.is_some() {} };
+    if tokio::time::timeout(crate::job_runner::ABANDON_WITHIN + Duration::from_secs(1), ended).await.is_err() {
+        tracing::warn!(jobs = jobs.len(), "abandoned jobs still running: killing their processes");
+    }
+    jobs.shutdown().await;
+}
+
+/// Asks the broker every `PING_EVERY` whether it is there; returns why once it did not answer
+/// within `PING_WITHIN`.
+async fn watch_broker(session: &Session) -> anyhow::Error {
+    loop {
+        tokio::time::sleep(PING_EVERY).await;
+        match tokio::time::timeout(PING_WITHIN, session.inspect(&[amqp::WEBHOOK.name])).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => return anyhow::Error::new(err).context("the broker refused a question"),
+            Err(_) => return anyhow::anyhow!("the broker did not answer within {PING_WITHIN:?}: the link is silent"),
+        }
+    }
+}
 /// The next message of the first work queue that has one.
 async fn next_work(queues: &mut [Queue]) -> (&'static str, Option<Result<Delivery, amqp::Error>>) {
     std::future::poll_fn(|cx| {
@@ -310,12 +456,13 @@ async fn unbroken(work: impl Future<Output = Done>) -> Done {
 }
 
 /// Settles a message whose work is over, as its task decided: acknowledged, published again,
-/// put off, or parked. The broker failing here stops the worker: the message stays
+/// put off, or parked. The broker failing here loses the session: the message stays
 /// unacknowledged, and comes back when the connection closes.
 async fn settle(worker: &Worker, done: Result<Settled, tokio::task::JoinError>) -> anyhow::Result<()> {
     let (queue, delivery, done) = done?;
     let session = &worker.session;
     match done {
+        Done::Abandoned => return Ok(()),
         Done::Ack => {}
         Done::Again(tries) => session.republish(queue, &delivery, tries).await?,
         Done::Later { error, .. } if delivery.retries >= MAX_RETRIES => {
@@ -452,7 +599,7 @@ async fn handle_work_in(worker: &Worker, queue: &'static str, delivery: &Deliver
         return give_up(worker, runner, queue, &message, tries, delivery.retries).await;
     }
     let started = Instant::now();
-    match run_job(worker, &message.job).await {
+    match run_job(worker, &message.job, delivery.redelivered).await {
         Ok(Ok(Report { ended, peak_memory, rate_limited })) => {
             worker.metrics.job_memory(peak_memory);
             worker.metrics.rate_limited(rate_limited);
@@ -471,8 +618,10 @@ async fn handle_work_in(worker: &Worker, queue: &'static str, delivery: &Deliver
                     Done::Later { delay: retry::put_off(delivery.retries, not_before), error }
                 }
                 Ended::Failed(err) => Done::Park(format!("job {}: {err}", message.human)),
+                Ended::Abandoned => Done::Abandoned,
             }
         }
+        Ok(Err(_)) if worker.abandon.is_cancelled() => Done::Abandoned,
         Ok(Err(died)) if tries + 1 >= MAX_TRIES => {
             tracing::error!(job = message.human, died, "the job process died");
             give_up(worker, runner, queue, &message, tries + 1, delivery.retries).await
@@ -504,9 +653,10 @@ async fn give_up(
 }
 
 /// Runs a job in a process of its own (`run-job`), cancelled with SIGTERM when the worker
-/// cancels its jobs. `Ok(Err(why))` when the process died without a report: the job took it
-/// down (or someone killed it).
-async fn run_job(worker: &Worker, job: &amqp::Job) -> anyhow::Result<Result<Report, String>> {
+/// cancels its jobs, abandoned with `job_runner::ABANDON` when it lost the broker (and killed
+/// if it does not end in time). `Ok(Err(why))` when the process died without a report: the job
+/// took it down (or someone killed it).
+async fn run_job(worker: &Worker, job: &amqp::Job, redelivered: bool) -> anyhow::Result<Result<Report, String>> {
     use tokio::io::AsyncWriteExt;
     let request = crate::job_runner::Request {
         job: job.clone(),
@@ -514,6 +664,7 @@ async fn run_job(worker: &Worker, job: &amqp::Job) -> anyhow::Result<Result<Repo
         config: worker.runner_file.clone(),
         work_dir: worker.work_dir.clone(),
         traceparent: traces::traceparent(&tracing::Span::current()),
+        redelivered,
     };
     let mut command = tokio::process::Command::new(&worker.job_program);
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
@@ -534,13 +685,24 @@ async fn run_job(worker: &Worker, job: &amqp::Job) -> anyhow::Result<Result<Repo
     let pid = child.id();
     let output = child.wait_with_output();
     tokio::pin!(output);
+    let signal = |signal| {
+        if let Some(pid) = pid.and_then(|pid| rustix::process::Pid::from_raw(pid as i32)) {
+            let _ = rustix::process::kill_process(pid, signal);
+        }
+    };
     let output = tokio::select! {
         output = &mut output => output?,
         () = worker.cancel.cancelled() => {
-            if let Some(pid) = pid.and_then(|pid| rustix::process::Pid::from_raw(pid as i32)) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            }
+            signal(rustix::process::Signal::TERM);
             output.await?
+        }
+        () = worker.abandon.cancelled() => {
+            signal(crate::job_runner::ABANDON);
+            // Past its time, dropping the process kills it.
+            match tokio::time::timeout(crate::job_runner::ABANDON_WITHIN + Duration::from_millis(500), output).await {
+                Ok(output) => output?,
+                Err(_) => return Ok(Err("abandoned, and killed for not ending in time".into())),
+            }
         }
     };
     let report = serde_json::from_slice::<Report>(&output.stdout);
