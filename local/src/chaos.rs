@@ -120,6 +120,102 @@ pub async fn broker_restart_under_load(
     })
 }
 
+/// What [`webhook_partition`] saw.
+#[derive(Debug, Clone)]
+pub struct WebhookPartition {
+    pub sent: usize,
+    /// Sent while the link was cut: each answered 503 unless confirmed once it was back.
+    pub sent_during_cut: usize,
+    /// Answers 503, during the cut and until the webhook had the broker again.
+    pub refused: usize,
+    /// Deliveries never answered 200, even sent again: lost.
+    pub lost: usize,
+    /// Deliveries found in the `webhook` queue (some twice: a publish the broker stored but
+    /// whose confirm was cut off, sent again, counts once).
+    pub stored: usize,
+    pub seconds: f64,
+}
+
+/// How long the webhook waits for the broker's confirm of a publish before it answers 503.
+const CONFIRM_WAIT: Duration = Duration::from_secs(6);
+
+/// Sends signed deliveries, `rate` per second, to a webhook whose link to the broker
+/// (`crate::link`) is cut silently (no FIN, no RST) after `before` of them, for `cut_for`,
+/// sending on all along, then `after` more once it is back; then sends each delivery not
+/// answered 200 again until it is (GitHub's retry, by hand; ten tries each). Every delivery
+/// answered while the link was cut must be answered 503, none 200 (those sent in the cut's
+/// last [`CONFIRM_WAIT`] may be confirmed once it is back); every delivery must end up stored.
+pub async fn webhook_partition(
+    dir: &Path,
+    before: usize,
+    cut_for: Duration,
+    after: usize,
+    rate: u32,
+) -> Result<WebhookPartition, ChaosError> {
+    let started = Instant::now();
+    let mut rig = Rig::start_linked(dir).await?;
+    let mut load = Load::new(&rig, rate);
+    for _ in 0..before {
+        load.send().await;
+    }
+    let link = rig.link.as_ref().expect("a linked rig");
+    link.cut();
+    let cut_at = Instant::now();
+    let cut_from = load.sent();
+    // Those sent later may be confirmed once the link is back, within the webhook's 5 s wait.
+    let mut refused_until = cut_from;
+    while cut_at.elapsed() < cut_for {
+        if cut_at.elapsed() + CONFIRM_WAIT < cut_for {
+            refused_until = load.sent() + 1;
+        }
+        load.send().await;
+    }
+    let cut_until = load.sent();
+    link.restore();
+    for _ in 0..after {
+        load.send().await;
+    }
+    let mut answers = load.finish().await;
+    let during: Vec<&(usize, u16)> = answers.iter().filter(|(n, _)| (cut_from..refused_until).contains(n)).collect();
+    if let Some((n, status)) = during.iter().find(|(_, status)| *status != 503) {
+        return Err(ChaosError::Lost(format!(
+            "delivery {n}, sent while the link was cut and answered before it was back, was answered {status}"
+        )));
+    }
+    let refused = answers.iter().filter(|(_, status)| *status != 200).count();
+    // GitHub's retry: each delivery not answered 200, again, until it is.
+    for _ in 0..10 {
+        let accepted: BTreeSet<usize> = answers.iter().filter(|(_, s)| *s == 200).map(|(n, _)| *n).collect();
+        let missing: Vec<usize> = (0..load_sent(&answers)).filter(|n| !accepted.contains(n)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        let mut again = Load::new(&rig, rate);
+        for n in missing {
+            again.send_number(n).await;
+        }
+        answers.extend(again.finish().await);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    rig.stop_webhook().await;
+    let sent = load_sent(&answers);
+    let accepted: BTreeSet<usize> = answers.iter().filter(|(_, s)| *s == 200).map(|(n, _)| *n).collect();
+    let (_, stored) = rig.check(&answers).await?;
+    Ok(WebhookPartition {
+        sent,
+        sent_during_cut: cut_until - cut_from,
+        refused,
+        lost: sent - accepted.len(),
+        stored,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// How many deliveries were numbered among `answers`.
+fn load_sent(answers: &[(usize, u16)]) -> usize {
+    answers.iter().map(|(n, _)| n + 1).max().unwrap_or(0)
+}
+
 /// What [`webhook_shutdown_under_load`] saw.
 #[derive(Debug, Clone)]
 pub struct WebhookShutdown {
@@ -703,6 +799,8 @@ impl Random {
 struct Rig {
     /// Away while it restarts.
     broker: Option<Broker>,
+    /// Between the webhook and the broker, with [`Rig::start_linked`].
+    link: Option<crate::link::Link>,
     amqp: amqp::Config,
     secret: Vec<u8>,
     address: SocketAddr,
@@ -712,9 +810,33 @@ struct Rig {
 
 impl Rig {
     async fn start(dir: &Path) -> Result<Rig, ChaosError> {
+        Rig::start_with(dir, false).await
+    }
+
+    /// A rig whose webhook reaches the broker through a link that can be cut.
+    async fn start_linked(dir: &Path) -> Result<Rig, ChaosError> {
+        Rig::start_with(dir, true).await
+    }
+
+    async fn start_with(dir: &Path, linked: bool) -> Result<Rig, ChaosError> {
         let (secrets, _) = secrets::generate(&dir.join("secrets"), false)?;
         let broker = Broker::start(&dir.join("broker"), &secrets).await?;
         let amqp = broker.client_config();
+        let link = match (linked, broker.address()) {
+            (true, amqp::Address::Tls { port, .. }) => Some(
+                crate::link::Link::start(SocketAddr::from(([127, 0, 0, 1], port)))
+                    .await
+                    .map_err(|source| ChaosError::Io { what: "start a link to the broker".into(), source })?,
+            ),
+            _ => None,
+        };
+        let webhook_amqp = match &link {
+            Some(link) => amqp::Config {
+                address: amqp::Address::Tls { host: "127.0.0.1".into(), port: link.address().port() },
+                ..amqp.clone()
+            },
+            None => amqp.clone(),
+        };
         let secret = webhook::read_secret(&secrets.webhook_token())
             .map_err(|source| ChaosError::Io { what: "read the webhook secret".into(), source })?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -723,7 +845,7 @@ impl Rig {
         let address =
             listener.local_addr().map_err(|source| ChaosError::Io { what: "read the address".into(), source })?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let config = webhook::Config::new(amqp.clone(), secret.clone());
+        let config = webhook::Config::new(webhook_amqp, secret.clone());
         let server = tokio::spawn(webhook::serve(listener, config, async {
             let _ = stopped.await;
         }));
@@ -734,7 +856,7 @@ impl Rig {
             })
         })
         .await?;
-        Ok(Rig { broker: Some(broker), amqp, secret, address, stop: Some(stop), server })
+        Ok(Rig { broker: Some(broker), link, amqp, secret, address, stop: Some(stop), server })
     }
 
     /// Stops the webhook (if not yet) and waits until it finished what it took.
@@ -802,15 +924,20 @@ impl Load {
 
     /// Sends the next delivery at its time.
     async fn send(&mut self) {
-        self.ticks.tick().await;
         let n = self.sent;
+        self.send_number(n).await;
+        self.sent += 1;
+    }
+
+    /// Sends delivery `n` (again, as GitHub does for one not answered 2xx) at its time.
+    async fn send_number(&mut self, n: usize) {
+        self.ticks.tick().await;
         let mut body = self.template.clone();
         body["workbench_probe"] = serde_json::json!(n);
         let body = serde_json::to_vec(&body).expect("JSON values encode");
         let signature = webhook::sign_sha256(&self.secret, &body);
         let address = self.address;
         self.sending.spawn(async move { (n, post(address, n, &signature, &body).await) });
-        self.sent += 1;
         while let Some(done) = self.sending.try_join_next() {
             self.answers.push(done.expect("a sender does not panic"));
         }

@@ -62,3 +62,15 @@ async fn workers_cut_off_from_the_broker_lose_no_job_and_report_none_twice() {
     assert!(run.abandoned > 0, "the cut workers abandoned the jobs they ran: {run:?}");
     assert!(run.redelivered >= run.abandoned, "the abandoned jobs were delivered again: {run:?}");
 }
+
+/// The webhook's link to the broker cut silently for 12 s under load: every delivery answered
+/// meanwhile is answered 503 (the broker cannot confirm it), none 200, and once the link is
+/// back every delivery is stored, the refused ones when sent again as GitHub does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_cut_off_from_the_broker_answers_503_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let run =
+        local::chaos::webhook_partition(dir.path(), 20, std::time::Duration::from_secs(12), 20, 10).await.unwrap();
+    assert!(run.sent_during_cut > 0 && run.refused > 0, "{run:?}");
+    assert_eq!((run.lost, run.stored), (0, run.sent), "{run:?}");
+}

@@ -70,6 +70,9 @@ enum Run {
     /// Worker hosts cut off from the broker by a silent link, one for a while, one for good:
     /// every job ends with exactly one final status.
     Partition,
+    /// The webhook cut off from the broker by a silent link while deliveries arrive: each is
+    /// answered 503 meanwhile, and stored once sent again.
+    WebhookPartition,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -94,6 +97,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if wanted(Run::Partition) {
         partition(&args, &scratch()?)?;
     }
+    if wanted(Run::WebhookPartition) {
+        webhook_partition(&args, &scratch()?)?;
+    }
+    Ok(())
+}
+
+fn webhook_partition(args: &Args, dir: &tempfile::TempDir) -> anyhow::Result<()> {
+    let cut = Duration::from_secs(args.cut);
+    let spinner = crate::progress::Spinner::start(&format!(
+        "webhook partition: {} deliveries, the link cut for {} s, {} more, at {}/s",
+        args.before, args.cut, args.before, args.rate
+    ));
+    let run = local::chaos::webhook_partition(dir.path(), args.before, cut, args.before, args.rate);
+    let run = crate::workspace::runtime()?.block_on(run);
+    spinner.finish(run.is_ok());
+    let run = run?;
+    println!(
+        "webhook partition: {} deliveries, {} sent while cut off (each answered 503), {} answers 503 in all, \
+         {} stored, {} lost ({:.1} s)",
+        run.sent, run.sent_during_cut, run.refused, run.stored, run.lost, run.seconds
+    );
     Ok(())
 }
 
