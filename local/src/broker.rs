@@ -195,6 +195,11 @@ impl Broker {
         self.metrics_port.map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], port)))
     }
 
+    /// Where it takes AMQP connections, on this machine.
+    pub fn socket_address(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
     /// Where clients connect (Cockpit's `AMQP_SERVER` form).
     pub fn address(&self) -> amqp::Address {
         amqp::Address::Tls { host: "127.0.0.1".into(), port: self.port }

@@ -510,16 +510,14 @@ pub async fn partition(
         rescan_interval: None,
     };
     let names: Vec<String> = (1..=hosts).map(|n| format!("host-{n}")).collect();
-    let broker_at = match broker.address() {
-        amqp::Address::Tls { port, .. } => SocketAddr::from(([127, 0, 0, 1], port)),
-        other => return Err(ChaosError::Lost(format!("the broker is not at a TLS address: {other}"))),
-    };
+    let broker_at = broker.socket_address();
     let mut links = Vec::new();
     let mut workers = Vec::new();
     for name in &names {
         let link = crate::link::Link::start(broker_at).await.map_err(io("start a link to the broker"))?;
         let via = amqp::Address::Tls { host: "127.0.0.1".into(), port: link.address().port() };
-        workers.push(crate::service::Worker::start_via(tasks, dir, name, &config, &via).await?);
+        let place = crate::service::Place::Here(via);
+        workers.push(crate::service::Worker::start_at(tasks, dir, name, &config, &place).await?);
         links.push(link);
     }
     let by = |name: &str| format!("[{name}]");
@@ -822,13 +820,13 @@ impl Rig {
         let (secrets, _) = secrets::generate(&dir.join("secrets"), false)?;
         let broker = Broker::start(&dir.join("broker"), &secrets).await?;
         let amqp = broker.client_config();
-        let link = match (linked, broker.address()) {
-            (true, amqp::Address::Tls { port, .. }) => Some(
-                crate::link::Link::start(SocketAddr::from(([127, 0, 0, 1], port)))
+        let link = match linked {
+            true => Some(
+                crate::link::Link::start(broker.socket_address())
                     .await
                     .map_err(|source| ChaosError::Io { what: "start a link to the broker".into(), source })?,
             ),
-            _ => None,
+            false => None,
         };
         let webhook_amqp = match &link {
             Some(link) => amqp::Config {

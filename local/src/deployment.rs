@@ -55,6 +55,9 @@ pub enum Runtime {
     /// The containers of one podman pod, from these images (present in podman's storage);
     /// with `via_kube`, made by `podman kube play` of the pod's Kubernetes manifest.
     Podman { rabbitmq_image: String, tasks_image: String, via_kube: bool },
+    /// Child processes of this one on hosts of their own (`crate::hosts`): the broker's, the
+    /// webhook's, the mock GitHub's and S3's, and one per worker.
+    Hosts,
 }
 
 /// Told about each step as it starts and ends, to show progress. Independent steps run at
@@ -76,6 +79,8 @@ pub enum DeployError {
     GitHub(#[from] crate::github::MockError),
     #[error(transparent)]
     Service(#[from] ServiceError),
+    #[error(transparent)]
+    Hosts(#[from] crate::hosts::HostsError),
     #[error(transparent)]
     Podman(#[from] crate::PodmanError),
     #[error(transparent)]
@@ -111,8 +116,8 @@ pub struct Deployment {
 }
 
 enum Services {
-    // Workers first, broker last.
-    Processes { workers: Vec<Worker>, webhook: Webhook, broker: Broker },
+    // Workers first, broker last, then the hosts' network (the hosts runtime's).
+    Processes { workers: Vec<Worker>, webhook: Webhook, broker: Broker, network: Option<crate::hosts::Network> },
     // The pod is removed through the service that made it. `metrics`: each worker's, as
     // published on this machine.
     Pod { pod: Pod, metrics: Vec<SocketAddr>, _podman: PodmanService },
@@ -189,6 +194,23 @@ impl Deployment {
                     World::start(run_dir, secrets.clone(), jobs_dir, options, progress),
                 );
                 Deployment::start_processes(run_dir, options, broker?, world?, progress).await
+            }
+            Runtime::Hosts => {
+                if options.real_github_token.is_some() || options.monitor.is_some() {
+                    return Err(DeployError::Unsupported(
+                        "the hosts runtime runs the mock GitHub, without Prometheus: drop --github-token and --monitor",
+                    ));
+                }
+                let broker_dir = run_dir.join("broker");
+                let (broker, world) = tokio::join!(
+                    step(
+                        progress,
+                        "starting RabbitMQ (TLS only, certificate login)",
+                        Broker::start(&broker_dir, &secrets)
+                    ),
+                    World::start(run_dir, secrets.clone(), jobs_dir, options, progress),
+                );
+                Deployment::start_hosts(run_dir, options, broker?, world?, progress).await
             }
             Runtime::Podman { rabbitmq_image, tasks_image, via_kube } => {
                 if options.real_github_token.is_some() {
@@ -283,7 +305,101 @@ impl Deployment {
             runner_config,
             binaries: options.binaries.clone(),
             forge,
-            services: Services::Processes { workers, webhook, broker },
+            services: Services::Processes { workers, webhook, broker, network: None },
+            github,
+            s3,
+        }
+        .written_down()
+    }
+
+    /// The hosts runtime: a network of hosts (`crate::hosts`), the broker, the mock GitHub and
+    /// S3 of this machine relayed onto the broker's and the services' hosts, the webhook and
+    /// each worker started on a host of its own, reaching the others by name.
+    async fn start_hosts(
+        run_dir: &Path,
+        options: &Options,
+        broker: Broker,
+        world: World,
+        progress: &dyn Progress,
+    ) -> Result<Deployment, DeployError> {
+        use crate::hosts::{BROKER_HOST, Network, SERVICES_HOST, WEBHOOK_HOST};
+        let World { secrets, s3, github, test_map, jobs_dir } = world;
+        let workers = options.workers.max(1);
+        let names: Vec<String> = (1..=workers).map(pod::worker_name).collect();
+        let id = run_dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let network =
+            step(progress, &format!("making the hosts: broker, webhook, services and {workers} worker(s)"), async {
+                let services_names = [crate::secrets::HOST_ALIAS, crate::secrets::S3_HOST];
+                let mut hosts: Vec<(&str, &[&str])> =
+                    vec![(BROKER_HOST, &[]), (WEBHOOK_HOST, &[]), (SERVICES_HOST, &services_names)];
+                hosts.extend(names.iter().map(|name| (name.as_str(), &[] as &[&str])));
+                let network = Network::create(run_dir, &id, &hosts)?;
+                let port = |url: &str| {
+                    url.rsplit_once(':')
+                        .and_then(|(_, rest)| rest.trim_end_matches('/').split('/').next()?.parse::<u16>().ok())
+                };
+                network.relay_to_here(BROKER_HOST, pod::AMQP_PORT, broker.socket_address()).await?;
+                for url in [s3.url(), github.api_url()] {
+                    let port = port(&url)
+                        .ok_or_else(|| DeployError::Unsupported("a server of this machine without a port"))?;
+                    network.relay_to_here(SERVICES_HOST, port, SocketAddr::from(([127, 0, 0, 1], port))).await?;
+                }
+                Ok::<_, DeployError>(network)
+            })
+            .await?;
+        // The hosts' view: GitHub and S3 on the services host, by its names.
+        let forge_on_hosts = Forge {
+            api_url: crate::hosts::seen_from_hosts(&github.api_url()),
+            clone_url: crate::hosts::seen_from_hosts(&github.clone_url()),
+            token_file: secrets.github_token(),
+        };
+        let runner_config = RunnerConfig {
+            hold_failed: options.hold_failed,
+            s3_hosts: Default::default(),
+            ..RunnerConfig::local(&forge_on_hosts, &s3, &secrets, Sandbox::Process)
+        }
+        .write(run_dir)
+        .map_err(io("write the job-runner configuration".into()))?;
+        let config = WorkerConfig {
+            broker: &broker,
+            secrets: &secrets,
+            test_map: &test_map,
+            forge: &forge_on_hosts,
+            runner_config: &runner_config,
+            work_dir: &jobs_dir,
+            jobs: JOBS_PER_WORKER,
+            rescan_interval: None,
+        };
+        let traces = crate::service::traces_file(run_dir, "webhook")?;
+        let binaries = &options.binaries;
+        let workers_label = format!("starting {workers} tasks worker(s), a host each");
+        let (webhook, workers) = tokio::join!(
+            step(progress, "starting the webhook on its host", async {
+                Webhook::start_on_host(&binaries.webhook, run_dir, &secrets, &network, Some(&traces)).await
+            }),
+            step(progress, &workers_label, async {
+                let starts = names.iter().map(|name| {
+                    let (config, network) = (&config, &network);
+                    async move {
+                        let place = crate::service::Place::Host(network, name);
+                        Worker::start_at(&binaries.tasks, run_dir, name, config, &place).await
+                    }
+                });
+                futures_util::future::try_join_all(starts).await
+            }),
+        );
+        let (webhook, workers) = (webhook?, workers?);
+        Deployment {
+            run_dir: run_dir.to_owned(),
+            amqp: broker.client_config(),
+            webhook: webhook.address,
+            prometheus: None,
+            secrets: secrets.clone(),
+            test_map,
+            runner_config,
+            binaries: options.binaries.clone(),
+            forge: Forge::mock(&github, &secrets),
+            services: Services::Processes { workers, webhook, broker, network: Some(network) },
             github,
             s3,
         }
@@ -481,7 +597,10 @@ impl Deployment {
     pub async fn restart(&mut self, service: Restart, binaries: &Binaries) -> Result<(), DeployError> {
         let run_dir = &self.run_dir;
         match &mut self.services {
-            Services::Processes { workers, webhook, broker } => match service {
+            Services::Processes { network: Some(_), .. } => {
+                return Err(DeployError::Unsupported("restarting a service on the hosts runtime"));
+            }
+            Services::Processes { workers, webhook, broker, network: None } => match service {
                 Restart::Webhook => {
                     webhook.service.stop().await;
                     let port = self.webhook.port();
@@ -704,7 +823,7 @@ impl Deployment {
     /// Each service's name, log file and last `lines` lines, for reports of failures.
     pub fn log_tails(&self, lines: usize) -> Vec<(String, PathBuf, String)> {
         match &self.services {
-            Services::Processes { workers, webhook, broker } => {
+            Services::Processes { workers, webhook, broker, .. } => {
                 let mut tails = vec![("rabbitmq".to_owned(), broker.log_path(), broker.log_tail())];
                 for service in std::iter::once(&webhook.service).chain(workers.iter().map(|w| &w.service)) {
                     tails.push((service.name().to_owned(), service.log_path().to_owned(), service.log_tail(lines)));
@@ -725,7 +844,7 @@ impl Deployment {
     /// Every process the deployment started on the `process` runtime.
     pub fn process_ids(&self) -> Vec<u32> {
         match &self.services {
-            Services::Processes { workers, webhook, broker } => {
+            Services::Processes { workers, webhook, broker, .. } => {
                 let services = std::iter::once(&webhook.service).chain(workers.iter().map(|w| &w.service));
                 broker.process_ids().into_iter().chain(services.flat_map(|s| s.process_ids())).collect()
             }

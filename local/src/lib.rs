@@ -8,6 +8,7 @@ pub mod child;
 pub mod client;
 pub mod deployment;
 pub mod github;
+pub mod hosts;
 pub mod images;
 pub mod kube;
 pub mod launch;

@@ -35,7 +35,8 @@ pub const S3_HOST: &str = "localhost.localdomain";
 
 /// Names every server certificate carries, so that clients on the host and in the pod can
 /// check the host name.
-const SERVER_NAMES: [&str; 6] = ["localhost", "localhost.localdomain", "127.0.0.1", "::1", POD_HOSTNAME, HOST_ALIAS];
+const SERVER_NAMES: [&str; 7] =
+    ["localhost", "localhost.localdomain", "127.0.0.1", "::1", POD_HOSTNAME, HOST_ALIAS, crate::hosts::BROKER_HOST];
 
 /// A service of the deployment, as far as secrets go: each reads only its own files of
 /// `webhook/`, mounted at Cockpit's path (`/run/secrets/webhook`) in its container.

@@ -23,6 +23,8 @@ pub enum ServiceError {
     NotReady { reason: crate::client::TimedOut, log: PathBuf, tail: String },
     #[error("cannot prepare {name}: {source}")]
     Io { name: String, source: std::io::Error },
+    #[error(transparent)]
+    Hosts(#[from] crate::hosts::HostsError),
 }
 
 /// A wait that timed out, before its log is known.
@@ -57,16 +59,25 @@ impl Service {
     /// Waits until the service named the address it listens on in `file` and answers `GET path`
     /// there with 200, failing early if the process exits; returns the address.
     async fn wait_listening(&mut self, file: &Path, path: &str) -> Result<SocketAddr, ServiceError> {
+        self.wait_answering(|| std::fs::read_to_string(file).ok().and_then(|text| text.trim().parse().ok()), path).await
+    }
+
+    /// Waits until the service answers `GET path` with 200 at the address `address` says (none:
+    /// not known yet), failing early if the process exits; returns the address.
+    async fn wait_answering(
+        &mut self,
+        address: impl Fn() -> Option<SocketAddr>,
+        path: &str,
+    ) -> Result<SocketAddr, ServiceError> {
         let what = format!("{} answering {path}", self.name);
         let process = std::cell::RefCell::new(&mut self.process);
         let (name, log) = (&self.name, &self.log);
         let waited = crate::client::wait_until(&what, READY_WITHIN, || async {
-            let address = std::fs::read_to_string(file).ok().and_then(|text| text.trim().parse().ok());
-            match address {
+            match address() {
                 Some(address) if crate::client::answers(address, path).await => return Ok(Check::Done(address)),
                 _ if process.borrow_mut().exited(0).is_some() => {}
                 Some(address) => return Ok(Check::NotYet(format!("{address} does not answer {path} yet"))),
-                None => return Ok(Check::NotYet(format!("{} names no address yet", file.display()))),
+                None => return Ok(Check::NotYet("no address named yet".into())),
             }
             Err(ServiceError::Exited { name: name.clone(), log: log.clone(), tail: tail(log, 20) })
         })
@@ -156,9 +167,50 @@ impl Webhook {
         Ok(Webhook { service, address })
     }
 
+    /// Starts the webhook on host [`crate::hosts::WEBHOOK_HOST`] of `network`, listening on
+    /// [`crate::pod::WEBHOOK_PORT`] of its address and reaching the broker by its host's name;
+    /// its address is the port of 127.0.0.1 relayed to it.
+    pub async fn start_on_host(
+        binary: &Path,
+        run_dir: &Path,
+        secrets: &Secrets,
+        network: &crate::hosts::Network,
+        traces: Option<&Path>,
+    ) -> Result<Webhook, ServiceError> {
+        let host = crate::hosts::WEBHOOK_HOST;
+        let webhook_dir = secrets.webhook_dir();
+        let launch = crate::launch::Webhook {
+            broker: crate::launch::Broker { address: Some(crate::hosts::BROKER), secrets_dir: Some(&webhook_dir) },
+            secret_file: &secrets.webhook_token(),
+            listen: crate::launch::Listen {
+                address: SocketAddr::from(([0, 0, 0, 0], crate::pod::WEBHOOK_PORT)),
+                address_file: None,
+            },
+            log: "info",
+            traces,
+            prometheus: None,
+        }
+        .launch();
+        let mut command = launch.command(binary);
+        network.enter(host, &mut command)?;
+        let mut service = Service::spawn("webhook", command, run_dir.join("webhook.log"))?;
+        let exposed = network.expose(host, crate::pod::WEBHOOK_PORT).await?;
+        let address = service.wait_answering(|| Some(exposed), "/healthz").await?;
+        Ok(Webhook { service, address })
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}/", self.address)
     }
+}
+
+/// Where a worker runs.
+pub enum Place<'a> {
+    /// On this machine, reaching the broker at this address.
+    Here(amqp::Address),
+    /// On host `.1` (its name, the worker's) of network `.0`, reaching the broker by its host's
+    /// name.
+    Host(&'a crate::hosts::Network, &'a str),
 }
 
 /// What a tasks worker of the deployment is given.
@@ -190,20 +242,30 @@ impl Worker {
         hostname: &str,
         config: &WorkerConfig<'_>,
     ) -> Result<Worker, ServiceError> {
-        Worker::start_via(binary, run_dir, hostname, config, &config.broker.address()).await
+        Worker::start_at(binary, run_dir, hostname, config, &Place::Here(config.broker.address())).await
     }
 
-    /// [`Worker::start`], reaching the broker at `broker` (a `crate::link::Link` to it, say).
-    pub async fn start_via(
+    /// [`Worker::start`], at `place`: on this machine reaching the broker at another address
+    /// (a `crate::link::Link` to it, say), or on a host.
+    pub async fn start_at(
         binary: &Path,
         run_dir: &Path,
         hostname: &str,
         config: &WorkerConfig<'_>,
-        broker: &amqp::Address,
+        place: &Place<'_>,
     ) -> Result<Worker, ServiceError> {
         let address_file = run_dir.join(format!("{hostname}.metrics-address"));
         let _ = std::fs::remove_file(&address_file);
-        let broker_address = broker.to_string();
+        let (broker_address, metrics) = match place {
+            Place::Here(address) => (address.to_string(), crate::launch::Listen::loopback(&address_file)),
+            Place::Host(..) => (
+                crate::hosts::BROKER.to_owned(),
+                crate::launch::Listen {
+                    address: SocketAddr::from(([0, 0, 0, 0], crate::hosts::METRICS_PORT)),
+                    address_file: None,
+                },
+            ),
+        };
         let webhook_dir = config.secrets.webhook_dir();
         let launch = crate::launch::Worker {
             broker: crate::launch::Broker { address: Some(&broker_address), secrets_dir: Some(&webhook_dir) },
@@ -214,15 +276,25 @@ impl Worker {
             github_token_file: &config.forge.token_file,
             runner_config: Some(config.runner_config),
             work_dir: Some(config.work_dir),
-            metrics: Some(crate::launch::Listen::loopback(&address_file)),
+            metrics: Some(metrics),
             rescan_interval: config.rescan_interval,
             log: "info",
             traces: Some(&traces_file(run_dir, hostname)?),
         }
         .launch();
         let log = run_dir.join(format!("{hostname}.log"));
-        let mut service = Service::spawn(hostname, launch.command(binary), log)?;
-        let metrics = service.wait_listening(&address_file, "/metrics").await?;
+        let mut command = launch.command(binary);
+        if let Place::Host(network, host) = place {
+            network.enter(host, &mut command)?;
+        }
+        let mut service = Service::spawn(hostname, command, log)?;
+        let metrics = match place {
+            Place::Here(_) => service.wait_listening(&address_file, "/metrics").await?,
+            Place::Host(network, host) => {
+                let exposed = network.expose(host, crate::hosts::METRICS_PORT).await?;
+                service.wait_answering(|| Some(exposed), "/metrics").await?
+            }
+        };
         Ok(Worker { service, hostname: hostname.to_owned(), metrics })
     }
 }

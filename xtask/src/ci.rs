@@ -4,7 +4,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
-use crate::packages::{self, CHROMIUM, CXX, NODE, OPENSSL, PODMAN, PROMETHEUS, PYTHON_VENV, RABBITMQ, TMUX};
+use crate::packages::{self, CHROMIUM, CXX, IPROUTE2, NODE, OPENSSL, PODMAN, PROMETHEUS, PYTHON_VENV, RABBITMQ, TMUX};
 
 /// How long each fuzz target runs in CI: a smoke test (`cargo xtask fuzz` runs them longer).
 const FUZZ_SMOKE_SECONDS: u64 = 15;
@@ -12,7 +12,7 @@ const FUZZ_SMOKE_SECONDS: u64 = 15;
 pub fn run() -> anyhow::Result<()> {
     packages::ensure(
         &[
-            &[RABBITMQ, OPENSSL, TMUX, CXX, PYTHON_VENV, PROMETHEUS],
+            &[RABBITMQ, OPENSSL, TMUX, CXX, PYTHON_VENV, PROMETHEUS, IPROUTE2],
             PODMAN.as_slice(),
             NODE.as_slice(),
             CHROMIUM.as_slice(),

@@ -25,6 +25,8 @@ pub const CXX: Package = Package { name: "g++", provides: "/usr/bin/g++" };
 /// checkov, which checks the production manifests, installs into a Python virtual environment.
 pub const PYTHON_VENV: Package = Package { name: "python3-venv", provides: "/usr/share/doc/python3-venv" };
 /// promtool, which checks the alert rules, comes with Prometheus.
+/// `ip`, for the hosts runtime's network namespaces.
+pub const IPROUTE2: Package = Package { name: "iproute2", provides: "/usr/sbin/ip" };
 pub const PROMETHEUS: Package = Package { name: "prometheus", provides: "/usr/bin/promtool" };
 /// Headless Chromium and its WebDriver, for the page tests.
 pub const CHROMIUM: [Package; 2] = [

@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::junit;
-use crate::packages::{self, PODMAN, PROMETHEUS, RABBITMQ};
+use crate::packages::{self, IPROUTE2, PODMAN, PROMETHEUS, RABBITMQ};
 use crate::progress::{Spinner, Steps};
 
 #[derive(clap::Args, Default)]
@@ -40,6 +40,12 @@ pub struct Args {
     /// How many tasks workers to start.
     #[arg(long, default_value_t = 1)]
     pub workers: u16,
+    /// Run the process runtime's services on hosts of their own, with N worker hosts: Linux
+    /// network namespaces of this run with their own addresses and names (the broker's `amqp`,
+    /// `webhook`, `services` for the mock GitHub and S3, `worker-1`...), joined by a bridge on a
+    /// private range, nothing routed out; what `cargo xtask chaos partition` cuts. Needs root.
+    #[arg(long, value_name = "N", conflicts_with_all = ["workers", "watch", "monitor", "pr", "via_kube", "attach"])]
+    pub hosts: Option<u16>,
     /// Use the `webhook` and `tasks` binaries in DIR instead of building them (release).
     #[arg(long, value_name = "DIR")]
     pub binaries: Option<PathBuf>,
@@ -287,7 +293,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.attach {
         return attach(&args.scenarios);
     }
-    let runtime = args.runtime.resolve();
+    let runtime = match args.hosts {
+        Some(_) if args.runtime == Runtime::Podman => {
+            bail!("--hosts runs the process runtime's services on hosts of their own: drop --runtime podman")
+        }
+        Some(_) => Runtime::Process,
+        None => args.runtime.resolve(),
+    };
     if args.via_kube && runtime != Runtime::Podman {
         bail!("--via-kube plays the pod's manifest with podman: pass --runtime podman");
     }
@@ -297,9 +309,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
              your GitHub token and the CA key: pass --allow-unsandboxed-pr if you trust that code"
         );
     }
-    packages::ensure(match (runtime, args.monitor) {
-        (Runtime::Podman, _) => &PODMAN[..],
-        (_, true) => &[RABBITMQ, PROMETHEUS][..],
+    packages::ensure(match (runtime, args.monitor, args.hosts) {
+        (Runtime::Podman, _, _) => &PODMAN[..],
+        (_, true, _) => &[RABBITMQ, PROMETHEUS][..],
+        (_, _, Some(_)) => &[RABBITMQ, IPROUTE2][..],
         _ => &[RABBITMQ][..],
     })?;
     let binaries = match &args.binaries {
@@ -324,6 +337,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 via_kube: args.via_kube,
             }
         }
+        _ if args.hosts.is_some() => local::deployment::Runtime::Hosts,
         _ => local::deployment::Runtime::Process,
     };
     let runs = crate::workspace::runs_dir();
@@ -332,7 +346,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let options = Options {
         binaries,
         secrets: args.secrets.clone(),
-        workers: args.workers,
+        workers: args.hosts.unwrap_or(args.workers),
         fixtures: args.fixtures.clone().unwrap_or_else(|| crate::workspace::root().join("fixtures")),
         real_github_token: args.github_token.clone(),
         runtime,
@@ -590,6 +604,7 @@ fn runtime_name(runtime: &local::deployment::Runtime) -> &'static str {
     match runtime {
         local::deployment::Runtime::Process => Runtime::Process.name(),
         local::deployment::Runtime::Podman { .. } => Runtime::Podman.name(),
+        local::deployment::Runtime::Hosts => "hosts",
     }
 }
 
