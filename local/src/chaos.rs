@@ -28,6 +28,8 @@ pub enum ChaosError {
     S3(#[from] crate::s3_server::S3ServerError),
     #[error(transparent)]
     GitHub(#[from] github::Error),
+    #[error(transparent)]
+    Hosts(#[from] crate::hosts::HostsError),
     #[error("cannot {what}: {source}")]
     Io { what: String, source: std::io::Error },
     #[error("{0}")]
@@ -390,6 +392,17 @@ pub async fn worker_crashes(
     })
 }
 
+/// What a partition run cuts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Over {
+    /// Each worker on this machine reaches the broker through a relay of its own
+    /// (`crate::link`): a cut silences its broker connection only.
+    Relays,
+    /// Each worker on a host of its own (`crate::hosts`): a cut takes its host off the network
+    /// (the broker, GitHub and S3 all out of reach).
+    Hosts,
+}
+
 /// What [`partition`] saw.
 #[derive(Debug, Clone)]
 pub struct Partition {
@@ -424,7 +437,7 @@ const NOTICED_WITHIN: Duration = Duration::from_secs(14);
 
 /// Queues `jobs` jobs (each sleeping 8 to 9 s, longer than a worker takes to notice a cut, with
 /// the "Not yet tested" status tests-scan posts) for `hosts` workers of two slots, each reaching
-/// the broker through a link of its own (`crate::link`). Once the first two workers run jobs,
+/// the broker through a link of its own, `over` relays or hosts. Once the first two workers run jobs,
 /// both their links are cut (silent: no FIN, no RST), the first for `cut_for`, the second for
 /// good. Once the first is back, `hosts` times two jobs more (of 2 s) are queued, some of which
 /// it must run. Every job must end with exactly one final status; a cut worker must post
@@ -433,6 +446,7 @@ const NOTICED_WITHIN: Duration = Duration::from_secs(14);
 pub async fn partition(
     dir: &Path,
     tasks: &Path,
+    over: Over,
     hosts: usize,
     jobs: usize,
     cut_for: Duration,
@@ -455,10 +469,25 @@ pub async fn partition(
     mock.add_repo(REPO, &fixtures.join("repos/passing"))?;
     let head = mock.open_pull(REPO, 1, "A change", "workbench-ci")?;
     let github = github::GitHub::new(&mock.api_url(), token.trim())?;
-    let forge = crate::worker::Forge::mock(&mock, &secrets);
-    let runner_config = crate::worker::RunnerConfig::local(&forge, &s3, &secrets, crate::worker::Sandbox::Process)
-        .write(dir)
-        .map_err(io("write the job-runner configuration"))?;
+    let names: Vec<String> = (1..=hosts).map(|n| format!("host-{n}")).collect();
+    let network = match over {
+        Over::Hosts => {
+            let id = dir.file_name().unwrap_or_default().to_string_lossy().replace('.', "");
+            let urls = [s3.url(), mock.api_url()];
+            Some(crate::hosts::deployment(dir, &id, &names, broker.socket_address(), &urls).await?)
+        }
+        Over::Relays => None,
+    };
+    let (forge, s3_hosts) = match over {
+        Over::Hosts => (crate::worker::Forge::mock_on_hosts(&mock, &secrets), Default::default()),
+        Over::Relays => (crate::worker::Forge::mock(&mock, &secrets), s3.hosts()),
+    };
+    let runner_config = crate::worker::RunnerConfig {
+        s3_hosts,
+        ..crate::worker::RunnerConfig::local(&forge, &s3, &secrets, crate::worker::Sandbox::Process)
+    }
+    .write(dir)
+    .map_err(io("write the job-runner configuration"))?;
     let work_dir = dir.join("work");
     std::fs::create_dir_all(&work_dir).map_err(io("create the work directory"))?;
 
@@ -509,17 +538,32 @@ pub async fn partition(
         jobs: 2,
         rescan_interval: None,
     };
-    let names: Vec<String> = (1..=hosts).map(|n| format!("host-{n}")).collect();
-    let broker_at = broker.socket_address();
     let mut links = Vec::new();
     let mut workers = Vec::new();
     for name in &names {
-        let link = crate::link::Link::start(broker_at).await.map_err(io("start a link to the broker"))?;
-        let via = amqp::Address::Tls { host: "127.0.0.1".into(), port: link.address().port() };
-        let place = crate::service::Place::Here(via);
+        let place = match &network {
+            Some(network) => crate::service::Place::Host(network, name),
+            None => {
+                let link = crate::link::Link::start(broker.socket_address())
+                    .await
+                    .map_err(io("start a link to the broker"))?;
+                let via = amqp::Address::Tls { host: "127.0.0.1".into(), port: link.address().port() };
+                links.push(link);
+                crate::service::Place::Here(via)
+            }
+        };
         workers.push(crate::service::Worker::start_at(tasks, dir, name, &config, &place).await?);
-        links.push(link);
     }
+    // Cuts (or restores) host `n`'s link.
+    let cut = |n: usize, cut: bool| -> Result<(), ChaosError> {
+        match (&network, cut) {
+            (Some(network), true) => network.cut(&names[n])?,
+            (Some(network), false) => network.restore(&names[n])?,
+            (None, true) => links[n].cut(),
+            (None, false) => links[n].restore(),
+        }
+        Ok(())
+    };
     let by = |name: &str| format!("[{name}]");
     let statuses = || mock.statuses(REPO, &head);
     let running_on = |name: &str| statuses().iter().any(|s| s.description == format!("In progress {}", by(name)));
@@ -530,13 +574,13 @@ pub async fn partition(
         })
     })
     .await?;
-    links[0].cut();
-    links[1].cut();
+    cut(0, true)?;
+    cut(1, true)?;
     tokio::time::sleep(NOTICED_WITHIN).await;
     let quiet_from = statuses().len();
     tokio::time::sleep(cut_for.saturating_sub(NOTICED_WITHIN)).await;
     let back_at = statuses().len();
-    links[0].restore();
+    cut(0, false)?;
     let posted_by = |name: &str, range: std::ops::Range<usize>| {
         statuses()[range].iter().filter(|s| s.description.ends_with(&by(name))).count()
     };

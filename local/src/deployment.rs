@@ -322,37 +322,17 @@ impl Deployment {
         world: World,
         progress: &dyn Progress,
     ) -> Result<Deployment, DeployError> {
-        use crate::hosts::{BROKER_HOST, Network, SERVICES_HOST, WEBHOOK_HOST};
         let World { secrets, s3, github, test_map, jobs_dir } = world;
         let workers = options.workers.max(1);
         let names: Vec<String> = (1..=workers).map(pod::worker_name).collect();
         let id = run_dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let label = format!("making the hosts: broker, webhook, services and {workers} worker(s)");
+        let servers = [s3.url(), github.api_url()];
         let network =
-            step(progress, &format!("making the hosts: broker, webhook, services and {workers} worker(s)"), async {
-                let services_names = [crate::secrets::HOST_ALIAS, crate::secrets::S3_HOST];
-                let mut hosts: Vec<(&str, &[&str])> =
-                    vec![(BROKER_HOST, &[]), (WEBHOOK_HOST, &[]), (SERVICES_HOST, &services_names)];
-                hosts.extend(names.iter().map(|name| (name.as_str(), &[] as &[&str])));
-                let network = Network::create(run_dir, &id, &hosts)?;
-                let port = |url: &str| {
-                    url.rsplit_once(':')
-                        .and_then(|(_, rest)| rest.trim_end_matches('/').split('/').next()?.parse::<u16>().ok())
-                };
-                network.relay_to_here(BROKER_HOST, pod::AMQP_PORT, broker.socket_address()).await?;
-                for url in [s3.url(), github.api_url()] {
-                    let port = port(&url)
-                        .ok_or_else(|| DeployError::Unsupported("a server of this machine without a port"))?;
-                    network.relay_to_here(SERVICES_HOST, port, SocketAddr::from(([127, 0, 0, 1], port))).await?;
-                }
-                Ok::<_, DeployError>(network)
-            })
-            .await?;
+            step(progress, &label, crate::hosts::deployment(run_dir, &id, &names, broker.socket_address(), &servers))
+                .await?;
         // The hosts' view: GitHub and S3 on the services host, by its names.
-        let forge_on_hosts = Forge {
-            api_url: crate::hosts::seen_from_hosts(&github.api_url()),
-            clone_url: crate::hosts::seen_from_hosts(&github.clone_url()),
-            token_file: secrets.github_token(),
-        };
+        let forge_on_hosts = Forge::mock_on_hosts(&github, &secrets);
         let runner_config = RunnerConfig {
             hold_failed: options.hold_failed,
             s3_hosts: Default::default(),

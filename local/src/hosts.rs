@@ -267,6 +267,39 @@ pub fn delete(name: &str) -> Result<(), HostsError> {
     ip(&["netns", "delete", name])
 }
 
+/// The hosts of a deployment: the broker's (relaying `broker`, a server here), the webhook's,
+/// the services' (relaying the servers of `urls`, here, on their ports), and one per worker of
+/// `workers`, in namespaces named after `id`, the hosts file in `dir`.
+pub async fn deployment(
+    dir: &Path,
+    id: &str,
+    workers: &[String],
+    broker: SocketAddr,
+    urls: &[String],
+) -> Result<Network, HostsError> {
+    let services_names = [crate::secrets::HOST_ALIAS, crate::secrets::S3_HOST];
+    let mut hosts: Vec<(&str, &[&str])> =
+        vec![(BROKER_HOST, &[]), (WEBHOOK_HOST, &[]), (SERVICES_HOST, &services_names)];
+    hosts.extend(workers.iter().map(|name| (name.as_str(), &[] as &[&str])));
+    let network = Network::create(dir, id, &hosts)?;
+    network.relay_to_here(BROKER_HOST, crate::pod::AMQP_PORT, broker).await?;
+    for url in urls {
+        let port = port_of(url).ok_or_else(|| HostsError::Io {
+            what: format!("relay {url}, which names no port"),
+            source: std::io::ErrorKind::InvalidInput.into(),
+        })?;
+        network.relay_to_here(SERVICES_HOST, port, SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    }
+    Ok(network)
+}
+
+/// The port `url` names.
+fn port_of(url: &str) -> Option<u16> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    authority.rsplit_once(':')?.1.parse().ok()
+}
+
 /// `url` (of a server of this machine) as the hosts reach it: on the services host, by the
 /// name its certificate has ([`crate::secrets::HOST_ALIAS`]), on the same port.
 pub fn seen_from_hosts(url: &str) -> String {
@@ -326,6 +359,16 @@ mod tests {
 
     /// A server here relayed onto one host, reached from another host's process by name; the
     /// cut link carries nothing until restored; nothing is left after the drop.
+    #[test]
+    fn the_hosts_reach_this_machines_servers_on_the_services_host_by_name() {
+        assert_eq!(port_of("https://localhost.localdomain:4431/"), Some(4431));
+        assert_eq!(port_of("http://127.0.0.1:80/git/"), Some(80));
+        assert_eq!(port_of("http://127.0.0.1/"), None);
+        assert_eq!(seen_from_hosts("http://127.0.0.1:4321"), "http://workbench-host:4321");
+        assert_eq!(seen_from_hosts("http://127.0.0.1:80/git/"), "http://workbench-host:80/git/");
+        assert_eq!(BROKER, format!("{BROKER_HOST}:{}", crate::pod::AMQP_PORT));
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     #[cfg_attr(not(ci), ignore = "needs root for network namespaces: cargo xtask ci runs it")]
     async fn hosts_reach_each_other_by_name_until_a_link_is_cut() {

@@ -20,6 +20,16 @@ impl Forge {
         Forge { api_url: github.api_url(), clone_url: github.clone_url(), token_file: secrets.github_token() }
     }
 
+    /// The mock as the hosts of the hosts runtime reach it (`crate::hosts`): on the services
+    /// host.
+    pub fn mock_on_hosts(github: &MockGitHub, secrets: &Secrets) -> Forge {
+        Forge {
+            api_url: crate::hosts::seen_from_hosts(&github.api_url()),
+            clone_url: crate::hosts::seen_from_hosts(&github.clone_url()),
+            token_file: secrets.github_token(),
+        }
+    }
+
     /// github.com, with a real token (run-local's real GitHub mode).
     pub fn github(token_file: &Path) -> Forge {
         Forge {

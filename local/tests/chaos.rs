@@ -2,6 +2,10 @@
 //! ones): nothing answered as stored is lost, whether the broker restarts or the webhook stops;
 //! no job is lost or reported twice when its workers are killed, or cut off from the broker.
 
+use std::time::Duration;
+
+use local::chaos::Over;
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broker_restart_under_load_loses_no_delivery_answered_200() {
     let dir = tempfile::tempdir().unwrap();
@@ -47,8 +51,8 @@ async fn a_github_outage_loses_no_pull_request() {
     assert!(run.put_off > 0, "the outage outlasted a request's own tries: {run:?}");
 }
 
-/// Two of three workers cut off from the broker by a silent link (no FIN, no RST) while they run
-/// jobs, one for 35 s, one for good (until the broker noticed, up to 45 s): every job ends
+/// Two of three workers cut off from the broker by a silent relay (no FIN, no RST) while they
+/// run jobs, one for 35 s, one for good (until the broker noticed, up to 45 s): every job ends
 /// with exactly one final status, the cut workers post nothing once they noticed, the one
 /// whose link came back takes work again, and the queue ends empty.
 #[tokio::test(flavor = "multi_thread")]
@@ -57,7 +61,7 @@ async fn workers_cut_off_from_the_broker_lose_no_job_and_report_none_twice() {
     let tasks = local::Binaries::of_test_build().tasks;
     // The run itself fails on a lost or duplicated job, a status from a worker cut off, a
     // worker back that takes no work, or a message left.
-    let run = local::chaos::partition(dir.path(), &tasks, 3, 8, std::time::Duration::from_secs(35)).await.unwrap();
+    let run = local::chaos::partition(dir.path(), &tasks, Over::Relays, 3, 8, Duration::from_secs(35)).await.unwrap();
     assert_eq!((run.jobs, run.final_statuses, run.lost, run.duplicated), (14, 14, 0, 0), "{run}");
     assert!(run.abandoned > 0, "the cut workers abandoned the jobs they ran: {run:?}");
     assert!(run.redelivered >= run.abandoned, "the abandoned jobs were delivered again: {run:?}");
@@ -69,8 +73,20 @@ async fn workers_cut_off_from_the_broker_lose_no_job_and_report_none_twice() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_webhook_cut_off_from_the_broker_answers_503_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let run =
-        local::chaos::webhook_partition(dir.path(), 20, std::time::Duration::from_secs(12), 20, 10).await.unwrap();
+    let run = local::chaos::webhook_partition(dir.path(), 20, Duration::from_secs(12), 20, 10).await.unwrap();
     assert!(run.sent_during_cut > 0 && run.refused > 0, "{run:?}");
     assert_eq!((run.lost, run.stored), (0, run.sent), "{run:?}");
+}
+
+/// The same on hosts of their own (network namespaces): two of three worker hosts taken off the
+/// network while they run jobs (the broker, GitHub and S3 out of their reach), one for 35 s, one
+/// for good: every job one final status, none twice, the queue empty.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(ci), ignore = "needs root for network namespaces: cargo xtask ci runs it")]
+async fn worker_hosts_cut_off_the_network_lose_no_job_and_report_none_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = local::Binaries::of_test_build().tasks;
+    let run = local::chaos::partition(dir.path(), &tasks, Over::Hosts, 3, 8, Duration::from_secs(35)).await.unwrap();
+    assert_eq!((run.jobs, run.final_statuses, run.lost, run.duplicated), (14, 14, 0, 0), "{run}");
+    assert!(run.abandoned > 0, "the cut workers abandoned the jobs they ran: {run:?}");
 }

@@ -49,6 +49,10 @@ pub struct Args {
     /// Jobs queued before the partition (as many again as twice the hosts come after).
     #[arg(long = "partition-jobs", default_value_t = 30)]
     partition_jobs: usize,
+    /// Partition workers on this machine, each reaching the broker through a relay of its own,
+    /// rather than on hosts of their own (network namespaces, which need root).
+    #[arg(long)]
+    relays: bool,
     /// Seconds the first cut host stays cut off: past 30, the broker noticed and gave its
     /// jobs to others.
     #[arg(long, default_value_t = 40)]
@@ -129,7 +133,8 @@ fn partition(args: &Args, dir: &tempfile::TempDir) -> anyhow::Result<()> {
     );
     let spinner = crate::progress::Spinner::start(&what);
     let cut = Duration::from_secs(args.cut);
-    let run = local::chaos::partition(dir.path(), &binaries.tasks, args.hosts, args.partition_jobs, cut);
+    let over = if args.relays { local::chaos::Over::Relays } else { local::chaos::Over::Hosts };
+    let run = local::chaos::partition(dir.path(), &binaries.tasks, over, args.hosts, args.partition_jobs, cut);
     let run = crate::workspace::runtime()?.block_on(run);
     spinner.finish(run.is_ok());
     let run = run?;
