@@ -1,6 +1,7 @@
 //! The whole deployment on the process runtime, from the workspace's service binaries: every
 //! scenario passes, so does the real GitHub mode's scan of a pull request (against the mock),
-//! and dropping the deployment leaves no process and no listening port.
+//! and dropping the deployment leaves no process and no listening port; and on the hosts
+//! runtime, every scenario passes with the services on hosts of their own.
 
 #[path = "support/browser.rs"]
 mod browser;
@@ -105,6 +106,51 @@ async fn every_scenario_passes_and_teardown_leaves_nothing_behind() {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
+}
+
+/// The hosts runtime: every scenario passes with the webhook and each worker on a host of its
+/// own (a network namespace, not this process's), finding the broker by its host's name; the
+/// drop leaves no process and no namespace.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(ci), ignore = "needs root for network namespaces: cargo xtask ci runs it")]
+async fn on_hosts_every_scenario_passes_and_teardown_leaves_no_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        binaries: binaries(),
+        secrets: None,
+        workers: 2,
+        fixtures: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures"),
+        real_github_token: None,
+        runtime: Runtime::Hosts,
+        hold_failed: false,
+        monitor: None,
+    };
+    let deployment = Deployment::start(dir.path(), &options, &Steps::default()).await.unwrap();
+    for name in scenario::ALL {
+        let ran = scenario::run(name, &deployment).await;
+        assert!(matches!(ran, Ok(Ran::Passed | Ran::Skipped(_))), "scenario {name}: {ran:?}");
+    }
+    let net = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    let ours = net(std::process::id());
+    let pids = deployment.process_ids();
+    let on_hosts: Vec<(u32, String)> = pids
+        .iter()
+        .filter(|&&pid| net(pid) != ours)
+        .map(|&pid| (pid, std::fs::read_to_string(format!("/proc/{pid}/environ")).unwrap_or_default()))
+        .collect();
+    // The webhook and both workers (their job processes ended), each in a namespace of its own,
+    // told the broker is `amqp:5671`.
+    assert_eq!(on_hosts.len(), 3, "{on_hosts:?}");
+    assert!(on_hosts.iter().all(|(_, env)| env.split('\0').any(|v| v == "AMQP_SERVER=amqp:5671")), "{on_hosts:?}");
+    let namespaces: std::collections::BTreeSet<_> = on_hosts.iter().map(|(pid, _)| net(*pid)).collect();
+    assert_eq!(namespaces.len(), 3, "one host each");
+    let id = dir.path().file_name().unwrap().to_string_lossy().into_owned();
+    assert!(local::hosts::leftovers().iter().any(|name| name.contains(&id)));
+    drop(deployment);
+    for pid in pids {
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "process {pid} outlived the deployment");
+    }
+    assert!(local::hosts::leftovers().iter().all(|name| !name.contains(&id)), "{:?}", local::hosts::leftovers());
 }
 
 /// The HTML report of the scenarios in Chromium: every scenario has its section, and
