@@ -75,6 +75,17 @@ enum What {
         #[arg(long, default_value_t = 100)]
         jobs: usize,
     },
+    /// Jobs per second with 1, 2 and 4 worker hosts (`run-local --hosts`, release build), the
+    /// jobs waiting rather than computing (each sleeps): throughput against the 1-host run.
+    /// Needs root.
+    Hosts {
+        /// Jobs of each run.
+        #[arg(long, default_value_t = 48)]
+        jobs: usize,
+        /// Seconds each job sleeps.
+        #[arg(long, default_value_t = 2)]
+        sleep: u64,
+    },
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -91,7 +102,65 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let binaries = crate::workspace::build_binaries(crate::workspace::Profile::Release)?;
             crate::workspace::runtime()?.block_on(worker(&binaries.tasks, events, jobs))
         }
+        What::Hosts { jobs, sleep } => {
+            packages::ensure(&[crate::packages::IPROUTE2])?;
+            let binaries = crate::workspace::build_binaries(crate::workspace::Profile::Release)?;
+            crate::workspace::runtime()?.block_on(hosts(binaries, jobs, sleep))
+        }
     }
+}
+
+/// Jobs per second on 1, 2 and 4 worker hosts, each job sleeping `sleep` seconds.
+async fn hosts(binaries: local::Binaries, jobs: usize, sleep: u64) -> anyhow::Result<()> {
+    let mut figures = Vec::new();
+    for (run, hosts) in [1u16, 2, 4].into_iter().enumerate() {
+        let runs = crate::workspace::runs_dir();
+        std::fs::create_dir_all(&runs).with_context(|| format!("creating {}", runs.display()))?;
+        let dir =
+            tempfile::Builder::new().prefix("bench-").tempdir_in(&runs).context("creating a scratch directory")?;
+        let options = local::deployment::Options {
+            binaries: binaries.clone(),
+            secrets: None,
+            workers: hosts,
+            fixtures: crate::workspace::root().join("fixtures"),
+            real_github_token: None,
+            runtime: local::deployment::Runtime::Hosts,
+            hold_failed: false,
+            monitor: None,
+        };
+        let steps = crate::progress::Steps::default();
+        let deployment = local::Deployment::start(dir.path(), &options, &steps).await?;
+        let head = deployment.github.open_pull(REPO, 20_000 + run as u64, "Sleeping jobs", "workbench-ci")?;
+        let session = amqp::Session::connect(&deployment.amqp).await?;
+        let started = Instant::now();
+        for n in 0..jobs {
+            session.publish(amqp::PUBLIC.name, &job(&head, n, &["sleep", &sleep.to_string()]), Some(5)).await?;
+        }
+        let what = format!("{jobs} jobs on {hosts} host(s)");
+        step(&what, async {
+            local::client::wait_until(&what, Duration::from_secs(60 + jobs as u64 * sleep), || async {
+                let done = deployment.github.statuses(REPO, &head).iter().filter(|s| s.state == "success").count();
+                Ok::<_, local::client::TimedOut>(match done >= jobs {
+                    true => local::client::Check::Done(()),
+                    false => local::client::Check::NotYet(format!("{done} done")),
+                })
+            })
+            .await
+        })
+        .await?;
+        let per_second = jobs as f64 / started.elapsed().as_secs_f64();
+        session.close().await;
+        drop(deployment);
+        let against = figures.first().map_or(1.0, |(_, first)| per_second / first);
+        println!(
+            "{hosts} worker host(s): {jobs} jobs of {sleep} s in {:.1} s: {per_second:.2} jobs/s ({against:.2}x 1 host)",
+            started.elapsed().as_secs_f64()
+        );
+        figures.push((hosts, per_second));
+    }
+    let line: Vec<String> = figures.iter().map(|(hosts, rate)| format!("{hosts}: {rate:.2}")).collect();
+    println!("hosts: jobs/s by worker hosts {}, jobs of {sleep} s, 4 slots a host", line.join(", "));
+    Ok(())
 }
 
 fn broker_start(runs: usize) -> anyhow::Result<()> {
@@ -547,9 +616,14 @@ async fn worker(binary: &Path, events: usize, jobs: usize) -> anyhow::Result<()>
 
 /// A job whose test is `true`: clone, checkout, log and two statuses, nothing else.
 fn noop_job(sha: &str, n: usize) -> Vec<u8> {
-    let context = format!("noop/{n}");
+    job(sha, n, &["true"])
+}
+
+/// Job `n` on commit `sha`, its test `command`.
+fn job(sha: &str, n: usize, command: &[&str]) -> Vec<u8> {
+    let context = format!("bench/{n}");
     let job = amqp::Job {
-        command: Some(vec!["true".into()]),
+        command: Some(command.iter().map(|arg| arg.to_string()).collect()),
         slug: Some(format!("bench-{}-{n}", &sha[..8])),
         ..amqp::Job::for_pull(REPO, sha, 0, &context, "")
     };
