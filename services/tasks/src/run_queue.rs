@@ -237,14 +237,16 @@ pub async fn run(config: &amqp::Config, args: &Args, shutdown: impl Future<Outpu
             let file = args.metrics_address_file.as_deref();
             metrics_server = Some(serve_metrics(address, file, metrics.clone(), stop_serving.clone()).await?);
         }
+        let queues_served: Vec<&str> = queues.iter().map(|q| q.name).collect();
+        let (job_slots, scan_slots) = (args.jobs.max(1), args.scans.max(1));
+        // The first line is what tools wait for (the containers test, say).
+        match started {
+            false => {
+                tracing::info!(hostname = worker.hostname, queues = ?queues_served, job_slots, scan_slots, "run-queue started")
+            }
+            true => tracing::info!(hostname = worker.hostname, queues = ?queues_served, "run-queue serving again"),
+        }
         started = true;
-        tracing::info!(
-            hostname = worker.hostname,
-            queues = ?queues.iter().map(|q| q.name).collect::<Vec<_>>(),
-            job_slots = args.jobs.max(1),
-            scan_slots = args.scans.max(1),
-            "run-queue serving"
-        );
         match serve(&worker, queues, events, args, rescan.as_mut(), shutdown.as_mut()).await {
             Served::Shutdown(result) => {
                 close(worker).await;
