@@ -138,6 +138,16 @@ pub struct WebhookPartition {
     pub seconds: f64,
 }
 
+/// Where the webhook partition run's webhook runs, and so what its cut cuts.
+#[derive(Debug, Clone, Copy)]
+pub enum WebhookOver<'a> {
+    /// In this process, reaching the broker through a relay (`crate::link`), which is cut.
+    Relay,
+    /// As a process (this binary) on a host of its own (`crate::hosts`); the broker host's link
+    /// is cut.
+    Hosts(&'a Path),
+}
+
 /// How long the webhook waits for the broker's confirm of a publish before it answers 503.
 const CONFIRM_WAIT: Duration = Duration::from_secs(6);
 
@@ -149,19 +159,22 @@ const CONFIRM_WAIT: Duration = Duration::from_secs(6);
 /// last [`CONFIRM_WAIT`] may be confirmed once it is back); every delivery must end up stored.
 pub async fn webhook_partition(
     dir: &Path,
+    over: WebhookOver<'_>,
     before: usize,
     cut_for: Duration,
     after: usize,
     rate: u32,
 ) -> Result<WebhookPartition, ChaosError> {
     let started = Instant::now();
-    let mut rig = Rig::start_linked(dir).await?;
+    let mut rig = match over {
+        WebhookOver::Relay => Rig::start_linked(dir).await?,
+        WebhookOver::Hosts(binary) => Rig::start_on_hosts(dir, binary).await?,
+    };
     let mut load = Load::new(&rig, rate);
     for _ in 0..before {
         load.send().await;
     }
-    let link = rig.link.as_ref().expect("a linked rig");
-    link.cut();
+    rig.cut(true)?;
     let cut_at = Instant::now();
     let cut_from = load.sent();
     // Those sent later may be confirmed once the link is back, within the webhook's 5 s wait.
@@ -173,7 +186,7 @@ pub async fn webhook_partition(
         load.send().await;
     }
     let cut_until = load.sent();
-    link.restore();
+    rig.cut(false)?;
     for _ in 0..after {
         load.send().await;
     }
@@ -298,14 +311,7 @@ pub async fn worker_crashes(
         let what = what.to_owned();
         move |source| ChaosError::Io { what, source }
     };
-    let (secrets, _) = secrets::generate(&dir.join("secrets"), false)?;
-    let broker = Broker::start(&dir.join("broker"), &secrets).await?;
-    let token = std::fs::read_to_string(secrets.github_token()).map_err(io("read the GitHub token"))?;
-    let mock = crate::MockGitHub::start(&dir.join("github"), &token).await?;
-    let s3 = crate::S3Server::start(&dir.join("s3"), &secrets, false).await?;
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
-    mock.add_repo(REPO, &fixtures.join("repos/passing"))?;
-    let head = mock.open_pull(REPO, 1, "A change", "workbench-ci")?;
+    let JobsRig { secrets, broker, mock, s3, fixtures, head, .. } = JobsRig::start(dir, REPO).await?;
     let forge = crate::worker::Forge::mock(&mock, &secrets);
     let runner_config = crate::worker::RunnerConfig::local(&forge, &s3, &secrets, crate::worker::Sandbox::Process)
         .write(dir)
@@ -460,14 +466,7 @@ pub async fn partition(
         let what = what.to_owned();
         move |source| ChaosError::Io { what, source }
     };
-    let (secrets, _) = secrets::generate(&dir.join("secrets"), false)?;
-    let broker = Broker::start(&dir.join("broker"), &secrets).await?;
-    let token = std::fs::read_to_string(secrets.github_token()).map_err(io("read the GitHub token"))?;
-    let mock = crate::MockGitHub::start(&dir.join("github"), &token).await?;
-    let s3 = crate::S3Server::start(&dir.join("s3"), &secrets, false).await?;
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
-    mock.add_repo(REPO, &fixtures.join("repos/passing"))?;
-    let head = mock.open_pull(REPO, 1, "A change", "workbench-ci")?;
+    let JobsRig { secrets, broker, mock, s3, fixtures, head, token } = JobsRig::start(dir, REPO).await?;
     let github = github::GitHub::new(&mock.api_url(), token.trim())?;
     let names: Vec<String> = (1..=hosts).map(|n| format!("host-{n}")).collect();
     let network = match over {
@@ -837,6 +836,33 @@ impl Random {
     }
 }
 
+/// What the job runs need: fresh secrets, a broker, the mock GitHub with `repo` (the passing
+/// fixture) and a pull request open on it (`head`), the S3 store.
+struct JobsRig {
+    secrets: crate::Secrets,
+    broker: Broker,
+    mock: crate::MockGitHub,
+    s3: crate::S3Server,
+    fixtures: std::path::PathBuf,
+    head: String,
+    token: String,
+}
+
+impl JobsRig {
+    async fn start(dir: &Path, repo: &str) -> Result<JobsRig, ChaosError> {
+        let (secrets, _) = secrets::generate(&dir.join("secrets"), false)?;
+        let broker = Broker::start(&dir.join("broker"), &secrets).await?;
+        let token = std::fs::read_to_string(secrets.github_token())
+            .map_err(|source| ChaosError::Io { what: "read the GitHub token".into(), source })?;
+        let mock = crate::MockGitHub::start(&dir.join("github"), &token).await?;
+        let s3 = crate::S3Server::start(&dir.join("s3"), &secrets, false).await?;
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+        mock.add_repo(repo, &fixtures.join("repos/passing"))?;
+        let head = mock.open_pull(repo, 1, "A change", "workbench-ci")?;
+        Ok(JobsRig { secrets, broker, mock, s3, fixtures, head, token })
+    }
+}
+
 /// A broker and a webhook serving on 127.0.0.1, in this process.
 struct Rig {
     /// Away while it restarts.
@@ -847,7 +873,11 @@ struct Rig {
     secret: Vec<u8>,
     address: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The webhook in this process, or its process on a host ([`Rig::start_on_hosts`]).
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    on_host: Option<crate::service::Webhook>,
+    /// The hosts, with [`Rig::start_on_hosts`]; last, after the webhook's process.
+    network: Option<crate::hosts::Network>,
 }
 
 impl Rig {
@@ -898,13 +928,55 @@ impl Rig {
             })
         })
         .await?;
-        Ok(Rig { broker: Some(broker), link, amqp, secret, address, stop: Some(stop), server })
+        let (server, on_host, network) = (Some(server), None, None);
+        Ok(Rig { broker: Some(broker), link, amqp, secret, address, stop: Some(stop), server, on_host, network })
+    }
+
+    /// A rig whose webhook runs (from `binary`) on a host of its own, reaching the broker on
+    /// the broker's host, whose link can be cut ([`crate::hosts`]).
+    async fn start_on_hosts(dir: &Path, binary: &Path) -> Result<Rig, ChaosError> {
+        let (secrets, _) = secrets::generate(&dir.join("secrets"), false)?;
+        let broker = Broker::start(&dir.join("broker"), &secrets).await?;
+        let id = dir.file_name().unwrap_or_default().to_string_lossy().replace('.', "");
+        let network = crate::hosts::deployment(dir, &id, &[], broker.socket_address(), &[]).await?;
+        let webhook = crate::service::Webhook::start_on_host(binary, dir, &secrets, &network, None).await?;
+        let secret = webhook::read_secret(&secrets.webhook_token())
+            .map_err(|source| ChaosError::Io { what: "read the webhook secret".into(), source })?;
+        Ok(Rig {
+            amqp: broker.client_config(),
+            broker: Some(broker),
+            link: None,
+            secret,
+            address: webhook.address,
+            stop: None,
+            server: None,
+            on_host: Some(webhook),
+            network: Some(network),
+        })
+    }
+
+    /// Cuts (or restores) the webhook's link to the broker: the link of the relay, or the
+    /// broker host's (GitHub, here, still reaches the webhook through the switch).
+    fn cut(&self, cut: bool) -> Result<(), ChaosError> {
+        match (&self.link, &self.network, cut) {
+            (Some(link), _, true) => link.cut(),
+            (Some(link), _, false) => link.restore(),
+            (None, Some(network), true) => network.cut(crate::hosts::BROKER_HOST)?,
+            (None, Some(network), false) => network.restore(crate::hosts::BROKER_HOST)?,
+            (None, None, _) => return Err(ChaosError::Lost("this rig has no link to cut".into())),
+        }
+        Ok(())
     }
 
     /// Stops the webhook (if not yet) and waits until it finished what it took.
     async fn stop_webhook(&mut self) {
         let _ = self.stop.take().map(|stop| stop.send(()));
-        let _ = (&mut self.server).await;
+        if let Some(server) = &mut self.server {
+            let _ = server.await;
+        }
+        if let Some(webhook) = &mut self.on_host {
+            webhook.service.stop().await;
+        }
     }
 
     /// Takes every message out of the `webhook` queue and checks that each delivery answered 200

@@ -73,7 +73,20 @@ async fn workers_cut_off_from_the_broker_lose_no_job_and_report_none_twice() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_webhook_cut_off_from_the_broker_answers_503_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let run = local::chaos::webhook_partition(dir.path(), 20, Duration::from_secs(12), 20, 10).await.unwrap();
+    let over = local::chaos::WebhookOver::Relay;
+    let run = local::chaos::webhook_partition(dir.path(), over, 20, Duration::from_secs(12), 20, 10).await.unwrap();
+    assert!(run.sent_during_cut > 0 && run.refused > 0, "{run:?}");
+    assert_eq!((run.lost, run.stored), (0, run.sent), "{run:?}");
+}
+
+/// The same with the webhook on a host of its own and the broker's host cut off the network.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(ci), ignore = "needs root for network namespaces: cargo xtask ci runs it")]
+async fn a_webhook_host_cut_off_from_the_broker_host_answers_503_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let webhook = local::Binaries::of_test_build().webhook;
+    let over = local::chaos::WebhookOver::Hosts(&webhook);
+    let run = local::chaos::webhook_partition(dir.path(), over, 20, Duration::from_secs(12), 20, 10).await.unwrap();
     assert!(run.sent_during_cut > 0 && run.refused > 0, "{run:?}");
     assert_eq!((run.lost, run.stored), (0, run.sent), "{run:?}");
 }

@@ -27,27 +27,28 @@ impl Progress for Steps {
     }
 }
 
-fn binaries() -> Binaries {
+/// Two workers on `runtime`, from the test build's binaries.
+fn options(runtime: Runtime) -> Options {
     let binaries = Binaries::of_test_build();
     for binary in [&binaries.webhook, &binaries.tasks] {
         assert!(binary.is_file(), "{} is missing: build the workspace first (cargo build)", binary.display());
     }
-    binaries
+    Options {
+        binaries,
+        secrets: None,
+        workers: 2,
+        fixtures: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures"),
+        real_github_token: None,
+        runtime,
+        hold_failed: false,
+        monitor: None,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_scenario_passes_and_teardown_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options {
-        binaries: binaries(),
-        secrets: None,
-        workers: 2,
-        fixtures: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures"),
-        real_github_token: None,
-        runtime: Runtime::Process,
-        hold_failed: false,
-        monitor: None,
-    };
+    let options = options(Runtime::Process);
     let steps = Steps::default();
     let deployment = Deployment::start(dir.path(), &options, &steps).await.unwrap();
     let mut reported = steps.0.into_inner().unwrap();
@@ -115,16 +116,7 @@ async fn every_scenario_passes_and_teardown_leaves_nothing_behind() {
 #[cfg_attr(not(ci), ignore = "needs root for network namespaces: cargo xtask ci runs it")]
 async fn on_hosts_every_scenario_passes_and_teardown_leaves_no_namespace() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options {
-        binaries: binaries(),
-        secrets: None,
-        workers: 2,
-        fixtures: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures"),
-        real_github_token: None,
-        runtime: Runtime::Hosts,
-        hold_failed: false,
-        monitor: None,
-    };
+    let options = options(Runtime::Hosts);
     let deployment = Deployment::start(dir.path(), &options, &Steps::default()).await.unwrap();
     for name in scenario::ALL {
         let ran = scenario::run(name, &deployment).await;

@@ -24,9 +24,10 @@ pub struct Args {
     /// Deliveries sent to a webhook told to stop halfway.
     #[arg(long, default_value_t = 2_000)]
     shutdown_deliveries: usize,
-    /// Jobs queued for workers killed at random moments.
-    #[arg(long, default_value_t = 50)]
-    jobs: usize,
+    /// Jobs queued: for workers killed at random moments [default: 50], or before a partition
+    /// (as many again as twice the hosts come after) [default: 30].
+    #[arg(long)]
+    jobs: Option<usize>,
     /// How many times a worker is killed (SIGKILL) and restarted.
     #[arg(long, default_value_t = 10)]
     kills: usize,
@@ -46,16 +47,14 @@ pub struct Args {
     /// Worker hosts of the partition run (3 or more: two are cut off).
     #[arg(long, default_value_t = 3)]
     hosts: usize,
-    /// Jobs queued before the partition (as many again as twice the hosts come after).
-    #[arg(long = "partition-jobs", default_value_t = 30)]
-    partition_jobs: usize,
-    /// Partition workers on this machine, each reaching the broker through a relay of its own,
-    /// rather than on hosts of their own (network namespaces, which need root).
+    /// Partition runs on this machine, each worker (or the webhook) reaching the broker through
+    /// a relay of its own, rather than on hosts of their own (network namespaces, which need
+    /// root).
     #[arg(long)]
     relays: bool,
-    /// Seconds the first cut host stays cut off: past 30, the broker noticed and gave its
-    /// jobs to others.
-    #[arg(long, default_value_t = 40)]
+    /// Seconds a partition lasts (for the worker host cut for a while, or the webhook's link):
+    /// past 45, the broker noticed a silent worker and gave its jobs to others.
+    #[arg(long, default_value_t = 50)]
     cut: u64,
 }
 
@@ -113,7 +112,15 @@ fn webhook_partition(args: &Args, dir: &tempfile::TempDir) -> anyhow::Result<()>
         "webhook partition: {} deliveries, the link cut for {} s, {} more, at {}/s",
         args.before, args.cut, args.before, args.rate
     ));
-    let run = local::chaos::webhook_partition(dir.path(), args.before, cut, args.before, args.rate);
+    let binaries;
+    let over = match args.relays {
+        true => local::chaos::WebhookOver::Relay,
+        false => {
+            binaries = crate::workspace::build_binaries(crate::workspace::Profile::Release)?;
+            local::chaos::WebhookOver::Hosts(&binaries.webhook)
+        }
+    };
+    let run = local::chaos::webhook_partition(dir.path(), over, args.before, cut, args.before, args.rate);
     let run = crate::workspace::runtime()?.block_on(run);
     spinner.finish(run.is_ok());
     let run = run?;
@@ -129,12 +136,15 @@ fn partition(args: &Args, dir: &tempfile::TempDir) -> anyhow::Result<()> {
     let binaries = crate::workspace::build_binaries(crate::workspace::Profile::Release)?;
     let what = format!(
         "partition: {} hosts, {} jobs, one host cut for {} s, one for good",
-        args.hosts, args.partition_jobs, args.cut
+        args.hosts,
+        args.jobs.unwrap_or(30),
+        args.cut
     );
     let spinner = crate::progress::Spinner::start(&what);
     let cut = Duration::from_secs(args.cut);
     let over = if args.relays { local::chaos::Over::Relays } else { local::chaos::Over::Hosts };
-    let run = local::chaos::partition(dir.path(), &binaries.tasks, over, args.hosts, args.partition_jobs, cut);
+    let jobs = args.jobs.unwrap_or(30);
+    let run = local::chaos::partition(dir.path(), &binaries.tasks, over, args.hosts, jobs, cut);
     let run = crate::workspace::runtime()?.block_on(run);
     spinner.finish(run.is_ok());
     let run = run?;
@@ -184,8 +194,9 @@ fn webhook_stop(args: &Args, dir: &tempfile::TempDir) -> anyhow::Result<()> {
 
 fn worker_kills(args: &Args, dir: &tempfile::TempDir) -> anyhow::Result<()> {
     let binaries = crate::workspace::build_binaries(crate::workspace::Profile::Release)?;
-    let spinner = crate::progress::Spinner::start(&format!("workers killed: {} jobs, {} kills", args.jobs, args.kills));
-    let run = local::chaos::worker_crashes(dir.path(), &binaries.tasks, args.jobs, args.kills, args.seed);
+    let jobs = args.jobs.unwrap_or(50);
+    let spinner = crate::progress::Spinner::start(&format!("workers killed: {jobs} jobs, {} kills", args.kills));
+    let run = local::chaos::worker_crashes(dir.path(), &binaries.tasks, jobs, args.kills, args.seed);
     let run = crate::workspace::runtime()?.block_on(run);
     spinner.finish(run.is_ok());
     let run = run?;
