@@ -125,8 +125,8 @@ fn webhook_partition(args: &Args, dir: &tempfile::TempDir) -> anyhow::Result<()>
     spinner.finish(run.is_ok());
     let run = run?;
     println!(
-        "webhook partition: {} deliveries, {} sent while cut off (each answered 503), {} answers 503 in all, \
-         {} stored, {} lost ({:.1} s)",
+        "webhook partition: {} deliveries, {} sent while cut off, {} answers 503 in all (none 200 while cut \
+         off), {} stored, {} lost ({:.1} s)",
         run.sent, run.sent_during_cut, run.refused, run.stored, run.lost, run.seconds
     );
     Ok(())
