@@ -82,12 +82,17 @@ pub struct Network {
 
 impl Network {
     /// Makes a host for each of `hosts` (its name, and other names it answers to), in
-    /// namespaces named after `id` (unique on this machine while the run lasts), its hosts file
-    /// written into `dir`.
+    /// namespaces named after this process and `id` (unique in it), its hosts file written into
+    /// `dir`. Namespaces left by runs killed hard (their process gone) are deleted first.
     pub fn create(dir: &Path, id: &str, hosts: &[(&str, &[&str])]) -> Result<Network, HostsError> {
         if !rustix::process::geteuid().is_root() {
             return Err(HostsError::NotRoot);
         }
+        for orphan in orphans() {
+            tracing::warn!(netns = orphan, "deleting a network namespace left by a run killed hard");
+            let _ = ip(&["netns", "delete", &orphan]);
+        }
+        let id = format!("{}-{id}", std::process::id());
         let switch = format!("{PREFIX}{id}-switch");
         let mut network = Network {
             switch: switch.clone(),
@@ -255,16 +260,22 @@ impl Drop for Network {
     }
 }
 
-/// The network namespaces this project made that are still there (a run killed hard leaves
-/// them): `cargo xtask down` deletes them.
+/// The network namespaces this project made that are still there.
 pub fn leftovers() -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(NETNS_DIR) else { return Vec::new() };
     entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(PREFIX)).collect()
 }
 
-/// Deletes network namespace `name`.
-pub fn delete(name: &str) -> Result<(), HostsError> {
-    ip(&["netns", "delete", name])
+/// Those of [`leftovers`] whose process (named after [`PREFIX`]) is gone: a run killed hard
+/// (SIGKILL) could not delete them.
+fn orphans() -> Vec<String> {
+    leftovers()
+        .into_iter()
+        .filter(|name| {
+            let pid = name[PREFIX.len()..].split('-').next().and_then(|pid| pid.parse::<u32>().ok());
+            pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .collect()
 }
 
 /// The hosts of a deployment: the broker's (relaying `broker`, a server here), the webhook's,
@@ -413,5 +424,16 @@ mod tests {
         echo.abort();
         drop(network);
         assert!(leftovers().iter().all(|name| !name.contains(&id)), "{:?}", leftovers());
+
+        // A run killed hard leaves its namespaces: the next run deletes them, not the others'.
+        let gone = format!("{PREFIX}999999999-{id}-switch");
+        ip(&["netns", "add", &gone]).unwrap();
+        let alive = format!("{PREFIX}{}-{id}-other-switch", std::process::id());
+        ip(&["netns", "add", &alive]).unwrap();
+        assert!(!orphans().contains(&alive));
+        let network = Network::create(dir.path(), &id, &[("one", &[])]).unwrap();
+        assert!(!leftovers().contains(&gone) && leftovers().contains(&alive), "{:?}", leftovers());
+        drop(network);
+        ip(&["netns", "delete", &alive]).unwrap();
     }
 }
