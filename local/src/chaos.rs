@@ -154,7 +154,7 @@ const CONFIRM_WAIT: Duration = Duration::from_secs(6);
 /// Sends signed deliveries, `rate` per second, to a webhook whose link to the broker
 /// (`crate::link`) is cut silently (no FIN, no RST) after `before` of them, for `cut_for`,
 /// sending on all along, then `after` more once it is back; then sends each delivery not
-/// answered 200 again until it is (GitHub's retry, by hand; ten tries each). Every delivery
+/// answered 200 again until it is (a redelivery, by hand: GitHub does not retry; ten tries each). Every delivery
 /// answered while the link was cut must be answered 503, none 200 (those sent in the cut's
 /// last [`CONFIRM_WAIT`] may be confirmed once it is back); every delivery must end up stored.
 pub async fn webhook_partition(
@@ -198,7 +198,7 @@ pub async fn webhook_partition(
         )));
     }
     let refused = answers.iter().filter(|(_, status)| *status != 200).count();
-    // GitHub's retry: each delivery not answered 200, again, until it is.
+    // Redelivered (GitHub's Redeliver): each delivery not answered 200, again, until it is.
     for _ in 0..10 {
         let accepted: BTreeSet<usize> = answers.iter().filter(|(_, s)| *s == 200).map(|(n, _)| *n).collect();
         let missing: Vec<usize> = (0..load_sent(&answers)).filter(|n| !accepted.contains(n)).collect();
@@ -1043,7 +1043,7 @@ impl Load {
         self.sent += 1;
     }
 
-    /// Sends delivery `n` (again, as GitHub does for one not answered 2xx) at its time.
+    /// Sends delivery `n` (again, as a redelivery of one not answered 2xx) at its time.
     async fn send_number(&mut self, n: usize) {
         self.ticks.tick().await;
         let mut body = self.template.clone();

@@ -30,6 +30,9 @@ const SUBNET: [u8; 3] = [10, 213, 0];
 const SWITCH_ADDRESS: u8 = 254;
 /// Where `ip netns` keeps the namespaces it names.
 const NETNS_DIR: &str = "/run/netns";
+/// The name service configuration of processes on a host: this machine's files, host names
+/// from the run's hosts file only.
+const NSSWITCH: &str = "passwd: files\ngroup: files\nshadow: files\nhosts: files\n";
 /// The prefix of every namespace this project makes, for finding leftovers.
 pub const PREFIX: &str = "workbench-";
 /// The broker's host, as the workers and the webhook reach it (`AMQP_SERVER`), Cockpit's
@@ -77,6 +80,9 @@ pub struct Network {
     switch: String,
     hosts: Vec<Host>,
     hosts_file: CString,
+    /// An `nsswitch.conf` looking host names up in `hosts_file` only: a system whose own looks
+    /// them up elsewhere first (systemd-resolved) would ask this machine's resolver.
+    nsswitch_file: CString,
     relays: std::sync::Mutex<JoinSet<()>>,
 }
 
@@ -98,6 +104,7 @@ impl Network {
             switch: switch.clone(),
             hosts: Vec::new(),
             hosts_file: CString::default(),
+            nsswitch_file: CString::default(),
             relays: Default::default(),
         };
         ip(&["netns", "add", &switch])?;
@@ -137,12 +144,16 @@ impl Network {
             ip(&["-n", &switch, "link", "set", &host.port, "master", "switch", "up"])?;
             lines.push(format!("{} {name} {}", host.address, aliases.join(" ")));
         }
-        let path = dir.join("hosts");
-        std::fs::write(&path, lines.join("\n") + "\n").map_err(io(format!("write {}", path.display())))?;
-        network.hosts_file = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| HostsError::Io {
-            what: format!("use {}", path.display()),
-            source: std::io::ErrorKind::InvalidInput.into(),
-        })?;
+        let written = |name: &str, text: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).map_err(io(format!("write {}", path.display())))?;
+            CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| HostsError::Io {
+                what: format!("use {}", path.display()),
+                source: std::io::ErrorKind::InvalidInput.into(),
+            })
+        };
+        network.hosts_file = written("hosts", lines.join("\n") + "\n")?;
+        network.nsswitch_file = written("nsswitch.conf", NSSWITCH.to_owned())?;
         Ok(network)
     }
 
@@ -171,7 +182,7 @@ impl Network {
     /// its `/etc/hosts` (in a mount namespace of its own).
     pub fn enter(&self, host: &str, command: &mut Command) -> Result<(), HostsError> {
         let netns = open_netns(&self.host(host)?.netns)?;
-        let hosts_file = self.hosts_file.clone();
+        let (hosts_file, nsswitch_file) = (self.hosts_file.clone(), self.nsswitch_file.clone());
         // SAFETY: only system calls, on memory made before the fork.
         unsafe {
             command.pre_exec(move || {
@@ -183,6 +194,7 @@ impl Network {
                 rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS)?;
                 mount_change(c"/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC)?;
                 mount_bind(hosts_file.as_c_str(), c"/etc/hosts")?;
+                mount_bind(nsswitch_file.as_c_str(), c"/etc/nsswitch.conf")?;
                 Ok(())
             });
         }

@@ -69,7 +69,7 @@ async fn workers_cut_off_from_the_broker_lose_no_job_and_report_none_twice() {
 
 /// The webhook's link to the broker cut silently for 12 s under load: every delivery answered
 /// meanwhile is answered 503 (the broker cannot confirm it), none 200, and once the link is
-/// back every delivery is stored, the refused ones when sent again as GitHub does.
+/// back every delivery is stored, the refused ones when redelivered.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_webhook_cut_off_from_the_broker_answers_503_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -94,8 +94,9 @@ pub struct Attempt {
     /// for it (no attachments, no end of log, no status), so that the job has one outcome, the
     /// other worker's. Cancelled together with `cancel`, which stops the test.
     pub abandon: CancellationToken,
-    /// The broker delivered the job again (its worker died, or lost the broker): statuses
-    /// linking to its log are its own earlier tries', whatever worker posted them.
+    /// The job was tried before (the broker delivered it again: its worker died, or lost the
+    /// broker; or it was published again): pending statuses linking to its log are its own
+    /// earlier tries', whatever worker posted them.
     pub redelivered: bool,
 }
 
@@ -142,6 +143,7 @@ pub async fn run(
         "{title}\n\nRunning on: {hostname}\n\nJob({})\n\n",
         serde_json::to_string_pretty(job).unwrap_or_default()
     );
+    abandoned()?;
     let mut log = LogStream::start(store, &header, scratch, config.limits.log_size.0)
         .await
         .map_err(|source| JobError::Scratch { path: scratch.to_owned(), source })?;
@@ -274,12 +276,14 @@ impl Reporter<'_> {
             }
         };
         // Another job's: another log, or (should two workers have given one slug to two jobs)
-        // another worker's host name, unless this job was delivered again: then it is an earlier
-        // try's, whose worker died or lost the broker (and abandoned it).
+        // another worker's host name, unless this job was tried before and that try is still
+        // pending: then it is an earlier try's, whose worker died or lost the broker (and
+        // abandoned it). An earlier try's final status stays another's: the job is reported.
         let own_host = format!("[{}]", self.hostname);
+        let earlier_try = |owner: &github::Status| self.redelivered && owner.state == State::Pending.as_str();
         let mine = |owner: &github::Status| {
             owner.target_url.as_deref() == Some(self.log_url)
-                && (self.redelivered || owner.description.as_deref().is_some_and(|d| d.ends_with(&own_host)))
+                && (earlier_try(owner) || owner.description.as_deref().is_some_and(|d| d.ends_with(&own_host)))
         };
         crate::status::owner(&history, context).filter(|owner| !mine(owner)).cloned()
     }

@@ -216,8 +216,10 @@ pub async fn run(config: &amqp::Config, args: &Args, shutdown: impl Future<Outpu
             Err(err) if !started => return Err(err),
             Err(err) => {
                 tracing::warn!(error = format!("{err:#}"), "cannot serve the queues again yet");
-                tokio::time::sleep(PING_EVERY).await;
-                continue;
+                tokio::select! {
+                    () = &mut shutdown => break Ok(()),
+                    () = tokio::time::sleep(PING_EVERY) => continue,
+                }
             }
         };
         let worker = Arc::new(Worker {
@@ -333,12 +335,12 @@ async fn serve(
         tokio::select! {
             biased;
             () = &mut shutdown => break None,
-            err = &mut watchdog => break Some(err),
+            err = watchdog.as_mut() => break Some(err),
             Some(done) = scans.join_next(), if !scans.is_empty() => {
-                if let Err(err) = settle(worker, done).await { break Some(err) }
+                if let Err(err) = settle_within(worker, done).await { break Some(err) }
             }
             Some(done) = jobs.join_next(), if !jobs.is_empty() => {
-                if let Err(err) = settle(worker, done).await { break Some(err) }
+                if let Err(err) = settle_within(worker, done).await { break Some(err) }
             }
             Some(_) = rescans.join_next(), if !rescans.is_empty() => {}
             event = events.next(), if scans.len() < usize::from(scan_slots) => {
@@ -381,27 +383,47 @@ async fn serve(
             abandon(worker, scans, jobs).await;
             Served::Lost(err)
         }
-        None => Served::Shutdown(finish(worker, scans, jobs, Duration::from_secs(args.grace)).await),
+        None => Served::Shutdown(finish(worker, scans, jobs, Duration::from_secs(args.grace), watchdog).await),
     }
 }
 
-/// Lets the work in hand finish, or cancels it past the `grace` period, settling each message.
+/// Settles a message as [`settle`] does, within `PING_WITHIN`: a broker that does not answer
+/// meanwhile (a confirm of a republish, say) is lost, as when it does not answer a ping.
+async fn settle_within(worker: &Worker, done: Result<Settled, tokio::task::JoinError>) -> anyhow::Result<()> {
+    match tokio::time::timeout(PING_WITHIN, settle(worker, done)).await {
+        Ok(settled) => settled,
+        Err(_) => {
+            Err(anyhow::anyhow!("the broker did not settle a message within {PING_WITHIN:?}: the link is silent"))
+        }
+    }
+}
+
+/// Lets the work in hand finish, or cancels it past the `grace` period, settling each message;
+/// the session lost meanwhile (`watchdog`), abandons what is left.
 async fn finish(
     worker: &Worker,
     mut scans: JoinSet<Settled>,
     mut jobs: JoinSet<Settled>,
     grace: Duration,
+    mut watchdog: std::pin::Pin<&mut impl Future<Output = anyhow::Error>>,
 ) -> anyhow::Result<()> {
     let grace = tokio::time::sleep(grace);
     tokio::pin!(grace);
     while !scans.is_empty() || !jobs.is_empty() {
-        tokio::select! {
-            Some(done) = scans.join_next(), if !scans.is_empty() => settle(worker, done).await?,
-            Some(done) = jobs.join_next(), if !jobs.is_empty() => settle(worker, done).await?,
+        let settled = tokio::select! {
+            err = &mut watchdog => Err(err),
+            Some(done) = scans.join_next(), if !scans.is_empty() => settle_within(worker, done).await,
+            Some(done) = jobs.join_next(), if !jobs.is_empty() => settle_within(worker, done).await,
             () = &mut grace, if !worker.cancel.is_cancelled() => {
                 tracing::warn!(jobs = jobs.len(), "grace period over: cancelling the running jobs");
                 worker.cancel.cancel();
+                Ok(())
             }
+        };
+        if let Err(err) = settled {
+            tracing::warn!(error = format!("{err:#}"), "lost the broker while stopping: abandoning the jobs in hand");
+            abandon(worker, scans, jobs).await;
+            return Ok(());
         }
     }
     Ok(())
@@ -601,7 +623,9 @@ async fn handle_work_in(worker: &Worker, queue: &'static str, delivery: &Deliver
         return give_up(worker, runner, queue, &message, tries, delivery.retries).await;
     }
     let started = Instant::now();
-    match run_job(worker, &message.job, delivery.redelivered).await {
+    // Tried before, by this worker or another: its earlier tries' statuses are its own.
+    let retried = delivery.redelivered || delivery.attempts > 0 || delivery.retries > 0;
+    match run_job(worker, &message.job, retried).await {
         Ok(Ok(Report { ended, peak_memory, rate_limited })) => {
             worker.metrics.job_memory(peak_memory);
             worker.metrics.rate_limited(rate_limited);
@@ -620,6 +644,8 @@ async fn handle_work_in(worker: &Worker, queue: &'static str, delivery: &Deliver
                     Done::Later { delay: retry::put_off(delivery.retries, not_before), error }
                 }
                 Ended::Failed(err) => Done::Park(format!("job {}: {err}", message.human)),
+                // Abandoned by another than its worker (a stray signal): it did not run; again.
+                Ended::Abandoned if !worker.abandon.is_cancelled() => Done::Again(tries + 1),
                 Ended::Abandoned => Done::Abandoned,
             }
         }
