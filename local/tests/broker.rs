@@ -109,6 +109,20 @@ async fn two_brokers_side_by_side_and_nothing_left_after_stop() {
     }
 }
 
+/// A message published to a queue nobody declared is handed back and said so: the broker
+/// acknowledges it all the same, and taking that for stored would lose it.
+#[tokio::test]
+async fn a_message_no_queue_takes_is_an_error_not_a_loss() {
+    let fixture = start().await;
+    let session = Session::connect(&fixture.broker.client_config()).await.unwrap();
+    let err = session.publish(PUBLIC.name, b"{}", Some(5)).await.expect_err("no queue public yet");
+    assert!(matches!(&err, Error::Unroutable { queue } if queue == "public"), "{err:?}");
+    assert!(retry::Transient::is_transient(&err), "a queue may be declared later");
+    session.declare(PUBLIC).await.unwrap();
+    session.publish(PUBLIC.name, b"{}", Some(5)).await.unwrap();
+    assert_eq!(session.declare(PUBLIC).await.unwrap(), 1, "the second one is stored");
+}
+
 /// Work put off goes to a delay queue of its queue's, and comes back to that queue when its
 /// time is up, with its tries and last error recorded and its priority kept; a parked message
 /// says where it came from. Cockpit's queues keep their arguments.

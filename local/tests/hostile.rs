@@ -8,6 +8,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
+
 use amqp::{Job, PUBLIC, Session};
 use local::images::BASE as BASE_IMAGE;
 use local::podman::PodmanService;
@@ -129,16 +131,20 @@ impl World {
 }
 
 async fn leftovers(sandbox: Sandbox) {
+    // The worker's log, shown when the test fails.
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("info").try_init();
     let world = world(sandbox).await;
     let (stop, worker) = tokio::sync::oneshot::channel::<()>();
     let (config, args) = (world.broker.client_config(), world.args.clone());
-    let worker = tokio::spawn(async move {
+    let mut worker = tokio::spawn(async move {
         run_queue::run(&config, &args, async {
             let _ = worker.await;
         })
         .await
     });
     let session = Session::connect(&world.broker.client_config()).await.unwrap();
+    // The worker may not have declared it yet.
+    session.declare(PUBLIC).await.unwrap();
     // How long the process the job leaves behind would sleep: a number only it has.
     let linger = format!("600.{}{}", std::process::id(), sandbox as u8);
     let env = [
@@ -149,10 +155,11 @@ async fn leftovers(sandbox: Sandbox) {
         ("LINGER", &linger),
     ];
     let (repo, head) = world.queue(&session, "leftovers", &env).await;
-    let status = world.final_status(&repo, &head).await;
+    let status = while_serving(&mut worker, world.final_status(&repo, &head)).await;
     assert_eq!(status, ("success".to_owned(), format!("Success [{HOST}]")));
     let (next_repo, next_head) = world.queue(&session, "passing", &[("TEST_OS", "unit-tests")]).await;
-    assert_eq!(world.final_status(&next_repo, &next_head).await.0, "success", "the worker runs the next job");
+    let next = while_serving(&mut worker, world.final_status(&next_repo, &next_head)).await;
+    assert_eq!(next.0, "success", "the worker runs the next job");
 
     let objects = world.objects().await;
     let slug = format!("logs/pull-1-{}-20261130-000000-unit-tests/", &head[..8]);
@@ -220,6 +227,14 @@ async fn leftovers(sandbox: Sandbox) {
     let _ = stop.send(());
     worker.await.unwrap().unwrap();
     drop(world.dir);
+}
+
+/// `wait`, failing at once when the worker ends first.
+async fn while_serving<T>(worker: &mut JoinHandle<anyhow::Result<()>>, wait: impl Future<Output = T>) -> T {
+    tokio::select! {
+        done = wait => done,
+        ended = worker => panic!("the worker ended while a job was awaited: {ended:?}"),
+    }
 }
 
 /// The processes whose command line contains `needle`.

@@ -34,8 +34,13 @@ pub enum Error {
     #[error("AMQP {operation} on queue {queue:?} failed: {source}")]
     Queue { operation: &'static str, queue: String, source: lapin::Error },
 
-    #[error("the broker did not store a message published to {queue:?} (nacked, or no such queue)")]
+    #[error("the broker did not store a message published to {queue:?} (nacked)")]
     Nacked { queue: String },
+
+    #[error(
+        "no queue {queue:?} on the broker took a message published to it: the message was handed back; declare the queue first (the webhook and the workers declare theirs when they start)"
+    )]
+    Unroutable { queue: String },
 
     #[error("acknowledging a delivery failed: {0}")]
     Ack(lapin::Error),
@@ -45,7 +50,10 @@ impl retry::Transient for Error {
     /// Whether retrying later can help: the broker was unreachable or the connection broke.
     fn is_transient(&self) -> bool {
         match self {
-            Error::Connect { .. } | Error::ConnectTimeout { .. } | Error::Nacked { .. } => true,
+            // A queue not declared yet is one a starting worker or webhook may declare soon.
+            Error::Connect { .. } | Error::ConnectTimeout { .. } | Error::Nacked { .. } | Error::Unroutable { .. } => {
+                true
+            }
             Error::Queue { source, .. } | Error::Ack(source) => reply_code(source).is_none(),
             _ => false,
         }

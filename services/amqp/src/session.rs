@@ -112,7 +112,8 @@ impl Session {
     }
 
     /// Publishes a persistent JSON message through the default exchange and waits for the
-    /// broker's confirm.
+    /// broker's confirm; a message no queue takes is [`Error::Unroutable`], never dropped in
+    /// silence.
     pub async fn publish(&self, queue: &str, body: &[u8], priority: Option<u8>) -> Result<(), Error> {
         self.publish_with_headers(queue, body, priority, &[]).await
     }
@@ -207,7 +208,9 @@ impl Session {
             .await
             .map_err(failed)?;
         match confirm {
-            Confirmation::Ack(_) => Ok(()),
+            Confirmation::Ack(None) => Ok(()),
+            // Acknowledged, yet handed back: no queue of that name took it.
+            Confirmation::Ack(Some(_)) => Err(Error::Unroutable { queue: queue.to_owned() }),
             Confirmation::Nack(_) | Confirmation::NotRequested => Err(Error::Nacked { queue: queue.to_owned() }),
         }
     }
