@@ -201,6 +201,16 @@ impl Network {
         Ok(())
     }
 
+    /// Starts `run` on a thread of its own on `host`: the sockets it makes (a runtime's it
+    /// starts, say) are that host's. The thread is the caller's to join.
+    pub fn spawn_on<T: Send + 'static>(
+        &self,
+        host: &str,
+        run: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> Result<std::thread::JoinHandle<std::io::Result<T>>, HostsError> {
+        Ok(spawn_in(&self.host(host)?.netns, run))
+    }
+
     /// Relays `port` of `host`'s address to `to`, a server of this machine (on 127.0.0.1): a
     /// server of this process seen as that host's.
     pub async fn relay_to_here(&self, host: &str, port: u16, to: SocketAddr) -> Result<(), HostsError> {
@@ -365,14 +375,22 @@ fn in_netns<T: Send + 'static>(
     netns: &str,
     make: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> std::io::Result<T> {
+    spawn_in(netns, make)
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("a thread making a socket in a namespace panicked")))
+}
+
+/// Starts `run` on a thread of its own in network namespace `netns`.
+fn spawn_in<T: Send + 'static>(
+    netns: &str,
+    run: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::thread::JoinHandle<std::io::Result<T>> {
     let path = PathBuf::from(NETNS_DIR).join(netns);
     std::thread::spawn(move || {
         let file = std::fs::File::open(path)?;
         rustix::thread::move_into_link_name_space(file.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))?;
-        make()
+        run()
     })
-    .join()
-    .unwrap_or_else(|_| Err(std::io::Error::other("a thread making a socket in a namespace panicked")))
 }
 
 #[cfg(test)]

@@ -188,3 +188,102 @@ async fn raw_get(address: &str, path: &str) -> String {
     stream.read_to_string(&mut response).await.unwrap();
     response
 }
+
+/// How a worker's status request held back by a partition ends.
+#[derive(Debug, Clone, Copy)]
+enum HeldBack {
+    /// Its client gave it up and closed the connection (a job process abandoned, or ended).
+    GivenUp,
+    /// Its client kept waiting for an answer.
+    LeftWaiting,
+}
+
+/// A status request held back by a partition never reaches GitHub after the link heals, so
+/// that a job given to another worker meanwhile is not reported twice: given up, it is
+/// discarded with its connection (`SO_LINGER` 0); left waiting, its connection gives up on
+/// bytes unacknowledged for `connector::UNACKNOWLEDGED_WITHIN`. Without either option the
+/// kernel sends it again once the link is back, and GitHub stores it late (tried: this test
+/// then fails). The worker is a network namespace of its own, its link cut as a partition
+/// cuts it (no FIN, no RST).
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(ci), ignore = "needs root for network namespaces: cargo xtask ci runs it")]
+async fn a_status_held_back_by_a_partition_never_reaches_github_late() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let (mock, head) = mock(dir.path()).await;
+    let id = format!("late{}", std::process::id());
+    let network = local::hosts::Network::create(dir.path(), &id, &[("services", &[]), ("worker", &[])]).unwrap();
+    let mock_address: std::net::SocketAddr = mock.api_url().trim_start_matches("http://").parse().unwrap();
+    network.relay_to_here("services", 8080, mock_address).await.unwrap();
+    let api = format!("http://{}:8080", network.host("services").unwrap().address);
+    let contexts = |state: &str| -> Vec<String> {
+        let statuses = mock.statuses(REPO, &head);
+        statuses.into_iter().filter(|s| s.state == state).map(|s| s.context).collect()
+    };
+
+    for held_back in [HeldBack::GivenUp, HeldBack::LeftWaiting] {
+        let context = format!("{held_back:?}");
+        let (connected, cut) = (std::sync::mpsc::channel::<()>(), std::sync::mpsc::channel::<()>());
+        let (api, head, context_here) = (api.clone(), head.clone(), context.clone());
+        let worker = network
+            .spawn_on("worker", move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                runtime.block_on(async move {
+                    let client = GitHub::new(&api, TOKEN).unwrap();
+                    // The connection is open, as a job's is after its "In progress".
+                    client.post_status(REPO, &head, &status(&context_here, "pending", "In progress")).await.unwrap();
+                    connected.0.send(()).unwrap();
+                    cut.1.recv().unwrap();
+                    let success = status(&context_here, "success", "Success [worker]");
+                    let late = client.post_status(REPO, &head, &success);
+                    match held_back {
+                        HeldBack::GivenUp => match tokio::time::timeout(Duration::from_secs(1), late).await {
+                            Ok(posted) => Err(std::io::Error::other(format!("answered across a cut link: {posted:?}"))),
+                            Err(_) => Ok("given up".to_owned()),
+                        },
+                        HeldBack::LeftWaiting => Ok(format!("{:?}", late.await)),
+                    }
+                })
+                // The runtime goes with the thread: the client's connections are closed.
+            })
+            .unwrap();
+        connected.1.recv().unwrap();
+        network.cut("worker").unwrap();
+        let sent = Instant::now();
+        cut.0.send(()).unwrap();
+        if let HeldBack::LeftWaiting = held_back {
+            // Past the connector's limit, still within the client's read timeout (30 s).
+            tokio::time::sleep(connector::UNACKNOWLEDGED_WITHIN + Duration::from_secs(3)).await;
+        }
+        let worker = tokio::task::spawn_blocking(move || worker.join().unwrap());
+        let ended = match held_back {
+            HeldBack::GivenUp => worker.await.unwrap().unwrap(),
+            HeldBack::LeftWaiting => {
+                network.restore("worker").unwrap();
+                worker.await.unwrap().unwrap()
+            }
+        };
+        network.restore("worker").unwrap();
+        eprintln!("{context}: {ended} after {:?}", sent.elapsed());
+        if let HeldBack::LeftWaiting = held_back {
+            assert!(ended.starts_with("Err(Transport"), "the request failed with its connection: {ended}");
+        }
+        // A kernel resending it would have done so by now (its next tries come 3, 6 and 12 s
+        // after the first; the connector's limit ends them at 10 s).
+        tokio::time::sleep(Duration::from_secs(14)).await;
+        assert_eq!(contexts("pending").iter().filter(|c| **c == context).count(), 1, "the link worked before the cut");
+        assert!(!contexts("success").contains(&context), "{context}: the status arrived late");
+    }
+    // The healed link carries a new request: the worker's host reaches the mock again.
+    let (api, head) = (api.clone(), head.clone());
+    let healed = network.spawn_on("worker", move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime
+            .block_on(async move {
+                GitHub::new(&api, TOKEN).unwrap().post_status(REPO, &head, &status("healed", "success", "")).await
+            })
+            .map_err(std::io::Error::other)
+    });
+    tokio::task::spawn_blocking(move || healed.unwrap().join().unwrap()).await.unwrap().unwrap();
+    assert!(contexts("success").contains(&"healed".to_owned()));
+}

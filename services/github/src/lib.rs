@@ -4,11 +4,19 @@
 //! answer says it ([`Error::is_transient`]), and when to try again after a rate limit.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
+use http::HeaderValue;
+use http::header::USER_AGENT;
 use http_body_util::BodyExt;
-use octocrab::{FromResponse, Octocrab};
+use hyper_util::client::legacy::connect::dns::GaiResolver;
+use hyper_util::rt::TokioExecutor;
+use octocrab::service::middleware::auth_header::AuthHeaderLayer;
+use octocrab::service::middleware::base_uri::BaseUriLayer;
+use octocrab::service::middleware::extra_headers::ExtraHeadersLayer;
+use octocrab::{AuthState, FromResponse, Octocrab, OctocrabBuilder};
 use serde::{Deserialize, Serialize};
 
 pub use events::{Base, Head, Label, PullRequest as Pull, Repository, User};
@@ -29,10 +37,12 @@ pub struct GitHub {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid GitHub API URL {url:?}: {source}")]
-    Url { url: String, source: octocrab::Error },
+    #[error("invalid GitHub API URL {url:?}: {detail}")]
+    Url { url: String, detail: String },
     #[error("no GitHub token: set COCKPIT_GITHUB_TOKEN_FILE, or write one to ~/.config/cockpit-dev/github-token")]
     NoToken,
+    #[error("the GitHub token holds characters an HTTP header cannot carry: write the token alone in its file")]
+    BadToken,
     #[error("cannot read the GitHub token {}: {source}", path.display())]
     Token { path: PathBuf, source: std::io::Error },
     /// GitHub answered, refusing: `retry_at` is when a rate limit ends, if it was one.
@@ -180,15 +190,27 @@ fn transport(what: &str, err: octocrab::Error) -> Error {
 impl GitHub {
     /// A client of the API at `api` (`GITHUB_API`, e.g. a mock's URL) with `token`.
     pub fn new(api: &str, token: &str) -> Result<GitHub, Error> {
-        let url_error = |source| Error::Url { url: api.to_owned(), source };
-        let client = Octocrab::builder()
-            .base_uri(api)
-            .map_err(url_error)?
-            .personal_token(token.to_owned())
-            .set_connect_timeout(Some(CONNECT_TIMEOUT))
-            .set_read_timeout(Some(READ_TIMEOUT))
+        let url_error = |detail: String| Error::Url { url: api.to_owned(), detail };
+        let base: http::Uri = api.parse().map_err(|err: http::uri::InvalidUri| url_error(err.to_string()))?;
+        if base.scheme().is_none() || base.authority().is_none() {
+            return Err(url_error("not an absolute URL".into()));
+        }
+        // octocrab's own stack (its user agent, base URI and token header) over the services'
+        // one connector, whose requests never arrive late.
+        let connector = connector::https(None, GaiResolver::new(), CONNECT_TIMEOUT)
+            .map_err(|connector::Error::Tls(err)| url_error(err))?;
+        let mut connector = hyper_timeout::TimeoutConnector::new(connector);
+        connector.set_read_timeout(Some(READ_TIMEOUT));
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
+        let auth = format!("Bearer {token}").parse().map_err(|_| Error::BadToken)?;
+        let client = OctocrabBuilder::new_empty()
+            .with_service(client)
+            .with_layer(&ExtraHeadersLayer::new(Arc::new(vec![(USER_AGENT, HeaderValue::from_static("octocrab"))])))
+            .with_layer(&BaseUriLayer::new(base.clone()))
+            .with_layer(&AuthHeaderLayer::new(Some(auth), base.clone(), base))
+            .with_auth(AuthState::None)
             .build()
-            .map_err(url_error)?;
+            .unwrap_or_else(|never| match never {});
         Ok(GitHub { client })
     }
 

@@ -16,13 +16,9 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Bytes, Frame};
 use hyper::{Method, Uri};
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::rt::TokioExecutor;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 
 /// Credentials for a store.
 #[derive(Clone, PartialEq, Eq)]
@@ -76,6 +72,8 @@ impl From<Vec<u8>> for Body {
 
 /// How much of a file is read at a time while it is sent.
 const FILE_FRAME: usize = 64 * 1024;
+/// How long a connection to the store may take to open.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Body {
     fn len(&self) -> u64 {
@@ -170,7 +168,7 @@ pub struct Store {
     acl: Option<String>,
     user_agent: Option<String>,
     ca_pem: Option<Vec<u8>>,
-    client: Client<HttpsConnector<HttpConnector<Resolver>>, HttpBody>,
+    client: Client<connector::Https<Resolver>, HttpBody>,
 }
 
 impl Store {
@@ -373,30 +371,9 @@ impl tower_service::Service<Name> for Resolver {
     }
 }
 
-fn connector(ca_pem: Option<&[u8]>, resolver: Resolver) -> Result<HttpsConnector<HttpConnector<Resolver>>, Error> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_pem {
-        Some(pem) => {
-            for cert in CertificateDer::pem_slice_iter(pem) {
-                roots.add(cert.map_err(|e| Error::Tls(e.to_string()))?).map_err(|e| Error::Tls(e.to_string()))?;
-            }
-        }
-        None => {
-            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-        }
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let mut http = HttpConnector::new_with_resolver(resolver);
-    http.enforce_http(false);
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(config)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http))
+/// The services' one connector ([`connector`]), resolving with `resolver`.
+fn connector(ca_pem: Option<&[u8]>, resolver: Resolver) -> Result<connector::Https<Resolver>, Error> {
+    connector::https(ca_pem, resolver, CONNECT_TIMEOUT).map_err(|connector::Error::Tls(err)| Error::Tls(err))
 }
 
 /// A page of `ListObjectsV2`'s answer (`ListBucketResult`), the parts we read.

@@ -200,7 +200,12 @@ pub async fn run(
     }
     if let Some((state, description)) = status(&outcome) {
         abandoned()?;
-        post(state, description, retry::FINAL_STATUS).await?;
+        // Abandoned while GitHub is being asked (through a partition, say): given up at once.
+        // The connector discards what the connection had not delivered: it never arrives late.
+        tokio::select! {
+            posted = post(state, description, retry::FINAL_STATUS) => posted?,
+            () = abandon.cancelled() => return Err(JobError::Abandoned),
+        }
     }
     Ok(outcome)
 }
