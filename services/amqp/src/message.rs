@@ -209,6 +209,21 @@ mod tests {
         assert_eq!(argv.command, Command::Argv(vec!["ls".into(), "-l".into()]));
     }
 
+    /// A number anywhere in a job (its `report`, which we pass on untouched) encodes again to
+    /// the same number, however long it was written: found by the `job_message` fuzz target,
+    /// a 111-digit integer parsed to one float and its encoding to the next (serde_json's
+    /// default parser is not exact; `float_roundtrip` is).
+    #[test]
+    fn numbers_survive_a_round_trip() {
+        let long = "2".to_owned() + &"7".repeat(110);
+        let text = format!(r#"{{"job": {{"repo": "o/r", "report": {{"n": {long}, "z": -0}}}}, "human": "h"}}"#);
+        let message: JobMessage = serde_json::from_str(&text).unwrap();
+        let encoded = serde_json::to_string(&message).unwrap();
+        let again: JobMessage = serde_json::from_str(&encoded).unwrap();
+        assert_eq!(serde_json::to_string(&again).unwrap(), encoded);
+        assert_eq!(again, message);
+    }
+
     /// The shell string is Cockpit's, character for character (its missing space included).
     #[test]
     fn statistics_command_is_cockpits_string() {
