@@ -37,6 +37,8 @@ pub type Https<R = GaiResolver> = HttpsConnector<Tcp<R>>;
 pub enum Error {
     #[error("cannot set up TLS: {0} (the CA certificate must be PEM)")]
     Tls(String),
+    #[error("no system CA certificates to verify servers with: install ca-certificates (or set SSL_CERT_FILE)")]
+    NoSystemRoots,
 }
 
 /// A connector trusting `ca_pem` for HTTPS when given (our CA), the system's roots otherwise,
@@ -51,6 +53,9 @@ pub fn https<R>(ca_pem: Option<&[u8]>, resolver: R, connect_timeout: Duration) -
         }
         None => {
             roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            if roots.is_empty() {
+                return Err(Error::NoSystemRoots);
+            }
         }
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))

@@ -41,6 +41,8 @@ pub enum Error {
     Url { url: String, detail: String },
     #[error("no GitHub token: set COCKPIT_GITHUB_TOKEN_FILE, or write one to ~/.config/cockpit-dev/github-token")]
     NoToken,
+    #[error("GitHub client set-up failed: {0}")]
+    Tls(String),
     #[error("the GitHub token holds characters an HTTP header cannot carry: write the token alone in its file")]
     BadToken,
     #[error("cannot read the GitHub token {}: {source}", path.display())]
@@ -197,9 +199,12 @@ impl GitHub {
         }
         // octocrab's own stack (its user agent, base URI and token header) over the services'
         // one connector, whose requests never arrive late.
-        let connector = connector::https(None, GaiResolver::new(), CONNECT_TIMEOUT)
-            .map_err(|connector::Error::Tls(err)| url_error(err))?;
+        let connector =
+            connector::https(None, GaiResolver::new(), CONNECT_TIMEOUT).map_err(|err| Error::Tls(err.to_string()))?;
+        // The connect timeout here bounds the name lookup and the TLS handshake too (the
+        // connector's own, the TCP connect alone).
         let mut connector = hyper_timeout::TimeoutConnector::new(connector);
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_read_timeout(Some(READ_TIMEOUT));
         let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
         let auth = format!("Bearer {token}").parse().map_err(|_| Error::BadToken)?;
@@ -376,5 +381,27 @@ mod tests {
         }
         let later = status(403, Some(SystemTime::now() + Duration::from_secs(60)));
         assert!(later.retry_after().is_some_and(|wait| wait > Duration::from_secs(58)) && later.is_rate_limit());
+    }
+
+    /// A server that takes the connection and never answers the TLS handshake (a stuck load
+    /// balancer) fails the request after the connect timeout, as a transient failure: it does
+    /// not hang the job.
+    #[tokio::test]
+    async fn a_stalled_tls_handshake_fails_within_the_connect_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                held.push(listener.accept().await.unwrap());
+            }
+        });
+        let client = GitHub::new(&format!("https://{address}"), "token").unwrap();
+        let started = std::time::Instant::now();
+        let asked = tokio::time::timeout(CONNECT_TIMEOUT * 3, client.pull("o/r", 1)).await;
+        let err = asked.expect("the request ended on its own").expect_err("no answer came");
+        assert!(err.is_transient(), "{err}");
+        assert!(started.elapsed() >= CONNECT_TIMEOUT, "it waited for the connect timeout: {err}");
+        held.abort();
     }
 }

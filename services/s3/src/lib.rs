@@ -373,7 +373,7 @@ impl tower_service::Service<Name> for Resolver {
 
 /// The services' one connector ([`connector`]), resolving with `resolver`.
 fn connector(ca_pem: Option<&[u8]>, resolver: Resolver) -> Result<connector::Https<Resolver>, Error> {
-    connector::https(ca_pem, resolver, CONNECT_TIMEOUT).map_err(|connector::Error::Tls(err)| Error::Tls(err))
+    connector::https(ca_pem, resolver, CONNECT_TIMEOUT).map_err(|err| Error::Tls(err.to_string()))
 }
 
 /// A page of `ListObjectsV2`'s answer (`ListBucketResult`), the parts we read.

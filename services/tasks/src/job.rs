@@ -203,6 +203,8 @@ pub async fn run(
         // Abandoned while GitHub is being asked (through a partition, say): given up at once.
         // The connector discards what the connection had not delivered: it never arrives late.
         tokio::select! {
+            // A status posted counts, even if the abandon came at the same moment.
+            biased;
             posted = post(state, description, retry::FINAL_STATUS) => posted?,
             () = abandon.cancelled() => return Err(JobError::Abandoned),
         }
