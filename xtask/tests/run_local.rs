@@ -356,7 +356,9 @@ fn interactive(runtime: &str, store_address: &str) {
     // On podman, the shell is in the tasks container, where the tools find everything alike.
     let pane = Pane::start(&format!("test-{runtime}"), &format!("--runtime {runtime} -i"));
     let wait_for = |text: &str| pane.wait_for("main", text, Duration::from_secs(600));
-    let banner = wait_for("this shell reaches it");
+    wait_for("this shell reaches it");
+    // The banner's lines come in several writes: its last tool's line, then the pane holds them.
+    let banner = wait_for("tasks run-queue --hostname me");
     let dir = run_dir(&wait_for("  logs:"));
     assert!(banner.contains("tasks inspect-queue"), "{banner}");
     pane.send("tasks inspect-queue");
