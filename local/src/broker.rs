@@ -270,6 +270,13 @@ impl Broker {
             })?;
         let source = source.as_path();
         let target = self.dir.join("plugins");
+        // Made anew: a start tried again on other ports links them again.
+        match std::fs::remove_dir_all(&target) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_error(format!("remove {}", target.display()))(err));
+            }
+            _ => {}
+        }
         std::fs::create_dir_all(&target).map_err(io_error(format!("create {}", target.display())))?;
         let entries = std::fs::read_dir(source).map_err(io_error(format!("read {}", source.display())))?;
         for entry in entries.flatten() {
@@ -447,5 +454,40 @@ pub fn config_files(
 impl Drop for Broker {
     fn drop(&mut self) {
         self.processes.stop(STOP_GRACE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A start tried again (a port taken meanwhile) writes the configuration again in the same
+    /// directory: the plugins are linked anew, not refused as already there (seen failing so).
+    #[test]
+    fn the_configuration_is_written_again_for_a_start_on_other_ports() {
+        let dir = tempfile::tempdir().unwrap();
+        let (secrets, _) = crate::secrets::generate(&dir.path().join("secrets"), false).unwrap();
+        let broker = |port| Broker {
+            dir: dir.path().join("broker"),
+            secrets: secrets.clone(),
+            port,
+            node: format!("workbench-{port}@localhost"),
+            epmd_port: port + 1,
+            dist_port: port + 2,
+            metrics_port: None,
+            processes: ProcessGroup::new(),
+        };
+        std::fs::create_dir_all(dir.path().join("broker")).unwrap();
+        broker(5000).write_config().unwrap();
+        broker(6000).write_config().unwrap();
+        let mut linked: Vec<String> = std::fs::read_dir(dir.path().join("broker/plugins"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        linked.sort();
+        let applications: Vec<&str> =
+            linked.iter().map(|name| name.rsplit_once('-').map_or(name.as_str(), |(app, _)| app)).collect();
+        assert!(applications.iter().all(|app| NEEDED_PLUGINS.contains(app)), "{linked:?}");
+        assert!(applications.contains(&"rabbitmq_auth_mechanism_ssl"), "{linked:?}");
     }
 }
