@@ -574,13 +574,34 @@ impl Drop for Pod {
         // Synchronous, so that it happens on every exit path, panics included. The logs are
         // saved first; what the containers hold is thrown away, so they are killed at once.
         self.save_logs();
-        let _ = self
-            .podman()
-            .args(["pod", "rm", "--force", "--time", "0", &self.name])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        // On a run interrupted while jobs start, podman 4.3's `pod rm --force` was seen to
+        // remove only the job containers and exit 0, printing nothing, with the pod and its
+        // services left running (about one run in ten on a loaded machine). The first try has
+        // killed the worker that makes job containers; a second one removes the rest. Its
+        // output stays in the run directory.
+        let mut log = String::new();
+        for _ in 0..3 {
+            let removed = self
+                .podman()
+                .args(["pod", "rm", "--force", "--time", "0", &self.name])
+                .stdin(Stdio::null())
+                .output();
+            match removed {
+                Ok(output) => log.push_str(&format!(
+                    "pod rm: {}\n{}{}",
+                    output.status,
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                )),
+                Err(err) => log.push_str(&format!("cannot run podman pod rm: {err}\n")),
+            }
+            let exists = self.podman().args(["pod", "exists", &self.name]).stdin(Stdio::null()).status();
+            if !exists.is_ok_and(|status| status.success()) {
+                break;
+            }
+            log.push_str("the pod is still there\n");
+        }
+        let _ = std::fs::write(self.log_dir.join("pod-rm.log"), log);
     }
 }
 

@@ -13,7 +13,10 @@ use crate::child::ProcessGroup;
 
 /// The project's containers.conf. A container's log file is capped (1 GiB): a job that prints
 /// without end must not fill this machine's disk through podman's copy of its output (job-runner
-/// reads the output through an attachment, and keeps its own bounded log).
+/// reads the output through an attachment, and keeps its own bounded log). An exec's monitor
+/// stays `exit_command_delay` after the exec ends (300 s by default), holding the pod's cgroup
+/// and so its removal: 2 s is long past the moment `podman exec` reads the exit code (0 loses
+/// it), and over by the teardown (docs/benchmarks.md).
 const CONTAINERS_CONF: &str = r#"[containers]
 default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
 log_driver = "k8s-file"
@@ -23,6 +26,7 @@ log_size_max = 1073741824
 runtime = "runc"
 events_logger = "file"
 cgroup_manager = "cgroupfs"
+exit_command_delay = 2
 "#;
 
 #[derive(Debug, thiserror::Error)]
