@@ -15,8 +15,9 @@ use crate::{Broker, MockGitHub, PodmanService, S3Server, Secrets};
 use tasks::hold::{self, Held};
 
 /// Jobs each local worker runs at once: the scenarios run side by side, and their jobs are
-/// small (production's workers run one, see `kube::production`).
-const JOBS_PER_WORKER: u16 = 4;
+/// small (production's workers run one, see `kube::production`). Enough for every job of all
+/// the scenarios (five): with four, the last waited for a slot, a second on podman.
+const JOBS_PER_WORKER: u16 = 6;
 
 /// The fixture projects on the mock GitHub: repository and fixture directory. Every
 /// repository of the test map is there: a worker's rescan of one that is not fails.

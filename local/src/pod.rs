@@ -543,7 +543,15 @@ impl Pod {
     /// Writes each container's log to `<log dir>/<name>.log` (`rabbitmq.log`, ...); returns
     /// the names and paths.
     pub fn save_logs(&self) -> Vec<(String, PathBuf)> {
-        self.containers.iter().map(|name| (name.clone(), self.save_log(name))).collect()
+        // A `podman logs` each, at once: one after the other they were half of the teardown.
+        std::thread::scope(|scope| {
+            let saving: Vec<_> =
+                self.containers.iter().map(|name| (name, scope.spawn(|| self.save_log(name)))).collect();
+            saving
+                .into_iter()
+                .map(|(name, saved)| (name.clone(), saved.join().expect("saving a log does not panic")))
+                .collect()
+        })
     }
 
     fn save_log(&self, name: &str) -> PathBuf {
@@ -581,11 +589,8 @@ impl Drop for Pod {
         // output stays in the run directory.
         let mut log = String::new();
         for _ in 0..3 {
-            let removed = self
-                .podman()
-                .args(["pod", "rm", "--force", "--time", "0", &self.name])
-                .stdin(Stdio::null())
-                .output();
+            let removed =
+                self.podman().args(["pod", "rm", "--force", "--time", "0", &self.name]).stdin(Stdio::null()).output();
             match removed {
                 Ok(output) => log.push_str(&format!(
                     "pod rm: {}\n{}{}",

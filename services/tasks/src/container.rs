@@ -18,6 +18,7 @@ use podman_api::opts::{
     ContainerWaitOpts,
 };
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
@@ -63,14 +64,17 @@ pub struct Spec<'a> {
     pub worker: &'a str,
 }
 
-/// Runs the container to its end, the deadline, or cancellation; it is removed in every case.
-/// `Err` is an infrastructure failure (no podman, no such image).
+/// Runs the container to its end, the deadline, or cancellation; it is removed in every case,
+/// by a task put in `removals`: the job's end (its attachments, log and status) does not wait
+/// for podman's quarter of a second of removal, and the job waits for `removals` before it
+/// ends. `Err` is an infrastructure failure (no podman, no such image).
 pub async fn run(
     socket: &Path,
     spec: &Spec<'_>,
     log: &mut LogStream<LogStore>,
     deadline: Option<Instant>,
     cancel: &CancellationToken,
+    removals: &mut JoinSet<()>,
 ) -> Result<Ended, String> {
     let podman = Podman::unix(socket);
     let created = podman.containers().create(&options(spec, None)).await.map_err(|e| {
@@ -105,7 +109,10 @@ pub async fn run(
         Ok(Ended::Exited(state.and_then(|s| s.exit_code).unwrap_or(128) as i32))
     }
     .await;
-    let _ = container.delete(&ContainerDeleteOpts::builder().force(true).build()).await;
+    // Its process has ended (or been killed): nothing of it runs on, nor writes into what the
+    // job reads next.
+    let (socket, id) = (socket.to_owned(), created.id);
+    removals.spawn(async move { remove(&socket, &id).await });
     ended
 }
 

@@ -10,6 +10,7 @@ use tracing::Instrument;
 
 use amqp::Job;
 use github::GitHub;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
@@ -115,7 +116,22 @@ pub async fn run(
     scratch: &Path,
     attempt: impl Into<Attempt>,
 ) -> Result<Outcome, JobError> {
-    let Attempt { cancel, abandon, redelivered } = attempt.into();
+    // The job's containers, removed while its end is written: the job is over once they are.
+    let mut removals = JoinSet::new();
+    let ran = run_until_reported(config, job, hostname, scratch, attempt.into(), &mut removals).await;
+    while removals.join_next().await.is_some() {}
+    ran
+}
+
+async fn run_until_reported(
+    config: &RunnerConfig,
+    job: &Job,
+    hostname: &str,
+    scratch: &Path,
+    attempt: Attempt,
+    removals: &mut JoinSet<()>,
+) -> Result<Outcome, JobError> {
+    let Attempt { cancel, abandon, redelivered } = attempt;
     let abandoned = || match abandon.is_cancelled() {
         true => Err(JobError::Abandoned),
         false => Ok(()),
@@ -179,7 +195,7 @@ pub async fn run(
                 log_url: &log_url,
                 hostname,
             };
-            watched(&run_context, scratch, &mut log, &cancel).await
+            watched(&run_context, scratch, &mut log, &cancel, removals).await
         }
     };
     abandoned()?;
@@ -306,7 +322,13 @@ impl Reporter<'_> {
 
 /// Runs the job until it ends, the worker cancels it, or its pull request is closed or changes
 /// (a failure, as in Cockpit).
-async fn watched(run: &Run<'_>, scratch: &Path, log: &mut LogStream<LogStore>, cancel: &CancellationToken) -> Outcome {
+async fn watched(
+    run: &Run<'_>,
+    scratch: &Path,
+    log: &mut LogStream<LogStore>,
+    cancel: &CancellationToken,
+    removals: &mut JoinSet<()>,
+) -> Outcome {
     // Cancelled with the job, or by the pull request's change.
     let stop = cancel.child_token();
     let mut reason = None;
@@ -318,7 +340,7 @@ async fn watched(run: &Run<'_>, scratch: &Path, log: &mut LogStream<LogStore>, c
         std::future::pending::<()>().await
     };
     let executed = tokio::select! {
-        executed = execute(run, scratch, log, &stop) => executed,
+        executed = execute(run, scratch, log, &stop, removals) => executed,
         () = watch => unreachable!("watching never ends"),
     };
     match (executed, reason) {
@@ -451,12 +473,14 @@ struct Run<'a> {
 }
 
 /// Checks out the code under test and runs its tests in the configured sandbox, streaming
-/// their output into the log. `Err` is an infrastructure failure.
+/// their output into the log; a container is removed by a task put in `removals`. `Err` is an
+/// infrastructure failure.
 async fn execute(
     run: &Run<'_>,
     scratch: &Path,
     log: &mut LogStream<LogStore>,
     cancel: &CancellationToken,
+    removals: &mut JoinSet<()>,
 ) -> Result<Outcome, String> {
     let Run { config, job, subject, clone_url, log_url, hostname, .. } = *run;
     let (checkout, attachments) = (scratch.join("checkout"), scratch.join("attachments"));
@@ -542,10 +566,9 @@ async fn execute(
                 args: &args,
                 slug,
             };
-            let ended =
-                container::run(&config.container.socket(), &spec, log, deadline, cancel).instrument(test).await?;
+            let socket = config.container.socket();
+            let ended = container::run(&socket, &spec, log, deadline, cancel, removals).instrument(test).await?;
             if holds(config, &ended, scratch) {
-                let socket = config.container.socket();
                 match container::hold(&socket, &spec).await {
                     Ok(name) => {
                         let dir = Path::new(container::CHECKOUT);
