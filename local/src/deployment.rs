@@ -18,6 +18,9 @@ use tasks::hold::{self, Held};
 /// small (production's workers run one, see `kube::production`). Enough for every job of all
 /// the scenarios (five): with four, the last waited for a slot, a second on podman.
 const JOBS_PER_WORKER: u16 = 6;
+/// Jobs each worker host runs at once on the hosts runtime, whose bench (`bench hosts`) states
+/// its figures per four slots a host.
+const JOBS_PER_HOST: u16 = 4;
 
 /// The fixture projects on the mock GitHub: repository and fixture directory. Every
 /// repository of the test map is there: a worker's rescan of one that is not fails.
@@ -348,7 +351,7 @@ impl Deployment {
             forge: &forge_on_hosts,
             runner_config: &runner_config,
             work_dir: &jobs_dir,
-            jobs: JOBS_PER_WORKER,
+            jobs: JOBS_PER_HOST,
             rescan_interval: None,
         };
         let traces = crate::service::traces_file(run_dir, "webhook")?;

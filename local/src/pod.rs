@@ -588,7 +588,11 @@ impl Drop for Pod {
         // killed the worker that makes job containers; a second one removes the rest. Its
         // output stays in the run directory.
         let mut log = String::new();
-        for _ in 0..3 {
+        let mut gone = false;
+        for attempt in 0..3 {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(500));
+            }
             let removed =
                 self.podman().args(["pod", "rm", "--force", "--time", "0", &self.name]).stdin(Stdio::null()).output();
             match removed {
@@ -600,13 +604,24 @@ impl Drop for Pod {
                 )),
                 Err(err) => log.push_str(&format!("cannot run podman pod rm: {err}\n")),
             }
+            // 1: no such pod; 0: it is still there; anything else: podman cannot say.
             let exists = self.podman().args(["pod", "exists", &self.name]).stdin(Stdio::null()).status();
-            if !exists.is_ok_and(|status| status.success()) {
+            log.push_str(&format!("pod exists: {exists:?}\n"));
+            if exists.is_ok_and(|status| status.code() == Some(1)) {
+                gone = true;
                 break;
             }
-            log.push_str("the pod is still there\n");
         }
-        let _ = std::fs::write(self.log_dir.join("pod-rm.log"), log);
+        let path = self.log_dir.join("pod-rm.log");
+        if !gone {
+            eprintln!(
+                "pod {} may be left: `podman pod rm --force {}` removes it; what podman said: {}",
+                self.name,
+                self.name,
+                path.display()
+            );
+        }
+        let _ = std::fs::write(path, log);
     }
 }
 

@@ -16,7 +16,8 @@ use crate::child::ProcessGroup;
 /// reads the output through an attachment, and keeps its own bounded log). An exec's monitor
 /// stays `exit_command_delay` after the exec ends (300 s by default), holding the pod's cgroup
 /// and so its removal: 2 s is long past the moment `podman exec` reads the exit code (0 loses
-/// it), and over by the teardown (docs/benchmarks.md).
+/// it), and the teardown waits at most that long. Its exit command (the exec's cleanup) may
+/// then meet the pod's removal: `Pod`'s drop checks that the pod is gone (docs/benchmarks.md).
 const CONTAINERS_CONF: &str = r#"[containers]
 default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
 log_driver = "k8s-file"

@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::log_store::LogStore;
 use crate::log_stream::LogStream;
@@ -64,10 +65,12 @@ pub struct Spec<'a> {
     pub worker: &'a str,
 }
 
-/// Runs the container to its end, the deadline, or cancellation; it is removed in every case,
-/// by a task put in `removals`: the job's end (its attachments, log and status) does not wait
-/// for podman's quarter of a second of removal, and the job waits for `removals` before it
-/// ends. `Err` is an infrastructure failure (no podman, no such image).
+/// Runs the container to its end, the deadline, or cancellation; it is removed in every case.
+/// A container that exited by itself is removed by a task put in `removals`: the job's end
+/// (its attachments, log and status) does not wait for podman's quarter of a second of
+/// removal, and the job waits for `removals` before it ends. One killed, or in an unknown
+/// state, is removed before this returns: nothing of the job may run on while the worker reads
+/// what it left. `Err` is an infrastructure failure (no podman, no such image).
 pub async fn run(
     socket: &Path,
     spec: &Spec<'_>,
@@ -109,10 +112,14 @@ pub async fn run(
         Ok(Ended::Exited(state.and_then(|s| s.exit_code).unwrap_or(128) as i32))
     }
     .await;
-    // Its process has ended (or been killed): nothing of it runs on, nor writes into what the
-    // job reads next.
-    let (socket, id) = (socket.to_owned(), created.id);
-    removals.spawn(async move { remove(&socket, &id).await });
+    match ended {
+        // Its first process exited, and with it every process of its PID namespace.
+        Ok(Ended::Exited(_)) => {
+            let (socket, id) = (socket.to_owned(), created.id);
+            removals.spawn(async move { remove(&socket, &id).await }.in_current_span());
+        }
+        _ => remove(socket, &created.id).await,
+    }
     ended
 }
 

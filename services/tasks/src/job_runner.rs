@@ -13,7 +13,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::job::{self, JobError, Outcome};
-use crate::runner_config::RunnerConfig;
+use crate::runner_config::{RunnerConfig, SandboxKind};
 use retry::Transient;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -169,8 +169,18 @@ async fn run_request<T>(
             _ = &mut abandon => {
                 stop.abandon.cancel();
                 stop.cancel.cancel();
-                // Dropped past its time: what it started is stopped with this process.
-                tokio::time::timeout(ABANDON_WITHIN, run).await.unwrap_or(Err(JobError::Abandoned))
+                match tokio::time::timeout(ABANDON_WITHIN, run).await {
+                    Ok(outcome) => outcome,
+                    // Dropped past its time: what it started is stopped with this process, and
+                    // its container (whose removal the drop may have cut short) removed here.
+                    Err(_) => {
+                        if matches!(config.container.sandbox, SandboxKind::Container) {
+                            let (socket, host) = (config.container.socket(), &request.hostname);
+                            let _ = crate::container::remove_leftovers(&socket, host, scratch.path()).await;
+                        }
+                        Err(JobError::Abandoned)
+                    }
+                }
             }
         }
     };
