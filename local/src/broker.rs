@@ -55,6 +55,12 @@ pub const METRICS_PLUGINS: [&str; 7] = [
     "cowlib",
 ];
 const EPMD: &str = "/usr/bin/epmd";
+/// Erlang's own client for a running node (Debian's erlang-base, here and in the RabbitMQ
+/// image): it asks the node over the distribution in milliseconds, where each `rabbitmqctl`
+/// boots an Erlang VM and Elixir first (about a second of CPU on these machines).
+pub(crate) const ERL_CALL: &str = "/usr/bin/erl_call";
+/// How long `erl_call` waits for the node's answer.
+const ERL_CALL_TIMEOUT_SECONDS: &str = "10";
 /// RabbitMQ takes 4-5 s to start on these machines; allow for a slow, loaded one.
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 /// How often a start whose port was taken meanwhile is tried on other ports.
@@ -89,6 +95,8 @@ pub enum BrokerError {
     NotReady { last_error: String, log: PathBuf, tail: String },
     #[error("rabbitmqctl {args} failed: {output}")]
     Ctl { args: String, output: String },
+    #[error("erl_call of `{expr}` on the broker's node returned no string: {output}")]
+    Eval { expr: String, output: String },
 }
 
 impl BrokerError {
@@ -215,6 +223,11 @@ impl Broker {
         self.dir.join("rabbit.log")
     }
 
+    /// The broker's Erlang node, `name@host`.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
     /// Every live process the broker started (the node, its helpers, its epmd).
     pub fn process_ids(&self) -> Vec<u32> {
         self.processes.process_ids()
@@ -225,6 +238,14 @@ impl Broker {
         let mut command = self.command(&Path::new(RABBITMQ_BIN).join("rabbitmqctl"));
         command.env("RABBITMQ_CTL_ERL_ARGS", LOOPBACK_ONLY).args(["--node", &self.node]).args(args);
         ctl_output(args, command.stdin(Stdio::null()).output().map_err(io_error("run rabbitmqctl"))?)
+    }
+
+    /// Evaluates the Erlang expression `expr`, which returns a string, on this node (see
+    /// [`eval_command`]); returns that string.
+    pub fn eval(&self, expr: &str) -> Result<String, BrokerError> {
+        let [program, args @ ..] = eval_argv(&self.node);
+        let mut command = self.command(Path::new(program));
+        eval_output(expr, crate::child::run_with_input(command.args(args), expr).map_err(io_error("run erl_call"))?)
     }
 
     /// How many messages `queue` holds, ready and unacknowledged, per the broker; `None` if it
@@ -376,6 +397,26 @@ pub(crate) fn ctl_output(args: &[&str], output: std::process::Output) -> Result<
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// The `erl_call` that evaluates the expression on its standard input on `node` (`name@host`,
+/// or `name` on this host; the cookie is the one in `$HOME`, as for the node).
+pub(crate) fn eval_argv(node: &str) -> [&str; 6] {
+    [ERL_CALL, "-sname", node, "-timeout", ERL_CALL_TIMEOUT_SECONDS, "-e"]
+}
+
+/// The string an `erl_call -e` of `expr` returned: its output, `{ok, "..."}` (the string as is,
+/// not escaped), from a successful run; anything else is an error.
+pub(crate) fn eval_output(expr: &str, output: std::process::Output) -> Result<String, BrokerError> {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let value = stdout.trim_end().strip_prefix("{ok, \"").and_then(|rest| rest.strip_suffix("\"}"));
+    match value.filter(|_| output.status.success()) {
+        Some(value) => Ok(value.to_owned()),
+        None => Err(BrokerError::Eval {
+            expr: expr.trim().to_owned(),
+            output: String::from_utf8_lossy(&[output.stdout, output.stderr].concat()).into_owned(),
+        }),
+    }
+}
+
 /// Where a broker takes connections.
 #[derive(Debug, Clone, Copy)]
 pub enum Listener {
@@ -460,6 +501,25 @@ impl Drop for Broker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn output(code: i32, stdout: &str) -> std::process::Output {
+        use std::os::unix::process::ExitStatusExt;
+        let status = ExitStatus::from_raw(code << 8);
+        std::process::Output { status, stdout: stdout.into(), stderr: b"error text".to_vec() }
+    }
+
+    /// Only `{ok, "..."}` of a successful run is an answer, taken as printed (quotes inside
+    /// and all).
+    #[test]
+    fn an_eval_answer_is_the_string_erl_call_printed() {
+        let answer = eval_output("e.", output(0, "{ok, \"{\"users\":[\"a\"]}\"}\n")).unwrap();
+        assert_eq!(answer, r#"{"users":["a"]}"#);
+        let wrong = ["{ok, [1,2]}", "{badrpc, nodedown}", "", "{ok, \"x\"", "ok, \"x\"}"].map(|text| (0, text));
+        for (code, text) in wrong.into_iter().chain([(1, "{ok, \"x\"}")]) {
+            let err = eval_output("e.", output(code, text)).unwrap_err().to_string();
+            assert!(err.contains("`e.`") && err.contains("error text"), "{text:?}: {err}");
+        }
+    }
 
     /// A start tried again (a port taken meanwhile) writes the configuration again in the same
     /// directory: the plugins are linked anew, not refused as already there (seen failing so).

@@ -16,6 +16,16 @@ pub(crate) fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Runs `command` with `input` on its standard input; its output.
+pub(crate) fn run_with_input(command: &mut Command, input: &str) -> io::Result<std::process::Output> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let written = child.stdin.take().expect("stdin is piped").write_all(input.as_bytes());
+    let output = child.wait_with_output()?;
+    written.map(|()| output)
+}
+
 /// How long killed processes below the group's members may take to end.
 const KILLED_WITHIN: Duration = Duration::from_secs(5);
 

@@ -575,6 +575,32 @@ impl Pod {
         command.arg("--remote").arg(format!("--url=unix://{}", self.socket.display()));
         command
     }
+
+    /// Runs `argv` in container `name` of the pod (`podman exec`), with `input` on its standard
+    /// input; its output and its own exit status. `podman exec` can lose that status (the
+    /// exec's session is cleaned up at once: podman.rs's containers.conf), so the container's
+    /// shell sends it as the last line of the output.
+    pub fn exec(&self, name: &str, argv: &[&str], input: &str) -> std::io::Result<std::process::Output> {
+        let mut command = self.podman();
+        command.args(["exec", "--interactive", &self.container(name), "sh", "-c", r#""$0" "$@"; printf '\n%s' $?"#]);
+        let output = crate::child::run_with_input(command.args(argv), input)?;
+        Ok(exec_output(output))
+    }
+}
+
+/// The output of an exec of [`Pod::exec`] with the exit status its last line sends in place of
+/// podman's; as it is when that line is missing (the exec did not start).
+fn exec_output(mut output: std::process::Output) -> std::process::Output {
+    use std::os::unix::process::ExitStatusExt;
+    let sent = output.stdout.iter().rposition(|&byte| byte == b'\n').and_then(|at| {
+        let code: i32 = std::str::from_utf8(&output.stdout[at + 1..]).ok()?.parse().ok()?;
+        Some((at, code))
+    });
+    if let Some((at, code)) = sent {
+        output.stdout.truncate(at);
+        output.status = std::process::ExitStatus::from_raw((code & 0xff) << 8);
+    }
+    output
 }
 
 impl Drop for Pod {
@@ -665,5 +691,23 @@ mod tests {
         assert_eq!(seen_from_pod("http://127.0.0.1:4321"), "http://10.0.2.2:4321");
         assert_eq!(seen_from_pod("https://localhost:99/logs/"), "https://workbench-host:99/logs/");
         assert_eq!(seen_from_pod("http://127.0.0.1:80/git/"), "http://10.0.2.2:80/git/");
+    }
+
+    /// An exec's status is the one its last line sends, whatever podman said; without that
+    /// line (the exec did not start), podman's.
+    #[test]
+    fn an_exec_status_is_the_one_its_shell_sent() {
+        use std::os::unix::process::ExitStatusExt;
+        let output = |status: i32, stdout: &str| std::process::Output {
+            status: std::process::ExitStatus::from_raw(status << 8),
+            stdout: stdout.into(),
+            stderr: Vec::new(),
+        };
+        let sent = exec_output(output(0, "a\nb\n\n3"));
+        assert_eq!((sent.status.code(), &sent.stdout[..]), (Some(3), &b"a\nb\n"[..]));
+        let sent = exec_output(output(125, "no newline\n0"));
+        assert_eq!((sent.status.code(), &sent.stdout[..]), (Some(0), &b"no newline"[..]));
+        let failed = exec_output(output(125, "Error: container state improper\n"));
+        assert_eq!((failed.status.code(), &failed.stdout[..]), (Some(125), &b"Error: container state improper\n"[..]));
     }
 }

@@ -15,9 +15,10 @@ use crate::child::ProcessGroup;
 /// without end must not fill this machine's disk through podman's copy of its output (job-runner
 /// reads the output through an attachment, and keeps its own bounded log). An exec's monitor
 /// stays `exit_command_delay` after the exec ends (300 s by default), holding the pod's cgroup
-/// and so its removal: 2 s is long past the moment `podman exec` reads the exit code (0 loses
-/// it), and the teardown waits at most that long. Its exit command (the exec's cleanup) may
-/// then meet the pod's removal: `Pod`'s drop checks that the pod is gone (docs/benchmarks.md).
+/// and so its removal; with 0 it ends at once, and `podman exec` can lose the exec's exit
+/// status, so nothing of ours reads one: our execs (`erl_call`, `getent`) are judged by their
+/// output. An exec's cleanup may meet the pod's removal: `Pod`'s drop checks that the pod is
+/// gone (docs/benchmarks.md).
 const CONTAINERS_CONF: &str = r#"[containers]
 default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
 log_driver = "k8s-file"
@@ -27,7 +28,7 @@ log_size_max = 1073741824
 runtime = "runc"
 events_logger = "file"
 cgroup_manager = "cgroupfs"
-exit_command_delay = 2
+exit_command_delay = 0
 "#;
 
 #[derive(Debug, thiserror::Error)]

@@ -101,8 +101,8 @@ pub async fn run(name: &str, deployment: &Deployment) -> Result<Ran, ScenarioErr
             let ca = Ca::load(&deployment.secrets)
                 .map_err(|e| ScenarioError::Assertion(format!("the CA of the deployment: {e}")))?;
             let metrics = deployment.prometheus().is_some();
-            let ctl = |args: &[&str]| deployment.rabbitmqctl(args).map_err(|e| e.to_string());
-            amqp_refusals(&deployment.amqp, &ca, metrics, ctl).await
+            let eval = |expr: &str| deployment.broker_eval(expr).map_err(|e| e.to_string());
+            amqp_refusals(&deployment.amqp, &ca, metrics, eval).await
         }
         "s3" => s3(deployment).await,
         "pr-success" => pr_success(deployment).await,
@@ -148,16 +148,16 @@ pub async fn queue(config: &amqp::Config) -> Result<Option<String>, ScenarioErro
 /// `amqp-refusals`: the broker `config` logs in to lets nobody else in: not a client without a
 /// certificate (refused by TLS, before any AMQP login), not one with a certificate of another
 /// CA, not one of our `ca` whose common name is no user, and not plain AMQP (no handshake ever
-/// starts). Asked with `rabbitmqctl` (run by `ctl`), it has one user (no guest), listens for
-/// AMQP over TLS only, and runs no plugin but certificate login (no management interface);
-/// with `metrics` (`run-local --monitor`), also `rabbitmq_prometheus` and its HTTP listener.
-/// Runs on a multi-threaded runtime: the two `rabbitmqctl`s (an Erlang VM's start each, most
-/// of this scenario's time) run at once, beside the other scenarios.
+/// starts). Asked on its node (by `eval`, an Erlang expression evaluated there, with
+/// [`BROKER_FACTS`]: what `rabbitmqctl list_users` and `status` report, without their second of
+/// CPU each), it has one user (no guest), listens for AMQP over TLS only, and runs no plugin
+/// but certificate login (no management interface); with `metrics` (`run-local --monitor`),
+/// also `rabbitmq_prometheus` and its HTTP listener. Runs on a multi-threaded runtime.
 pub async fn amqp_refusals(
     config: &amqp::Config,
     ca: &Ca,
     metrics: bool,
-    ctl: impl Fn(&[&str]) -> Result<String, String> + Sync,
+    eval: impl Fn(&str) -> Result<String, String>,
 ) -> Result<Option<String>, ScenarioError> {
     let anonymous =
         amqp::Config { files: amqp::ClientFiles { ca: config.files.ca.clone(), identity: None }, ..config.clone() };
@@ -215,35 +215,38 @@ pub async fn amqp_refusals(
         tokio::time::timeout(Duration::from_secs(10), plain).await.ok().and_then(Result::ok).unwrap_or_default();
     check(!answer.starts_with(b"\x01\x00\x00"), || format!("the broker answered plain AMQP: {answer:?}"))?;
 
-    let ctl = |args: &[&str]| ctl(args).map_err(|e| ScenarioError::Assertion(format!("rabbitmqctl: {e}")));
-    let (users, status) = tokio::task::block_in_place(|| {
-        std::thread::scope(|scope| {
-            let users = scope.spawn(|| ctl(&["list_users", "--quiet", "--no-table-headers"]));
-            let status = ctl(&["status", "--formatter", "json"]);
-            (users.join().expect("rabbitmqctl does not panic"), status)
-        })
-    });
-    let users = users?;
-    let users: Vec<&str> = users.lines().filter_map(|line| line.split_whitespace().next()).collect();
+    let facts = tokio::task::block_in_place(|| eval(BROKER_FACTS))
+        .map_err(|e| ScenarioError::Assertion(format!("asking the broker's node: {e}")))?;
+    let BrokerFacts { users, listeners, plugins } = serde_json::from_str(&facts)
+        .map_err(|e| ScenarioError::Assertion(format!("the broker's answer {facts:?} is not what was asked: {e}")))?;
     check(users == [crate::secrets::AMQP_USER], || format!("the broker's users are {users:?}"))?;
-    let status: serde_json::Value = serde_json::from_str(&status?)
-        .map_err(|e| ScenarioError::Assertion(format!("rabbitmqctl status is not JSON: {e}")))?;
-    let strings = |field: &str, item: &dyn Fn(&serde_json::Value) -> Option<String>| -> BTreeSet<String> {
-        status[field].as_array().into_iter().flatten().filter_map(item).collect()
-    };
-    let listeners = strings("listeners", &|l| l["protocol"].as_str().map(str::to_owned));
     let mut wanted: BTreeSet<String> = ["amqp/ssl", "clustering"].map(str::to_owned).into();
     if metrics {
         wanted.insert("http/prometheus".to_owned());
     }
     check(listeners == wanted, || format!("the broker listens for {listeners:?}, not only AMQP over TLS"))?;
-    let plugins = strings("active_plugins", &|p| p.as_str().map(str::to_owned));
     let mut wanted: BTreeSet<String> = ["rabbitmq_auth_mechanism_ssl".to_owned()].into();
     if metrics {
         wanted.extend(crate::broker::METRICS_PLUGINS.map(str::to_owned));
     }
     check(plugins == wanted, || format!("the broker runs the plugins {plugins:?}"))?;
     Ok(None)
+}
+
+/// The Erlang expression [`amqp_refusals`] evaluates on the broker's node: as JSON, the users
+/// (`rabbitmqctl list_users`), this node's listeners' protocols and the active plugins (those of
+/// `rabbitmqctl status`), from the functions those commands call.
+pub const BROKER_FACTS: &str = "binary_to_list(rabbit_json:encode(#{\
+    users => [proplists:get_value(user, User) || User <- rabbit_auth_backend_internal:list_users()], \
+    listeners => [element(3, Listener) || Listener <- rabbit_networking:node_listeners(node())], \
+    plugins => rabbit_plugins:active()})).\n";
+
+/// The answer to [`BROKER_FACTS`].
+#[derive(serde::Deserialize)]
+struct BrokerFacts {
+    users: Vec<String>,
+    listeners: BTreeSet<String>,
+    plugins: BTreeSet<String>,
 }
 
 /// `s3`: Cockpit's conventions hold against the store (cockpit-protocol.md 6.4, 7): its name is
@@ -260,12 +263,8 @@ async fn s3(deployment: &Deployment) -> Result<Option<String>, ScenarioError> {
         ScenarioError::Assertion(format!("Cockpit's key lookup finds no key for {host} in the secrets"))
     })?;
     if let Some(pod) = deployment.pod() {
-        let worker = pod.container(&crate::pod::worker_name(1));
         let output = pod
-            .podman()
-            .args(["exec", &worker, "getent", "hosts", &host])
-            .stdin(std::process::Stdio::null())
-            .output()
+            .exec(&crate::pod::worker_name(1), &["getent", "hosts", &host], "")
             .map_err(|e| ScenarioError::Assertion(format!("podman exec getent: {e}")))?;
         let resolved = String::from_utf8_lossy(&output.stdout);
         check(resolved.split_whitespace().next() == Some(crate::pod::HOST_LOOPBACK), || {

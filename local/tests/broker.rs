@@ -64,8 +64,13 @@ async fn only_the_certificate_user_gets_in() {
     let fixture = start().await;
     // No certificate, another CA's, our CA's for no user, plain AMQP; one user, TLS only, no
     // management: as the `amqp-refusals` scenario checks on either runtime.
-    let ctl = |args: &[&str]| fixture.broker.ctl(args).map_err(|e| e.to_string());
-    local::scenario::amqp_refusals(&fixture.broker.client_config(), &fixture.ca, false, ctl).await.unwrap();
+    let eval = |expr: &str| fixture.broker.eval(expr).map_err(|e| e.to_string());
+    local::scenario::amqp_refusals(&fixture.broker.client_config(), &fixture.ca, false, eval).await.unwrap();
+    // What the scenario asks is answered by the node, not made up: a string comes back as it
+    // is, and an expression that fails there is an error that says which.
+    assert_eq!(fixture.broker.eval("atom_to_list(node()).\n").unwrap(), fixture.broker.node());
+    let err = fixture.broker.eval("no_such_module:call().\n").unwrap_err().to_string();
+    assert!(err.contains("no_such_module:call()"), "{err}");
 }
 
 #[tokio::test]
