@@ -163,8 +163,21 @@ struct World {
     secrets: Secrets,
     s3: S3Server,
     github: MockGitHub,
+    /// The mock GitHub's fixture projects, on their way in.
+    fixtures: Fixtures,
     test_map: PathBuf,
     jobs_dir: PathBuf,
+}
+
+/// The fixture projects being added to the mock GitHub (git at work on a thread of its own,
+/// while the broker starts); awaited before the services start, as a worker scans the projects
+/// when it starts.
+struct Fixtures(tokio::task::JoinHandle<Result<(), crate::github::MockError>>);
+
+impl Fixtures {
+    async fn added(self) -> Result<(), DeployError> {
+        Ok(self.0.await.expect("adding the fixture projects does not panic")?)
+    }
 }
 
 impl Deployment {
@@ -240,7 +253,8 @@ impl Deployment {
         world: World,
         progress: &dyn Progress,
     ) -> Result<Deployment, DeployError> {
-        let World { secrets, s3, github, test_map, jobs_dir } = world;
+        let World { secrets, s3, github, fixtures, test_map, jobs_dir } = world;
+        fixtures.added().await?;
         let forge = match &options.real_github_token {
             Some(token_file) => Forge::github(token_file),
             None => Forge::mock(&github, &secrets),
@@ -326,7 +340,8 @@ impl Deployment {
         world: World,
         progress: &dyn Progress,
     ) -> Result<Deployment, DeployError> {
-        let World { secrets, s3, github, test_map, jobs_dir } = world;
+        let World { secrets, s3, github, fixtures, test_map, jobs_dir } = world;
+        fixtures.added().await?;
         let workers = options.workers.max(1);
         let names: Vec<String> = (1..=workers).map(pod::worker_name).collect();
         let id = run_dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
@@ -399,7 +414,9 @@ impl Deployment {
         via_kube: bool,
         progress: &dyn Progress,
     ) -> Result<Deployment, DeployError> {
-        let World { secrets, s3, github, test_map, jobs_dir } = world;
+        let World { secrets, s3, github, fixtures, test_map, jobs_dir } = world;
+        // Awaited once the broker runs, or before a played pod starts every container at once.
+        let mut fixtures = Some(fixtures);
         let workers = options.workers.max(1);
         let name = format!("workbench-{}", run_dir.file_name().unwrap_or_default().to_string_lossy());
         // The workers' view: the secrets where the pod mounts them, this machine through the
@@ -479,6 +496,9 @@ impl Deployment {
                         let yaml = crate::kube::to_yaml(&crate::kube::manifests(&spec, crate::kube::Target::Podman));
                         let path = config_dir.join("kube.yaml");
                         std::fs::write(&path, &yaml).map_err(io(format!("write {}", path.display())))?;
+                        if let Some(fixtures) = fixtures.take() {
+                            fixtures.added().await?;
+                        }
                         let label = format!("podman kube play {} (pod {name})", path.display());
                         let pod = step(progress, &label, Pod::play(podman.socket(), &spec, &yaml, run_dir)).await?;
                         step(
@@ -493,13 +513,23 @@ impl Deployment {
                         let mut pod = Pod::create(podman.socket(), &spec, run_dir).await?;
                         let (broker, services) = spec.containers.split_first().expect("the pod starts with RabbitMQ");
                         step(progress, &format!("starting RabbitMQ in pod {name}"), async {
-                            pod.start(broker).await?;
-                            pod.wait_ready("RabbitMQ", || async { rabbitmq.answers().await.is_ok() }).await
+                            pod.create_container(broker).await?;
+                            pod.start(&[&broker.name]).await?;
+                            let created = async {
+                                for container in services {
+                                    pod.create_container(container).await?;
+                                }
+                                Ok(())
+                            };
+                            let ready = pod.wait_ready("RabbitMQ", || async { rabbitmq.answers().await.is_ok() });
+                            tokio::try_join!(created, ready)
                         })
                         .await?;
-                        for container in services {
-                            pod.start(container).await?;
+                        if let Some(fixtures) = fixtures.take() {
+                            fixtures.added().await?;
                         }
+                        pod.start(&services.iter().map(|container| container.name.as_str()).collect::<Vec<_>>())
+                            .await?;
                         pod
                     }
                 };
@@ -864,17 +894,15 @@ impl World {
         let token = std::fs::read_to_string(secrets.github_token())
             .map_err(io(format!("read {}", secrets.github_token().display())))?;
         let s3_dir = run_dir.join("s3");
+        let github_dir = run_dir.join("github");
         let (s3, github) = tokio::join!(
             step(progress, "starting S3 (HTTPS, buckets logs and images)", S3Server::start(&s3_dir, &secrets, true)),
-            step(progress, "starting the mock GitHub with the fixture projects", async {
-                let github = MockGitHub::start(&run_dir.join("github"), token.trim()).await?;
-                for (repo, fixture) in REPOS {
-                    github.add_repo(repo, &options.fixtures.join("repos").join(fixture))?;
-                }
-                Ok::<_, crate::github::MockError>(github)
-            }),
+            step(progress, "starting the mock GitHub", MockGitHub::start(&github_dir, token.trim())),
         );
-        Ok(World { secrets, s3: s3?, github: github?, test_map: options.fixtures.join("testmap.toml"), jobs_dir })
+        let github = github?;
+        let repos = REPOS.map(|(repo, fixture)| (repo.to_owned(), options.fixtures.join("repos").join(fixture)));
+        let fixtures = Fixtures(github.add_repos(repos.into()));
+        Ok(World { secrets, s3: s3?, github, fixtures, test_map: options.fixtures.join("testmap.toml"), jobs_dir })
     }
 }
 

@@ -421,19 +421,32 @@ impl Pod {
         Ok(pod)
     }
 
-    /// Creates and starts one of its containers. Services that need the broker start after
-    /// it answers, as a restarting container would only make noise.
-    pub async fn start(&mut self, container: &ContainerSpec) -> Result<(), PodError> {
-        let podman = Podman::unix(&self.socket);
+    /// Creates one of its containers, not started yet ([`Pod::start`]): services that need the
+    /// broker are created while it boots, and start once it answers (they would only make
+    /// noise, and back off for seconds, before).
+    pub async fn create_container(&self, container: &ContainerSpec) -> Result<(), PodError> {
         let name = self.container(&container.name);
-        let api = |what: String| move |source| PodError::Api { what, source };
-        podman
+        Podman::unix(&self.socket)
             .containers()
             .create(&container_options(&self.name, &name, container))
             .await
-            .map_err(api(format!("create container {name} from {}", container.image)))?;
-        self.containers.push(container.name.clone());
-        podman.containers().get(&name).start(None).await.map_err(api(format!("start container {name}")))
+            .map(drop)
+            .map_err(|source| PodError::Api {
+                what: format!("create container {name} from {}", container.image),
+                source,
+            })
+    }
+
+    /// Starts its containers `names`, made by [`Pod::create_container`], at once.
+    pub async fn start(&mut self, names: &[&str]) -> Result<(), PodError> {
+        self.containers.extend(names.iter().map(|name| name.to_string()));
+        let podman = Podman::unix(&self.socket);
+        let starts = names.iter().map(|name| async {
+            let container = self.container(name);
+            let started = podman.containers().get(&container).start(None).await;
+            started.map_err(|source| PodError::Api { what: format!("start container {container}"), source })
+        });
+        futures_util::future::try_join_all(starts).await.map(drop)
     }
 
     /// Copies `binary` over its namesake in container `name` and restarts the container with

@@ -62,7 +62,7 @@ async fn every_scenario_passes_and_teardown_leaves_nothing_behind() {
             ok("generating fake secrets"),
             ok("starting RabbitMQ (TLS only, certificate login)"),
             ok("starting S3 (HTTPS, buckets logs and images)"),
-            ok("starting the mock GitHub with the fixture projects"),
+            ok("starting the mock GitHub"),
             ok("starting 2 tasks worker(s)"),
             ok("starting the webhook"),
         ]

@@ -184,13 +184,17 @@ impl MockGitHub {
     /// Hosts `name` (`owner/repo`) with one commit on `main` holding the files of `fixture`;
     /// returns that commit's sha.
     pub fn add_repo(&self, name: &str, fixture: &Path) -> Result<String, MockError> {
-        let mut state = self.lock();
-        let (hosted, main_sha) = HostedRepo::create(&state.root, name, fixture)?;
-        state.repos.insert(
-            name.to_owned(),
-            Repo { hosted, main_sha: main_sha.clone(), pulls: BTreeMap::new(), statuses: Vec::new() },
-        );
-        Ok(main_sha)
+        add_repo(&self.state, name, fixture)
+    }
+
+    /// Hosts `repos` (`owner/repo` and fixture directory each) as [`MockGitHub::add_repo`] does,
+    /// on a thread of its own: git's work does not hold up the runtime (the deployment's other
+    /// starts go on meanwhile). The handle ends when they are all in.
+    pub fn add_repos(&self, repos: Vec<(String, PathBuf)>) -> tokio::task::JoinHandle<Result<(), MockError>> {
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || {
+            repos.iter().try_for_each(|(name, fixture)| add_repo(&state, name, fixture).map(drop))
+        })
     }
 
     /// Opens pull request `number` against `main` of `repo`, with a new commit by `author`;
@@ -283,6 +287,15 @@ impl MockGitHub {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().expect("mock GitHub state")
     }
+}
+
+fn add_repo(state: &Shared, name: &str, fixture: &Path) -> Result<String, MockError> {
+    // The repository is made without the lock: the API answers meanwhile.
+    let root = state.lock().expect("mock GitHub state").root.clone();
+    let (hosted, main_sha) = HostedRepo::create(&root, name, fixture)?;
+    let repo = Repo { hosted, main_sha: main_sha.clone(), pulls: BTreeMap::new(), statuses: Vec::new() };
+    state.lock().expect("mock GitHub state").repos.insert(name.to_owned(), repo);
+    Ok(main_sha)
 }
 
 impl Drop for MockGitHub {
