@@ -124,14 +124,21 @@ async fn on_hosts_every_scenario_passes_and_teardown_leaves_no_namespace() {
     }
     let net = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
     let ours = net(std::process::id());
+    // A process that has just ended has no namespace left to read.
+    let on_a_host = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/net")).is_ok_and(|ns| ns != ours);
+    let list_on_hosts = || -> Vec<(u32, String)> {
+        let pids = deployment.process_ids().into_iter().filter(|&pid| on_a_host(pid));
+        pids.map(|pid| (pid, std::fs::read_to_string(format!("/proc/{pid}/environ")).unwrap_or_default())).collect()
+    };
+    // The webhook and both workers, each in a namespace of its own, told the broker is
+    // `amqp:5671`; a job's process ends just after its final status, which its scenario saw.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut on_hosts = list_on_hosts();
+    while on_hosts.len() > 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        on_hosts = list_on_hosts();
+    }
     let pids = deployment.process_ids();
-    let on_hosts: Vec<(u32, String)> = pids
-        .iter()
-        .filter(|&&pid| net(pid) != ours)
-        .map(|&pid| (pid, std::fs::read_to_string(format!("/proc/{pid}/environ")).unwrap_or_default()))
-        .collect();
-    // The webhook and both workers (their job processes ended), each in a namespace of its own,
-    // told the broker is `amqp:5671`.
     assert_eq!(on_hosts.len(), 3, "{on_hosts:?}");
     assert!(on_hosts.iter().all(|(_, env)| env.split('\0').any(|v| v == "AMQP_SERVER=amqp:5671")), "{on_hosts:?}");
     let namespaces: std::collections::BTreeSet<_> = on_hosts.iter().map(|(pid, _)| net(*pid)).collect();
