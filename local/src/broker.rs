@@ -193,8 +193,11 @@ impl Broker {
         server
             .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
             .env("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", LOOPBACK_ONLY);
+        // The log is appended to across a start on other ports and a restart: only what this
+        // node writes tells about its listener.
+        let log_from = std::fs::metadata(self.log_path()).map_or(0, |meta| meta.len());
         let server = self.spawn(&mut server, "stdout.log")?;
-        self.wait_until_ready(server).await
+        self.wait_until_ready(server, log_from).await
     }
 
     /// Where Prometheus scrapes the broker (`/metrics`, and per queue `/metrics/per-object`),
@@ -347,14 +350,16 @@ impl Broker {
         self.processes.spawn(command).map_err(io_error(format!("start {}", command.get_program().to_string_lossy())))
     }
 
-    async fn wait_until_ready(&mut self, server: usize) -> Result<(), BrokerError> {
+    /// Waits until a client gets in, reading the broker's log from byte `log_from` on.
+    async fn wait_until_ready(&mut self, server: usize, log_from: u64) -> Result<(), BrokerError> {
         let probe = crate::client::BrokerProbe::new(self.client_config());
         let started = Instant::now();
         loop {
             if let Some(status) = self.processes.exited(server) {
                 return Err(BrokerError::Exited { status, log: self.log_path(), tail: self.log_tail() });
             }
-            let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+            let log = std::fs::read(self.log_path()).unwrap_or_default();
+            let log = String::from_utf8_lossy(log.get(log_from as usize..).unwrap_or_default());
             if let Some(line) = log.lines().find(|line| line.contains(LISTENER_FAILED)) {
                 return Err(BrokerError::NotReady {
                     last_error: "its AMQP listener did not start".into(),

@@ -197,3 +197,19 @@ async fn a_silent_broker_is_noticed_by_the_heartbeat() {
     let again = Session::connect(&config).await.unwrap();
     again.close().await;
 }
+
+/// A start on other ports, after one whose AMQP port was taken, appends to the same log as the
+/// failed one: what that one logged does not fail the new start (it failed every try, so a
+/// taken port failed the whole start).
+#[tokio::test]
+async fn a_failed_listener_in_an_earlier_start_s_log_does_not_fail_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let (secrets, _) = secrets::generate(&dir.path().join("secrets"), false).unwrap();
+    let broker_dir = dir.path().join("broker");
+    std::fs::create_dir_all(&broker_dir).unwrap();
+    let earlier = "2026-12-01 14:15:59.539515+00:00 [error] <0.667.0> Failed to start Ranch listener \
+                   {acceptor,{127,0,0,1},41071} in ranch_ssl:listen(...) for reason eaddrinuse\n";
+    std::fs::write(broker_dir.join("rabbit.log"), earlier).unwrap();
+    let broker = Broker::start(&broker_dir, &secrets).await.unwrap();
+    local::scenario::queue(&broker.client_config()).await.unwrap();
+}
