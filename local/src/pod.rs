@@ -71,6 +71,8 @@ pub enum PodError {
     Io { what: String, source: std::io::Error },
     #[error("container {name} exited before the pod was ready; its log ({}) ends with:\n{tail}", log.display())]
     Exited { name: String, log: PathBuf, tail: String },
+    #[error("container {name} was removed before the pod was ready (by a `podman rm` or `pod rm` from outside?)")]
+    Removed { name: String },
     #[error("{reason}; the containers' logs are in {}", logs.display())]
     NotReady { reason: crate::client::TimedOut, logs: PathBuf },
 }
@@ -533,11 +535,17 @@ impl Pod {
                 checked.set(Instant::now());
                 for name in &self.containers {
                     let full_name = self.container(name);
-                    let state = podman.containers().get(&full_name).inspect().await.ok().and_then(|c| c.state);
-                    if state.and_then(|s| s.running) == Some(false) {
-                        let log = self.save_log(name);
-                        let tail = crate::child::tail(&log, 20);
-                        return Err(PodError::Exited { name: full_name, log, tail });
+                    match podman.containers().get(&full_name).inspect().await {
+                        Ok(container) if container.state.as_ref().and_then(|s| s.running) == Some(false) => {
+                            let log = self.save_log(name);
+                            let tail = crate::child::tail(&log, 20);
+                            return Err(PodError::Exited { name: full_name, log, tail });
+                        }
+                        // Gone, it will not answer either.
+                        Err(podman_api::Error::Fault { code, .. }) if code.as_u16() == 404 => {
+                            return Err(PodError::Removed { name: full_name });
+                        }
+                        _ => {}
                     }
                 }
             }

@@ -225,3 +225,47 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     files
 }
+
+/// A pod taken away from outside while its broker starts (a `podman pod rm`, a host's
+/// cleanup) fails the start as soon as the readiness wait next looks at the containers, saying
+/// so, rather than when the broker's readiness times out (two minutes).
+#[cfg_attr(not(ci), ignore = "needs podman: cargo xtask ci installs it and runs this")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_removed_while_its_broker_starts_fails_the_start_saying_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let podman = local::PodmanService::start(&dir.path().join("images")).await.unwrap_or_else(|e| panic!("{e}"));
+    local::images::ensure_base(&podman).unwrap();
+    local::images::build_rabbitmq(&podman, false).unwrap();
+    local::images::build_tasks(&podman, &Binaries::of_test_build(), false).unwrap();
+    drop(podman);
+    let run_dir = dir.path().join(format!("run-{}", std::process::id()));
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let options = options(Runtime::Podman {
+        rabbitmq_image: local::images::RABBITMQ.into(),
+        tasks_image: local::images::TASKS.into(),
+        via_kube: false,
+    });
+    let pod = format!("workbench-{}", run_dir.file_name().unwrap().to_string_lossy());
+    let url = format!("--url=unix://{}", run_dir.join("podman/podman.sock").display());
+    // Once the broker runs and the others are created, while the broker boots.
+    let remover = tokio::task::spawn_blocking(move || {
+        let podman = |args: &[&str]| std::process::Command::new("podman").args(["--remote", &url]).args(args).output();
+        let running = format!("{pod}-rabbitmq");
+        let created = format!("{pod}-worker-2");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            assert!(std::time::Instant::now() < deadline, "the pod's containers never all existed");
+            let state = podman(&["inspect", "--format", "{{.State.Running}}", &running]);
+            let exists = podman(&["container", "exists", &created]);
+            if state.is_ok_and(|o| o.stdout.starts_with(b"true")) && exists.is_ok_and(|o| o.status.success()) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(podman(&["pod", "rm", "--force", "--time", "0", &pod]).unwrap().status.success());
+    });
+    let started = Deployment::start(&run_dir, &options, &Steps::default()).await;
+    remover.await.unwrap();
+    let err = started.err().expect("the start fails").to_string();
+    assert!(err.contains("was removed before the pod was ready"), "{err}");
+}
