@@ -244,7 +244,7 @@ impl Broker {
     }
 
     /// Evaluates the Erlang expression `expr`, which returns a string, on this node (see
-    /// [`eval_command`]); returns that string.
+    /// [`eval_argv`]); returns that string.
     pub fn eval(&self, expr: &str) -> Result<String, BrokerError> {
         let [program, args @ ..] = eval_argv(&self.node);
         let mut command = self.command(Path::new(program));

@@ -16,14 +16,19 @@ pub(crate) fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Runs `command` with `input` on its standard input; its output.
+/// Runs `command` with `input` on its standard input; its output. The input is written before
+/// the output is read: a few kilobytes at most (a pipe's buffer), as our commands take.
 pub(crate) fn run_with_input(command: &mut Command, input: &str) -> io::Result<std::process::Output> {
     use std::io::Write;
     use std::process::Stdio;
     let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let written = child.stdin.take().expect("stdin is piped").write_all(input.as_bytes());
     let output = child.wait_with_output()?;
-    written.map(|()| output)
+    match written {
+        // It ended without reading it all: what it said is the answer.
+        Err(err) if err.kind() != io::ErrorKind::BrokenPipe => Err(err),
+        _ => Ok(output),
+    }
 }
 
 /// How long killed processes below the group's members may take to end.

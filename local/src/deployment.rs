@@ -899,10 +899,10 @@ impl World {
             step(progress, "starting S3 (HTTPS, buckets logs and images)", S3Server::start(&s3_dir, &secrets, true)),
             step(progress, "starting the mock GitHub", MockGitHub::start(&github_dir, token.trim())),
         );
-        let github = github?;
+        let (s3, github) = (s3?, github?);
         let repos = REPOS.map(|(repo, fixture)| (repo.to_owned(), options.fixtures.join("repos").join(fixture)));
         let fixtures = Fixtures(github.add_repos(repos.into()));
-        Ok(World { secrets, s3: s3?, github, fixtures, test_map: options.fixtures.join("testmap.toml"), jobs_dir })
+        Ok(World { secrets, s3, github, fixtures, test_map: options.fixtures.join("testmap.toml"), jobs_dir })
     }
 }
 

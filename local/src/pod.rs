@@ -373,7 +373,7 @@ pub fn seen_from_pod(url: &str) -> String {
     }
 }
 
-/// A pod created from a [`PodSpec`], its containers started one by one. Dropping it saves its containers' logs and removes it
+/// A pod created from a [`PodSpec`], its broker started first, then the other containers. Dropping it saves its containers' logs and removes it
 /// with every container in it, job containers included.
 pub struct Pod {
     name: String,
@@ -538,6 +538,13 @@ impl Pod {
                     match podman.containers().get(&full_name).inspect().await {
                         Ok(container) if container.state.as_ref().and_then(|s| s.running) == Some(false) => {
                             let log = self.save_log(name);
+                            // Stopped by a removal from outside, between its stop and its end.
+                            if let Err(podman_api::Error::Fault { code, .. }) =
+                                podman.containers().get(&full_name).inspect().await
+                                && code.as_u16() == 404
+                            {
+                                return Err(PodError::Removed { name: full_name });
+                            }
                             let tail = crate::child::tail(&log, 20);
                             return Err(PodError::Exited { name: full_name, log, tail });
                         }
@@ -600,21 +607,26 @@ impl Pod {
     /// Runs `argv` in container `name` of the pod (`podman exec`), with `input` on its standard
     /// input; its output and its own exit status. `podman exec` can lose that status (the
     /// exec's session is cleaned up at once: podman.rs's containers.conf), so the container's
-    /// shell sends it as the last line of the output.
+    /// shell sends it as the last line of the output, marked ([`EXIT_STATUS`]).
     pub fn exec(&self, name: &str, argv: &[&str], input: &str) -> std::io::Result<std::process::Output> {
         let mut command = self.podman();
-        command.args(["exec", "--interactive", &self.container(name), "sh", "-c", r#""$0" "$@"; printf '\n%s' $?"#]);
+        let script = format!(r#""$0" "$@"; printf '\n{EXIT_STATUS}%s' $?"#);
+        command.args(["exec", "--interactive", &self.container(name), "sh", "-c", &script]);
         let output = crate::child::run_with_input(command.args(argv), input)?;
         Ok(exec_output(output))
     }
 }
+
+/// What marks the line on which [`Pod::exec`]'s command sends its exit status.
+const EXIT_STATUS: &str = "workbench-exit-status:";
 
 /// The output of an exec of [`Pod::exec`] with the exit status its last line sends in place of
 /// podman's; as it is when that line is missing (the exec did not start).
 fn exec_output(mut output: std::process::Output) -> std::process::Output {
     use std::os::unix::process::ExitStatusExt;
     let sent = output.stdout.iter().rposition(|&byte| byte == b'\n').and_then(|at| {
-        let code: i32 = std::str::from_utf8(&output.stdout[at + 1..]).ok()?.parse().ok()?;
+        let line = std::str::from_utf8(&output.stdout[at + 1..]).ok()?;
+        let code: i32 = line.strip_prefix(EXIT_STATUS)?.parse().ok()?;
         Some((at, code))
     });
     if let Some((at, code)) = sent {
@@ -724,10 +736,13 @@ mod tests {
             stdout: stdout.into(),
             stderr: Vec::new(),
         };
-        let sent = exec_output(output(0, "a\nb\n\n3"));
+        let sent = exec_output(output(0, &format!("a\nb\n\n{EXIT_STATUS}3")));
         assert_eq!((sent.status.code(), &sent.stdout[..]), (Some(3), &b"a\nb\n"[..]));
-        let sent = exec_output(output(125, "no newline\n0"));
+        let sent = exec_output(output(125, &format!("no newline\n{EXIT_STATUS}0")));
         assert_eq!((sent.status.code(), &sent.stdout[..]), (Some(0), &b"no newline"[..]));
+        // A command's own output that happens to end in a number is not a status.
+        let own = exec_output(output(125, "counted\n3"));
+        assert_eq!((own.status.code(), &own.stdout[..]), (Some(125), &b"counted\n3"[..]));
         let failed = exec_output(output(125, "Error: container state improper\n"));
         assert_eq!((failed.status.code(), &failed.stdout[..]), (Some(125), &b"Error: container state improper\n"[..]));
     }

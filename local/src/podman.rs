@@ -16,8 +16,8 @@ use crate::child::ProcessGroup;
 /// reads the output through an attachment, and keeps its own bounded log). An exec's monitor
 /// stays `exit_command_delay` after the exec ends (300 s by default), holding the pod's cgroup
 /// and so its removal; with 0 it ends at once, and `podman exec` can lose the exec's exit
-/// status, so nothing of ours reads one: our execs (`erl_call`, `getent`) are judged by their
-/// output. An exec's cleanup may meet the pod's removal: `Pod`'s drop checks that the pod is
+/// status, so our execs (`erl_call`, `getent`, the failure bundle's `rabbitmqctl`) send it in
+/// their output (`Pod::exec`). An exec's cleanup may meet the pod's removal: `Pod`'s drop checks that the pod is
 /// gone (docs/benchmarks.md).
 const CONTAINERS_CONF: &str = r#"[containers]
 default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]

@@ -228,7 +228,8 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 
 /// A pod taken away from outside while its broker starts (a `podman pod rm`, a host's
 /// cleanup) fails the start as soon as the readiness wait next looks at the containers, saying
-/// so, rather than when the broker's readiness times out (two minutes).
+/// so, rather than when the broker's readiness times out (two minutes). The wait may catch the
+/// broker stopped but not yet removed: then it says the container exited.
 #[cfg_attr(not(ci), ignore = "needs podman: cargo xtask ci installs it and runs this")]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pod_removed_while_its_broker_starts_fails_the_start_saying_so() {
@@ -267,5 +268,6 @@ async fn a_pod_removed_while_its_broker_starts_fails_the_start_saying_so() {
     let started = Deployment::start(&run_dir, &options, &Steps::default()).await;
     remover.await.unwrap();
     let err = started.err().expect("the start fails").to_string();
-    assert!(err.contains("was removed before the pod was ready"), "{err}");
+    let noticed = ["was removed before the pod was ready", "rabbitmq exited before the pod was ready"];
+    assert!(noticed.iter().any(|said| err.contains(said)), "{err}");
 }

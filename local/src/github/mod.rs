@@ -285,17 +285,21 @@ impl MockGitHub {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().expect("mock GitHub state")
+        lock(&self.state)
     }
 }
 
 fn add_repo(state: &Shared, name: &str, fixture: &Path) -> Result<String, MockError> {
     // The repository is made without the lock: the API answers meanwhile.
-    let root = state.lock().expect("mock GitHub state").root.clone();
+    let root = lock(state).root.clone();
     let (hosted, main_sha) = HostedRepo::create(&root, name, fixture)?;
     let repo = Repo { hosted, main_sha: main_sha.clone(), pulls: BTreeMap::new(), statuses: Vec::new() };
-    state.lock().expect("mock GitHub state").repos.insert(name.to_owned(), repo);
+    lock(state).repos.insert(name.to_owned(), repo);
     Ok(main_sha)
+}
+
+fn lock(state: &Shared) -> std::sync::MutexGuard<'_, State> {
+    state.lock().expect("mock GitHub state")
 }
 
 impl Drop for MockGitHub {
