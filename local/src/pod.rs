@@ -373,8 +373,9 @@ pub fn seen_from_pod(url: &str) -> String {
     }
 }
 
-/// A pod created from a [`PodSpec`], its broker started first, then the other containers. Dropping it saves its containers' logs and removes it
-/// with every container in it, job containers included.
+/// A pod created from a [`PodSpec`], its broker started first, then the other containers.
+/// Dropping it saves its containers' logs and removes it with every container in it, job
+/// containers included.
 pub struct Pod {
     name: String,
     socket: PathBuf,
@@ -535,22 +536,18 @@ impl Pod {
                 checked.set(Instant::now());
                 for name in &self.containers {
                     let full_name = self.container(name);
-                    match podman.containers().get(&full_name).inspect().await {
-                        Ok(container) if container.state.as_ref().and_then(|s| s.running) == Some(false) => {
+                    let container = podman.containers().get(&full_name);
+                    match container.inspect().await {
+                        // Gone, it will not answer either.
+                        Err(err) if removed(&err) => return Err(PodError::Removed { name: full_name }),
+                        Ok(inspected) if inspected.state.as_ref().and_then(|s| s.running) == Some(false) => {
                             let log = self.save_log(name);
-                            // Stopped by a removal from outside, between its stop and its end.
-                            if let Err(podman_api::Error::Fault { code, .. }) =
-                                podman.containers().get(&full_name).inspect().await
-                                && code.as_u16() == 404
-                            {
+                            // A removal from outside stops it before it is gone.
+                            if container.inspect().await.is_err_and(|err| removed(&err)) {
                                 return Err(PodError::Removed { name: full_name });
                             }
                             let tail = crate::child::tail(&log, 20);
                             return Err(PodError::Exited { name: full_name, log, tail });
-                        }
-                        // Gone, it will not answer either.
-                        Err(podman_api::Error::Fault { code, .. }) if code.as_u16() == 404 => {
-                            return Err(PodError::Removed { name: full_name });
                         }
                         _ => {}
                     }
@@ -615,6 +612,11 @@ impl Pod {
         let output = crate::child::run_with_input(command.args(argv), input)?;
         Ok(exec_output(output))
     }
+}
+
+/// Whether podman answered that the container asked about does not exist (any more).
+fn removed(err: &podman_api::Error) -> bool {
+    matches!(err, podman_api::Error::Fault { code, .. } if code.as_u16() == 404)
 }
 
 /// What marks the line on which [`Pod::exec`]'s command sends its exit status.

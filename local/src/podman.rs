@@ -17,8 +17,8 @@ use crate::child::ProcessGroup;
 /// stays `exit_command_delay` after the exec ends (300 s by default), holding the pod's cgroup
 /// and so its removal; with 0 it ends at once, and `podman exec` can lose the exec's exit
 /// status, so our execs (`erl_call`, `getent`, the failure bundle's `rabbitmqctl`) send it in
-/// their output (`Pod::exec`). An exec's cleanup may meet the pod's removal: `Pod`'s drop checks that the pod is
-/// gone (docs/benchmarks.md).
+/// their output (`Pod::exec`). An exec's cleanup may meet the pod's removal: `Pod`'s drop
+/// checks that the pod is gone (docs/benchmarks.md).
 const CONTAINERS_CONF: &str = r#"[containers]
 default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
 log_driver = "k8s-file"
