@@ -248,7 +248,10 @@ impl Broker {
     pub fn eval(&self, expr: &str) -> Result<String, BrokerError> {
         let [program, args @ ..] = eval_argv(&self.node);
         let mut command = self.command(Path::new(program));
-        eval_output(expr, crate::child::run_with_input(command.args(args), expr).map_err(io_error("run erl_call"))?)
+        eval_output(
+            expr,
+            crate::child::run_with_input(command.args(args), expr.as_bytes()).map_err(io_error("run erl_call"))?,
+        )
     }
 
     /// How many messages `queue` holds, ready and unacknowledged, per the broker; `None` if it

@@ -17,12 +17,13 @@ pub(crate) fn tail(path: &Path, lines: usize) -> String {
 }
 
 /// Runs `command` with `input` on its standard input; its output. The input is written before
-/// the output is read: a few kilobytes at most (a pipe's buffer), as our commands take.
-pub(crate) fn run_with_input(command: &mut Command, input: &str) -> io::Result<std::process::Output> {
+/// the output is read, so what the command says before reading all of it must fit a pipe's
+/// buffer (64 KiB), as with our commands (a line or two).
+pub(crate) fn run_with_input(command: &mut Command, input: &[u8]) -> io::Result<std::process::Output> {
     use std::io::Write;
     use std::process::Stdio;
     let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
-    let written = child.stdin.take().expect("stdin is piped").write_all(input.as_bytes());
+    let written = child.stdin.take().expect("stdin is piped").write_all(input);
     let output = child.wait_with_output()?;
     match written {
         // It ended without reading it all: what it said is the answer.

@@ -609,7 +609,7 @@ impl Pod {
         let mut command = self.podman();
         let script = format!(r#""$0" "$@"; printf '\n{EXIT_STATUS}%s' $?"#);
         command.args(["exec", "--interactive", &self.container(name), "sh", "-c", &script]);
-        let output = crate::child::run_with_input(command.args(argv), input)?;
+        let output = crate::child::run_with_input(command.args(argv), input.as_bytes())?;
         Ok(exec_output(output))
     }
 }
