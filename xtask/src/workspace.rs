@@ -47,7 +47,9 @@ pub(crate) fn cargo() -> Command {
             command.env_remove(&*name);
         }
     }
-    command.env_remove("CARGO_CRATE_NAME").env_remove("CARGO_PRIMARY_PACKAGE");
+    // `cargo run` gives xtask its build script's OUT_DIR; ring's build script tracks OUT_DIR,
+    // so passing it on made every release build after a plain `cargo build` start over.
+    command.env_remove("CARGO_CRATE_NAME").env_remove("CARGO_PRIMARY_PACKAGE").env_remove("OUT_DIR");
     command
 }
 
@@ -117,4 +119,17 @@ pub(crate) fn build_binaries(profile: Profile) -> anyhow::Result<Binaries> {
 /// Where `profile`'s build puts the service binaries.
 pub(crate) fn binaries(profile: Profile) -> Binaries {
     Binaries::in_dir(&runs_dir().parent().expect("runs live in the target directory").join(profile.dir()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cargo_runs_without_what_cargo_run_gave_xtask() {
+        let command = super::cargo();
+        let removed: Vec<_> =
+            command.get_envs().filter(|(_, value)| value.is_none()).map(|(name, _)| name.to_owned()).collect();
+        for name in ["OUT_DIR", "CARGO_CRATE_NAME", "CARGO_PRIMARY_PACKAGE"] {
+            assert!(removed.iter().any(|removed| removed == name), "{name} is passed on: {removed:?}");
+        }
+    }
 }
