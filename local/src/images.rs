@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use sha2::{Digest, Sha256};
 
 use crate::launch::Binaries;
-use crate::podman::{PodmanError, PodmanService};
+use crate::podman::{PodmanConfig, PodmanError};
 
 /// This machine's distribution from its packages: the base of the others, and an image jobs
 /// can run in.
@@ -41,7 +41,7 @@ fn failed(image: &str, detail: impl Into<String>) -> PodmanError {
 
 /// Builds [`BASE`] with mmdebstrap unless it exists. Concurrent callers (tests in other
 /// processes) wait for one build.
-pub fn ensure_base(podman: &PodmanService) -> Result<Built, PodmanError> {
+pub fn ensure_base(podman: &PodmanConfig) -> Result<Built, PodmanError> {
     let lock_path = std::env::temp_dir().join("workbench-base-image.lock");
     let lock = std::fs::File::create(&lock_path)
         .map_err(|source| PodmanError::Io { what: format!("create {}", lock_path.display()), source })?;
@@ -108,7 +108,7 @@ fn host_release() -> (String, &'static str) {
 /// unless an image built from the same inputs (Containerfile, files, base image) exists or
 /// `force`. podman's layer cache keeps what comes before a changed `COPY`.
 pub fn build(
-    podman: &PodmanService,
+    podman: &PodmanConfig,
     image: &str,
     containerfile: &Path,
     files: &[&Path],
@@ -152,7 +152,7 @@ pub fn build(
 /// Builds [`RABBITMQ`], its plugins pruned to [`crate::broker::NEEDED_PLUGINS`] and the
 /// metrics plugin's ([`crate::broker::METRICS_PLUGINS`]): RabbitMQ loads every plugin it finds
 /// at start, most of its start-up time.
-pub fn build_rabbitmq(podman: &PodmanService, force: bool) -> Result<Built, PodmanError> {
+pub fn build_rabbitmq(podman: &PodmanConfig, force: bool) -> Result<Built, PodmanError> {
     let io = |what: String| move |source| PodmanError::Io { what, source };
     let dir = tempfile::tempdir().map_err(io("create a scratch directory".into()))?;
     let plugins = dir.path().join("needed-plugins");
@@ -162,13 +162,13 @@ pub fn build_rabbitmq(podman: &PodmanService, force: bool) -> Result<Built, Podm
 }
 
 /// Builds [`PROMETHEUS`].
-pub fn build_prometheus(podman: &PodmanService, force: bool) -> Result<Built, PodmanError> {
+pub fn build_prometheus(podman: &PodmanConfig, force: bool) -> Result<Built, PodmanError> {
     build(podman, PROMETHEUS, &containerfiles().join("prometheus/Containerfile"), &[], force)
 }
 
 /// What a tasks image lacks to be deployed, in words: the service binaries and git on its
 /// `PATH`, and, where this machine has KVM, write access to `/dev/kvm` for its user.
-pub fn lacks(podman: &PodmanService, image: &str) -> Vec<String> {
+pub fn lacks(podman: &PodmanConfig, image: &str) -> Vec<String> {
     const CHECK: &str = r#"for tool in tasks webhook git; do command -v $tool >/dev/null || echo "no $tool command on its PATH"; done
 [ ! -e /dev/kvm ] || [ -w /dev/kvm ] || echo "its user ($(id -un)) cannot use /dev/kvm""#;
     let mut command = podman.command();
@@ -188,13 +188,13 @@ pub fn lacks(podman: &PodmanService, image: &str) -> Vec<String> {
 }
 
 /// Builds [`TASKS`] with the service binaries of `binaries`.
-pub fn build_tasks(podman: &PodmanService, binaries: &Binaries, force: bool) -> Result<Built, PodmanError> {
+pub fn build_tasks(podman: &PodmanConfig, binaries: &Binaries, force: bool) -> Result<Built, PodmanError> {
     let files = [binaries.tasks.as_path(), binaries.webhook.as_path()];
     build(podman, TASKS, &containerfiles().join("tasks/Containerfile"), &files, force)
 }
 
 /// `podman image inspect --format FORMAT IMAGE`, or `None` when there is no such image.
-pub fn inspect(podman: &PodmanService, image: &str, format: &str) -> Option<String> {
+pub fn inspect(podman: &PodmanConfig, image: &str, format: &str) -> Option<String> {
     let output = podman.command().args(["image", "inspect", "--format", format, image]).output().ok()?;
     output.status.success().then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }

@@ -30,7 +30,7 @@ pub use broker::{Broker, BrokerError};
 pub use deployment::{Deployment, Endpoints};
 pub use github::{Delivery, MockGitHub};
 pub use launch::Binaries;
-pub use podman::{PodmanError, PodmanService};
+pub use podman::{PodmanConfig, PodmanError, PodmanService};
 pub use port::free_port;
 pub use s3_server::S3Server;
 pub use secrets::{Ca, Issued, Secrets, SecretsError};

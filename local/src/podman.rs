@@ -54,21 +54,52 @@ pub fn installed() -> Result<(), PodmanError> {
     }
 }
 
-/// A running `podman system service` on a socket in its own directory; stopped on drop.
-pub struct PodmanService {
-    socket: PathBuf,
+/// The project's containers.conf, written in a directory: the `podman` command configured
+/// with it, without a service (image checks and builds need none).
+pub struct PodmanConfig {
     conf: PathBuf,
-    _process: ProcessGroup,
 }
 
-impl PodmanService {
-    /// Starts the service in `dir` and waits until it answers.
-    pub async fn start(dir: &Path) -> Result<PodmanService, PodmanError> {
+impl PodmanConfig {
+    /// Writes the configuration in `dir`.
+    pub fn write(dir: &Path) -> Result<PodmanConfig, PodmanError> {
         installed()?;
         let io = |what: String| move |source| PodmanError::Io { what, source };
         std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
         let conf = dir.join("containers.conf");
         std::fs::write(&conf, CONTAINERS_CONF).map_err(io(format!("write {}", conf.display())))?;
+        Ok(PodmanConfig { conf })
+    }
+
+    /// The `podman` command, configured as the service is.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new("podman");
+        command.env("CONTAINERS_CONF", &self.conf);
+        command
+    }
+}
+
+/// A running `podman system service` on a socket in its own directory; stopped on drop. It
+/// derefs to its configuration, for the `podman` command.
+pub struct PodmanService {
+    socket: PathBuf,
+    config: PodmanConfig,
+    _process: ProcessGroup,
+}
+
+impl std::ops::Deref for PodmanService {
+    type Target = PodmanConfig;
+
+    fn deref(&self) -> &PodmanConfig {
+        &self.config
+    }
+}
+
+impl PodmanService {
+    /// Starts the service in `dir` and waits until it answers.
+    pub async fn start(dir: &Path) -> Result<PodmanService, PodmanError> {
+        let config = PodmanConfig::write(dir)?;
+        let io = |what: String| move |source| PodmanError::Io { what, source };
         let socket = dir.join("podman.sock");
         let log_path = dir.join("podman-service.log");
         let log = std::fs::File::create(&log_path).map_err(io(format!("create {}", log_path.display())))?;
@@ -77,7 +108,7 @@ impl PodmanService {
         command
             .args(["system", "service", "--time=0"])
             .arg(format!("unix://{}", socket.display()))
-            .env("CONTAINERS_CONF", &conf)
+            .env("CONTAINERS_CONF", &config.conf)
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(io("duplicate the log file".into()))?)
             .stderr(log);
@@ -96,17 +127,10 @@ impl PodmanService {
         if let Err(reason) = answering {
             return Err(PodmanError::NotReady { socket, reason, log: log_path });
         }
-        Ok(PodmanService { socket, conf, _process: process })
+        Ok(PodmanService { socket, config, _process: process })
     }
 
     pub fn socket(&self) -> &Path {
         &self.socket
-    }
-
-    /// The `podman` command, configured as the service is.
-    pub fn command(&self) -> Command {
-        let mut command = Command::new("podman");
-        command.env("CONTAINERS_CONF", &self.conf);
-        command
     }
 }

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, bail};
 use local::Binaries;
-use local::PodmanService;
+use local::PodmanConfig;
 use local::images::{self, Built};
 
 use crate::packages::{self, PODMAN};
@@ -31,7 +31,7 @@ pub(crate) fn ensure(
     tasks: Option<&str>,
     force: bool,
 ) -> anyhow::Result<(String, String)> {
-    let (_dir, podman) = podman_service()?;
+    let (_dir, podman) = podman_config()?;
     if rabbitmq.is_none() || tasks.is_none() {
         step(images::BASE, &|| images::ensure_base(&podman))?;
     }
@@ -57,18 +57,18 @@ pub(crate) fn ensure(
 
 /// Builds the Prometheus image of `run-local --monitor` on podman, unless it is up to date.
 pub(crate) fn ensure_prometheus() -> anyhow::Result<()> {
-    let (_dir, podman) = podman_service()?;
+    let (_dir, podman) = podman_config()?;
     step(images::BASE, &|| images::ensure_base(&podman))?;
     step(images::PROMETHEUS, &|| images::build_prometheus(&podman, false))
 }
 
-/// A podman service of our own for the builds, in a scratch directory: bound as
-/// `let (_dir, podman)`, the service stops before its directory goes.
-fn podman_service() -> anyhow::Result<(tempfile::TempDir, PodmanService)> {
+/// The project's podman configuration for the builds, in a scratch directory: the checks and
+/// builds are `podman` commands, which need no service. Bound as `let (_dir, podman)`.
+fn podman_config() -> anyhow::Result<(tempfile::TempDir, PodmanConfig)> {
     let runs = crate::workspace::runs_dir();
     std::fs::create_dir_all(&runs).with_context(|| format!("creating {}", runs.display()))?;
     let dir = tempfile::Builder::new().prefix("images-").tempdir_in(&runs).context("creating a scratch directory")?;
-    let podman = crate::workspace::runtime()?.block_on(PodmanService::start(dir.path()))?;
+    let podman = PodmanConfig::write(dir.path())?;
     Ok((dir, podman))
 }
 
