@@ -656,7 +656,7 @@ impl Drop for Pod {
             }
             let removed =
                 self.podman().args(["pod", "rm", "--force", "--time", "0", &self.name]).stdin(Stdio::null()).output();
-            match removed {
+            match &removed {
                 Ok(output) => log.push_str(&format!(
                     "pod rm: {}\n{}{}",
                     output.status,
@@ -664,6 +664,11 @@ impl Drop for Pod {
                     String::from_utf8_lossy(&output.stderr)
                 )),
                 Err(err) => log.push_str(&format!("cannot run podman pod rm: {err}\n")),
+            }
+            // It names the pod it removed; the silent exit above named none.
+            if removed.is_ok_and(|output| output.status.success() && named_a_pod(&output.stdout)) {
+                gone = true;
+                break;
             }
             // 1: no such pod; 0: it is still there; anything else: podman cannot say.
             let exists = self.podman().args(["pod", "exists", &self.name]).stdin(Stdio::null()).status();
@@ -684,6 +689,11 @@ impl Drop for Pod {
         }
         let _ = std::fs::write(path, log);
     }
+}
+
+/// Whether `pod rm`'s output names a removed pod: its 64-digit id.
+fn named_a_pod(stdout: &[u8]) -> bool {
+    String::from_utf8_lossy(stdout).lines().any(|line| line.len() == 64 && line.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn container_options(pod: &str, name: &str, spec: &ContainerSpec) -> ContainerCreateOpts {
@@ -726,6 +736,15 @@ mod tests {
         assert_eq!(seen_from_pod("http://127.0.0.1:4321"), "http://10.0.2.2:4321");
         assert_eq!(seen_from_pod("https://localhost:99/logs/"), "https://workbench-host:99/logs/");
         assert_eq!(seen_from_pod("http://127.0.0.1:80/git/"), "http://10.0.2.2:80/git/");
+    }
+
+    #[test]
+    fn a_pod_rm_that_names_no_pod_is_checked_again() {
+        let id = "0123456789abcdef".repeat(4);
+        assert!(named_a_pod(format!("{id}\n").as_bytes()));
+        assert!(!named_a_pod(b""));
+        assert!(!named_a_pod(format!("{}\n", &id[1..]).as_bytes()));
+        assert!(!named_a_pod(b"Error: no pod with name or ID workbench-run-x found\n"));
     }
 
     /// An exec's status is the one its last line sends, whatever podman said; without that
