@@ -427,7 +427,11 @@ impl Deployment {
             clone_url: pod::seen_from_pod(&github.clone_url()),
             token_file: inside.github_token(),
         };
-        let run_args = [format!("--pod={name}")];
+        let config_dir = run_dir.join("pod");
+        let hosts = pod::write_hosts(&config_dir)
+            .map_err(io(format!("write the pod's hosts file into {}", config_dir.display())))?;
+        // Job containers read the pod's hosts file too (`pod::write_hosts`).
+        let run_args = [format!("--pod={name}"), format!("--volume={}:{}:ro", hosts.display(), pod::HOSTS)];
         let runner_config = RunnerConfig {
             forge: &forge_inside,
             // The pod knows the store's name (`pod::Inputs::s3_host`).
@@ -442,7 +446,6 @@ impl Deployment {
             },
             hold_failed: options.hold_failed,
         };
-        let config_dir = run_dir.join("pod");
         let traces_dir = traces_dir(run_dir);
         std::fs::create_dir_all(&traces_dir).map_err(io(format!("create {}", traces_dir.display())))?;
         pod::write_config(&config_dir, &runner_config, &test_map, options.monitor.is_some())
@@ -482,6 +485,7 @@ impl Deployment {
                     jobs: JOBS_PER_WORKER,
                     host_ports: &host_ports,
                     traces_dir: Some(&traces_dir),
+                    hosts: Some(&hosts),
                     broker_metrics: options.monitor.is_some(),
                     prometheus: options.monitor.as_ref().map(|_| crate::images::PROMETHEUS),
                 });

@@ -96,6 +96,7 @@ pub fn production(rabbitmq_image: &str, tasks_image: &str, workers: u16, kvm: bo
         jobs: 1,
         host_ports: &ports,
         traces_dir: None,
+        hosts: None,
         // The alert rules read the broker's own metrics (deploy/prometheus/).
         broker_metrics: true,
         prometheus: None,

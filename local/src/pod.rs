@@ -177,6 +177,9 @@ pub struct Inputs<'a> {
     /// Where the services append their spans (`<service>.jsonl`), mounted at the same path;
     /// `None`: not traced.
     pub traces_dir: Option<&'a Path>,
+    /// The pod's own `/etc/hosts` ([`write_hosts`]), mounted read-only in every container;
+    /// `None`: podman's (a cluster's pod has its own).
+    pub hosts: Option<&'a Path>,
     /// Whether RabbitMQ serves its metrics on [`RABBITMQ_METRICS_PORT`] of the pod's network.
     pub broker_metrics: bool,
     /// The image of a Prometheus scraping the pod from inside it (`--monitor`), its
@@ -304,7 +307,37 @@ pub fn deployment(inputs: &Inputs) -> PodSpec {
         vec![Port { container: AMQP_PORT, host: ports.amqp }, Port { container: WEBHOOK_PORT, host: ports.webhook }];
     published.extend((1..).zip(&ports.metrics).map(|(n, &host)| Port { container: METRICS_PORT + n, host }));
     published.extend(ports.prometheus.map(|host| Port { container: PROMETHEUS_PORT, host }));
+    if let Some(hosts) = inputs.hosts {
+        for container in &mut containers {
+            container.mounts.push(Mount::read_only(hosts, HOSTS));
+        }
+    }
     PodSpec { name: inputs.name.to_owned(), ports: published, containers }
+}
+
+/// Where a container looks up names.
+pub const HOSTS: &str = "/etc/hosts";
+
+/// Writes the pod's own hosts file as `config_dir/hosts`: this machine's names
+/// ([`HOST_NAMES`]) and the pod's host name. Podman keeps one `/etc/hosts` for the whole pod
+/// and rewrites it in place whenever a container joins or leaves the pod, which every job
+/// container does, from the podman service and from each container's cleanup process at once:
+/// a lookup meanwhile fails, and two rewrites at once were seen to leave it NUL bytes and
+/// podman's own lines, without this machine's names, for the rest of the pod's life (every
+/// job's log upload failed). Mounted over `/etc/hosts` in every container of the pod, job
+/// containers included, this file is the one they read, and nothing rewrites it.
+pub fn write_hosts(config_dir: &Path) -> std::io::Result<PathBuf> {
+    let path = config_dir.join("hosts");
+    std::fs::create_dir_all(config_dir)?;
+    std::fs::write(&path, hosts_file())?;
+    Ok(path)
+}
+
+fn hosts_file() -> String {
+    format!(
+        "127.0.0.1\tlocalhost {POD_HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n{HOST_LOOPBACK}\t{}\n",
+        HOST_NAMES.join(" ")
+    )
 }
 
 /// Writes the configuration of the pod's Prometheus ([`Inputs::prometheus`]) into
@@ -360,9 +393,7 @@ pub fn write_config(
 
 /// `url` (of a server on this machine's loopback) as the pod reaches it: plain HTTP by
 /// address, TLS by [`HOST_ALIAS`], which its certificate names. By address where it can be:
-/// podman rewrites the pod's `/etc/hosts` whenever a container joins the pod (every job
-/// container does), and a lookup at that moment fails (seen: a job's clone ended in "Could not
-/// resolve host: workbench-host" while another job's container started).
+/// fewer names to look up (the pod's hosts file, [`write_hosts`]).
 pub fn seen_from_pod(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
@@ -736,6 +767,47 @@ mod tests {
         assert_eq!(seen_from_pod("http://127.0.0.1:4321"), "http://10.0.2.2:4321");
         assert_eq!(seen_from_pod("https://localhost:99/logs/"), "https://workbench-host:99/logs/");
         assert_eq!(seen_from_pod("http://127.0.0.1:80/git/"), "http://10.0.2.2:80/git/");
+    }
+
+    #[test]
+    fn every_container_of_a_local_pod_reads_the_pod_s_own_hosts_file() {
+        let secrets = secrets_inside();
+        let ports = HostPorts { amqp: 1, webhook: 2, metrics: vec![3, 4], prometheus: Some(5) };
+        let hosts = Path::new("/run/pod/hosts");
+        let inputs = Inputs {
+            name: "pod",
+            rabbitmq_image: "rabbitmq",
+            tasks_image: "tasks",
+            secrets: &secrets,
+            service_secrets: Path::new("/run/split"),
+            kvm: false,
+            config_dir: Path::new("/run/pod"),
+            jobs_dir: Path::new("/run/jobs"),
+            podman_socket: Path::new("/run/podman.sock"),
+            github_api: "http://10.0.2.2:1",
+            workers: 2,
+            jobs: 1,
+            host_ports: &ports,
+            traces_dir: None,
+            hosts: Some(hosts),
+            broker_metrics: true,
+            prometheus: Some("prometheus"),
+        };
+
+        let spec = deployment(&inputs);
+        let without = deployment(&Inputs { hosts: None, ..inputs });
+
+        assert_eq!(spec.containers.len(), 5);
+        for container in &spec.containers {
+            let mounted: Vec<_> = container.mounts.iter().filter(|m| m.container == Path::new("/etc/hosts")).collect();
+            assert_eq!(mounted.len(), 1, "{}", container.name);
+            assert!(mounted[0].host == hosts && mounted[0].read_only, "{}", container.name);
+        }
+        assert!(without.containers.iter().all(|c| c.mounts.iter().all(|m| m.container != Path::new("/etc/hosts"))));
+        assert_eq!(
+            hosts_file(),
+            "127.0.0.1\tlocalhost workbench\n::1\tlocalhost ip6-localhost ip6-loopback\n10.0.2.2\tworkbench-host localhost.localdomain\n"
+        );
     }
 
     #[test]

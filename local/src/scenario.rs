@@ -263,12 +263,21 @@ async fn s3(deployment: &Deployment) -> Result<Option<String>, ScenarioError> {
         ScenarioError::Assertion(format!("Cockpit's key lookup finds no key for {host} in the secrets"))
     })?;
     if let Some(pod) = deployment.pod() {
+        // The name, and where /etc/hosts comes from: the mount's source and options.
+        let script = r#"getent hosts "$1"; awk '$5 == "/etc/hosts" { print $4, $6 }' /proc/self/mountinfo"#;
         let output = pod
-            .exec(&crate::pod::worker_name(1), &["getent", "hosts", &host], "")
+            .exec(&crate::pod::worker_name(1), &["sh", "-c", script, "sh", &host], "")
             .map_err(|e| ScenarioError::Assertion(format!("podman exec getent: {e}")))?;
-        let resolved = String::from_utf8_lossy(&output.stdout);
+        let said = String::from_utf8_lossy(&output.stdout);
+        let mut lines = said.lines();
+        let resolved = lines.next().unwrap_or_default();
         check(resolved.split_whitespace().next() == Some(crate::pod::HOST_LOOPBACK), || {
             format!("in the pod, {host} is {resolved:?}, not this machine ({})", crate::pod::HOST_LOOPBACK)
+        })?;
+        // The pod's own hosts file, which podman's rewrites of its own do not reach.
+        let mounted = lines.next().unwrap_or_default();
+        check(mounted.starts_with('/') && mounted.contains("/pod/hosts ro,"), || {
+            format!("in the pod, /etc/hosts is not the deployment's own read-only file (pod/hosts): {mounted:?}")
         })?;
     }
     let logs = deployment.s3.store("logs/scenario/", Some(key.clone()))?.with_acl("public-read");
