@@ -503,10 +503,15 @@ async fn execute(
         steps.push((&checkout, git(&["fetch", "--quiet", "--", "origin", &base])));
         steps.push((&checkout, git(&["rebase", "--quiet", "FETCH_HEAD"])));
     }
+    // The checkout is thrown away after the job: git's housekeeping after a clone, fetch or
+    // rebase (`git maintenance run --auto`, a process each time) would be wasted on it.
+    let no_maintenance =
+        [("GIT_CONFIG_COUNT", "1"), ("GIT_CONFIG_KEY_0", "maintenance.auto"), ("GIT_CONFIG_VALUE_0", "false")]
+            .map(|(name, value)| (name.to_owned(), value.to_owned()));
     for (dir, step) in steps {
         log.write(format!("\n+ {}\n", step.join(" ")).as_bytes()).await;
         let span = tracing::info_span!("git", step = step[1]);
-        match sandbox::process(&step, dir, &[], log, None, cancel).instrument(span).await? {
+        match sandbox::process(&step, dir, &no_maintenance, log, None, cancel).instrument(span).await? {
             Ended::Exited(0) => {}
             Ended::Cancelled => return Ok(Outcome::Cancelled),
             _ => return Err(format!("{} failed", step[..2].join(" "))),
