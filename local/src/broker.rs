@@ -61,6 +61,8 @@ const EPMD: &str = "/usr/bin/epmd";
 pub(crate) const ERL_CALL: &str = "/usr/bin/erl_call";
 /// How long `erl_call` waits for the node's answer.
 const ERL_CALL_TIMEOUT_SECONDS: &str = "10";
+/// How long a dropped broker's halt waits for its node: then it is stopped as any process.
+const HALT_TIMEOUT_SECONDS: &str = "2";
 /// RabbitMQ takes 4-5 s to start on these machines; allow for a slow, loaded one.
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 /// How often a start whose port was taken meanwhile is tried on other ports.
@@ -70,7 +72,7 @@ const STOP_GRACE: Duration = Duration::from_secs(15);
 /// The Erlang distribution listens on loopback only, like everything else we start.
 const LOOPBACK_ONLY: &str = "-kernel inet_dist_use_interface {127,0,0,1}";
 
-/// A running private broker. Dropping it kills the broker and everything it started.
+/// A running private broker. Dropping it stops the broker and everything it started.
 pub struct Broker {
     dir: PathBuf,
     secrets: Secrets,
@@ -252,6 +254,17 @@ impl Broker {
             expr,
             crate::child::run_with_input(command.args(args), expr.as_bytes()).map_err(io_error("run erl_call"))?,
         )
+    }
+
+    /// Halts the node at once (`erlang:halt()`, `erl_call`: milliseconds), without a clean
+    /// stop. Its VM then exits as any process does: the script that started it reaps it, and
+    /// its helpers see it go. Killing the whole group at once instead left orphans, which stayed
+    /// zombies until this machine's init reaped them, and once the AMQP port open past the
+    /// stop. A node that does not answer (stopped, not yet up) is left to the group's stop.
+    fn halt(&self) {
+        let mut command = self.command(Path::new(ERL_CALL));
+        command.args(["-sname", &self.node, "-timeout", HALT_TIMEOUT_SECONDS, "-e"]);
+        let _ = crate::child::run_with_input(&mut command, b"erlang:halt().\n");
     }
 
     /// How many messages `queue` holds, ready and unacknowledged, per the broker; `None` if it
@@ -501,10 +514,12 @@ pub fn config_files(
 /// its own process groups to whoever adopts them (zombies until this machine's init reaps them),
 /// and its start at once after is slower; its stop takes about a second.
 impl Drop for Broker {
-    /// Kills it at once: a dropped broker's data is thrown away, not worth the second or more
-    /// a clean stop takes. [`Broker::stop`] and [`Broker::restart`] stop it cleanly.
+    /// A dropped broker's data is thrown away, not worth the second or more a clean stop
+    /// takes: the node is halted first ([`Broker::halt`]). [`Broker::stop`] and
+    /// [`Broker::restart`] stop it cleanly.
     fn drop(&mut self) {
-        self.processes.kill();
+        self.halt();
+        self.processes.stop(STOP_GRACE);
     }
 }
 

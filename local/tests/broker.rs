@@ -94,24 +94,33 @@ async fn verifies_the_broker_certificate_against_our_ca() {
     assert!(err.to_string().contains("invalid peer certificate"), "{err}");
 }
 
+/// Stopped cleanly, or dropped (its node halted at once), a broker leaves no process and no
+/// open port behind.
 #[tokio::test]
-async fn two_brokers_side_by_side_and_nothing_left_after_stop() {
-    let (mut first, mut second) = tokio::join!(start(), start());
-    for fixture in [&first, &second] {
+async fn two_brokers_side_by_side_and_nothing_left_after_stop_or_drop() {
+    let (mut stopped, dropped) = tokio::join!(start(), start());
+    for fixture in [&stopped, &dropped] {
         let session = Session::connect(&fixture.broker.client_config()).await.unwrap();
         session.declare(PUBLIC).await.unwrap();
         session.publish("public", b"{}", Some(5)).await.unwrap();
         session.close().await;
     }
-    assert_ne!(first.broker.address(), second.broker.address());
-    for fixture in [&mut first, &mut second] {
-        let pids = fixture.broker.process_ids();
-        assert!(pids.len() >= 2, "the node and its epmd run: {pids:?}");
-        fixture.broker.stop().await;
-        let alive: Vec<_> = pids.iter().filter(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists()).collect();
-        assert!(alive.is_empty(), "left running after stop: {alive:?}");
-        assert!(fixture.broker.process_ids().is_empty());
-    }
+    assert_ne!(stopped.broker.address(), dropped.broker.address());
+    let left = |pids: &[u32]| -> Vec<u32> {
+        pids.iter().copied().filter(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists()).collect()
+    };
+
+    let pids = stopped.broker.process_ids();
+    assert!(pids.len() >= 2, "the node and its epmd run: {pids:?}");
+    stopped.broker.stop().await;
+    assert!(left(&pids).is_empty(), "left running after stop: {:?}", left(&pids));
+    assert!(stopped.broker.process_ids().is_empty());
+
+    let (pids, address) = (dropped.broker.process_ids(), dropped.broker.socket_address());
+    assert!(pids.len() >= 2, "the node and its epmd run: {pids:?}");
+    drop(dropped);
+    assert!(left(&pids).is_empty(), "left after drop: {:?}", left(&pids));
+    assert!(std::net::TcpStream::connect(address).is_err(), "{address} still takes connections after the drop");
 }
 
 /// A message published to a queue nobody declared is handed back and said so: the broker
