@@ -261,7 +261,7 @@ impl Broker {
     /// its helpers see it go. Killing the whole group at once instead left orphans, which stayed
     /// zombies until this machine's init reaped them, and once the AMQP port open past the
     /// stop. A node that does not answer (stopped, not yet up) is left to the group's stop.
-    fn halt(&self) {
+    pub fn halt(&self) {
         let mut command = self.command(Path::new(ERL_CALL));
         command.args(["-sname", &self.node, "-timeout", HALT_TIMEOUT_SECONDS, "-e"]);
         let _ = crate::child::run_with_input(&mut command, b"erlang:halt().\n");
@@ -510,9 +510,8 @@ pub fn config_files(
     [("rabbitmq.config", conf), ("definitions.json", definitions.to_string()), ("enabled_plugins", plugins.to_owned())]
 }
 
-/// Stopped gracefully even though its data goes: killed, RabbitMQ's Erlang leaves processes of
-/// its own process groups to whoever adopts them (zombies until this machine's init reaps them),
-/// and its start at once after is slower; its stop takes about a second.
+/// Halted, not killed: killed with the script that started it, the VM was left to this
+/// machine's init (a zombie until reaped, its port once still open after the drop).
 impl Drop for Broker {
     /// A dropped broker's data is thrown away, not worth the second or more a clean stop
     /// takes: the node is halted first ([`Broker::halt`]). [`Broker::stop`] and

@@ -430,8 +430,7 @@ impl Deployment {
         let config_dir = run_dir.join("pod");
         let hosts = pod::write_hosts(&config_dir)
             .map_err(io(format!("write the pod's hosts file into {}", config_dir.display())))?;
-        // Job containers read the pod's hosts file too (`pod::write_hosts`).
-        let run_args = [format!("--pod={name}"), format!("--volume={}:{}:ro", hosts.display(), pod::HOSTS)];
+        let run_args = pod::job_run_args(&name, &hosts).map_err(io("make the job containers' arguments".into()))?;
         let runner_config = RunnerConfig {
             forge: &forge_inside,
             // The pod knows the store's name (`pod::Inputs::s3_host`).

@@ -333,6 +333,17 @@ pub fn write_hosts(config_dir: &Path) -> std::io::Result<PathBuf> {
     Ok(path)
 }
 
+/// The podman `run` arguments of the pod's job containers: in pod `pod`, reading its hosts
+/// file `hosts` ([`write_hosts`]) read-only, as the pod's own containers do. A path with a `:`
+/// cannot be said in `--volume`: an error naming it.
+pub fn job_run_args(pod: &str, hosts: &Path) -> std::io::Result<Vec<String>> {
+    let source = hosts.to_str().filter(|path| !path.contains(':')).ok_or_else(|| {
+        let what = format!("{} has a ':' (or is not UTF-8), which podman's --volume cannot carry", hosts.display());
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, what)
+    })?;
+    Ok(vec![format!("--pod={pod}"), format!("--volume={source}:{HOSTS}:ro")])
+}
+
 fn hosts_file() -> String {
     format!(
         "127.0.0.1\tlocalhost {POD_HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n{HOST_LOOPBACK}\t{}\n",
@@ -811,7 +822,22 @@ mod tests {
     }
 
     #[test]
-    fn a_pod_rm_that_names_no_pod_is_checked_again() {
+    fn job_containers_join_the_pod_and_read_its_hosts_file() {
+        let args = job_run_args("workbench-run-x", Path::new("/run dir/pod/hosts")).unwrap();
+        let mut parsed = tasks::sandbox::RunArgs::default();
+        parsed.add(&args).unwrap();
+
+        assert_eq!(parsed.pod.as_deref(), Some("workbench-run-x"));
+        assert_eq!(parsed.volumes.len(), 1);
+        let volume = &parsed.volumes[0];
+        assert_eq!((volume.source.as_str(), volume.destination.as_str()), ("/run dir/pod/hosts", "/etc/hosts"));
+        assert!(volume.read_only);
+        let err = job_run_args("p", Path::new("/a:b/pod/hosts")).unwrap_err().to_string();
+        assert!(err.contains("/a:b/pod/hosts") && err.contains("':'"), "{err}");
+    }
+
+    #[test]
+    fn pod_rm_names_a_removed_pod_only_by_a_whole_id() {
         let id = "0123456789abcdef".repeat(4);
         assert!(named_a_pod(format!("{id}\n").as_bytes()));
         assert!(!named_a_pod(b""));

@@ -123,6 +123,26 @@ async fn two_brokers_side_by_side_and_nothing_left_after_stop_or_drop() {
     assert!(std::net::TcpStream::connect(address).is_err(), "{address} still takes connections after the drop");
 }
 
+/// `halt` ends the node by itself, with no signal from us: it stops taking connections.
+#[tokio::test]
+async fn a_halted_broker_ends_without_a_signal() {
+    let fixture = start().await;
+    let address = fixture.broker.socket_address();
+    assert!(std::net::TcpStream::connect(address).is_ok());
+
+    fixture.broker.halt();
+
+    let mut refused = false;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(address).is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "{address} still takes connections 10 s after the halt");
+}
+
 /// A message published to a queue nobody declared is handed back and said so: the broker
 /// acknowledges it all the same, and taking that for stored would lose it.
 #[tokio::test]

@@ -135,7 +135,8 @@ fn quoted(path: &str) -> String {
 }
 
 /// The files below `dir`, with the modes `git add` gives them: executable if the owner may
-/// run it, symbolic links as links.
+/// run it, symbolic links as links. Unlike `git add`, a `.gitignore` is not read: a fixture
+/// holds what its project commits. Anything else (a FIFO, a device) is an error.
 fn read_tree(dir: &Path, prefix: &str, entries: &mut Vec<Entry>) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     for dirent in std::fs::read_dir(dir)? {
@@ -152,10 +153,13 @@ fn read_tree(dir: &Path, prefix: &str, entries: &mut Vec<Entry>) -> std::io::Res
             let target = std::fs::read_link(dirent.path())?;
             let content = target.into_os_string().into_encoded_bytes();
             entries.push(Entry { path, mode: "120000", content });
-        } else {
+        } else if kind.is_file() {
             let executable = dirent.metadata()?.permissions().mode() & 0o100 != 0;
             let mode = if executable { "100755" } else { "100644" };
             entries.push(Entry { path, mode, content: std::fs::read(dirent.path())? });
+        } else {
+            let what = format!("{} is neither a file, a directory nor a symbolic link", dirent.path().display());
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, what));
         }
     }
     Ok(())

@@ -503,8 +503,8 @@ async fn execute(
         steps.push((&checkout, git(&["fetch", "--quiet", "--", "origin", &base])));
         steps.push((&checkout, git(&["rebase", "--quiet", "FETCH_HEAD"])));
     }
-    // The checkout is thrown away after the job: git's housekeeping after a clone, fetch or
-    // rebase (`git maintenance run --auto`, a process each time) would be wasted on it.
+    // The checkout is thrown away after the job: git's housekeeping after a fetch or a rebase
+    // (`git maintenance run --auto`, a process each time) would be wasted on it.
     let no_maintenance =
         [("GIT_CONFIG_COUNT", "1"), ("GIT_CONFIG_KEY_0", "maintenance.auto"), ("GIT_CONFIG_VALUE_0", "false")]
             .map(|(name, value)| (name.to_owned(), value.to_owned()));
