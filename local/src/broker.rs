@@ -60,7 +60,7 @@ const EPMD: &str = "/usr/bin/epmd";
 /// boots an Erlang VM and Elixir first (about a second of CPU on these machines).
 pub(crate) const ERL_CALL: &str = "/usr/bin/erl_call";
 /// How long `erl_call` waits for the node's answer.
-const ERL_CALL_TIMEOUT_SECONDS: &str = "10";
+pub(crate) const ERL_CALL_TIMEOUT_SECONDS: &str = "10";
 /// How long a dropped broker's halt waits for its node: then it is stopped as any process.
 const HALT_TIMEOUT_SECONDS: &str = "2";
 /// RabbitMQ takes 4-5 s to start on these machines; allow for a slow, loaded one.
@@ -248,7 +248,7 @@ impl Broker {
     /// Evaluates the Erlang expression `expr`, which returns a string, on this node (see
     /// [`eval_argv`]); returns that string.
     pub fn eval(&self, expr: &str) -> Result<String, BrokerError> {
-        let [program, args @ ..] = eval_argv(&self.node);
+        let [program, args @ ..] = eval_argv(&self.node, ERL_CALL_TIMEOUT_SECONDS);
         let mut command = self.command(Path::new(program));
         eval_output(
             expr,
@@ -262,9 +262,8 @@ impl Broker {
     /// zombies until this machine's init reaped them, and once the AMQP port open past the
     /// stop. A node that does not answer (stopped, not yet up) is left to the group's stop.
     pub fn halt(&self) {
-        let mut command = self.command(Path::new(ERL_CALL));
-        command.args(["-sname", &self.node, "-timeout", HALT_TIMEOUT_SECONDS, "-e"]);
-        let _ = crate::child::run_with_input(&mut command, b"erlang:halt().\n");
+        let [program, args @ ..] = eval_argv(&self.node, HALT_TIMEOUT_SECONDS);
+        let _ = crate::child::run_with_input(self.command(Path::new(program)).args(args), b"erlang:halt().\n");
     }
 
     /// How many messages `queue` holds, ready and unacknowledged, per the broker; `None` if it
@@ -419,9 +418,10 @@ pub(crate) fn ctl_output(args: &[&str], output: std::process::Output) -> Result<
 }
 
 /// The `erl_call` that evaluates the expression on its standard input on `node` (`name@host`,
-/// or `name` on this host; the cookie is the one in `$HOME`, as for the node).
-pub(crate) fn eval_argv(node: &str) -> [&str; 6] {
-    [ERL_CALL, "-sname", node, "-timeout", ERL_CALL_TIMEOUT_SECONDS, "-e"]
+/// or `name` on this host; the cookie is the one in `$HOME`, as for the node), waiting for
+/// its answer up to `timeout_seconds`.
+pub(crate) fn eval_argv<'a>(node: &'a str, timeout_seconds: &'a str) -> [&'a str; 6] {
+    [ERL_CALL, "-sname", node, "-timeout", timeout_seconds, "-e"]
 }
 
 /// The string an `erl_call -e` of `expr` returned: its output, `{ok, "..."}` (the string as is,

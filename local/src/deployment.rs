@@ -692,7 +692,7 @@ impl Deployment {
             Services::Processes { broker, .. } => Ok(broker.eval(expr)?),
             Services::Pod { pod, .. } => {
                 // The pod's node is RabbitMQ's default, `rabbit` on the pod's host name.
-                let argv = crate::broker::eval_argv("rabbit");
+                let argv = crate::broker::eval_argv("rabbit", crate::broker::ERL_CALL_TIMEOUT_SECONDS);
                 let output = pod.exec(pod::RABBITMQ, &argv, expr).map_err(io("run podman exec erl_call".into()))?;
                 Ok(crate::broker::eval_output(expr, output)?)
             }
