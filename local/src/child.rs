@@ -95,6 +95,22 @@ impl ProcessGroup {
         self.children[index].try_wait().ok().flatten()
     }
 
+    /// Child `index`'s standard error, if it was piped and is not taken yet.
+    pub fn take_stderr(&mut self, index: usize) -> Option<std::process::ChildStderr> {
+        self.children[index].stderr.take()
+    }
+
+    /// Waits for child `index` to exit, without holding a thread of the runtime. The group's
+    /// other processes are still stopped when it is dropped.
+    pub async fn wait(&mut self, index: usize) -> io::Result<ExitStatus> {
+        loop {
+            if let Some(status) = self.children[index].try_wait()? {
+                return Ok(status);
+            }
+            tokio::time::sleep(STOP_LOOK_EVERY).await;
+        }
+    }
+
     /// Every live process in the group, including grandchildren that stayed in it.
     pub(crate) fn process_ids(&self) -> Vec<u32> {
         let Some(pgid) = self.pgid else { return Vec::new() };

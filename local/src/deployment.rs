@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 
 pub use crate::launch::Binaries;
 use crate::pod::{self, HostPorts, Pod};
@@ -93,6 +94,9 @@ pub enum DeployError {
     Prometheus(#[from] crate::prometheus::PrometheusError),
     #[error("{0}")]
     Unsupported(&'static str),
+    /// What the caller prepared for the services ([`Deployment::start_beside`]) failed.
+    #[error("{0}")]
+    Prepared(String),
     #[error("cannot {what}: {source}")]
     Io { what: String, source: std::io::Error },
 }
@@ -159,24 +163,27 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> DeployError {
 }
 
 /// What both runtimes share: secrets, the S3 store and the mock GitHub.
-struct World {
+struct World<'a> {
     secrets: Secrets,
     s3: S3Server,
     github: MockGitHub,
-    /// The mock GitHub's fixture projects, on their way in.
-    fixtures: Fixtures,
+    before_services: BeforeServices<'a>,
     test_map: PathBuf,
     jobs_dir: PathBuf,
 }
 
-/// The fixture projects being added to the mock GitHub (git at work on a thread of its own,
-/// while the broker starts); awaited before the services start, as a worker scans the projects
-/// when it starts.
-struct Fixtures(tokio::task::JoinHandle<Result<(), crate::github::MockError>>);
+/// What the services wait for, made while the broker starts: the mock GitHub's fixture
+/// projects (git at work on a thread of its own), as a worker scans them when it starts, and
+/// what the caller prepared ([`Deployment::start_beside`]).
+struct BeforeServices<'a> {
+    fixtures: tokio::task::JoinHandle<Result<(), crate::github::MockError>>,
+    prepared: Pin<Box<dyn Future<Output = Result<(), String>> + 'a>>,
+}
 
-impl Fixtures {
-    async fn added(self) -> Result<(), DeployError> {
-        Ok(self.0.await.expect("adding the fixture projects does not panic")?)
+impl BeforeServices<'_> {
+    async fn done(self) -> Result<(), DeployError> {
+        self.fixtures.await.expect("adding the fixture projects does not panic")?;
+        self.prepared.await.map_err(DeployError::Prepared)
     }
 }
 
@@ -185,6 +192,18 @@ impl Deployment {
     /// the podman service, whose start is most of the time; the S3 store and the mock GitHub),
     /// then the services that need the broker.
     pub async fn start(run_dir: &Path, options: &Options, progress: &dyn Progress) -> Result<Deployment, DeployError> {
+        Deployment::start_beside(run_dir, options, progress, async { Ok(()) }).await
+    }
+
+    /// [`Deployment::start`], the services also waiting for `prepared`: what they need that
+    /// the caller makes meanwhile, beside the broker's start (their binaries built, their
+    /// image). Its error says what failed.
+    pub async fn start_beside(
+        run_dir: &Path,
+        options: &Options,
+        progress: &dyn Progress,
+        prepared: impl Future<Output = Result<(), String>>,
+    ) -> Result<Deployment, DeployError> {
         let secrets = match &options.secrets {
             Some(dir) => Secrets::existing(dir)?,
             None => {
@@ -208,7 +227,7 @@ impl Deployment {
                 };
                 let (broker, world) = tokio::join!(
                     step(progress, "starting RabbitMQ (TLS only, certificate login)", broker),
-                    World::start(run_dir, secrets.clone(), jobs_dir, options, progress),
+                    World::start(run_dir, secrets.clone(), jobs_dir, options, prepared, progress),
                 );
                 Deployment::start_processes(run_dir, options, broker?, world?, progress).await
             }
@@ -225,7 +244,7 @@ impl Deployment {
                         "starting RabbitMQ (TLS only, certificate login)",
                         Broker::start(&broker_dir, &secrets)
                     ),
-                    World::start(run_dir, secrets.clone(), jobs_dir, options, progress),
+                    World::start(run_dir, secrets.clone(), jobs_dir, options, prepared, progress),
                 );
                 Deployment::start_hosts(run_dir, options, broker?, world?, progress).await
             }
@@ -238,7 +257,7 @@ impl Deployment {
                 let podman_dir = run_dir.join("podman");
                 let (podman, world) = tokio::join!(
                     step(progress, "starting the podman service", PodmanService::start(&podman_dir)),
-                    World::start(run_dir, secrets.clone(), jobs_dir, options, progress),
+                    World::start(run_dir, secrets.clone(), jobs_dir, options, prepared, progress),
                 );
                 let images = (rabbitmq_image.as_str(), tasks_image.as_str());
                 Deployment::start_pod(run_dir, options, podman?, world?, images, *via_kube, progress).await
@@ -250,11 +269,11 @@ impl Deployment {
         run_dir: &Path,
         options: &Options,
         broker: Broker,
-        world: World,
+        world: World<'_>,
         progress: &dyn Progress,
     ) -> Result<Deployment, DeployError> {
-        let World { secrets, s3, github, fixtures, test_map, jobs_dir } = world;
-        fixtures.added().await?;
+        let World { secrets, s3, github, before_services, test_map, jobs_dir } = world;
+        before_services.done().await?;
         let forge = match &options.real_github_token {
             Some(token_file) => Forge::github(token_file),
             None => Forge::mock(&github, &secrets),
@@ -337,11 +356,11 @@ impl Deployment {
         run_dir: &Path,
         options: &Options,
         broker: Broker,
-        world: World,
+        world: World<'_>,
         progress: &dyn Progress,
     ) -> Result<Deployment, DeployError> {
-        let World { secrets, s3, github, fixtures, test_map, jobs_dir } = world;
-        fixtures.added().await?;
+        let World { secrets, s3, github, before_services, test_map, jobs_dir } = world;
+        before_services.done().await?;
         let workers = options.workers.max(1);
         let names: Vec<String> = (1..=workers).map(pod::worker_name).collect();
         let id = run_dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
@@ -409,14 +428,15 @@ impl Deployment {
         run_dir: &Path,
         options: &Options,
         podman: PodmanService,
-        world: World,
+        world: World<'_>,
         (rabbitmq_image, tasks_image): (&str, &str),
         via_kube: bool,
         progress: &dyn Progress,
     ) -> Result<Deployment, DeployError> {
-        let World { secrets, s3, github, fixtures, test_map, jobs_dir } = world;
-        // Awaited once the broker runs, or before a played pod starts every container at once.
-        let mut fixtures = Some(fixtures);
+        let World { secrets, s3, github, before_services, test_map, jobs_dir } = world;
+        // Awaited before the services' containers are made (from the tasks image), or before
+        // a played pod starts every container at once; once, whatever number of tries.
+        let mut before_services = Some(before_services);
         let workers = options.workers.max(1);
         let name = format!("workbench-{}", run_dir.file_name().unwrap_or_default().to_string_lossy());
         // The workers' view: the secrets where the pod mounts them, this machine through the
@@ -499,8 +519,8 @@ impl Deployment {
                         let yaml = crate::kube::to_yaml(&crate::kube::manifests(&spec, crate::kube::Target::Podman));
                         let path = config_dir.join("kube.yaml");
                         std::fs::write(&path, &yaml).map_err(io(format!("write {}", path.display())))?;
-                        if let Some(fixtures) = fixtures.take() {
-                            fixtures.added().await?;
+                        if let Some(before_services) = before_services.take() {
+                            before_services.done().await?;
                         }
                         let label = format!("podman kube play {} (pod {name})", path.display());
                         let pod = step(progress, &label, Pod::play(podman.socket(), &spec, &yaml, run_dir)).await?;
@@ -513,24 +533,26 @@ impl Deployment {
                         pod
                     }
                     false => {
-                        let mut pod = Pod::create(podman.socket(), &spec, run_dir).await?;
+                        let pod = Pod::create(podman.socket(), &spec, run_dir).await?;
                         let (broker, services) = spec.containers.split_first().expect("the pod starts with RabbitMQ");
-                        step(progress, &format!("starting RabbitMQ in pod {name}"), async {
+                        let label = format!("starting RabbitMQ in pod {name}");
+                        let ready = step(progress, &label, async {
                             pod.create_container(broker).await?;
                             pod.start(&[&broker.name]).await?;
-                            let created = async {
-                                for container in services {
-                                    pod.create_container(container).await?;
-                                }
-                                Ok(())
-                            };
-                            let ready = pod.wait_ready("RabbitMQ", || async { rabbitmq.answers().await.is_ok() });
-                            tokio::try_join!(created, ready)
-                        })
-                        .await?;
-                        if let Some(fixtures) = fixtures.take() {
-                            fixtures.added().await?;
-                        }
+                            pod.wait_ready("RabbitMQ", || async { rabbitmq.answers().await.is_ok() }).await
+                        });
+                        // The services' containers are made while it boots, and started
+                        // once it answers (they would only back off for seconds before).
+                        let created = async {
+                            if let Some(before_services) = before_services.take() {
+                                before_services.done().await?;
+                            }
+                            for container in services {
+                                pod.create_container(container).await?;
+                            }
+                            Ok::<_, DeployError>(())
+                        };
+                        tokio::try_join!(async { Ok::<_, DeployError>(ready.await?) }, created)?;
                         pod.start(&services.iter().map(|container| container.name.as_str()).collect::<Vec<_>>())
                             .await?;
                         pod
@@ -886,14 +908,15 @@ impl Drop for Deployment {
     }
 }
 
-impl World {
+impl<'a> World<'a> {
     async fn start(
         run_dir: &Path,
         secrets: Secrets,
         jobs_dir: PathBuf,
         options: &Options,
+        prepared: impl Future<Output = Result<(), String>> + 'a,
         progress: &dyn Progress,
-    ) -> Result<World, DeployError> {
+    ) -> Result<World<'a>, DeployError> {
         let token = std::fs::read_to_string(secrets.github_token())
             .map_err(io(format!("read {}", secrets.github_token().display())))?;
         let s3_dir = run_dir.join("s3");
@@ -904,8 +927,8 @@ impl World {
         );
         let (s3, github) = (s3?, github?);
         let repos = REPOS.map(|(repo, fixture)| (repo.to_owned(), options.fixtures.join("repos").join(fixture)));
-        let fixtures = Fixtures(github.add_repos(repos.into()));
-        Ok(World { secrets, s3, github, fixtures, test_map: options.fixtures.join("testmap.toml"), jobs_dir })
+        let before_services = BeforeServices { fixtures: github.add_repos(repos.into()), prepared: Box::pin(prepared) };
+        Ok(World { secrets, s3, github, before_services, test_map: options.fixtures.join("testmap.toml"), jobs_dir })
     }
 }
 

@@ -421,8 +421,9 @@ pub fn seen_from_pod(url: &str) -> String {
 pub struct Pod {
     name: String,
     socket: PathBuf,
-    /// The started containers, by [`ContainerSpec::name`].
-    containers: Vec<String>,
+    /// The started containers, by [`ContainerSpec::name`]: a lock, so that one starts while
+    /// another is created or awaited.
+    containers: std::sync::Mutex<Vec<String>>,
     log_dir: PathBuf,
 }
 
@@ -447,7 +448,12 @@ impl Pod {
             .create(&opts)
             .await
             .map_err(|source| PodError::Api { what: format!("create pod {}", spec.name), source })?;
-        Ok(Pod { name: spec.name.clone(), socket: socket.to_owned(), containers: vec![], log_dir: log_dir.to_owned() })
+        Ok(Pod {
+            name: spec.name.clone(),
+            socket: socket.to_owned(),
+            containers: Default::default(),
+            log_dir: log_dir.to_owned(),
+        })
     }
 
     /// Creates and starts the pod with `podman kube play` of `yaml` (the Kubernetes form of
@@ -459,7 +465,7 @@ impl Pod {
         let pod = Pod {
             name: spec.name.clone(),
             socket: socket.to_owned(),
-            containers: spec.containers.iter().map(|c| c.name.clone()).collect(),
+            containers: std::sync::Mutex::new(spec.containers.iter().map(|c| c.name.clone()).collect()),
             log_dir: log_dir.to_owned(),
         };
         played.map_err(|source| PodError::Api { what: format!("play the manifests of pod {}", spec.name), source })?;
@@ -483,8 +489,8 @@ impl Pod {
     }
 
     /// Starts its containers `names`, made by [`Pod::create_container`], at once.
-    pub async fn start(&mut self, names: &[&str]) -> Result<(), PodError> {
-        self.containers.extend(names.iter().map(|name| name.to_string()));
+    pub async fn start(&self, names: &[&str]) -> Result<(), PodError> {
+        self.started().extend(names.iter().map(|name| name.to_string()));
         let podman = Podman::unix(&self.socket);
         let starts = names.iter().map(|name| async {
             let container = self.container(name);
@@ -576,7 +582,8 @@ impl Pod {
             // The containers' states, every half second: asking costs the podman service.
             if checked.get().elapsed() > Duration::from_millis(500) {
                 checked.set(Instant::now());
-                for name in &self.containers {
+                let started = self.started().clone();
+                for name in &started {
                     let full_name = self.container(name);
                     let container = podman.containers().get(&full_name);
                     match container.inspect().await {
@@ -607,13 +614,17 @@ impl Pod {
         })
     }
 
+    fn started(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.containers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Writes each container's log to `<log dir>/<name>.log` (`rabbitmq.log`, ...); returns
     /// the names and paths.
     pub fn save_logs(&self) -> Vec<(String, PathBuf)> {
         // A `podman logs` each, at once: one after the other they were half of the teardown.
+        let names = self.started().clone();
         std::thread::scope(|scope| {
-            let saving: Vec<_> =
-                self.containers.iter().map(|name| (name, scope.spawn(|| self.save_log(name)))).collect();
+            let saving: Vec<_> = names.iter().map(|name| (name, scope.spawn(|| self.save_log(name)))).collect();
             saving
                 .into_iter()
                 .map(|(name, saved)| (name.clone(), saved.join().expect("saving a log does not panic")))

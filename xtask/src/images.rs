@@ -2,6 +2,7 @@
 //! Containerfiles in `local/images/` (`local::images`), skipped when their inputs did not change.
 
 use anyhow::{Context, bail};
+use indicatif::MultiProgress;
 use local::Binaries;
 use local::PodmanConfig;
 use local::images::{self, Built};
@@ -19,47 +20,65 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     packages::ensure(&PODMAN)?;
     let binaries = crate::workspace::build_binaries(crate::workspace::Profile::Release)?;
-    ensure(&binaries, None, None, args.force)?;
+    ensure_base(None)?;
+    ensure_rabbitmq(None, args.force)?;
+    ensure_tasks(&binaries, None, args.force, None)?;
     Ok(())
 }
 
-/// Builds the images a pod needs, except those given by reference (`rabbitmq`, `tasks`), which
-/// must be present. Returns the references of the RabbitMQ and tasks images to run.
-pub(crate) fn ensure(
-    binaries: &Binaries,
-    rabbitmq: Option<&str>,
-    tasks: Option<&str>,
-    force: bool,
-) -> anyhow::Result<(String, String)> {
+/// Builds the base image the others start from, unless it is there.
+pub(crate) fn ensure_base(display: Option<&MultiProgress>) -> anyhow::Result<()> {
     let (_dir, podman) = podman_config()?;
-    if rabbitmq.is_none() || tasks.is_none() {
-        step(images::BASE, &|| images::ensure_base(&podman))?;
-    }
-    if rabbitmq.is_none() {
-        step(images::RABBITMQ, &|| images::build_rabbitmq(&podman, force))?;
-    }
-    if tasks.is_none() {
-        step(images::TASKS, &|| images::build_tasks(&podman, binaries, force))?;
-    }
-    for given in [rabbitmq, tasks].into_iter().flatten() {
-        if images::inspect(&podman, given, "{{.Id}}").is_none() {
-            bail!("there is no image {given} in podman's storage: pull or load it first (we never pull)");
+    step(images::BASE, display, &|| images::ensure_base(&podman))
+}
+
+/// Builds the RabbitMQ image unless `given` by reference, which must then be present. Returns
+/// the reference of the image to run.
+pub(crate) fn ensure_rabbitmq(given: Option<&str>, force: bool) -> anyhow::Result<String> {
+    let (_dir, podman) = podman_config()?;
+    match given {
+        None => {
+            step(images::RABBITMQ, None, &|| images::build_rabbitmq(&podman, force))?;
+            Ok(images::RABBITMQ.to_owned())
         }
+        Some(given) => present(&podman, given),
     }
-    if let Some(tasks) = tasks {
-        let lacks = images::lacks(&podman, tasks);
-        if !lacks.is_empty() {
-            bail!("{tasks} is not a deployable tasks image: {}", lacks.join("; "));
-        }
+}
+
+/// Builds the tasks image from `binaries` unless `given` by reference, which must then be
+/// present and deployable. Returns the reference of the image to run. `display`: the one of
+/// the steps running meanwhile.
+pub(crate) fn ensure_tasks(
+    binaries: &Binaries,
+    given: Option<&str>,
+    force: bool,
+    display: Option<&MultiProgress>,
+) -> anyhow::Result<String> {
+    let (_dir, podman) = podman_config()?;
+    let Some(given) = given else {
+        step(images::TASKS, display, &|| images::build_tasks(&podman, binaries, force))?;
+        return Ok(images::TASKS.to_owned());
+    };
+    let lacks = images::lacks(&podman, &present(&podman, given)?);
+    if !lacks.is_empty() {
+        bail!("{given} is not a deployable tasks image: {}", lacks.join("; "));
     }
-    Ok((rabbitmq.unwrap_or(images::RABBITMQ).to_owned(), tasks.unwrap_or(images::TASKS).to_owned()))
+    Ok(given.to_owned())
+}
+
+/// `given`, if podman's storage has it.
+fn present(podman: &PodmanConfig, given: &str) -> anyhow::Result<String> {
+    if images::inspect(podman, given, "{{.Id}}").is_none() {
+        bail!("there is no image {given} in podman's storage: pull or load it first (we never pull)");
+    }
+    Ok(given.to_owned())
 }
 
 /// Builds the Prometheus image of `run-local --monitor` on podman, unless it is up to date.
 pub(crate) fn ensure_prometheus() -> anyhow::Result<()> {
     let (_dir, podman) = podman_config()?;
-    step(images::BASE, &|| images::ensure_base(&podman))?;
-    step(images::PROMETHEUS, &|| images::build_prometheus(&podman, false))
+    step(images::BASE, None, &|| images::ensure_base(&podman))?;
+    step(images::PROMETHEUS, None, &|| images::build_prometheus(&podman, false))
 }
 
 /// The project's podman configuration for the builds, in a scratch directory: the checks and
@@ -73,12 +92,16 @@ fn podman_config() -> anyhow::Result<(tempfile::TempDir, PodmanConfig)> {
 }
 
 /// Builds image `name` with a spinner, saying when it was up to date.
-fn step(name: &str, build: &dyn Fn() -> Result<Built, local::PodmanError>) -> anyhow::Result<()> {
-    let spinner = Spinner::start(&format!("building {name}"));
+fn step(
+    name: &str,
+    display: Option<&MultiProgress>,
+    build: &dyn Fn() -> Result<Built, local::PodmanError>,
+) -> anyhow::Result<()> {
+    let spinner = Spinner::start_in(display, &format!("building {name}"));
     let built = build();
     spinner.finish(built.is_ok());
     if built? == Built::Unchanged {
-        println!("  {name} is up to date (its inputs did not change)");
+        crate::progress::say(display, &format!("  {name} is up to date (its inputs did not change)"));
     }
     Ok(())
 }

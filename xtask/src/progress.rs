@@ -21,8 +21,8 @@ impl Spinner {
         Spinner::start_in(None, message)
     }
 
-    /// A spinner among others that run at the same time.
-    fn start_in(multi: Option<&MultiProgress>, message: &str) -> Spinner {
+    /// A spinner among others that run at the same time, in `multi`'s display if given.
+    pub fn start_in(multi: Option<&MultiProgress>, message: &str) -> Spinner {
         let mut bar = ProgressBar::new_spinner().with_message(message.to_owned());
         if let Some(multi) = multi {
             bar = multi.add(bar);
@@ -40,6 +40,11 @@ impl Spinner {
     /// Whether the spinner is drawn nowhere (no terminal): then the caller says what matters.
     pub fn is_hidden(&self) -> bool {
         self.bar.is_hidden()
+    }
+
+    /// Prints `line` above the spinners ([`say`]).
+    pub fn say(&self, line: &str) {
+        say(self.multi.as_ref(), line);
     }
 
     /// Replaces the spinner by a ✔/✘ line with the time the step took. Beside other steps on
@@ -60,6 +65,17 @@ impl Spinner {
     }
 }
 
+/// Prints `line`: through `display` if it is drawn, so that its spinners' old frames are not
+/// left behind, else (no terminal) as it is.
+pub fn say(display: Option<&MultiProgress>, line: &str) {
+    match display {
+        Some(display) if !display.is_hidden() => {
+            let _ = display.println(line);
+        }
+        _ => println!("{line}"),
+    }
+}
+
 /// Runs `work` as a step shown with a spinner.
 pub async fn step<T, E>(message: &str, work: impl Future<Output = Result<T, E>>) -> Result<T, E> {
     let spinner = Spinner::start(message);
@@ -73,6 +89,13 @@ pub async fn step<T, E>(message: &str, work: impl Future<Output = Result<T, E>>)
 pub struct Steps {
     multi: MultiProgress,
     spinners: Mutex<Vec<Option<Spinner>>>,
+}
+
+impl Steps {
+    /// The display the steps share, for steps of xtask's own that run beside them.
+    pub fn display(&self) -> &MultiProgress {
+        &self.multi
+    }
 }
 
 impl local::deployment::Progress for Steps {

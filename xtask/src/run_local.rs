@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::junit;
 use crate::packages::{self, IPROUTE2, PODMAN, PROMETHEUS, RABBITMQ};
 use crate::progress::{Spinner, Steps};
+use crate::workspace::Profile;
 
 #[derive(clap::Args, Default)]
 pub struct Args {
@@ -315,25 +316,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (_, _, Some(_)) => &[RABBITMQ, IPROUTE2][..],
         _ => &[RABBITMQ][..],
     })?;
-    let binaries = match &args.binaries {
-        Some(dir) => Binaries::in_dir(dir),
-        None if args.watch => crate::workspace::build_binaries(crate::workspace::Profile::Dev)?,
+    // Built, like the tasks image, beside the broker's start (`Preparation`).
+    let (binaries, build) = match &args.binaries {
+        Some(dir) => (Binaries::in_dir(dir), None),
+        None if args.watch => (crate::workspace::binaries(Profile::Dev), Some(Profile::Dev)),
         // A given tasks image brings its own.
         None if runtime == Runtime::Podman && args.tasks_image.is_some() => {
-            crate::workspace::binaries(crate::workspace::Profile::Release)
+            (crate::workspace::binaries(Profile::Release), None)
         }
-        None => crate::workspace::build_binaries(crate::workspace::Profile::Release)?,
+        None => (crate::workspace::binaries(Profile::Release), Some(Profile::Release)),
+    };
+    let preparation = Preparation {
+        build,
+        binaries: binaries.clone(),
+        tasks_image: (runtime == Runtime::Podman).then(|| args.tasks_image.clone()),
     };
     let runtime = match runtime {
         Runtime::Podman => {
-            let images =
-                crate::images::ensure(&binaries, args.rabbitmq_image.as_deref(), args.tasks_image.as_deref(), false)?;
+            if args.rabbitmq_image.is_none() || args.tasks_image.is_none() || args.monitor {
+                crate::images::ensure_base(None)?;
+            }
+            let rabbitmq_image = crate::images::ensure_rabbitmq(args.rabbitmq_image.as_deref(), false)?;
             if args.monitor {
                 crate::images::ensure_prometheus()?;
             }
             local::deployment::Runtime::Podman {
-                rabbitmq_image: images.0,
-                tasks_image: images.1,
+                rabbitmq_image,
+                tasks_image: args.tasks_image.clone().unwrap_or_else(|| local::images::TASKS.to_owned()),
                 via_kube: args.via_kube,
             }
         }
@@ -371,7 +380,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         tokio::select! {
             // The kept deployment ending normally goes first.
             biased;
-            result = deploy_and_check(run_dir.path(), &options, &args, &stop) => result,
+            result = deploy_and_check(run_dir.path(), &options, preparation, &args, &stop) => result,
             () = stop.cancelled() => Err(anyhow::anyhow!("interrupted")),
         }
     });
@@ -389,14 +398,65 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     result
 }
 
+/// What the services need that is made beside the broker's start: their binaries' build, then
+/// on podman the tasks image (built from them, or the given one checked).
+struct Preparation {
+    build: Option<Profile>,
+    binaries: Binaries,
+    /// On podman: the given tasks image, or `None` to build it.
+    tasks_image: Option<Option<String>>,
+}
+
+impl Preparation {
+    /// Brings the deployment up with `preparation` made beside it. A failed preparation ends
+    /// the start at once, the broker's included, rather than once the broker answers.
+    async fn deploy(self, run_dir: &Path, options: &Options) -> anyhow::Result<Deployment> {
+        let steps = Steps::default();
+        let display = steps.display().clone();
+        let (said, mut result) = tokio::sync::watch::channel(None::<Result<(), String>>);
+        // Aborted with the start: a dropped build stops cargo.
+        let _preparing = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            let prepared = self.make(display).await.map_err(|err| format!("{err:#}"));
+            let _ = said.send(Some(prepared));
+        }));
+        let mut failed = result.clone();
+        let prepared = async move {
+            let said = result.wait_for(Option::is_some).await.map_err(|_| "the preparation was dropped".to_owned())?;
+            said.clone().expect("waited for it")
+        };
+        tokio::select! {
+            deployment = Deployment::start_beside(run_dir, options, &steps, prepared) => Ok(deployment?),
+            Ok(said) = failed.wait_for(|said| matches!(said, Some(Err(_)))) => {
+                bail!("{}", said.clone().and_then(Result::err).unwrap_or_default())
+            }
+        }
+    }
+
+    async fn make(self, display: indicatif::MultiProgress) -> anyhow::Result<()> {
+        if let Some(profile) = self.build {
+            crate::workspace::build(profile, Some(&display)).await?;
+        }
+        if let Some(given) = self.tasks_image {
+            // podman commands: a thread of their own, waited for if the start is dropped.
+            tokio::task::spawn_blocking(move || {
+                crate::images::ensure_tasks(&self.binaries, given.as_deref(), false, Some(&display))
+            })
+            .await
+            .expect("the image check does not panic")?;
+        }
+        Ok(())
+    }
+}
+
 async fn deploy_and_check(
     run_dir: &Path,
     options: &Options,
+    preparation: Preparation,
     args: &Args,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let deployment = match Deployment::start(run_dir, options, &Steps::default()).await {
+    let deployment = match preparation.deploy(run_dir, options).await {
         Ok(deployment) => deployment,
         Err(err) => {
             if let Some(path) = &args.junit {
@@ -410,7 +470,7 @@ async fn deploy_and_check(
                 junit::write(path, runtime_name(&options.runtime), case.seconds, &[case])?;
             }
             print_bundle(local::bundle::write(None, run_dir));
-            return Err(err.into());
+            return Err(err);
         }
     };
     let mut deployment = Arc::new(deployment);
@@ -532,7 +592,6 @@ fn scenario_names(args: &Args) -> Vec<String> {
 /// failed build or restart is reported and waits for the next change: the developer fixes it.
 async fn watch(deployment: &mut Arc<Deployment>, names: &[String], stop: &CancellationToken) -> anyhow::Result<()> {
     use crate::watch::{Sources, Stamps};
-    use crate::workspace::Profile;
     let root = crate::workspace::root();
     let mut sources = Sources::watch(&root)?;
     let round = |outcomes: &[Outcome], deployment: &Deployment, summary: Option<String>| {
@@ -552,10 +611,10 @@ async fn watch(deployment: &mut Arc<Deployment>, names: &[String], stop: &Cancel
         println!("\nchanged: {}", shown.join(", "));
         let before = Stamps::of(&deployment.binaries);
         let began = Instant::now();
-        let build = tokio::task::spawn_blocking(|| crate::workspace::build_binaries(Profile::Dev));
+        let build = crate::workspace::build(Profile::Dev, None);
         let Some(built) = stop.run_until_cancelled(build).await else { return Ok(()) };
         let build_seconds = began.elapsed().as_secs_f64();
-        let binaries = match built.expect("the build does not panic") {
+        let binaries = match built {
             Ok(binaries) => binaries,
             Err(err) => {
                 eprintln!("{err:#}\nwatching for the next change");

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, bail};
+use indicatif::MultiProgress;
 use local::Binaries;
 
 use crate::progress::Spinner;
@@ -82,33 +83,46 @@ impl Profile {
     }
 }
 
-/// Builds the service binaries with `profile`, saying what it compiles: on a terminal in the
-/// spinner's line, elsewhere (a CI log) a line every few seconds.
+/// Builds the service binaries with `profile` ([`build`]), outside any runtime.
 pub(crate) fn build_binaries(profile: Profile) -> anyhow::Result<Binaries> {
+    runtime()?.block_on(build(profile, None))
+}
+
+/// Builds the service binaries with `profile`, saying what it compiles: on a terminal in the
+/// spinner's line (in `display`, beside the steps running meanwhile), elsewhere (a CI log) a
+/// line every few seconds. Dropped before it ends, it stops cargo and what cargo started.
+pub(crate) async fn build(profile: Profile, display: Option<&MultiProgress>) -> anyhow::Result<Binaries> {
+    use tokio::io::AsyncBufReadExt;
     const SAY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
-    let spinner = Spinner::start(&format!("building the service binaries ({})", profile.name()));
-    let mut child = cargo()
-        .args(["build", "--profile", profile.name(), "--color", "never", "-p", "webhook", "-p", "tasks"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
+    let spinner = Spinner::start_in(display, &format!("building the service binaries ({})", profile.name()));
+    // A group of its own: a dropped build stops the compilers too, not only cargo.
+    let mut cargo_group = local::child::ProcessGroup::new();
+    let child = cargo_group
+        .spawn(
+            cargo()
+                .args(["build", "--profile", profile.name(), "--color", "never", "-p", "webhook", "-p", "tasks"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped()),
+        )
         .context("running cargo build")?;
-    let stderr = std::io::BufReader::new(child.stderr.take().expect("piped"));
+    let stderr = tokio::process::ChildStderr::from_std(cargo_group.take_stderr(child).expect("piped"))
+        .context("reading cargo's output")?;
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
     let (mut said, mut compiled, mut output) = (std::time::Instant::now(), 0, Vec::new());
-    for line in std::io::BufRead::lines(stderr) {
-        let line = line.context("reading cargo's output")?;
+    while let Some(line) = lines.next_line().await.context("reading cargo's output")? {
         if let Some(what) = line.trim_start().strip_prefix("Compiling ") {
             compiled += 1;
             let what = what.split(" (").next().unwrap_or(what);
             spinner.detail(&format!("{compiled} crates compiled, now {what}"));
             if spinner.is_hidden() && said.elapsed() >= SAY_EVERY {
-                println!("  building the service binaries: {compiled} crates compiled, now {what}");
+                spinner.say(&format!("  building the service binaries: {compiled} crates compiled, now {what}"));
                 said = std::time::Instant::now();
             }
         }
         output.push(line);
     }
-    let status = child.wait().context("waiting for cargo build")?;
+    let status = cargo_group.wait(child).await.context("waiting for cargo build")?;
     spinner.finish(status.success());
     if !status.success() {
         bail!("building the service binaries failed:\n{}", output.join("\n"));

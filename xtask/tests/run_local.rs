@@ -69,6 +69,37 @@ fn a_failed_run_on_podman_leaves_no_pod_behind() {
     failed_run_leaves_nothing_behind("podman");
 }
 
+/// A build of the service binaries that fails (a stand-in `cargo`, in a target directory of
+/// the test's own) ends the start at once, the broker's beside it included, says what the
+/// compiler said, and leaves no process of the run.
+#[test]
+fn a_failed_build_ends_the_start_at_once_and_leaves_nothing_behind() {
+    let target = tempfile::tempdir().unwrap();
+    let cargo = target.path().join("cargo");
+    std::fs::write(
+        &cargo,
+        "#!/bin/sh\necho '   Compiling webhook v0.1.0' >&2\necho 'error[E0308]: mismatched types' >&2\nexit 101\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&cargo, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .args(["run-local", "--runtime", "process"])
+        .env("CARGO", &cargo)
+        .env("CARGO_TARGET_DIR", target.path())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(!output.status.success(), "{stdout}{stderr}");
+    assert!(stderr.contains("building the service binaries failed:\n   Compiling webhook"), "{stderr}");
+    assert!(stderr.contains("error[E0308]: mismatched types"), "{stderr}");
+    assert!(stdout.contains("✘ building the service binaries (release)"), "{stdout}");
+    assert!(!stdout.contains("✔ starting RabbitMQ"), "the start waited for the broker:\n{stdout}");
+    let dir = run_dir(&stderr);
+    assert!(dir.starts_with(&*target.path().to_string_lossy()), "{dir}");
+    assert_eq!(processes_of(&dir), Vec::<String>::new(), "processes of the run are left");
+}
+
 /// A copy of the fixtures with the project that must pass broken: `pr-success` fails.
 fn broken_fixtures() -> tempfile::TempDir {
     let fixtures = tempfile::tempdir().unwrap();
@@ -276,19 +307,17 @@ struct Pane {
 }
 
 impl Pane {
+    /// With the service binaries of this build (`--binaries`).
     fn start(name: &str, args: &str) -> Pane {
-        Pane::start_with(name, "", args)
+        Pane::start_with(name, "", &format!("{args} --binaries {}", binaries_dir()))
     }
 
-    /// As `start`, with `env` (`NAME=VALUE `…) before the command.
+    /// `xtask run-local <args>` with `env` (`NAME=VALUE `…) before the command.
     fn start_with(name: &str, env: &str, args: &str) -> Pane {
         assert!(Command::new("tmux").arg("-V").output().is_ok(), "tmux is not installed: cargo xtask ci installs it");
         let pane = Pane { socket: format!("workbench-{name}-{}", std::process::id()) };
-        let command = format!(
-            "{env}{} run-local {args} --binaries {}; echo \"run-local exited: $?\"; sleep 600",
-            env!("CARGO_BIN_EXE_xtask"),
-            binaries_dir()
-        );
+        let command =
+            format!("{env}{} run-local {args}; echo \"run-local exited: $?\"; sleep 600", env!("CARGO_BIN_EXE_xtask"),);
         let started = Command::new("tmux")
             .args(["-L", &pane.socket, "new-session", "-d", "-s", "run", "-n", "main", "-x", "200", "-y", "60", "-c"])
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
@@ -403,7 +432,11 @@ fn hold_failed(runtime: &str) {
     let pane = Pane::start_with(
         &format!("hold-{runtime}"),
         &format!("CARGO_TARGET_DIR={} ", target.path().display()),
-        &format!("--runtime {runtime} --hold-failed --scenario pr-success --fixtures {}", fixtures.path().display()),
+        &format!(
+            "--runtime {runtime} --hold-failed --scenario pr-success --fixtures {} --binaries {}",
+            fixtures.path().display(),
+            binaries_dir()
+        ),
     );
     let shown = pane.wait_for("main", "stays up until `cargo xtask down`", Duration::from_secs(600));
     let dir = run_dir(&pane.wait_for("main", "  logs:", Duration::from_secs(10)));
@@ -557,12 +590,25 @@ fn a_kept_deployment_runs_the_scenarios_again_for_attach() {
 }
 
 /// A green run on a terminal, driven under tmux: each step ends as one finished line (no
-/// spinner frame of a step left behind, however many ran at once), and nothing is logged as an
-/// error or a warning.
+/// spinner frame of a step left behind, however many ran at once, the build of the service
+/// binaries beside the broker's start included), and nothing is logged as an error or a
+/// warning. The build is a stand-in `cargo` that says what it compiles for two seconds; the
+/// binaries it "built" are this build's, in a target directory of the test's own.
 #[cfg_attr(not(ci), ignore = "needs tmux: cargo xtask ci installs it and runs this")]
 #[test]
 fn a_green_run_on_a_terminal_shows_one_line_per_step_and_no_error() {
-    let pane = Pane::start("console", "--runtime process");
+    let target = tempfile::tempdir().unwrap();
+    std::fs::create_dir(target.path().join("release")).unwrap();
+    for binary in ["webhook", "tasks"] {
+        let built = Path::new(&binaries_dir()).join(binary);
+        std::os::unix::fs::symlink(built, target.path().join("release").join(binary)).unwrap();
+    }
+    let cargo = target.path().join("cargo");
+    let script = "#!/bin/sh\nfor c in one two three four; do echo \"   Compiling $c v0.1.0\" >&2; sleep 0.5; done\n";
+    std::fs::write(&cargo, script).unwrap();
+    std::fs::set_permissions(&cargo, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let env = format!("CARGO={} CARGO_TARGET_DIR={} ", cargo.display(), target.path().display());
+    let pane = Pane::start_with("console", &env, "--runtime process");
     let deadline = Instant::now() + Duration::from_secs(600);
     let shown = loop {
         let shown = pane.shown();
@@ -576,6 +622,7 @@ fn a_green_run_on_a_terminal_shows_one_line_per_step_and_no_error() {
     assert!(shown.contains("run-local exited: 0"), "{shown}");
     let finished: Vec<&str> = shown.lines().filter(|line| line.starts_with('✔')).collect();
     assert!(finished.iter().any(|line| line.contains("starting RabbitMQ")), "{shown}");
+    assert!(finished.iter().any(|line| line.contains("building the service binaries (release)")), "{shown}");
     assert!(finished.iter().any(|line| line.contains("scenario pr-success")), "{shown}");
     for line in &finished {
         let step = line.rsplit_once(" (").map_or(*line, |(step, _)| step);
