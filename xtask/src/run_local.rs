@@ -333,7 +333,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let runtime = match runtime {
         Runtime::Podman => {
-            if args.rabbitmq_image.is_none() || args.tasks_image.is_none() || args.monitor {
+            if args.rabbitmq_image.is_none() || args.tasks_image.is_none() {
                 crate::images::ensure_base(None)?;
             }
             let rabbitmq_image = crate::images::ensure_rabbitmq(args.rabbitmq_image.as_deref(), false)?;
@@ -408,8 +408,8 @@ struct Preparation {
 }
 
 impl Preparation {
-    /// Brings the deployment up with `preparation` made beside it. A failed preparation ends
-    /// the start at once, the broker's included, rather than once the broker answers.
+    /// Brings the deployment up, making this beside it. A failed preparation ends the start at
+    /// once, the broker's included, rather than once the broker answers.
     async fn deploy(self, run_dir: &Path, options: &Options) -> anyhow::Result<Deployment> {
         let steps = Steps::default();
         let display = steps.display().clone();
