@@ -166,6 +166,7 @@ async fn hosts(binaries: local::Binaries, jobs: usize, sleep: u64) -> anyhow::Re
 fn broker_start(runs: usize) -> anyhow::Result<()> {
     let runtime = crate::workspace::runtime()?;
     let (mut times, mut cpus) = (Vec::new(), Vec::new());
+    let stolen_before = machine_steal();
     for run in 1..=runs {
         let dir = tempfile::tempdir().context("creating a scratch directory")?;
         let (secrets, _) = local::secrets::generate(&dir.path().join("secrets"), false)?;
@@ -179,6 +180,19 @@ fn broker_start(runs: usize) -> anyhow::Result<()> {
         times.push(elapsed);
         cpus.push(Duration::from_secs_f64(cpu));
     }
+    // A probe that hangs is wall time without CPU; a slower machine (a busy host) is both.
+    let mut ratios: Vec<f64> =
+        times.iter().zip(&cpus).map(|(time, cpu)| time.as_secs_f64() / cpu.as_secs_f64()).collect();
+    ratios.sort_by(f64::total_cmp);
+    let stolen = stolen_before.zip(machine_steal()).map(|((steal, total), (steal_after, total_after))| {
+        100.0 * (steal_after - steal) as f64 / (total_after - total).max(1) as f64
+    });
+    println!(
+        "wall time over CPU time per run: median {:.2}, max {:.2}; CPU time taken by the machine's host meanwhile: {}",
+        ratios[runs / 2],
+        ratios[runs - 1],
+        stolen.map_or("unknown".to_owned(), |stolen| format!("{stolen:.0} %"))
+    );
     times.sort();
     cpus.sort();
     println!(
@@ -795,6 +809,15 @@ fn peak_rss_mb(pid: u32) -> anyhow::Result<f64> {
 }
 
 /// The `pct`-th percentile of sorted values.
+/// The machine's CPU time stolen by its host (a virtual machine's), and all its CPU time, in
+/// clock ticks since boot (`/proc/stat`).
+fn machine_steal() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> =
+        stat.lines().next()?.split_whitespace().skip(1).map(str::parse).collect::<Result<_, _>>().ok()?;
+    Some((*fields.get(7)?, fields.iter().sum()))
+}
+
 fn percentile(sorted: &[Duration], pct: usize) -> Duration {
     sorted[(sorted.len() * pct / 100).min(sorted.len() - 1)]
 }
