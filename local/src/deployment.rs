@@ -435,8 +435,9 @@ impl Deployment {
     ) -> Result<Deployment, DeployError> {
         let World { secrets, s3, github, before_services, test_map, jobs_dir } = world;
         // Awaited before the services' containers are made (from the tasks image), or before
-        // a played pod starts every container at once; once, whatever number of tries.
-        let mut before_services = Some(before_services);
+        // a played pod starts every container at once. A try that ends while it is awaited
+        // (a port taken) leaves it to the next, which goes on awaiting it.
+        let mut before_services = Some(Box::pin(before_services.done()));
         let workers = options.workers.max(1);
         let name = format!("workbench-{}", run_dir.file_name().unwrap_or_default().to_string_lossy());
         // The workers' view: the secrets where the pod mounts them, this machine through the
@@ -519,8 +520,9 @@ impl Deployment {
                         let yaml = crate::kube::to_yaml(&crate::kube::manifests(&spec, crate::kube::Target::Podman));
                         let path = config_dir.join("kube.yaml");
                         std::fs::write(&path, &yaml).map_err(io(format!("write {}", path.display())))?;
-                        if let Some(before_services) = before_services.take() {
-                            before_services.done().await?;
+                        if let Some(before) = &mut before_services {
+                            before.await?;
+                            before_services = None;
                         }
                         let label = format!("podman kube play {} (pod {name})", path.display());
                         let pod = step(progress, &label, Pod::play(podman.socket(), &spec, &yaml, run_dir)).await?;
@@ -544,8 +546,9 @@ impl Deployment {
                         // The services' containers are made while it boots, and started
                         // once it answers (they would only back off for seconds before).
                         let created = async {
-                            if let Some(before_services) = before_services.take() {
-                                before_services.done().await?;
+                            if let Some(before) = &mut before_services {
+                                before.await?;
+                                before_services = None;
                             }
                             for container in services {
                                 pod.create_container(container).await?;

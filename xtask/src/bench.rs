@@ -808,16 +808,16 @@ fn peak_rss_mb(pid: u32) -> anyhow::Result<f64> {
     Ok(kb / 1024.0)
 }
 
-/// The `pct`-th percentile of sorted values.
 /// The machine's CPU time stolen by its host (a virtual machine's), and all its CPU time, in
-/// clock ticks since boot (`/proc/stat`).
+/// clock ticks since boot (`/proc/stat`: user to steal; guest time is counted in user's).
 fn machine_steal() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let fields: Vec<u64> =
         stat.lines().next()?.split_whitespace().skip(1).map(str::parse).collect::<Result<_, _>>().ok()?;
-    Some((*fields.get(7)?, fields.iter().sum()))
+    Some((*fields.get(7)?, fields.iter().take(8).sum()))
 }
 
+/// The `pct`-th percentile of sorted values.
 fn percentile(sorted: &[Duration], pct: usize) -> Duration {
     sorted[(sorted.len() * pct / 100).min(sorted.len() - 1)]
 }

@@ -20,16 +20,15 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     packages::ensure(&PODMAN)?;
     let binaries = crate::workspace::build_binaries(crate::workspace::Profile::Release)?;
-    ensure_base(None)?;
+    ensure_base()?;
     ensure_rabbitmq(None, args.force)?;
-    ensure_tasks(&binaries, None, args.force, None)?;
-    Ok(())
+    build_tasks(&binaries, args.force, None)
 }
 
 /// Builds the base image the others start from, unless it is there.
-pub(crate) fn ensure_base(display: Option<&MultiProgress>) -> anyhow::Result<()> {
+pub(crate) fn ensure_base() -> anyhow::Result<()> {
     let (_dir, podman) = podman_config()?;
-    step(images::BASE, display, &|| images::ensure_base(&podman))
+    step(images::BASE, None, &|| images::ensure_base(&podman))
 }
 
 /// Builds the RabbitMQ image unless `given` by reference, which must then be present. Returns
@@ -45,25 +44,21 @@ pub(crate) fn ensure_rabbitmq(given: Option<&str>, force: bool) -> anyhow::Resul
     }
 }
 
-/// Builds the tasks image from `binaries` unless `given` by reference, which must then be
-/// present and deployable. Returns the reference of the image to run. `display`: the one of
-/// the steps running meanwhile.
-pub(crate) fn ensure_tasks(
-    binaries: &Binaries,
-    given: Option<&str>,
-    force: bool,
-    display: Option<&MultiProgress>,
-) -> anyhow::Result<String> {
+/// Builds the tasks image from `binaries`, unless it is up to date. `display`: the one of the
+/// steps running meanwhile.
+pub(crate) fn build_tasks(binaries: &Binaries, force: bool, display: Option<&MultiProgress>) -> anyhow::Result<()> {
     let (_dir, podman) = podman_config()?;
-    let Some(given) = given else {
-        step(images::TASKS, display, &|| images::build_tasks(&podman, binaries, force))?;
-        return Ok(images::TASKS.to_owned());
-    };
+    step(images::TASKS, display, &|| images::build_tasks(&podman, binaries, force))
+}
+
+/// Checks that the tasks image `given` by reference is present and deployable.
+pub(crate) fn check_tasks(given: &str) -> anyhow::Result<()> {
+    let (_dir, podman) = podman_config()?;
     let lacks = images::lacks(&podman, &present(&podman, given)?);
     if !lacks.is_empty() {
         bail!("{given} is not a deployable tasks image: {}", lacks.join("; "));
     }
-    Ok(given.to_owned())
+    Ok(())
 }
 
 /// `given`, if podman's storage has it.

@@ -14,6 +14,8 @@ pub struct Spinner {
     multi: Option<MultiProgress>,
     message: String,
     started: Instant,
+    /// Whether its line was printed: a spinner dropped before says it was stopped.
+    ended: bool,
 }
 
 impl Spinner {
@@ -29,7 +31,7 @@ impl Spinner {
         }
         bar.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"));
         bar.enable_steady_tick(Duration::from_millis(100));
-        Spinner { bar, multi: multi.cloned(), message: message.to_owned(), started: Instant::now() }
+        Spinner { bar, multi: multi.cloned(), message: message.to_owned(), started: Instant::now(), ended: false }
     }
 
     /// Shows what the step is doing now after its name.
@@ -50,17 +52,26 @@ impl Spinner {
     /// Replaces the spinner by a ✔/✘ line with the time the step took. Beside other steps on
     /// a terminal, the line is printed by their shared display, above the spinners still
     /// running: a line printed past it would leave their old frames behind.
-    pub fn finish(self, ok: bool) {
-        let mark = if ok { "✔" } else { "✘" };
-        let line = format!("{mark} {} ({:.1} s)", self.message, self.started.elapsed().as_secs_f64());
-        let hidden = self.bar.is_hidden();
+    pub fn finish(mut self, ok: bool) {
+        self.end(if ok { "✔" } else { "✘" }, "");
+    }
+
+    fn end(&mut self, mark: &str, note: &str) {
+        let line = format!("{mark} {} ({:.1} s{note})", self.message, self.started.elapsed().as_secs_f64());
         self.bar.finish_and_clear();
-        match &self.multi {
-            Some(multi) if !hidden => {
-                multi.remove(&self.bar);
-                let _ = multi.println(line);
-            }
-            _ => println!("{line}"),
+        if let Some(multi) = &self.multi {
+            multi.remove(&self.bar);
+        }
+        say(self.multi.as_ref(), &line);
+        self.ended = true;
+    }
+}
+
+impl Drop for Spinner {
+    /// A step cut short (another step failed, or Ctrl-C) still ends as a line of its own.
+    fn drop(&mut self) {
+        if !self.ended {
+            self.end("✘", ", stopped");
         }
     }
 }

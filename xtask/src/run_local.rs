@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use local::Deployment;
-use local::deployment::{Binaries, Options};
+use local::deployment::{Binaries, DeployError, Options};
 use local::scenario::{self, Ran};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::junit;
 use crate::packages::{self, IPROUTE2, PODMAN, PROMETHEUS, RABBITMQ};
 use crate::progress::{Spinner, Steps};
-use crate::workspace::Profile;
+use crate::workspace::{CargoGroup, Profile};
 
 #[derive(clap::Args, Default)]
 pub struct Args {
@@ -329,22 +329,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let preparation = Preparation {
         build,
         binaries: binaries.clone(),
-        tasks_image: (runtime == Runtime::Podman).then(|| args.tasks_image.clone()),
+        tasks_image: runtime == Runtime::Podman && args.tasks_image.is_none(),
     };
     let runtime = match runtime {
         Runtime::Podman => {
             if args.rabbitmq_image.is_none() || args.tasks_image.is_none() {
-                crate::images::ensure_base(None)?;
+                crate::images::ensure_base()?;
             }
             let rabbitmq_image = crate::images::ensure_rabbitmq(args.rabbitmq_image.as_deref(), false)?;
+            // A given image is checked before anything starts; ours is built beside the broker.
+            let tasks_image = match &args.tasks_image {
+                Some(given) => {
+                    crate::images::check_tasks(given)?;
+                    given.clone()
+                }
+                None => local::images::TASKS.to_owned(),
+            };
             if args.monitor {
                 crate::images::ensure_prometheus()?;
             }
-            local::deployment::Runtime::Podman {
-                rabbitmq_image,
-                tasks_image: args.tasks_image.clone().unwrap_or_else(|| local::images::TASKS.to_owned()),
-                via_kube: args.via_kube,
-            }
+            local::deployment::Runtime::Podman { rabbitmq_image, tasks_image, via_kube: args.via_kube }
         }
         _ if args.hosts.is_some() => local::deployment::Runtime::Hosts,
         _ => local::deployment::Runtime::Process,
@@ -399,13 +403,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// What the services need that is made beside the broker's start: their binaries' build, then
-/// on podman the tasks image (built from them, or the given one checked).
+/// on podman the tasks image built from them (unless one was given).
 struct Preparation {
     build: Option<Profile>,
     binaries: Binaries,
-    /// On podman: the given tasks image, or `None` to build it.
-    tasks_image: Option<Option<String>>,
+    /// Whether to build the tasks image.
+    tasks_image: bool,
 }
+
+/// The preparation failed: what it said. The deployment never came up, and has nothing to
+/// report on.
+#[derive(Debug)]
+struct PreparationFailed(String);
+
+impl std::fmt::Display for PreparationFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PreparationFailed {}
 
 impl Preparation {
     /// Brings the deployment up, making this beside it. A failed preparation ends the start at
@@ -421,28 +438,32 @@ impl Preparation {
         }));
         let mut failed = result.clone();
         let prepared = async move {
-            let said = result.wait_for(Option::is_some).await.map_err(|_| "the preparation was dropped".to_owned())?;
+            let said = result
+                .wait_for(Option::is_some)
+                .await
+                .map_err(|_| "preparing the services' binaries and image panicked (see above)".to_owned())?;
             said.clone().expect("waited for it")
         };
         tokio::select! {
-            deployment = Deployment::start_beside(run_dir, options, &steps, prepared) => Ok(deployment?),
+            deployment = Deployment::start_beside(run_dir, options, &steps, prepared) => match deployment {
+                Err(DeployError::Prepared(said)) => Err(PreparationFailed(said).into()),
+                deployment => Ok(deployment?),
+            },
             Ok(said) = failed.wait_for(|said| matches!(said, Some(Err(_)))) => {
-                bail!("{}", said.clone().and_then(Result::err).unwrap_or_default())
+                Err(PreparationFailed(said.clone().and_then(Result::err).unwrap_or_default()).into())
             }
         }
     }
 
     async fn make(self, display: indicatif::MultiProgress) -> anyhow::Result<()> {
         if let Some(profile) = self.build {
-            crate::workspace::build(profile, Some(&display)).await?;
+            crate::workspace::build(profile, CargoGroup::Own, Some(&display)).await?;
         }
-        if let Some(given) = self.tasks_image {
+        if self.tasks_image {
             // podman commands: a thread of their own, waited for if the start is dropped.
-            tokio::task::spawn_blocking(move || {
-                crate::images::ensure_tasks(&self.binaries, given.as_deref(), false, Some(&display))
-            })
-            .await
-            .expect("the image check does not panic")?;
+            tokio::task::spawn_blocking(move || crate::images::build_tasks(&self.binaries, false, Some(&display)))
+                .await
+                .expect("the image build does not panic")?;
         }
         Ok(())
     }
@@ -469,7 +490,10 @@ async fn deploy_and_check(
                 };
                 junit::write(path, runtime_name(&options.runtime), case.seconds, &[case])?;
             }
-            print_bundle(local::bundle::write(None, run_dir));
+            // A failed build or image: nothing ran that a bundle could show.
+            if !err.is::<PreparationFailed>() {
+                print_bundle(local::bundle::write(None, run_dir));
+            }
             return Err(err);
         }
     };
@@ -611,7 +635,7 @@ async fn watch(deployment: &mut Arc<Deployment>, names: &[String], stop: &Cancel
         println!("\nchanged: {}", shown.join(", "));
         let before = Stamps::of(&deployment.binaries);
         let began = Instant::now();
-        let build = crate::workspace::build(Profile::Dev, None);
+        let build = crate::workspace::build(Profile::Dev, CargoGroup::Own, None);
         let Some(built) = stop.run_until_cancelled(build).await else { return Ok(()) };
         let build_seconds = began.elapsed().as_secs_f64();
         let binaries = match built {

@@ -3,7 +3,7 @@
 //! a command, so the arrows between xtask's modules point one way.
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 use indicatif::MultiProgress;
@@ -83,31 +83,72 @@ impl Profile {
     }
 }
 
-/// Builds the service binaries with `profile` ([`build`]), outside any runtime.
+/// Builds the service binaries with `profile` ([`build`]), outside any runtime, before
+/// anything else: cargo runs in xtask's process group, which the terminal's Ctrl-C stops.
 pub(crate) fn build_binaries(profile: Profile) -> anyhow::Result<Binaries> {
-    runtime()?.block_on(build(profile, None))
+    runtime()?.block_on(build(profile, CargoGroup::Caller, None))
+}
+
+/// The process group cargo runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CargoGroup {
+    /// xtask's: the terminal's Ctrl-C stops cargo and its compilers as it stops xtask (a build
+    /// on its own, run to its end).
+    Caller,
+    /// One of its own, stopped with its compilers when the build is dropped (a build beside
+    /// other work, which xtask ends on Ctrl-C or a failure).
+    Own,
+}
+
+/// A running cargo, in the group it was given.
+enum Cargo {
+    Caller(tokio::process::Child),
+    Own(local::child::ProcessGroup, usize),
+}
+
+impl Cargo {
+    fn spawn(mut command: Command, group: CargoGroup) -> anyhow::Result<(Cargo, tokio::process::ChildStderr)> {
+        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        Ok(match group {
+            CargoGroup::Caller => {
+                let mut child =
+                    tokio::process::Command::from(command).kill_on_drop(true).spawn().context("running cargo build")?;
+                let stderr = child.stderr.take().expect("piped");
+                (Cargo::Caller(child), stderr)
+            }
+            CargoGroup::Own => {
+                let mut cargo_group = local::child::ProcessGroup::new();
+                let index = cargo_group.spawn(&mut command).context("running cargo build")?;
+                let stderr = tokio::process::ChildStderr::from_std(cargo_group.take_stderr(index).expect("piped"))
+                    .context("reading cargo's output")?;
+                (Cargo::Own(cargo_group, index), stderr)
+            }
+        })
+    }
+
+    async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        match self {
+            Cargo::Caller(child) => child.wait().await,
+            Cargo::Own(cargo_group, index) => cargo_group.wait(*index).await,
+        }
+    }
 }
 
 /// Builds the service binaries with `profile`, saying what it compiles: on a terminal in the
 /// spinner's line (in `display`, beside the steps running meanwhile), elsewhere (a CI log) a
-/// line every few seconds. Dropped before it ends, it stops cargo and what cargo started.
-pub(crate) async fn build(profile: Profile, display: Option<&MultiProgress>) -> anyhow::Result<Binaries> {
+/// line every few seconds. Dropped before it ends, it stops cargo (and, in a group of its own,
+/// what cargo started).
+pub(crate) async fn build(
+    profile: Profile,
+    group: CargoGroup,
+    display: Option<&MultiProgress>,
+) -> anyhow::Result<Binaries> {
     use tokio::io::AsyncBufReadExt;
     const SAY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
     let spinner = Spinner::start_in(display, &format!("building the service binaries ({})", profile.name()));
-    // A group of its own: a dropped build stops the compilers too, not only cargo.
-    let mut cargo_group = local::child::ProcessGroup::new();
-    let child = cargo_group
-        .spawn(
-            cargo()
-                .args(["build", "--profile", profile.name(), "--color", "never", "-p", "webhook", "-p", "tasks"])
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped()),
-        )
-        .context("running cargo build")?;
-    let stderr = tokio::process::ChildStderr::from_std(cargo_group.take_stderr(child).expect("piped"))
-        .context("reading cargo's output")?;
+    let mut command = cargo();
+    command.args(["build", "--profile", profile.name(), "--color", "never", "-p", "webhook", "-p", "tasks"]);
+    let (mut cargo, stderr) = Cargo::spawn(command, group)?;
     let mut lines = tokio::io::BufReader::new(stderr).lines();
     let (mut said, mut compiled, mut output) = (std::time::Instant::now(), 0, Vec::new());
     while let Some(line) = lines.next_line().await.context("reading cargo's output")? {
@@ -122,7 +163,7 @@ pub(crate) async fn build(profile: Profile, display: Option<&MultiProgress>) -> 
         }
         output.push(line);
     }
-    let status = cargo_group.wait(child).await.context("waiting for cargo build")?;
+    let status = cargo.wait().await.context("waiting for cargo build")?;
     spinner.finish(status.success());
     if !status.success() {
         bail!("building the service binaries failed:\n{}", output.join("\n"));

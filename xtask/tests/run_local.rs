@@ -100,6 +100,37 @@ fn a_failed_build_ends_the_start_at_once_and_leaves_nothing_behind() {
     assert_eq!(processes_of(&dir), Vec::<String>::new(), "processes of the run are left");
 }
 
+/// Ctrl-C while the service binaries build (a stand-in `cargo` whose "compiler", a `sleep` it
+/// started, runs on) stops cargo and what it started, and leaves no process of the run.
+#[test]
+fn an_interrupted_build_stops_cargo_and_what_it_started() {
+    let target = tempfile::tempdir().unwrap();
+    let cargo = target.path().join("cargo");
+    std::fs::write(&cargo, "#!/bin/sh\nsleep 600 &\nwait\n").unwrap();
+    std::fs::set_permissions(&cargo, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .args(["run-local", "--runtime", "process"])
+        .env("CARGO", &cargo)
+        .env("CARGO_TARGET_DIR", target.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The target directory is in the environment of everything the run started.
+    let dir = target.path().to_string_lossy().into_owned();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !processes_of(&dir).iter().any(|process| process.contains("sleep 600")) {
+        assert!(Instant::now() < deadline, "the stand-in cargo's sleep never ran: {:?}", processes_of(&dir));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::INT).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(processes_of(&dir), Vec::<String>::new(), "processes of the run are left");
+}
+
 /// A copy of the fixtures with the project that must pass broken: `pr-success` fails.
 fn broken_fixtures() -> tempfile::TempDir {
     let fixtures = tempfile::tempdir().unwrap();
@@ -592,8 +623,9 @@ fn a_kept_deployment_runs_the_scenarios_again_for_attach() {
 /// A green run on a terminal, driven under tmux: each step ends as one finished line (no
 /// spinner frame of a step left behind, however many ran at once, the build of the service
 /// binaries beside the broker's start included), and nothing is logged as an error or a
-/// warning. The build is a stand-in `cargo` that says what it compiles for two seconds; the
-/// binaries it "built" are this build's, in a target directory of the test's own.
+/// warning. The build is a stand-in `cargo` that says what it compiles until the broker has
+/// begun to start (so a build made before the deployment fails the run), then for a second
+/// more; the binaries it "built" are this build's, in a target directory of the test's own.
 #[cfg_attr(not(ci), ignore = "needs tmux: cargo xtask ci installs it and runs this")]
 #[test]
 fn a_green_run_on_a_terminal_shows_one_line_per_step_and_no_error() {
@@ -604,7 +636,15 @@ fn a_green_run_on_a_terminal_shows_one_line_per_step_and_no_error() {
         std::os::unix::fs::symlink(built, target.path().join("release").join(binary)).unwrap();
     }
     let cargo = target.path().join("cargo");
-    let script = "#!/bin/sh\nfor c in one two three four; do echo \"   Compiling $c v0.1.0\" >&2; sleep 0.5; done\n";
+    let script = r#"#!/bin/sh
+for i in $(seq 600); do
+    echo "   Compiling step$i v0.1.0" >&2
+    if ls -d "$CARGO_TARGET_DIR"/workbench/run-*/broker >/dev/null 2>&1; then sleep 1; exit 0; fi
+    sleep 0.1
+done
+echo "error: the broker did not start beside the build" >&2
+exit 1
+"#;
     std::fs::write(&cargo, script).unwrap();
     std::fs::set_permissions(&cargo, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let env = format!("CARGO={} CARGO_TARGET_DIR={} ", cargo.display(), target.path().display());
