@@ -69,26 +69,28 @@ fn a_failed_run_on_podman_leaves_no_pod_behind() {
     failed_run_leaves_nothing_behind("podman");
 }
 
+/// A target directory of the test's own with a stand-in `cargo` running `script` (the build
+/// of the service binaries), and the `xtask run-local --runtime process` that uses them.
+fn with_stand_in_cargo(script: &str) -> (tempfile::TempDir, Command) {
+    let target = tempfile::tempdir().unwrap();
+    let cargo = target.path().join("cargo");
+    std::fs::write(&cargo, script).unwrap();
+    std::fs::set_permissions(&cargo, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    command.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
+    command.args(["run-local", "--runtime", "process"]).env("CARGO", &cargo).env("CARGO_TARGET_DIR", target.path());
+    (target, command)
+}
+
 /// A build of the service binaries that fails (a stand-in `cargo`, in a target directory of
 /// the test's own) ends the start at once, the broker's beside it included, says what the
 /// compiler said, and leaves no process of the run.
 #[test]
 fn a_failed_build_ends_the_start_at_once_and_leaves_nothing_behind() {
-    let target = tempfile::tempdir().unwrap();
-    let cargo = target.path().join("cargo");
-    std::fs::write(
-        &cargo,
+    let (target, mut run_local) = with_stand_in_cargo(
         "#!/bin/sh\necho '   Compiling webhook v0.1.0' >&2\necho 'error[E0308]: mismatched types' >&2\nexit 101\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&cargo, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .args(["run-local", "--runtime", "process"])
-        .env("CARGO", &cargo)
-        .env("CARGO_TARGET_DIR", target.path())
-        .output()
-        .unwrap();
+    );
+    let output = run_local.output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(!output.status.success(), "{stdout}{stderr}");
     assert!(stderr.contains("building the service binaries failed:\n   Compiling webhook"), "{stderr}");
@@ -104,19 +106,8 @@ fn a_failed_build_ends_the_start_at_once_and_leaves_nothing_behind() {
 /// started, runs on) stops cargo and what it started, and leaves no process of the run.
 #[test]
 fn an_interrupted_build_stops_cargo_and_what_it_started() {
-    let target = tempfile::tempdir().unwrap();
-    let cargo = target.path().join("cargo");
-    std::fs::write(&cargo, "#!/bin/sh\nsleep 600 &\nwait\n").unwrap();
-    std::fs::set_permissions(&cargo, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .args(["run-local", "--runtime", "process"])
-        .env("CARGO", &cargo)
-        .env("CARGO_TARGET_DIR", target.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (target, mut run_local) = with_stand_in_cargo("#!/bin/sh\nsleep 600 &\nwait\n");
+    let child = run_local.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     // The target directory is in the environment of everything the run started.
     let dir = target.path().to_string_lossy().into_owned();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -629,13 +620,6 @@ fn a_kept_deployment_runs_the_scenarios_again_for_attach() {
 #[cfg_attr(not(ci), ignore = "needs tmux: cargo xtask ci installs it and runs this")]
 #[test]
 fn a_green_run_on_a_terminal_shows_one_line_per_step_and_no_error() {
-    let target = tempfile::tempdir().unwrap();
-    std::fs::create_dir(target.path().join("release")).unwrap();
-    for binary in ["webhook", "tasks"] {
-        let built = Path::new(&binaries_dir()).join(binary);
-        std::os::unix::fs::symlink(built, target.path().join("release").join(binary)).unwrap();
-    }
-    let cargo = target.path().join("cargo");
     let script = r#"#!/bin/sh
 for i in $(seq 600); do
     echo "   Compiling step$i v0.1.0" >&2
@@ -645,8 +629,13 @@ done
 echo "error: the broker did not start beside the build" >&2
 exit 1
 "#;
-    std::fs::write(&cargo, script).unwrap();
-    std::fs::set_permissions(&cargo, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (target, _) = with_stand_in_cargo(script);
+    std::fs::create_dir(target.path().join("release")).unwrap();
+    for binary in ["webhook", "tasks"] {
+        let built = Path::new(&binaries_dir()).join(binary);
+        std::os::unix::fs::symlink(built, target.path().join("release").join(binary)).unwrap();
+    }
+    let cargo = target.path().join("cargo");
     let env = format!("CARGO={} CARGO_TARGET_DIR={} ", cargo.display(), target.path().display());
     let pane = Pane::start_with("console", &env, "--runtime process");
     let deadline = Instant::now() + Duration::from_secs(600);
