@@ -71,8 +71,8 @@ fn present(podman: &PodmanConfig, given: &str) -> anyhow::Result<String> {
 
 /// Builds the Prometheus image of `run-local --monitor` on podman, unless it is up to date.
 pub(crate) fn ensure_prometheus() -> anyhow::Result<()> {
+    ensure_base()?;
     let (_dir, podman) = podman_config()?;
-    step(images::BASE, None, &|| images::ensure_base(&podman))?;
     step(images::PROMETHEUS, None, &|| images::build_prometheus(&podman, false))
 }
 

@@ -339,7 +339,7 @@ impl Pane {
         assert!(Command::new("tmux").arg("-V").output().is_ok(), "tmux is not installed: cargo xtask ci installs it");
         let pane = Pane { socket: format!("workbench-{name}-{}", std::process::id()) };
         let command =
-            format!("{env}{} run-local {args}; echo \"run-local exited: $?\"; sleep 600", env!("CARGO_BIN_EXE_xtask"),);
+            format!("{env}{} run-local {args}; echo \"run-local exited: $?\"; sleep 600", env!("CARGO_BIN_EXE_xtask"));
         let started = Command::new("tmux")
             .args(["-L", &pane.socket, "new-session", "-d", "-s", "run", "-n", "main", "-x", "200", "-y", "60", "-c"])
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
