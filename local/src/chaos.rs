@@ -345,6 +345,7 @@ pub async fn worker_crashes(
         work_dir: &work_dir,
         jobs: 2,
         rescan_interval: None,
+        ready_after_rescan: false,
     };
     let start = |name: &'static str| crate::service::Worker::start(tasks, dir, name, &config);
     let names = ["worker-a", "worker-b"];
@@ -536,6 +537,7 @@ pub async fn partition(
         work_dir: &work_dir,
         jobs: 2,
         rescan_interval: None,
+        ready_after_rescan: false,
     };
     let mut links = Vec::new();
     let mut workers = Vec::new();
@@ -724,6 +726,7 @@ pub async fn github_outage(
         work_dir: &work_dir,
         jobs: 2,
         rescan_interval: None,
+        ready_after_rescan: false,
     };
     let mut workers = Vec::new();
     for name in ["worker-a", "worker-b"] {
@@ -810,14 +813,9 @@ pub async fn github_outage(
     Ok(run)
 }
 
-/// A counter of the worker whose metrics are at `address` (the sum over its labels when
-/// `name` leaves them out); 0 when it cannot be read.
+/// A counter of the worker whose metrics are at `address`; 0 when it cannot be read.
 async fn metric(address: SocketAddr, name: &str) -> u64 {
-    let text = crate::client::get(address, "/metrics").await.map(|answer| answer.text()).unwrap_or_default();
-    text.lines()
-        .filter(|line| line.starts_with(name))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    crate::client::metric(address, name).await.unwrap_or(0)
 }
 
 /// The counter of redelivered jobs a worker did not run again (their final status was there).

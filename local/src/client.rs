@@ -95,8 +95,32 @@ pub async fn get(address: SocketAddr, path: &str) -> Result<Answer, ClientError>
 
 /// Whether `GET path` from `address` answers 200 within [`PROBE_WITHIN`]: a readiness probe.
 pub async fn answers(address: SocketAddr, path: &str) -> bool {
+    probe(address, path).await.is_some_and(|answer| answer.status == 200)
+}
+
+/// What `GET path` from `address` answers within [`PROBE_WITHIN`], if anything.
+pub async fn probe(address: SocketAddr, path: &str) -> Option<Answer> {
     let probe = request("GET", address, path).body(Full::new(Bytes::new())).expect("a valid request");
-    send_within(address, probe, PROBE_WITHIN).await.is_ok_and(|answer| answer.status == 200)
+    send_within(address, probe, PROBE_WITHIN).await.ok()
+}
+
+/// The counter `name` of the metrics a server of ours serves at `address` (`/metrics`).
+pub async fn metric(address: SocketAddr, name: &str) -> Result<u64, ClientError> {
+    Ok(metric_in(&get(address, "/metrics").await?.text(), name))
+}
+
+/// The counter `name` in Prometheus' text format: the sum over its label sets, unless `name`
+/// gives them (`x_total{a="b"}`); 0 when absent.
+pub fn metric_in(text: &str, name: &str) -> u64 {
+    let value = |line: &str| {
+        let rest = line.strip_prefix(name)?;
+        let rest = match rest.strip_prefix('{') {
+            Some(labels) if !name.contains('{') => &labels[labels.find('}')? + 1..],
+            _ => rest,
+        };
+        rest.strip_prefix(' ')?.trim().parse::<u64>().ok()
+    };
+    text.lines().filter_map(value).sum()
 }
 
 /// Probes a broker as its clients use it: TLS, certificate login, a channel, within a deadline
@@ -192,6 +216,15 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_counter_is_read_whole_by_its_name_and_labels() {
+        let text = "# HELP x_total X.\nx_total{a=\"1\"} 2\nx_total{a=\"2\"} 3\nx_totals 100\ny_total 7\n# EOF\n";
+        assert_eq!(metric_in(text, "x_total"), 5);
+        assert_eq!(metric_in(text, "x_total{a=\"2\"}"), 3);
+        assert_eq!(metric_in(text, "y_total"), 7);
+        assert_eq!(metric_in(text, "z_total"), 0);
+    }
 
     #[tokio::test]
     async fn a_wait_ends_when_done_or_says_what_it_last_saw() {

@@ -293,6 +293,7 @@ impl Deployment {
             work_dir: &jobs_dir,
             jobs: JOBS_PER_WORKER,
             rescan_interval: None,
+            ready_after_rescan: true,
         };
         let workers_label = format!("starting {} tasks worker(s)", options.workers.max(1));
         // Prometheus starts last, scraping what is up; the webhook links to it from the start.
@@ -387,6 +388,7 @@ impl Deployment {
             work_dir: &jobs_dir,
             jobs: JOBS_PER_HOST,
             rescan_interval: None,
+            ready_after_rescan: true,
         };
         let traces = crate::service::traces_file(run_dir, "webhook")?;
         let binaries = &options.binaries;
@@ -566,7 +568,7 @@ impl Deployment {
                     pod.wait_ready("the webhook", || crate::client::answers(webhook, "/healthz")).await?;
                     for port in &host_ports.metrics {
                         let metrics = SocketAddr::from(([127, 0, 0, 1], *port));
-                        pod.wait_ready("a tasks worker", || crate::client::answers(metrics, "/metrics")).await?;
+                        pod.wait_ready("a tasks worker", || crate::service::worker_rescanned(metrics)).await?;
                     }
                     Ok::<_, pod::PodError>(())
                 })
@@ -662,6 +664,7 @@ impl Deployment {
                         work_dir: &run_dir.join("jobs"),
                         jobs: JOBS_PER_WORKER,
                         rescan_interval: None,
+                        ready_after_rescan: true,
                     };
                     futures_util::future::join_all(workers.iter_mut().map(|w| w.service.stop())).await;
                     let starts = workers.iter().map(|w| Worker::start(&binaries.tasks, run_dir, &w.hostname, &config));
@@ -679,7 +682,7 @@ impl Deployment {
                         pod.replace_binary(&pod::worker_name(n), &binaries.tasks).await?;
                     }
                     for &address in metrics.iter() {
-                        pod.wait_ready("a tasks worker", || crate::client::answers(address, "/metrics")).await?;
+                        pod.wait_ready("a tasks worker", || crate::service::worker_rescanned(address)).await?;
                     }
                 }
             },

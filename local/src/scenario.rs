@@ -320,15 +320,7 @@ async fn s3(deployment: &Deployment) -> Result<Option<String>, ScenarioError> {
 async fn pr_success(deployment: &Deployment) -> Result<Option<String>, ScenarioError> {
     let repo = "workbench-ci/demo";
     let (head, all, delivery) = open_and_deliver(deployment, repo, "unit-tests").await?;
-    // A worker's rescan may have found this pull request too and queued a twin job (Cockpit's
-    // rule); the twin posts "Not yet tested" and at most its own "In progress", then stops.
-    // The run is the final status's: its log's statuses, after the first "Not yet tested".
-    let final_url = all.last().and_then(|s| s.target_url.clone());
-    let twin =
-        |s: &StatusUpdate| s.state == "pending" && (s.description == "Not yet tested" || s.target_url != final_url);
-    check(all.iter().skip(1).all(|s| s.target_url == final_url || twin(s)), || format!("statuses: {all:#?}"))?;
-    let statuses: Vec<&StatusUpdate> =
-        all.iter().enumerate().filter(|(n, s)| *n == 0 || s.target_url == final_url).map(|(_, s)| s).collect();
+    let (statuses, twin) = one_run(&all)?;
     let bodies: Vec<String> = statuses.iter().map(|s| serde_json::to_string(s).unwrap_or_default()).collect();
     check(bodies.len() == 3, || format!("expected 3 statuses on {repo}@{head}, got {bodies:#?}"))?;
     check(bodies[0] == r#"{"context":"unit-tests","state":"pending","description":"Not yet tested"}"#, || {
@@ -355,9 +347,9 @@ async fn pr_success(deployment: &Deployment) -> Result<Option<String>, ScenarioE
     })?;
     let page = log_object(deployment, &target, "log.html").await?.unwrap_or_default();
     check(String::from_utf8_lossy(&page).contains("<html>"), || format!("{target} is not the log page"))?;
-    // A job that started before this delivery's scan ran (a rescan's twin, above) leaves the
-    // scan nothing to queue: the trace then ends there.
-    let links = match all.iter().skip(1).any(twin) {
+    // A job that started before this delivery's scan ran (a rescan's twin) leaves the scan
+    // nothing to queue: the trace then ends there.
+    let links = match twin {
         true => &trace::JOB_CHAIN[..1],
         false => &trace::JOB_CHAIN[..],
     };
@@ -415,16 +407,32 @@ async fn direct_trigger(deployment: &Deployment) -> Result<Option<String>, Scena
     let event = deployment.github.status_event(repo, &head, &trigger)?;
     let answer = deliver(deployment, &event, &webhook_secret(deployment)?).await?;
     check(answer == 200, || format!("the webhook answered the status event with {answer}"))?;
-    let statuses = final_statuses(deployment, repo, &head, context).await?;
+    let all = final_statuses(deployment, repo, &head, context).await?;
+    let (statuses, _) = one_run(&all)?;
     let states: Vec<(&str, &str)> = statuses.iter().map(|s| (s.state.as_str(), s.description.as_str())).collect();
     check(
         states.len() == 3
             && states[0] == ("pending", "Not yet tested (direct trigger)")
-            && states[1].1.starts_with("In progress")
-            && states[2].0 == "success",
+            && states[1].0 == "pending"
+            && states[1].1.starts_with("In progress [worker-")
+            && states[2] == ("success", &states[1].1.replacen("In progress", "Success", 1)),
         || format!("statuses of {context}: {states:?}"),
     )?;
     Ok(None)
+}
+
+/// The statuses of one run of a context, from all of them: the first (what queued the run)
+/// and those linking to the final status's log; and whether a twin job posted besides. An
+/// event's scan and a worker's rescan may both queue a run (Cockpit's rule): the twin posts at
+/// most "Not yet tested" and its own "In progress", then stops (`tasks::status::owner`).
+/// Anything else fails.
+fn one_run(all: &[StatusUpdate]) -> Result<(Vec<&StatusUpdate>, bool), ScenarioError> {
+    let final_url = all.last().and_then(|s| s.target_url.clone());
+    let twin =
+        |s: &StatusUpdate| s.state == "pending" && (s.description == "Not yet tested" || s.target_url != final_url);
+    check(all.iter().skip(1).all(|s| s.target_url == final_url || twin(s)), || format!("statuses: {all:#?}"))?;
+    let run = all.iter().enumerate().filter(|(n, s)| *n == 0 || s.target_url == final_url).map(|(_, s)| s);
+    Ok((run.collect(), all.iter().skip(1).any(twin)))
 }
 
 /// `bad-signature`: a delivery signed with another secret is refused and nothing is
@@ -434,18 +442,12 @@ async fn bad_signature(deployment: &Deployment) -> Result<Option<String>, Scenar
     let (number, _) = deployment.github.open_next_pull(repo, "Forged", "workbench-ci")?;
     let event = deployment.github.pull_request_event(repo, number, "opened")?;
     let published = r#"webhook_deliveries_total{event="pull_request",outcome="published"}"#;
-    let before = webhook_metric(deployment, published).await?;
+    let before = crate::client::metric(deployment.webhook, published).await?;
     let answer = deliver(deployment, &event, b"not the webhook's secret").await?;
-    let after = webhook_metric(deployment, published).await?;
+    let after = crate::client::metric(deployment.webhook, published).await?;
     check(answer == 403, || format!("a mis-signed delivery was answered {answer}, not 403"))?;
     check(before == after, || format!("published deliveries went from {before} to {after}"))?;
     Ok(None)
-}
-
-/// The value of the webhook's metric line starting with `name` (0 when absent).
-async fn webhook_metric(deployment: &Deployment, name: &str) -> Result<u64, ScenarioError> {
-    let text = crate::client::get(deployment.webhook, "/metrics").await?.text();
-    Ok(text.lines().find_map(|line| line.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0))
 }
 
 /// `kvm`: inside a job, /dev/kvm opens and answers the KVM API version.
@@ -587,5 +589,27 @@ mod tests {
         for host in ["localhost", "evil-localdomain", "localdomain.example.com", "127.0.0.1"] {
             assert!(!cockpit_trusts_custom_ca(host), "{host}");
         }
+    }
+    #[test]
+    fn one_run_is_told_from_a_twin_and_nothing_else_is_let_through() {
+        let at = |state: &str, description: &str, url: Option<&str>| StatusUpdate {
+            target_url: url.map(str::to_owned),
+            ..status("c", state, description)
+        };
+        let (a, b) = (Some("https://s3/a/log.html"), Some("https://s3/b/log.html"));
+        let trigger = at("pending", "Not yet tested (direct trigger)", None);
+        let twin = [
+            trigger.clone(),
+            at("pending", "In progress [worker-1]", a),
+            at("pending", "In progress [worker-1]", b),
+            at("success", "Success [worker-1]", a),
+        ];
+        let (run, twinned) = one_run(&twin).unwrap();
+        assert_eq!((run, twinned), (vec![&twin[0], &twin[1], &twin[3]], true));
+        let alone = [trigger.clone(), at("pending", "In progress [worker-1]", a), at("success", "Success [worker-1]", a)];
+        assert_eq!(one_run(&alone).unwrap(), (alone.iter().collect(), false));
+        // Another final status, or a twin's outcome, is a second run: never one.
+        let twice = [trigger, at("failure", "Failed [worker-1]", b), at("success", "Success [worker-1]", a)];
+        assert!(one_run(&twice).is_err());
     }
 }

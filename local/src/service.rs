@@ -56,27 +56,27 @@ impl Service {
         Ok(Service { name: name.to_owned(), log, process })
     }
 
-    /// Waits until the service named the address it listens on in `file` and answers `GET path`
-    /// there with 200, failing early if the process exits; returns the address.
-    async fn wait_listening(&mut self, file: &Path, path: &str) -> Result<SocketAddr, ServiceError> {
-        self.wait_answering(|| std::fs::read_to_string(file).ok().and_then(|text| text.trim().parse().ok()), path).await
+    /// Waits until the service named the address it listens on in `file` and `probe` says it
+    /// is ready there, failing early if the process exits; returns the address.
+    async fn wait_listening(&mut self, file: &Path, probe: Probe) -> Result<SocketAddr, ServiceError> {
+        self.wait_answering(|| std::fs::read_to_string(file).ok().and_then(|text| text.trim().parse().ok()), probe).await
     }
 
-    /// Waits until the service answers `GET path` with 200 at the address `address` says (none:
-    /// not known yet), failing early if the process exits; returns the address.
+    /// Waits until `probe` says the service is ready at the address `address` says (none: not
+    /// known yet), failing early if the process exits; returns the address.
     async fn wait_answering(
         &mut self,
         address: impl Fn() -> Option<SocketAddr>,
-        path: &str,
+        probe: Probe,
     ) -> Result<SocketAddr, ServiceError> {
-        let what = format!("{} answering {path}", self.name);
+        let what = format!("{} {probe}", self.name);
         let process = std::cell::RefCell::new(&mut self.process);
         let (name, log) = (&self.name, &self.log);
         let waited = crate::client::wait_until(&what, READY_WITHIN, || async {
             match address() {
-                Some(address) if crate::client::answers(address, path).await => return Ok(Check::Done(address)),
+                Some(address) if probe.ready(address).await => return Ok(Check::Done(address)),
                 _ if process.borrow_mut().exited(0).is_some() => {}
-                Some(address) => return Ok(Check::NotYet(format!("{address} does not answer {path} yet"))),
+                Some(address) => return Ok(Check::NotYet(format!("not yet at {address}"))),
                 None => return Ok(Check::NotYet("no address named yet".into())),
             }
             Err(ServiceError::Exited { name: name.clone(), log: log.clone(), tail: tail(log, 20) })
@@ -118,6 +118,44 @@ impl Service {
     pub async fn stop(&mut self) {
         self.process.stop_async(Duration::from_secs(10)).await;
     }
+}
+
+/// What says that a service is ready, asked at its address.
+#[derive(Debug, Clone, Copy)]
+enum Probe {
+    /// It answers `GET path` with 200.
+    Answers(&'static str),
+    /// A worker serves its metrics and has finished its rescan at start ([`worker_rescanned`]).
+    Rescanned,
+}
+
+impl Probe {
+    async fn ready(self, address: SocketAddr) -> bool {
+        match self {
+            Probe::Answers(path) => crate::client::answers(address, path).await,
+            Probe::Rescanned => worker_rescanned(address).await,
+        }
+    }
+}
+
+impl std::fmt::Display for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Probe::Answers(path) => write!(f, "answering {path}"),
+            Probe::Rescanned => f.write_str("done with its rescan at start"),
+        }
+    }
+}
+
+/// The worker's count of finished rescans of every open pull request, by outcome.
+pub const RESCANS: &str = "tasks_rescans_total";
+
+/// Whether the worker whose metrics are at `metrics` serves them (its consumers are in place)
+/// and has finished its rescan at start: the scenarios' pull requests, opened after it, are
+/// then queued by their events alone, never also by that rescan (a twin job, `tasks::status`).
+pub async fn worker_rescanned(metrics: SocketAddr) -> bool {
+    let answer = crate::client::probe(metrics, "/metrics").await;
+    answer.is_some_and(|answer| answer.status == 200 && crate::client::metric_in(&answer.text(), RESCANS) > 0)
 }
 
 /// The file `service` of the deployment in `run_dir` appends its spans to.
@@ -163,7 +201,7 @@ impl Webhook {
         }
         .launch();
         let mut service = Service::spawn("webhook", launch.command(binary), run_dir.join("webhook.log"))?;
-        let address = service.wait_listening(&address_file, "/healthz").await?;
+        let address = service.wait_listening(&address_file, Probe::Answers("/healthz")).await?;
         Ok(Webhook { service, address })
     }
 
@@ -195,7 +233,7 @@ impl Webhook {
         network.enter(host, &mut command)?;
         let mut service = Service::spawn("webhook", command, run_dir.join("webhook.log"))?;
         let exposed = network.expose(host, crate::pod::WEBHOOK_PORT).await?;
-        let address = service.wait_answering(|| Some(exposed), "/healthz").await?;
+        let address = service.wait_answering(|| Some(exposed), Probe::Answers("/healthz")).await?;
         Ok(Webhook { service, address })
     }
 
@@ -224,6 +262,9 @@ pub struct WorkerConfig<'a> {
     pub jobs: u16,
     /// Seconds between rescans (0: none); `None` for the worker's default.
     pub rescan_interval: Option<u64>,
+    /// Ready only once the rescan at start has finished ([`worker_rescanned`]), rather than as
+    /// soon as the consumers are in place. Needs rescans on.
+    pub ready_after_rescan: bool,
 }
 
 /// A `tasks run-queue` process.
@@ -235,7 +276,7 @@ pub struct Worker {
 
 impl Worker {
     /// Starts worker `hostname`; ready once it serves its metrics, which it does after its
-    /// consumers are in place.
+    /// consumers are in place (and, with `ready_after_rescan`, once its rescan at start ended).
     pub async fn start(
         binary: &Path,
         run_dir: &Path,
@@ -288,11 +329,15 @@ impl Worker {
             network.enter(host, &mut command)?;
         }
         let mut service = Service::spawn(hostname, command, log)?;
+        let probe = match config.ready_after_rescan {
+            true => Probe::Rescanned,
+            false => Probe::Answers("/metrics"),
+        };
         let metrics = match place {
-            Place::Here(_) => service.wait_listening(&address_file, "/metrics").await?,
+            Place::Here(_) => service.wait_listening(&address_file, probe).await?,
             Place::Host(network, host) => {
                 let exposed = network.expose(host, crate::hosts::METRICS_PORT).await?;
-                service.wait_answering(|| Some(exposed), "/metrics").await?
+                service.wait_answering(|| Some(exposed), probe).await?
             }
         };
         Ok(Worker { service, hostname: hostname.to_owned(), metrics })

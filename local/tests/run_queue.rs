@@ -181,11 +181,10 @@ async fn a_queued_pull_request_event_is_tested_to_a_final_status() {
     let scraped = counted.await.unwrap();
     let _ = stop.send(());
     worker.await.unwrap().unwrap();
-    let value = |name: &str| {
-        scraped.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok()).unwrap_or(0)
-    };
+    let value = |name: &str| local::client::metric_in(&scraped, name);
     let statuses = world.mock.statuses(REPO, &world.head);
     assert_eq!(value("tasks_jobs_total{outcome=\"success\"}"), 1, "{scraped}\n{statuses:#?}");
+    assert!(value(local::service::RESCANS) >= 1, "the rescans are counted: {scraped}");
     // The rescan at the worker's start may queue the job before the event's scan queues it
     // again (Cockpit's rule for a pending context): that twin stops without a status.
     let twins = value("tasks_jobs_total{outcome=\"superseded\"}");
@@ -554,4 +553,35 @@ async fn a_slow_github_under_scans_does_not_hold_queued_jobs_up() {
         .rposition(|r| r.method == "POST" && r.body.contains("Not yet tested"))
         .expect("the scans' last status");
     assert!(job_started < scans_done, "the job waited for the scans: {requests:#?}");
+}
+
+/// A worker of the local deployment is ready only once its rescan at start has ended, so that
+/// the scenarios' pull requests, opened after, are queued by their events alone (no twin job).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_ready_after_its_rescan_has_counted_it_when_it_is_ready() {
+    let world = world().await;
+    // Each of the rescan's requests (a page of pull requests per repository, a status per
+    // open one) waits; answering its metrics takes no request.
+    let faults = local::github::ApiFaults { delay: Duration::from_millis(400), ..Default::default() };
+    world.mock.set_api_faults(faults);
+    let forge = local::worker::Forge::mock(&world.mock, &world.secrets);
+    let config = local::service::WorkerConfig {
+        broker: &world.broker,
+        secrets: &world.secrets,
+        test_map: &world.args.scan.test_map,
+        forge: &forge,
+        runner_config: world.args.job_runner_config.as_deref().unwrap(),
+        work_dir: world.args.work_dir.as_deref().unwrap(),
+        jobs: 1,
+        rescan_interval: None,
+        ready_after_rescan: true,
+    };
+    let run_dir = world.args.work_dir.clone().unwrap();
+    let mut worker = local::service::Worker::start(&tasks_binary(), &run_dir, "worker-1", &config).await.unwrap();
+    let rescans = local::client::metric(worker.metrics, local::service::RESCANS).await.unwrap();
+    worker.service.stop().await;
+    assert_eq!(rescans, 1, "{}", worker.service.log_tail(20));
+    // The rescan queued the open pull request's context.
+    let posted: Vec<String> = world.mock.statuses(REPO, &world.head).into_iter().map(|s| s.description).collect();
+    assert_eq!(posted.first().map(String::as_str), Some("Not yet tested"), "{posted:?}");
 }

@@ -553,6 +553,7 @@ async fn worker(binary: &Path, events: usize, jobs: usize) -> anyhow::Result<()>
         work_dir: dir.path(),
         jobs: 1,
         rescan_interval: Some(0),
+        ready_after_rescan: false,
     };
     let run_dir = dir.path();
     let start_worker = |name: String| {

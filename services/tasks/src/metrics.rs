@@ -1,7 +1,7 @@
 //! The worker's Prometheus metrics (prometheus-client), served in the OpenMetrics text format:
 //! jobs by outcome and how long they ran, how long messages waited in their queue, messages
 //! redelivered, put off, parked and given up, GitHub's rate limits, job processes' memory,
-//! broker sessions lost and the jobs abandoned with them.
+//! broker sessions lost and the jobs abandoned with them, rescans of all open pull requests.
 
 use std::time::Duration;
 
@@ -40,6 +40,7 @@ pub struct Metrics {
     peak_job_memory: Gauge,
     broker_lost: Counter,
     abandoned: Counter,
+    rescans: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -110,6 +111,12 @@ impl Default for Metrics {
             "Jobs abandoned with a lost broker session, left for the broker to give to other workers",
             abandoned.clone(),
         );
+        let rescans = Family::default();
+        registry.register(
+            "tasks_rescans",
+            "Rescans of every open pull request finished, by outcome (failed: a repository could not be scanned)",
+            rescans.clone(),
+        );
         Metrics {
             registry,
             jobs,
@@ -123,6 +130,7 @@ impl Default for Metrics {
             peak_job_memory,
             broker_lost,
             abandoned,
+            rescans,
         }
     }
 }
@@ -181,6 +189,13 @@ impl Metrics {
         self.abandoned.inc_by(jobs as u64);
     }
 
+    /// A rescan of every open pull request finished; `failed` when a repository could not be
+    /// scanned.
+    pub fn rescanned(&self, failed: bool) {
+        let outcome = if failed { "failed" } else { "done" };
+        self.rescans.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
     /// Rate-limit refusals a job process met, added to this process's own.
     pub fn rate_limited(&self, refusals: u64) {
         retry::RATE_LIMITED.inc_by(refusals);
@@ -224,6 +239,7 @@ mod tests {
         metrics.job_memory(2000);
         let before = retry::RATE_LIMITED.get();
         metrics.rate_limited(2);
+        metrics.rescanned(false);
         let text = metrics.render();
         // This process's own refusals count too (tests share a process under cargo test).
         let rate_limited = format!("tasks_github_rate_limited_total {}", before + 2);
@@ -237,6 +253,7 @@ mod tests {
             "tasks_messages_redelivered_total{queue=\"public\"} 1",
             "tasks_messages_given_up_total{queue=\"public\"} 1",
             "tasks_job_process_peak_memory_bytes 3000",
+            "tasks_rescans_total{outcome=\"done\"} 1",
             &rate_limited,
             "# EOF",
         ] {

@@ -576,12 +576,15 @@ fn statistics_db() -> String {
 
 /// Scans every open pull request of every repository of the test map.
 async fn rescan_all(worker: &Worker) {
+    let mut failed = false;
     for repo in worker.scanner.projects() {
         let request = Request { repo, target: Target::Open, contexts: vec![], mode: Mode::Queue };
         if let Err(err) = worker.scanner.scan(&request, Some(&worker.session)).await {
             tracing::error!(%err, repo = request.repo, "rescan failed");
+            failed = true;
         }
     }
+    worker.metrics.rescanned(failed);
 }
 
 /// Logged when a redelivered job is not run again because its final status is posted already.
