@@ -606,7 +606,8 @@ mod tests {
         ];
         let (run, twinned) = one_run(&twin).unwrap();
         assert_eq!((run, twinned), (vec![&twin[0], &twin[1], &twin[3]], true));
-        let alone = [trigger.clone(), at("pending", "In progress [worker-1]", a), at("success", "Success [worker-1]", a)];
+        let alone =
+            [trigger.clone(), at("pending", "In progress [worker-1]", a), at("success", "Success [worker-1]", a)];
         assert_eq!(one_run(&alone).unwrap(), (alone.iter().collect(), false));
         // Another final status, or a twin's outcome, is a second run: never one.
         let twice = [trigger, at("failure", "Failed [worker-1]", b), at("success", "Success [worker-1]", a)];

@@ -59,7 +59,8 @@ impl Service {
     /// Waits until the service named the address it listens on in `file` and `probe` says it
     /// is ready there, failing early if the process exits; returns the address.
     async fn wait_listening(&mut self, file: &Path, probe: Probe) -> Result<SocketAddr, ServiceError> {
-        self.wait_answering(|| std::fs::read_to_string(file).ok().and_then(|text| text.trim().parse().ok()), probe).await
+        self.wait_answering(|| std::fs::read_to_string(file).ok().and_then(|text| text.trim().parse().ok()), probe)
+            .await
     }
 
     /// Waits until `probe` says the service is ready at the address `address` says (none: not
