@@ -154,6 +154,13 @@ pub fn check_chain(trace: &[&Span], links: &[(&str, &str, &str)]) -> Result<(), 
     Ok(())
 }
 
+/// Whether a job `trace` (one delivery's spans) queued stopped for its twin before it posted
+/// anything: its process's span holds the line [`tasks::job::SUPERSEDED`].
+pub fn stopped_for_twin(trace: &[&Span]) -> bool {
+    let said = |span: &Span| span.events.iter().any(|(_, message)| message == tasks::job::SUPERSEDED);
+    trace.iter().any(|span| span.name == "job-runner" && said(span))
+}
+
 /// Whether every job `trace` (one delivery's spans) queued has ended, as far as its spans
 /// say: each `queue-job` has its `job`, each `job` its `job-runner`. A job's process writes its
 /// spans as it exits, the worker's `job` span ends after that: until then a trace read is
@@ -198,6 +205,10 @@ mod tests {
         ];
         let all: Vec<&Span> = chain.iter().collect();
         assert_eq!(check_chain(&all, &JOB_CHAIN), Ok(()));
+        assert!(!stopped_for_twin(&all));
+        let mut twin = chain[..5].to_vec();
+        twin[4].events.push((6, tasks::job::SUPERSEDED.to_owned()));
+        assert!(stopped_for_twin(&twin.iter().collect::<Vec<_>>()));
         let without_job: Vec<&Span> = chain.iter().filter(|s| s.name != "job").collect();
         assert_eq!(
             check_chain(&without_job, &JOB_CHAIN),

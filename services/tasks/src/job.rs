@@ -46,6 +46,9 @@ pub enum Outcome {
 }
 
 /// The description of a job's final status when its log could not be stored.
+/// Logged by a job that stops because another job runs its context's tests (its twin).
+pub const SUPERSEDED: &str = "another job runs this context's tests; not running them again";
+
 pub const LOG_NOT_STORED: &str = "Internal error: the log could not be stored";
 
 #[derive(Debug, thiserror::Error)]
@@ -152,7 +155,7 @@ async fn run_until_reported(
     let reporter =
         Reporter { forge, github: &github, subject: &subject, job, hostname, log_url: &log_url, redelivered };
     if let Some(owner) = reporter.other_owner().await {
-        tracing::info!(owner = owner.target_url, "another job runs this context's tests; not running them again");
+        tracing::info!(owner = owner.target_url, "{SUPERSEDED}");
         return Ok(Outcome::Superseded(owner.target_url.unwrap_or_default()));
     }
     let header = format!(
