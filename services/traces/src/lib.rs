@@ -167,7 +167,8 @@ mod tests {
     }
 
     /// What the file receives reads back as the OTLP messages (not by string matching): one
-    /// request per line, the service named, the span with its parent and attributes.
+    /// request per line, the service named, the span with its parent, attributes and log lines
+    /// (an event named by its message, formatted: what the checks of the traces look for).
     #[test]
     fn spans_are_written_as_otlp_json_lines() {
         let dir = tempfile::tempdir().unwrap();
@@ -178,6 +179,8 @@ mod tests {
         tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
             let delivery = tracing::info_span!("delivery", event = "pull_request");
             delivery.in_scope(|| tracing::info_span!("publish").in_scope(|| {}));
+            let said = "a line of the log";
+            delivery.in_scope(|| tracing::info!(owner = "someone", "{said}"));
         });
         provider.shutdown().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
@@ -195,6 +198,8 @@ mod tests {
         assert_eq!(publish.trace_id, delivery.trace_id);
         assert_eq!(publish.parent_span_id, delivery.span_id);
         assert!(delivery.attributes.iter().any(|kv| kv.key == "event"), "{text}");
+        let said: Vec<&str> = delivery.events.iter().map(|event| event.name.as_str()).collect();
+        assert_eq!(said, ["a line of the log"], "{text}");
         let resource = requests[0].resource_spans[0].resource.as_ref().unwrap();
         let service = resource.attributes.iter().find(|kv| kv.key == "service.name").unwrap();
         let name = service.value.as_ref().and_then(|value| value.value.as_ref());
