@@ -295,7 +295,7 @@ impl Deployment {
             rescan_interval: None,
             // The scenarios open pull requests on the mock; the real GitHub mode's is none of the
             // test map's, and a rescan of github.com is not worth waiting for.
-            ready_after_rescan: options.real_github_token.is_none(),
+            ready_after_rescan: forge.is_mock(&github),
         };
         let workers_label = format!("starting {} tasks worker(s)", options.workers.max(1));
         // Prometheus starts last, scraping what is up; the webhook links to it from the start.
@@ -666,7 +666,7 @@ impl Deployment {
                         work_dir: &run_dir.join("jobs"),
                         jobs: JOBS_PER_WORKER,
                         rescan_interval: None,
-                        ready_after_rescan: self.forge.api_url == self.github.api_url(),
+                        ready_after_rescan: self.forge.is_mock(&self.github),
                     };
                     futures_util::future::join_all(workers.iter_mut().map(|w| w.service.stop())).await;
                     let starts = workers.iter().map(|w| Worker::start(&binaries.tasks, run_dir, &w.hostname, &config));

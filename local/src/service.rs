@@ -58,7 +58,7 @@ impl Service {
 
     /// Waits until the service named the address it listens on in `file` and `probe` says it
     /// is ready there, failing early if the process exits; returns the address.
-    async fn wait_listening(&mut self, file: &Path, probe: Probe) -> Result<SocketAddr, ServiceError> {
+    async fn wait_listening(&mut self, file: &Path, probe: Readiness) -> Result<SocketAddr, ServiceError> {
         self.wait_answering(|| std::fs::read_to_string(file).ok().and_then(|text| text.trim().parse().ok()), probe)
             .await
     }
@@ -68,17 +68,20 @@ impl Service {
     async fn wait_answering(
         &mut self,
         address: impl Fn() -> Option<SocketAddr>,
-        probe: Probe,
+        probe: Readiness,
     ) -> Result<SocketAddr, ServiceError> {
         let what = format!("{} {probe}", self.name);
         let process = std::cell::RefCell::new(&mut self.process);
         let (name, log) = (&self.name, &self.log);
         let waited = crate::client::wait_until(&what, READY_WITHIN, || async {
-            match address() {
-                Some(address) if probe.ready(address).await => return Ok(Check::Done(address)),
-                _ if process.borrow_mut().exited(0).is_some() => {}
-                Some(address) => return Ok(Check::NotYet(format!("not yet at {address}"))),
-                None => return Ok(Check::NotYet("no address named yet".into())),
+            let checked = match address() {
+                Some(address) => probe.check(address).await.map(|()| address),
+                None => Err("no address named yet".to_owned()),
+            };
+            match checked {
+                Ok(address) => return Ok(Check::Done(address)),
+                Err(_) if process.borrow_mut().exited(0).is_some() => {}
+                Err(not_yet) => return Ok(Check::NotYet(not_yet)),
             }
             Err(ServiceError::Exited { name: name.clone(), log: log.clone(), tail: tail(log, 20) })
         })
@@ -123,40 +126,49 @@ impl Service {
 
 /// What says that a service is ready, asked at its address.
 #[derive(Debug, Clone, Copy)]
-enum Probe {
+enum Readiness {
     /// It answers `GET path` with 200.
     Answers(&'static str),
     /// A worker serves its metrics and has finished its rescan at start ([`worker_rescanned`]).
     Rescanned,
 }
 
-impl Probe {
-    async fn ready(self, address: SocketAddr) -> bool {
+impl Readiness {
+    /// `Err` says what is not there yet.
+    async fn check(self, address: SocketAddr) -> Result<(), String> {
         match self {
-            Probe::Answers(path) => crate::client::answers(address, path).await,
-            Probe::Rescanned => worker_rescanned(address).await,
+            Readiness::Answers(path) => match crate::client::answers(address, path).await {
+                true => Ok(()),
+                false => Err(format!("{address} does not answer {path} yet")),
+            },
+            Readiness::Rescanned => rescanned(address).await,
         }
     }
 }
 
-impl std::fmt::Display for Probe {
+impl std::fmt::Display for Readiness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Probe::Answers(path) => write!(f, "answering {path}"),
-            Probe::Rescanned => f.write_str("done with its rescan at start"),
+            Readiness::Answers(path) => write!(f, "answering {path}"),
+            Readiness::Rescanned => f.write_str("done with its rescan at start"),
         }
     }
 }
-
-/// The worker's count of finished rescans of every open pull request, by outcome.
-pub const RESCANS: &str = "tasks_rescans_total";
 
 /// Whether the worker whose metrics are at `metrics` serves them (its consumers are in place)
 /// and has finished its rescan at start: the scenarios' pull requests, opened after it, are
 /// then queued by their events alone, never also by that rescan (a twin job, `tasks::status`).
 pub async fn worker_rescanned(metrics: SocketAddr) -> bool {
-    let answer = crate::client::probe(metrics, "/metrics").await;
-    answer.is_some_and(|answer| answer.status == 200 && crate::client::metric_in(&answer.text(), RESCANS) > 0)
+    rescanned(metrics).await.is_ok()
+}
+
+async fn rescanned(metrics: SocketAddr) -> Result<(), String> {
+    let answer = crate::client::probe(metrics, "/metrics").await.filter(|answer| answer.status == 200);
+    let answer = answer.ok_or_else(|| format!("{metrics} does not answer /metrics yet"))?;
+    match crate::client::metric_in(&answer.text(), tasks::metrics::RESCANS) {
+        0 => Err(format!("the worker at {metrics} has not finished its rescan at start yet")),
+        _ => Ok(()),
+    }
 }
 
 /// The file `service` of the deployment in `run_dir` appends its spans to.
@@ -202,7 +214,7 @@ impl Webhook {
         }
         .launch();
         let mut service = Service::spawn("webhook", launch.command(binary), run_dir.join("webhook.log"))?;
-        let address = service.wait_listening(&address_file, Probe::Answers("/healthz")).await?;
+        let address = service.wait_listening(&address_file, Readiness::Answers("/healthz")).await?;
         Ok(Webhook { service, address })
     }
 
@@ -234,7 +246,7 @@ impl Webhook {
         network.enter(host, &mut command)?;
         let mut service = Service::spawn("webhook", command, run_dir.join("webhook.log"))?;
         let exposed = network.expose(host, crate::pod::WEBHOOK_PORT).await?;
-        let address = service.wait_answering(|| Some(exposed), Probe::Answers("/healthz")).await?;
+        let address = service.wait_answering(|| Some(exposed), Readiness::Answers("/healthz")).await?;
         Ok(Webhook { service, address })
     }
 
@@ -264,7 +276,7 @@ pub struct WorkerConfig<'a> {
     /// Seconds between rescans (0: none); `None` for the worker's default.
     pub rescan_interval: Option<u64>,
     /// Ready only once the rescan at start has finished ([`worker_rescanned`]), rather than as
-    /// soon as the consumers are in place. Needs rescans on.
+    /// soon as the consumers are in place (with rescans off, there is none to wait for).
     pub ready_after_rescan: bool,
 }
 
@@ -330,9 +342,9 @@ impl Worker {
             network.enter(host, &mut command)?;
         }
         let mut service = Service::spawn(hostname, command, log)?;
-        let probe = match config.ready_after_rescan {
-            true => Probe::Rescanned,
-            false => Probe::Answers("/metrics"),
+        let probe = match config.ready_after_rescan && config.rescan_interval != Some(0) {
+            true => Readiness::Rescanned,
+            false => Readiness::Answers("/metrics"),
         };
         let metrics = match place {
             Place::Here(_) => service.wait_listening(&address_file, probe).await?,

@@ -20,6 +20,11 @@ impl Forge {
         Forge { api_url: github.api_url(), clone_url: github.clone_url(), token_file: secrets.github_token() }
     }
 
+    /// Whether this is `github`, the mock (as this machine reaches it), rather than the real one.
+    pub fn is_mock(&self, github: &MockGitHub) -> bool {
+        self.api_url == github.api_url()
+    }
+
     /// The mock as the hosts of the hosts runtime reach it (`crate::hosts`): on the services
     /// host.
     pub fn mock_on_hosts(github: &MockGitHub, secrets: &Secrets) -> Forge {

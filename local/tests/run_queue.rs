@@ -184,7 +184,7 @@ async fn a_queued_pull_request_event_is_tested_to_a_final_status() {
     let value = |name: &str| local::client::metric_in(&scraped, name);
     let statuses = world.mock.statuses(REPO, &world.head);
     assert_eq!(value("tasks_jobs_total{outcome=\"success\"}"), 1, "{scraped}\n{statuses:#?}");
-    assert!(value(local::service::RESCANS) >= 1, "the rescans are counted: {scraped}");
+    assert!(value(tasks::metrics::RESCANS) >= 1, "the rescans are counted: {scraped}");
     // The rescan at the worker's start may queue the job before the event's scan queues it
     // again (Cockpit's rule for a pending context): that twin stops without a status.
     let twins = value("tasks_jobs_total{outcome=\"superseded\"}");
@@ -561,7 +561,8 @@ async fn a_slow_github_under_scans_does_not_hold_queued_jobs_up() {
 async fn a_worker_ready_after_its_rescan_has_counted_it_when_it_is_ready() {
     let world = world().await;
     // Each of the rescan's requests (a page of pull requests per repository, a status per
-    // open one) waits; answering its metrics takes no request.
+    // open one) waits, while answering its metrics takes none: a worker ready as soon as it
+    // serves its metrics would be read here before its rescan ends (this fails so).
     let faults = local::github::ApiFaults { delay: Duration::from_millis(400), ..Default::default() };
     world.mock.set_api_faults(faults);
     let forge = local::worker::Forge::mock(&world.mock, &world.secrets);
@@ -578,10 +579,50 @@ async fn a_worker_ready_after_its_rescan_has_counted_it_when_it_is_ready() {
     };
     let run_dir = world.args.work_dir.clone().unwrap();
     let mut worker = local::service::Worker::start(&tasks_binary(), &run_dir, "worker-1", &config).await.unwrap();
-    let rescans = local::client::metric(worker.metrics, local::service::RESCANS).await.unwrap();
+    let rescans = local::client::metric(worker.metrics, tasks::metrics::RESCANS).await.unwrap();
+    // The job the rescan queued ends quickly, and with it the worker's stop.
+    world.mock.set_api_faults(Default::default());
     worker.service.stop().await;
     assert_eq!(rescans, 1, "{}", worker.service.log_tail(20));
     // The rescan queued the open pull request's context.
     let posted: Vec<String> = world.mock.statuses(REPO, &world.head).into_iter().map(|s| s.description).collect();
     assert_eq!(posted.first().map(String::as_str), Some("Not yet tested"), "{posted:?}");
+}
+
+/// A rescan cut short by a lost broker session (the rescan at start, here) is made again as
+/// soon as the worker serves again, not a rescan interval later.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rescan_cut_short_by_a_lost_session_is_made_again_at_once() {
+    let world = world().await;
+    // The rescan asks GitHub once per repository of the test map, at least: it takes seconds.
+    world.mock.set_api_faults(local::github::ApiFaults { delay: Duration::from_secs(1), ..Default::default() });
+    let address_file = world.args.work_dir.as_ref().unwrap().join("metrics.address");
+    let (stop, worker) = world.worker_with(Args {
+        hostname: Some("worker-1".into()),
+        rescan_interval: 3600,
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        metrics_address_file: Some(address_file.clone()),
+        ..world.args.clone()
+    });
+    let serving = wait_until("the worker serving its metrics", Duration::from_secs(60), || async {
+        let address = std::fs::read_to_string(&address_file).ok().and_then(|text| text.trim().parse().ok());
+        Ok::<_, TimedOut>(match address {
+            Some(address) if local::client::answers(address, "/metrics").await => Check::Done(address),
+            _ => Check::NotYet("no metrics yet".into()),
+        })
+    });
+    let metrics = serving.await.unwrap();
+    world.broker.ctl(&["close_all_connections", "a test cuts the worker's session"]).unwrap();
+    world.mock.set_api_faults(Default::default());
+    let rescanned = wait_until("a rescan counted", Duration::from_secs(60), || async {
+        let rescans = local::client::metric(metrics, tasks::metrics::RESCANS).await.unwrap_or(0);
+        Ok::<_, TimedOut>(match rescans {
+            0 => Check::NotYet("none yet".into()),
+            _ => Check::Done(()),
+        })
+    });
+    let result = rescanned.await;
+    let _ = stop.send(());
+    worker.await.unwrap().unwrap();
+    result.unwrap();
 }

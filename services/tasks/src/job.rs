@@ -45,10 +45,10 @@ pub enum Outcome {
     Superseded(String),
 }
 
-/// The description of a job's final status when its log could not be stored.
 /// Logged by a job that stops because another job runs its context's tests (its twin).
 pub const SUPERSEDED: &str = "another job runs this context's tests; not running them again";
 
+/// The description of a job's final status when its log could not be stored.
 pub const LOG_NOT_STORED: &str = "Internal error: the log could not be stored";
 
 #[derive(Debug, thiserror::Error)]

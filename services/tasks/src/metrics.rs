@@ -14,6 +14,9 @@ use prometheus_client::registry::Registry;
 
 use crate::job::Outcome;
 
+/// The counter of finished rescans of every open pull request, by outcome, as served.
+pub const RESCANS: &str = "tasks_rescans_total";
+
 /// The content type of [`Metrics::render`]'s text, which Prometheus asks for.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -113,7 +116,7 @@ impl Default for Metrics {
         );
         let rescans = Family::default();
         registry.register(
-            "tasks_rescans",
+            RESCANS.trim_end_matches("_total"),
             "Rescans of every open pull request finished, by outcome (failed: a repository could not be scanned)",
             rescans.clone(),
         );

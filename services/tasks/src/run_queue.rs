@@ -377,6 +377,13 @@ async fn serve(
     };
     // Take no more work.
     drop((queues, events));
+    // A rescan cut short (the rescan at start, say) is made again as soon as the worker serves
+    // again, not an interval later.
+    if !rescans.is_empty()
+        && let Some(rescan) = rescan.as_mut()
+    {
+        rescan.reset_immediately();
+    }
     rescans.shutdown().await;
     match lost {
         Some(err) => {
