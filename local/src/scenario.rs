@@ -599,6 +599,7 @@ mod tests {
             assert!(!cockpit_trusts_custom_ca(host), "{host}");
         }
     }
+
     #[test]
     fn one_run_is_told_from_a_twin_and_nothing_else_is_let_through() {
         let at = |state: &str, description: &str, url: Option<&str>| StatusUpdate {

@@ -86,6 +86,20 @@ impl World {
         (stop, worker)
     }
 
+    /// Arguments of worker-1 rescanning every `rescan_interval` seconds and serving its metrics
+    /// on a free port of loopback, which it names in the file returned.
+    fn serving_metrics(&self, rescan_interval: u64) -> (Args, PathBuf) {
+        let address_file = self.args.work_dir.as_ref().unwrap().join("metrics.address");
+        let args = Args {
+            hostname: Some("worker-1".into()),
+            rescan_interval,
+            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+            metrics_address_file: Some(address_file.clone()),
+            ..self.args.clone()
+        };
+        (args, address_file)
+    }
+
     async fn wait_for_statuses(&self, count: usize) {
         self.wait_until(|statuses| statuses.len() >= count).await;
     }
@@ -157,15 +171,9 @@ async fn a_queued_pull_request_event_is_tested_to_a_final_status() {
     let traced = [(traces::TRACEPARENT, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")];
     session.publish_with_headers(WEBHOOK.name, &event.queue_message(), None, &traced).await.unwrap();
 
-    let address_file = world.args.work_dir.as_ref().unwrap().join("metrics.address");
-    let (stop, worker) = world.worker_with(Args {
-        hostname: Some("worker-1".into()),
-        // Rescans while the job is queued and running must not queue it again.
-        rescan_interval: 1,
-        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        metrics_address_file: Some(address_file.clone()),
-        ..world.args.clone()
-    });
+    // Rescans while the job is queued and running must not queue it again.
+    let (args, address_file) = world.serving_metrics(1);
+    let (stop, worker) = world.worker_with(args);
     world.wait_for_statuses(3).await;
     // Every job done (a twin included), its figures counted.
     world.wait_until_done(WEBHOOK.name).await;
@@ -596,14 +604,8 @@ async fn a_rescan_cut_short_by_a_lost_session_is_made_again_at_once() {
     let world = world().await;
     // The rescan asks GitHub once per repository of the test map, at least: it takes seconds.
     world.mock.set_api_faults(local::github::ApiFaults { delay: Duration::from_secs(1), ..Default::default() });
-    let address_file = world.args.work_dir.as_ref().unwrap().join("metrics.address");
-    let (stop, worker) = world.worker_with(Args {
-        hostname: Some("worker-1".into()),
-        rescan_interval: 3600,
-        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        metrics_address_file: Some(address_file.clone()),
-        ..world.args.clone()
-    });
+    let (args, address_file) = world.serving_metrics(3600);
+    let (stop, worker) = world.worker_with(args);
     let serving = wait_until("the worker serving its metrics", Duration::from_secs(60), || async {
         let address = std::fs::read_to_string(&address_file).ok().and_then(|text| text.trim().parse().ok());
         Ok::<_, TimedOut>(match address {
