@@ -26,7 +26,7 @@ use tracing::Instrument;
 
 use crate::log_store::LogStore;
 use crate::log_stream::LogStream;
-use crate::sandbox::{Ended, RunArgs, pump};
+use crate::sandbox::{Ended, RunArgs, expiry, pump};
 
 /// Where the checkout is, inside the container (Cockpit's checkout-and-run directory).
 pub const CHECKOUT: &str = "/work/make-checkout-workdir";
@@ -106,10 +106,7 @@ pub async fn run(
             let _ = container.kill().await;
             return Ok(ended);
         }
-        let wait = ContainerWaitOpts::builder().conditions([ContainerStatus::Exited]).build();
-        container.wait(&wait).await.map_err(|e| format!("Failed to wait for the container: {e}"))?;
-        let state = container.inspect().await.map_err(|e| format!("Failed to inspect the container: {e}"))?.state;
-        Ok(Ended::Exited(state.and_then(|s| s.exit_code).unwrap_or(128) as i32))
+        exit_status(&container, deadline, cancel).await
     }
     .await;
     match ended {
@@ -121,6 +118,53 @@ pub async fn run(
         _ => remove(socket, &created.id).await,
     }
     ended
+}
+
+/// How often, and how many times, [`exit_status`] asks podman whether the container has
+/// stopped before it leaves that to podman's `wait`: for a second.
+const STOPPED_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+const STOPPED_POLLS: u32 = 50;
+
+/// The exit status of a container whose output has ended, as soon as podman has read it: the
+/// state `stopped`. The API's `wait` answers only once the container's monitor is gone, after
+/// the `podman container cleanup` it runs, and looks every quarter of a second: 0.2-0.4 s later
+/// a job on a two-core machine (docs/benchmarks.md). The output ends when the container's first
+/// process has, so this takes milliseconds; should it have ended otherwise (a lost attach
+/// connection), podman's `wait` takes over after a second, and the deadline and cancellation
+/// still hold.
+async fn exit_status(
+    container: &podman_api::api::Container,
+    deadline: Option<Instant>,
+    cancel: &CancellationToken,
+) -> Result<Ended, String> {
+    let stopped = async {
+        for _ in 0..STOPPED_POLLS {
+            if let Some(code) = stopped_with(container).await? {
+                return Ok(Ended::Exited(code));
+            }
+            tokio::time::sleep(STOPPED_POLL).await;
+        }
+        let wait = ContainerWaitOpts::builder().conditions([ContainerStatus::Exited]).build();
+        container.wait(&wait).await.map_err(|e| format!("Failed to wait for the container: {e}"))?;
+        Ok(Ended::Exited(stopped_with(container).await?.unwrap_or(128)))
+    };
+    tokio::select! {
+        stopped = stopped => stopped,
+        () = expiry(deadline) => {
+            let _ = container.kill().await;
+            Ok(Ended::TimedOut)
+        }
+        () = cancel.cancelled() => {
+            let _ = container.kill().await;
+            Ok(Ended::Cancelled)
+        }
+    }
+}
+
+/// The container's exit code once it has stopped (`stopped`, or `exited` once cleaned up).
+async fn stopped_with(container: &podman_api::api::Container) -> Result<Option<i32>, String> {
+    let state = container.inspect().await.map_err(|e| format!("Failed to inspect the container: {e}"))?.state;
+    Ok(state.filter(|s| matches!(s.status.as_deref(), Some("stopped" | "exited"))).map(|s| s.exit_code.unwrap_or(128)))
 }
 
 /// Leaves a container like `spec`'s running `sleep infinity`, named after the job and labelled

@@ -269,6 +269,14 @@ fn forward(
     }))
 }
 
+/// Ends at `deadline`; never without one.
+pub async fn expiry(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Copies `output` into the log until every sender is gone (`None`), the deadline passes or
 /// the job is cancelled. Flushes the log while output is quiet, so it keeps streaming.
 pub async fn pump(
@@ -278,12 +286,6 @@ pub async fn pump(
     cancel: &CancellationToken,
 ) -> Result<Option<Ended>, String> {
     loop {
-        let expired = async {
-            match deadline {
-                Some(deadline) => tokio::time::sleep_until(deadline).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             chunk = output.recv() => match chunk {
                 Some(chunk) => log.write(&chunk).await,
@@ -292,7 +294,7 @@ pub async fn pump(
             () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
                 log.flush_if_due().await;
             }
-            () = expired => return Ok(Some(Ended::TimedOut)),
+            () = expiry(deadline) => return Ok(Some(Ended::TimedOut)),
             () = cancel.cancelled() => return Ok(Some(Ended::Cancelled)),
         }
     }
