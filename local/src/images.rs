@@ -42,11 +42,7 @@ fn failed(image: &str, detail: impl Into<String>) -> PodmanError {
 /// Builds [`BASE`] with mmdebstrap unless it exists. Concurrent callers (tests in other
 /// processes) wait for one build.
 pub fn ensure_base(podman: &PodmanConfig) -> Result<Built, PodmanError> {
-    let lock_path = std::env::temp_dir().join("workbench-base-image.lock");
-    let lock = std::fs::File::create(&lock_path)
-        .map_err(|source| PodmanError::Io { what: format!("create {}", lock_path.display()), source })?;
-    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| PodmanError::Io { what: "lock the image build".into(), source: e.into() })?;
+    let _lock = lock(BASE)?;
     if podman.command().args(["image", "exists", BASE]).status().is_ok_and(|status| status.success()) {
         return Ok(Built::Unchanged);
     }
@@ -115,6 +111,9 @@ pub fn build(
     force: bool,
 ) -> Result<Built, PodmanError> {
     let io = |what: String| move |source| PodmanError::Io { what, source };
+    // Tests build the same image at once: the second must find the first's, not build its
+    // own and prune the first's while a container is being made from it.
+    let _lock = lock(image)?;
     let mut digest = Sha256::new();
     digest.update(std::fs::read(containerfile).map_err(io(format!("read {}", containerfile.display())))?);
     for file in files {
@@ -147,6 +146,18 @@ pub fn build(
     // The image this one replaced, now untagged, would otherwise pile up with every build.
     let _ = podman.command().args(["image", "prune", "--force", "--filter", &format!("label={INPUTS_LABEL}")]).output();
     Ok(Built::Built)
+}
+
+/// Holds this machine's lock on building `image` until dropped: processes of this project
+/// (two test runs, run-local beside a test) build each image one at a time.
+fn lock(image: &str) -> Result<std::fs::File, PodmanError> {
+    let name: String = image.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    let path = std::env::temp_dir().join(format!("workbench-image-{name}.lock"));
+    let file = std::fs::File::create(&path)
+        .map_err(|source| PodmanError::Io { what: format!("create {}", path.display()), source })?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| PodmanError::Io { what: format!("lock {}", path.display()), source: e.into() })?;
+    Ok(file)
 }
 
 /// Builds [`RABBITMQ`], its plugins pruned to [`crate::broker::NEEDED_PLUGINS`] and the
@@ -189,8 +200,18 @@ pub fn lacks(podman: &PodmanConfig, image: &str) -> Vec<String> {
 
 /// Builds [`TASKS`] with the service binaries of `binaries`.
 pub fn build_tasks(podman: &PodmanConfig, binaries: &Binaries, force: bool) -> Result<Built, PodmanError> {
+    build_tasks_as(podman, TASKS, binaries, force)
+}
+
+/// Builds the tasks image under the name `image`, with the service binaries of `binaries`.
+pub fn build_tasks_as(
+    podman: &PodmanConfig,
+    image: &str,
+    binaries: &Binaries,
+    force: bool,
+) -> Result<Built, PodmanError> {
     let files = [binaries.tasks.as_path(), binaries.webhook.as_path()];
-    build(podman, TASKS, &containerfiles().join("tasks/Containerfile"), &files, force)
+    build(podman, image, &containerfiles().join("tasks/Containerfile"), &files, force)
 }
 
 /// `podman image inspect --format FORMAT IMAGE`, or `None` when there is no such image.

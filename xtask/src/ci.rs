@@ -58,7 +58,7 @@ pub fn run() -> anyhow::Result<()> {
 /// The whole test suite, twice at once: servers of ours listen on port 0 and RabbitMQ and the
 /// pod start again on other ports when theirs was taken, so two runs on one machine must not
 /// clash. The second run's output goes to a file, shown when it fails. It leaves out the image
-/// test, which rebuilds the images this machine shares on purpose to see what changes, and the
+/// test, which changes and removes an image of its own on purpose, under one name, and the
 /// hostile-job tests, which fill the machine on purpose (gigabytes of output, a 60 GB sparse
 /// file) and, twice at once, starved each other past their deadlines, and the `--watch` test,
 /// whose build of a copy of the tree would only be made twice.
