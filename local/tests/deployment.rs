@@ -95,12 +95,17 @@ async fn every_scenario_passes_and_teardown_leaves_nothing_behind() {
         .map(|url| url.trim_end_matches('/').rsplit(':').next().unwrap().to_owned())
         .collect();
     drop(deployment);
+    // Killed, and ended; one its parent died under is reaped by init a moment later.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     for pid in pids {
-        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "process {pid} outlived the deployment");
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            assert!(std::time::Instant::now() < deadline, "process {pid} outlived the deployment: {state}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
     assert_no_secret_in(dir.path(), &dir.path().join("secrets"));
     // The in-process servers close their listeners as their tasks end, just after the drop.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     for port in ports {
         while std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).is_ok() {
             assert!(std::time::Instant::now() < deadline, "port {port} still answers after teardown");
