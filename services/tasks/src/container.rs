@@ -11,11 +11,10 @@ use std::path::Path;
 
 use futures_util::StreamExt;
 use podman_api::Podman;
-use podman_api::conn::TtyChunk;
+use podman_api::conn::{Multiplexer, TtyChunk};
 use podman_api::models::{ContainerMount, ContainerStatus, LinuxDevice, LinuxResources};
 use podman_api::opts::{
-    ContainerAttachOpts, ContainerCreateOpts, ContainerDeleteOpts, ContainerListFilter, ContainerListOpts,
-    ContainerWaitOpts,
+    ContainerCreateOpts, ContainerDeleteOpts, ContainerListFilter, ContainerListOpts, ContainerWaitOpts,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -87,9 +86,8 @@ pub async fn run(
     let ended = async {
         // Attached before it starts, the output comes straight from the container's monitor,
         // all of it: following its log file loses the end of a long log (podman issue 21914).
-        let attach = ContainerAttachOpts::builder().stdout(true).stderr(true).build();
         let attached =
-            container.attach(&attach).await.map_err(|e| format!("Failed to attach to the container: {e}"))?;
+            attach(socket, &created.id).await.map_err(|e| format!("Failed to attach to the container: {e}"))?;
         container.start(None).await.map_err(|e| format!("Failed to start container: {e}"))?;
         let (sender, output) = mpsc::channel(16);
         let (mut reader, _writer) = attached.split();
@@ -106,7 +104,7 @@ pub async fn run(
             let _ = container.kill().await;
             return Ok(ended);
         }
-        exit_status(&container, deadline, cancel).await
+        exit_status(&podman, &created.id, deadline, cancel).await
     }
     .await;
     match ended {
@@ -118,6 +116,24 @@ pub async fn run(
         _ => remove(socket, &created.id).await,
     }
     ended
+}
+
+/// Attaches to the output of the container `id`, as podman-api's `Container::attach` does
+/// without its first step: an `inspect` asking for the container's size, which podman computes
+/// by walking every file of the image (0.15 s of the podman service's CPU for the tasks image,
+/// before every job could start). The same request through the crate podman-api is built on.
+async fn attach(socket: &Path, id: &str) -> Result<Multiplexer, podman_api::Error> {
+    use containers_api::conn::{Payload, RequestClient, Transport, get_unix_connector, hyper, tty};
+    let client = hyper::Client::builder().pool_max_idle_per_host(0).build(get_unix_connector());
+    // Any answer but the upgrade is an error of the request itself.
+    let requests = RequestClient::<podman_api::Error>::new(
+        Transport::Unix { client, path: socket.to_owned() },
+        Box::new(|answer| Box::pin(async move { Ok(answer) })),
+    );
+    let version = podman_api::LATEST_API_VERSION;
+    let endpoint = version.make_endpoint(format!("/libpod/containers/{id}/attach?stdout=true&stderr=true&stream=true"));
+    let upgraded = requests.post_upgrade_stream(endpoint, Payload::empty()).await?;
+    Ok(Multiplexer::new(upgraded, tty::decode_chunk))
 }
 
 /// How often, and how many times, [`exit_status`] asks podman whether the container has
@@ -133,20 +149,22 @@ const STOPPED_POLLS: u32 = 50;
 /// connection), podman's `wait` takes over after a second, and the deadline and cancellation
 /// still hold.
 async fn exit_status(
-    container: &podman_api::api::Container,
+    podman: &Podman,
+    id: &str,
     deadline: Option<Instant>,
     cancel: &CancellationToken,
 ) -> Result<Ended, String> {
+    let container = podman.containers().get(id);
     let stopped = async {
         for _ in 0..STOPPED_POLLS {
-            if let Some(code) = stopped_with(container).await? {
+            if let Some(code) = stopped_with(podman, id).await? {
                 return Ok(Ended::Exited(code));
             }
             tokio::time::sleep(STOPPED_POLL).await;
         }
         let wait = ContainerWaitOpts::builder().conditions([ContainerStatus::Exited]).build();
         container.wait(&wait).await.map_err(|e| format!("Failed to wait for the container: {e}"))?;
-        Ok(Ended::Exited(stopped_with(container).await?.unwrap_or(128)))
+        Ok(Ended::Exited(stopped_with(podman, id).await?.unwrap_or(128)))
     };
     tokio::select! {
         stopped = stopped => stopped,
@@ -162,9 +180,16 @@ async fn exit_status(
 }
 
 /// The container's exit code once it has stopped (`stopped`, or `exited` once cleaned up).
-async fn stopped_with(container: &podman_api::api::Container) -> Result<Option<i32>, String> {
-    let state = container.inspect().await.map_err(|e| format!("Failed to inspect the container: {e}"))?.state;
-    Ok(state.filter(|s| matches!(s.status.as_deref(), Some("stopped" | "exited"))).map(|s| s.exit_code.unwrap_or(128)))
+/// Read from the container list, not `inspect`: podman-api's `inspect` asks for the container's
+/// size, which podman computes by walking every file of the image (0.15 s of the service's CPU
+/// for the tasks image, on each call).
+async fn stopped_with(podman: &Podman, id: &str) -> Result<Option<i32>, String> {
+    let only = ContainerListOpts::builder().all(true).filter([ContainerListFilter::Id(id.into())]).build();
+    let listed = podman.containers().list(&only).await.map_err(|e| format!("Failed to inspect the container: {e}"))?;
+    let container =
+        listed.into_iter().next().ok_or_else(|| format!("Failed to inspect the container: {id} is gone"))?;
+    let stopped = matches!(container.state.as_deref(), Some("stopped" | "exited"));
+    Ok(stopped.then(|| container.exit_code.unwrap_or(128)))
 }
 
 /// Leaves a container like `spec`'s running `sleep infinity`, named after the job and labelled

@@ -497,14 +497,16 @@ async fn execute(
     let url = format!("{clone_url}{repo}");
     let target = checkout.display().to_string();
     // Each step runs in a directory: the clone in the scratch directory, the rest in the checkout.
+    // Cockpit's checkout-and-run, in fewer git processes: the clone checks nothing out (the
+    // revision is checked out next), and the rebase target is the branch the clone fetched
+    // rather than fetched again.
     let mut steps = vec![
-        (scratch, git(&["clone", "--quiet", "--", &url, &target])),
+        (scratch, git(&["clone", "--quiet", "--no-checkout", "--", &url, &target])),
         (&checkout, git(&["fetch", "--quiet", "--", "origin", &revision])),
         (&checkout, git(&["checkout", "--quiet", "--detach", "FETCH_HEAD"])),
     ];
     if let Some(base) = rebase {
-        steps.push((&checkout, git(&["fetch", "--quiet", "--", "origin", &base])));
-        steps.push((&checkout, git(&["rebase", "--quiet", "FETCH_HEAD"])));
+        steps.push((&checkout, git(&["rebase", "--quiet", &format!("origin/{base}")])));
     }
     // The checkout is thrown away after the job: git's housekeeping after a fetch or a rebase
     // (`git maintenance run --auto`, a process each time) would be wasted on it.
