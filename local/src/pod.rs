@@ -9,6 +9,7 @@
 //! loopback allowed) reaches them by the name [`HOST_ALIAS`]. Ports are published on 127.0.0.1
 //! only. Job containers join the pod (`--pod`), so removing the pod removes them too.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -586,21 +587,26 @@ impl Pod {
             if checked.get().elapsed() > Duration::from_millis(500) {
                 checked.set(Instant::now());
                 let started = self.started().clone();
+                // States podman could not give are asked for again the next time.
+                let Ok(states) = self.states(&podman).await else {
+                    return Ok(Check::NotYet("not answering yet; podman gave no container states".into()));
+                };
                 for name in &started {
                     let full_name = self.container(name);
-                    match self.state(&podman, &full_name).await {
+                    match states.get(&full_name) {
                         // Gone, it will not answer either.
-                        Ok(None) => return Err(PodError::Removed { name: full_name }),
-                        Ok(Some(state)) if state != "running" => {
+                        None => return Err(PodError::Removed { name: full_name }),
+                        Some(state) if state != "running" => {
                             let log = self.save_log(name);
                             // A removal from outside stops it before it is gone.
-                            if matches!(self.state(&podman, &full_name).await, Ok(None)) {
+                            let now = self.states(&podman).await;
+                            if now.is_ok_and(|now| !now.contains_key(&full_name)) {
                                 return Err(PodError::Removed { name: full_name });
                             }
                             let tail = crate::child::tail(&log, 20);
                             return Err(PodError::Exited { name: full_name, log, tail });
                         }
-                        _ => {}
+                        Some(_) => {}
                     }
                 }
             }
@@ -616,16 +622,18 @@ impl Pod {
         })
     }
 
-    /// The state of the pod's container `full_name` (`running`, `exited`...), `None` once it is
-    /// gone. Read from the container list, not `inspect`: podman-api's `inspect` asks for the
-    /// container's size, which podman computes by walking every file of its image (0.15 s of
-    /// the service's CPU for the tasks image), beside the broker's start.
-    async fn state(&self, podman: &Podman, full_name: &str) -> Result<Option<String>, podman_api::Error> {
+    /// The state (`running`, `exited`...) of each of the pod's containers, by full name. Read
+    /// from the container list, not `inspect`: podman-api's `inspect` asks for the container's
+    /// size, which podman computes by walking every file of its image (0.15 s of the service's
+    /// CPU for the tasks image), beside the broker's start.
+    async fn states(&self, podman: &Podman) -> Result<HashMap<String, String>, podman_api::Error> {
         let filter = ContainerListFilter::Pod(self.name.clone());
         let listed = podman.containers().list(&ContainerListOpts::builder().all(true).filter([filter]).build()).await?;
-        let named =
-            |listed: &ListContainer| listed.names.as_ref().is_some_and(|names| names.iter().any(|n| n == full_name));
-        Ok(listed.into_iter().find(named).map(|listed| listed.state.unwrap_or_default()))
+        let named = |listed: ListContainer| {
+            let state = listed.state.unwrap_or_default();
+            listed.names.unwrap_or_default().into_iter().map(move |name| (name, state.clone()))
+        };
+        Ok(listed.into_iter().flat_map(named).collect())
     }
 
     fn started(&self) -> std::sync::MutexGuard<'_, Vec<String>> {

@@ -270,6 +270,24 @@ async fn a_job_whose_pull_request_changed_fails_so() {
 
 /// A project with neither `.cockpit-ci/run` nor `test/run` fails as in Cockpit (its
 /// checkout-and-run exits 1), not as an infrastructure error.
+/// A pull request is tested on its target as the target is now, as Cockpit's checkout-and-run
+/// rebases it: a commit pushed to `main` after the pull request was opened is in the checkout,
+/// under the pull request's own commit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_request_is_tested_rebased_onto_its_target_as_it_is_now() {
+    let world = world(Sandbox::Process, None).await;
+    let mock = &world.mock;
+    let rebased = |job: &mut Job| {
+        mock.push_to_main(&job.repo, "later.txt", "pushed after the pull request\n").unwrap();
+        job.command = command(&["sh", "-c", "cat later.txt pull-1.txt && git log --format=%s"]);
+    };
+    let ran = world.run("passing", rebased, false).await;
+    assert_eq!(ran.outcome, Outcome::Success, "{}", ran.log);
+    let seen =
+        "pushed after the pull request\nA change\nPull request 1\nChange later.txt\nInitial workbench-ci/passing-";
+    assert!(ran.log.contains(seen), "{}", ran.log);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_project_without_an_entry_point_fails() {
     let world = world(Sandbox::Process, None).await;

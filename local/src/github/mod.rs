@@ -213,6 +213,15 @@ impl MockGitHub {
         Ok((number, open_pull(&mut state, repo, number, title, author)?))
     }
 
+    /// Pushes a commit changing `file` to `main` of `repo`, as a developer would once a pull
+    /// request against it is open; returns the new head of `main`.
+    pub fn push_to_main(&self, repo: &str, file: &str, content: &str) -> Result<String, MockError> {
+        let mut state = self.lock();
+        let entry = state.repos.get_mut(repo).ok_or_else(|| MockError::UnknownRepo(repo.to_owned()))?;
+        entry.main_sha = entry.hosted.push_main(&entry.main_sha, file, content)?;
+        Ok(entry.main_sha.clone())
+    }
+
     /// Closes pull request `number`, merged or not (a later `closed` event reports it).
     pub fn close_pull(&self, repo: &str, number: u64, merged: bool) -> Result<(), MockError> {
         let mut state = self.lock();

@@ -61,6 +61,13 @@ impl HostedRepo {
         self.commit(&format!("refs/pull/{number}/head"), Some(base), &format!("Pull request {number}\n"), &[change])
     }
 
+    /// Commits `file` with `content` on top of `main` (at `parent`), as a push to it would.
+    /// Returns the new head of `main`.
+    pub fn push_main(&self, parent: &str, file: &str, content: &str) -> Result<String, MockError> {
+        let change = Entry { path: file.to_owned(), mode: "100644", content: content.into() };
+        self.commit("refs/heads/main", Some(parent), &format!("Change {file}\n"), &[change])
+    }
+
     /// Writes a commit of `entries` (on top of `parent`'s tree, if any), points `reference` at
     /// it, and refreshes what the dumb HTTP protocol reads. Returns its sha. One `fast-import`
     /// rather than a work tree's `add`, `commit` and `push` (ten git processes): scenarios open

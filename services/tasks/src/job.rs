@@ -509,14 +509,22 @@ async fn execute(
         steps.push((&checkout, git(&["rebase", "--quiet", &format!("origin/{base}")])));
     }
     // The checkout is thrown away after the job: git's housekeeping after a fetch or a rebase
-    // (`git maintenance run --auto`, a process each time) would be wasted on it.
-    let no_maintenance =
-        [("GIT_CONFIG_COUNT", "1"), ("GIT_CONFIG_KEY_0", "maintenance.auto"), ("GIT_CONFIG_VALUE_0", "false")]
-            .map(|(name, value)| (name.to_owned(), value.to_owned()));
+    // (`git maintenance run --auto`, a process each time) would be wasted on it. A rebase that
+    // replays the pull request's commits writes new ones, whose committer git will not guess on
+    // a machine without a mail domain; their authors stay the pull request's.
+    let committer = format!("job-runner@{hostname}");
+    let git_env = [
+        ("GIT_CONFIG_COUNT", "1"),
+        ("GIT_CONFIG_KEY_0", "maintenance.auto"),
+        ("GIT_CONFIG_VALUE_0", "false"),
+        ("GIT_COMMITTER_NAME", "job-runner"),
+        ("GIT_COMMITTER_EMAIL", &committer),
+    ]
+    .map(|(name, value)| (name.to_owned(), value.to_owned()));
     for (dir, step) in steps {
         log.write(format!("\n+ {}\n", step.join(" ")).as_bytes()).await;
         let span = tracing::info_span!("git", step = step[1]);
-        match sandbox::process(&step, dir, &no_maintenance, log, None, cancel).instrument(span).await? {
+        match sandbox::process(&step, dir, &git_env, log, None, cancel).instrument(span).await? {
             Ended::Exited(0) => {}
             Ended::Cancelled => return Ok(Outcome::Cancelled),
             _ => return Err(format!("{} failed", step[..2].join(" "))),
