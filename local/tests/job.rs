@@ -268,8 +268,6 @@ async fn a_job_whose_pull_request_changed_fails_so() {
     assert_eq!((last.state.as_str(), last.description), ("failure", format!("{reason} [{HOST}]")));
 }
 
-/// A project with neither `.cockpit-ci/run` nor `test/run` fails as in Cockpit (its
-/// checkout-and-run exits 1), not as an infrastructure error.
 /// A pull request is tested on its target as the target is now, as Cockpit's checkout-and-run
 /// rebases it: a commit pushed to `main` after the pull request was opened is in the checkout,
 /// under the pull request's own commit.
@@ -288,6 +286,25 @@ async fn a_pull_request_is_tested_rebased_onto_its_target_as_it_is_now() {
     assert!(ran.log.contains(seen), "{}", ran.log);
 }
 
+/// The checkout's own files are the pull request's: git on the worker must not read them as
+/// its configuration (a `.gitconfig` where `HOME` is), or the project's hooks would run on the
+/// worker, outside the job's sandbox.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_project_s_git_configuration_runs_nothing_on_the_worker() {
+    let world = world(Sandbox::Process, None).await;
+    let mock = &world.mock;
+    let hostile = |job: &mut Job| {
+        // A rebase that replays the pull request's commit, with the project's files in place.
+        mock.push_to_main(&job.repo, "later.txt", "pushed after the pull request\n").unwrap();
+        job.command = command(&["sh", "-c", "ls -a; test ! -e fsmonitor-ran && test ! -e hook-ran"]);
+    };
+    let ran = world.run("hostile-git", hostile, false).await;
+    assert_eq!(ran.outcome, Outcome::Success, "{}", ran.log);
+    assert!(ran.log.contains(".gitconfig"), "the checkout has the project's configuration: {}", ran.log);
+}
+
+/// A project with neither `.cockpit-ci/run` nor `test/run` fails as in Cockpit (its
+/// checkout-and-run exits 1), not as an infrastructure error.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_project_without_an_entry_point_fails() {
     let world = world(Sandbox::Process, None).await;

@@ -182,9 +182,11 @@ async fn exit_status(
 /// The container's exit code once it has stopped (`stopped`, or `exited` once cleaned up).
 /// Read from the container list, not `inspect`: podman-api's `inspect` asks for the container's
 /// size, which podman computes by walking every file of the image (0.15 s of the service's CPU
-/// for the tasks image, on each call).
+/// for the tasks image, on each call). `sync`, as `inspect` does: the state as the runtime has it
+/// now, not as podman last recorded it.
 async fn stopped_with(podman: &Podman, id: &str) -> Result<Option<i32>, String> {
-    let only = ContainerListOpts::builder().all(true).filter([ContainerListFilter::Id(id.into())]).build();
+    let only = ContainerListFilter::Id(id.into());
+    let only = ContainerListOpts::builder().all(true).sync(true).filter([only]).build();
     let listed = podman.containers().list(&only).await.map_err(|e| format!("Failed to inspect the container: {e}"))?;
     let container =
         listed.into_iter().next().ok_or_else(|| format!("Failed to inspect the container: {id} is gone"))?;

@@ -506,14 +506,19 @@ async fn execute(
         (&checkout, git(&["checkout", "--quiet", "--detach", "FETCH_HEAD"])),
     ];
     if let Some(base) = rebase {
-        steps.push((&checkout, git(&["rebase", "--quiet", &format!("origin/{base}")])));
+        steps.push((&checkout, git(&["rebase", "--quiet", &format!("refs/remotes/origin/{base}")])));
     }
+    // The checkout's files are the pull request's: git reads no configuration of the user's
+    // (`HOME` is where the command runs, the checkout), or a `.gitconfig` of the project's
+    // would run its hooks and fsmonitor here, on the worker, outside the job's sandbox.
     // The checkout is thrown away after the job: git's housekeeping after a fetch or a rebase
     // (`git maintenance run --auto`, a process each time) would be wasted on it. A rebase that
     // replays the pull request's commits writes new ones, whose committer git will not guess on
     // a machine without a mail domain; their authors stay the pull request's.
-    let committer = format!("job-runner@{hostname}");
+    let (committer, home) = (format!("job-runner@{hostname}"), scratch.display().to_string());
     let git_env = [
+        ("HOME", home.as_str()),
+        ("GIT_CONFIG_GLOBAL", "/dev/null"),
         ("GIT_CONFIG_COUNT", "1"),
         ("GIT_CONFIG_KEY_0", "maintenance.auto"),
         ("GIT_CONFIG_VALUE_0", "false"),
