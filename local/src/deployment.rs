@@ -842,6 +842,18 @@ impl Deployment {
         for dir in work_dirs {
             let _ = std::fs::remove_file(dir.join(hold::RECORD));
         }
+        if let Services::Processes { .. } = &self.services {
+            // The process workers, killed above, also leave the directories of the jobs they ran.
+            let jobs = self.run_dir.join("jobs");
+            let entries = std::fs::read_dir(&jobs).into_iter().flatten().flatten();
+            for scratch in entries.map(|entry| entry.path()) {
+                let a_job = scratch.file_name().is_some_and(|name| name.to_string_lossy().starts_with("job-"))
+                    && std::fs::symlink_metadata(&scratch).is_ok_and(|metadata| metadata.is_dir());
+                if a_job && let Err(err) = std::fs::remove_dir_all(&scratch) {
+                    tracing::warn!(%err, scratch = %scratch.display(), "cannot remove a killed job's directory");
+                }
+            }
+        }
     }
 
     /// The workers' work directories: the jobs directory, which process workers share, and
