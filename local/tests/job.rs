@@ -143,6 +143,18 @@ impl World {
     }
 }
 
+impl World {
+    /// Runs `fixture`'s pull request #1 with the command `sh -c script`, a commit having been
+    /// pushed to `main` (`later.txt`) since the pull request was opened: the job rebases it.
+    async fn run_after_main_moved(&self, fixture: &str, script: &str) -> Ran {
+        let moved = |job: &mut Job| {
+            self.mock.push_to_main(&job.repo, "later.txt", "pushed after the pull request\n").unwrap();
+            job.command = command(&["sh", "-c", script]);
+        };
+        self.run(fixture, moved, false).await
+    }
+}
+
 fn unique() -> usize {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -274,16 +286,15 @@ async fn a_job_whose_pull_request_changed_fails_so() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pull_request_is_tested_rebased_onto_its_target_as_it_is_now() {
     let world = world(Sandbox::Process, None).await;
-    let mock = &world.mock;
-    let rebased = |job: &mut Job| {
-        mock.push_to_main(&job.repo, "later.txt", "pushed after the pull request\n").unwrap();
-        job.command = command(&["sh", "-c", "cat later.txt pull-1.txt && git log --format=%s"]);
-    };
-    let ran = world.run("passing", rebased, false).await;
+    let script = "cat later.txt pull-1.txt && git log --format='%s (%cn <%ce>)'";
+    let ran = world.run_after_main_moved("passing", script).await;
     assert_eq!(ran.outcome, Outcome::Success, "{}", ran.log);
-    let seen =
-        "pushed after the pull request\nA change\nPull request 1\nChange later.txt\nInitial workbench-ci/passing-";
-    assert!(ran.log.contains(seen), "{}", ran.log);
+    // The replayed commit is the worker's to commit; the others keep their committer.
+    let seen = format!(
+        "pushed after the pull request\nA change\nPull request 1 (job-runner <job-runner@{HOST}>)\n\
+         Change later.txt (Workbench <workbench@localhost>)\nInitial workbench-ci/passing-"
+    );
+    assert!(ran.log.contains(&seen), "{}", ran.log);
 }
 
 /// The checkout's own files are the pull request's: git on the worker must not read them as
@@ -292,13 +303,8 @@ async fn a_pull_request_is_tested_rebased_onto_its_target_as_it_is_now() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_project_s_git_configuration_runs_nothing_on_the_worker() {
     let world = world(Sandbox::Process, None).await;
-    let mock = &world.mock;
-    let hostile = |job: &mut Job| {
-        // A rebase that replays the pull request's commit, with the project's files in place.
-        mock.push_to_main(&job.repo, "later.txt", "pushed after the pull request\n").unwrap();
-        job.command = command(&["sh", "-c", "ls -a; test ! -e fsmonitor-ran && test ! -e hook-ran"]);
-    };
-    let ran = world.run("hostile-git", hostile, false).await;
+    // A rebase that replays the pull request's commit, with the project's files in place.
+    let ran = world.run_after_main_moved("hostile-git", "ls -a; test ! -e fsmonitor-ran && test ! -e hook-ran").await;
     assert_eq!(ran.outcome, Outcome::Success, "{}", ran.log);
     assert!(ran.log.contains(".gitconfig"), "the checkout has the project's configuration: {}", ran.log);
 }
