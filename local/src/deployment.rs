@@ -827,9 +827,8 @@ impl Deployment {
                 }
             }
             let scratch = &held.scratch;
-            let a_job = scratch.parent().is_some_and(|parent| work_dirs.iter().any(|dir| dir == parent))
-                && scratch.file_name().is_some_and(|name| name.to_string_lossy().starts_with("job-"))
-                && std::fs::symlink_metadata(scratch).is_ok_and(|metadata| metadata.is_dir());
+            let a_job =
+                scratch.parent().is_some_and(|parent| work_dirs.iter().any(|dir| dir == parent)) && is_job_dir(scratch);
             match a_job {
                 true => {
                     if let Err(err) = std::fs::remove_dir_all(scratch) {
@@ -839,17 +838,16 @@ impl Deployment {
                 false => tracing::warn!(scratch = %scratch.display(), "not removing what is not a job's directory"),
             }
         }
+        // The process workers, killed above, also leave the directories of the jobs they ran.
+        let killed = matches!(self.services, Services::Processes { .. });
         for dir in work_dirs {
             let _ = std::fs::remove_file(dir.join(hold::RECORD));
-        }
-        if let Services::Processes { .. } = &self.services {
-            // The process workers, killed above, also leave the directories of the jobs they ran.
-            let jobs = self.run_dir.join("jobs");
-            let entries = std::fs::read_dir(&jobs).into_iter().flatten().flatten();
-            for scratch in entries.map(|entry| entry.path()) {
-                let a_job = scratch.file_name().is_some_and(|name| name.to_string_lossy().starts_with("job-"))
-                    && std::fs::symlink_metadata(&scratch).is_ok_and(|metadata| metadata.is_dir());
-                if a_job && let Err(err) = std::fs::remove_dir_all(&scratch) {
+            if !killed {
+                continue;
+            }
+            let entries = std::fs::read_dir(&dir).into_iter().flatten().flatten();
+            for scratch in entries.map(|entry| entry.path()).filter(|path| is_job_dir(path)) {
+                if let Err(err) = std::fs::remove_dir_all(&scratch) {
                     tracing::warn!(%err, scratch = %scratch.display(), "cannot remove a killed job's directory");
                 }
             }
@@ -976,6 +974,12 @@ impl Endpoints {
             "prometheus": self.prometheus,
         })
     }
+}
+
+/// Whether `path` is a job's scratch directory (`job-*`, a directory and not a link to one).
+fn is_job_dir(path: &Path) -> bool {
+    path.file_name().is_some_and(|name| name.to_string_lossy().starts_with("job-"))
+        && std::fs::symlink_metadata(path).is_ok_and(|metadata| metadata.is_dir())
 }
 
 #[cfg(test)]
